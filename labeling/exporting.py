@@ -1,0 +1,68 @@
+"""Labels out. The preference export is TRL's conversational preference format, one row
+per (chosen, rejected) pair, which `datasets.load_dataset("json", ...)` loads and
+`trl.RewardTrainer` trains on unchanged. The raw export keeps every label, with who gave
+it and how long it took, for analyses TRL does not do."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import IO
+
+from django.db.models import Prefetch, QuerySet
+
+from labeling.models import ComparisonItem, Label
+
+
+def labels_for_export() -> QuerySet[Label]:
+    items = ComparisonItem.objects.select_related("completion__policy_version").order_by("position")
+    return (
+        Label.objects.select_related("annotator", "comparison__prompt")
+        .prefetch_related(Prefetch("comparison__items", queryset=items))
+        .order_by("id")
+    )
+
+
+def ordered_completions_of(label: Label):
+    # Uses the prefetched items; Comparison.ordered_completions() would query again.
+    return [item.completion for item in label.comparison.items.all()]
+
+
+def preference_rows(labels: Iterable[Label]) -> Iterator[dict]:
+    for label in labels:
+        prompt = label.comparison.prompt.messages
+        for chosen, rejected in label.preference_pairs(ordered_completions_of(label)):
+            yield {
+                "prompt": prompt,
+                "chosen": [{"role": "assistant", "content": chosen.text}],
+                "rejected": [{"role": "assistant", "content": rejected.text}],
+            }
+
+
+def raw_rows(labels: Iterable[Label]) -> Iterator[dict]:
+    for label in labels:
+        yield {
+            "label_id": label.pk,
+            "comparison_id": label.comparison_id,
+            "prompt": label.comparison.prompt.messages,
+            "completions": [
+                {"completion_id": c.pk, "policy_version": c.policy_version.number, "text": c.text}
+                for c in ordered_completions_of(label)
+            ],
+            "annotator": label.annotator.get_username(),
+            "choice": label.choice,
+            "ranking": label.ranking,
+            "strength": label.strength,
+            "rationale": label.rationale,
+            "active_seconds": label.active_seconds,
+            "is_simulated": label.is_simulated,
+            "created_at": label.created_at.isoformat(),
+        }
+
+
+def write_jsonl(rows: Iterable[dict], out: IO[str]) -> int:
+    count = 0
+    for row in rows:
+        out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        count += 1
+    return count

@@ -1,0 +1,174 @@
+from __future__ import annotations
+
+import hashlib
+import json
+from itertools import combinations
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.utils import timezone
+
+
+def conversation_hash(messages: list[dict]) -> str:
+    canonical = json.dumps(messages, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Prompt(models.Model):
+    """An instruction to complete: a conversation ending with a user turn. A plain-text
+    prompt is stored as a one-message conversation so every consumer sees one shape."""
+
+    messages = models.JSONField(help_text='[{"role": "user", "content": "..."}, ...]')
+    content_hash = models.CharField(max_length=64, unique=True, editable=False)
+    category = models.CharField(max_length=64, blank=True)
+    source = models.CharField(max_length=255, blank=True, help_text="File the prompt was imported from.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        text = self.text
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    def save(self, *args, **kwargs):
+        self.content_hash = conversation_hash(self.messages)
+        super().save(*args, **kwargs)
+
+    @property
+    def text(self) -> str:
+        """The final user turn: what the completions answer."""
+        return self.messages[-1]["content"]
+
+    @property
+    def history(self) -> list[dict]:
+        """Earlier turns of a multi-turn prompt, shown above the final one."""
+        return self.messages[:-1]
+
+
+class Completion(models.Model):
+    """One policy version's answer to a prompt."""
+
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="completions")
+    policy_version = models.ForeignKey("training.PolicyVersion", on_delete=models.PROTECT, related_name="completions")
+    text = models.TextField()
+    ended = models.BooleanField(default=True, help_text="False when generation hit the token limit before EOS.")
+    generation_settings = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"completion {self.pk} of prompt {self.prompt_id} by v{self.policy_version.number}"
+
+
+class Comparison(models.Model):
+    """Two or more completions of one prompt, shown in a stored (shuffled) order."""
+
+    class Source(models.TextChoices):
+        INITIAL = "initial", "Initial policy samples"
+        POLICY = "policy", "Samples of one policy version"
+        CROSS_VERSION = "cross_version", "New version vs an earlier one"
+        IMPORTED = "imported", "Imported"
+
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="comparisons")
+    completions = models.ManyToManyField(Completion, through="ComparisonItem", related_name="comparisons")
+    source = models.CharField(max_length=32, choices=Source.choices, default=Source.POLICY)
+    priority = models.FloatField(default=0.0, help_text="Higher is served first.")
+    labels_needed = models.PositiveSmallIntegerField(
+        default=1, help_text="How many annotators should label it; above 1 measures agreement."
+    )
+    # Denormalized count of non-skip labels, kept by the label services so the queue
+    # query does not aggregate the whole label table on every request.
+    label_count = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["-priority", "id"], name="comparison_queue_order")]
+
+    def __str__(self) -> str:
+        return f"comparison {self.pk}"
+
+    def ordered_completions(self) -> list[Completion]:
+        return [item.completion for item in self.items.select_related("completion").order_by("position")]
+
+
+class ComparisonItem(models.Model):
+    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="items")
+    completion = models.ForeignKey(Completion, on_delete=models.CASCADE)
+    position = models.PositiveSmallIntegerField(help_text="0 is shown leftmost.")
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [
+            models.UniqueConstraint(fields=["comparison", "position"], name="one_completion_per_position"),
+            models.UniqueConstraint(fields=["comparison", "completion"], name="completion_once_per_comparison"),
+        ]
+
+
+class Label(models.Model):
+    """One annotator's judgement on a comparison. Choices refer to display positions:
+    `a` is the leftmost completion, `b` the next; a ranking lists positions best first."""
+
+    class Choice(models.TextChoices):
+        A = "a", "Left is better"
+        B = "b", "Right is better"
+        TIE = "tie", "Tie"
+        BOTH_BAD = "both_bad", "Both bad"
+        SKIP = "skip", "Skipped"
+        RANKING = "ranking", "Ranking"
+
+    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="labels")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="labels")
+    choice = models.CharField(max_length=16, choices=Choice.choices)
+    ranking = models.JSONField(null=True, blank=True, help_text="Display positions, best first (K > 2 only).")
+    strength = models.PositiveSmallIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(3)],
+        help_text="1 slightly better, 3 much better.",
+    )
+    rationale = models.TextField(blank=True)
+    active_seconds = models.FloatField(default=0.0, help_text="Time the annotator was active on the page.")
+    is_simulated = models.BooleanField(default=False, help_text="Written by a scripted oracle, not a person.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["comparison", "annotator"], name="one_label_per_annotator"),
+        ]
+        indexes = [models.Index(fields=["annotator", "-created_at"], name="label_by_annotator_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.annotator} on {self.comparison}: {self.choice}"
+
+    @property
+    def counts_as_label(self) -> bool:
+        return self.choice != self.Choice.SKIP
+
+    def preference_pairs(self, completions: list[Completion]) -> list[tuple[Completion, Completion]]:
+        """(chosen, rejected) pairs this label implies, given the comparison's completions
+        in display order. Ties, both-bad and skips state no preference and give none."""
+        if self.choice == self.Choice.A:
+            return [(completions[0], completions[1])]
+        if self.choice == self.Choice.B:
+            return [(completions[1], completions[0])]
+        if self.choice == self.Choice.RANKING:
+            ranked = [completions[position] for position in self.ranking]
+            return list(combinations(ranked, 2))  # best-first, so each pair is (better, worse)
+        return []
+
+
+class Assignment(models.Model):
+    """A lease: while it has not expired, the comparison is reserved for this annotator."""
+
+    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="assignments")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments")
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["comparison", "annotator"], name="one_lease_per_annotator"),
+        ]
+        indexes = [models.Index(fields=["comparison", "expires_at"], name="assignment_active")]
+
+    def __str__(self) -> str:
+        return f"{self.annotator} holds {self.comparison} until {self.expires_at:%H:%M:%S}"

@@ -1,0 +1,22 @@
+"""What the labeling page receives about a comparison: the text to judge and nothing
+that reveals which policy version wrote which completion."""
+
+from __future__ import annotations
+
+from labeling.models import Comparison
+from labeling.rendering import render_untrusted_markdown
+
+
+def comparison_for_annotator(comparison: Comparison) -> dict:
+    prompt = comparison.prompt
+    return {
+        "id": comparison.pk,
+        "history": [
+            {"role": turn["role"], "html": render_untrusted_markdown(turn["content"])} for turn in prompt.history
+        ],
+        "prompt_html": render_untrusted_markdown(prompt.text),
+        "completions": [
+            {"position": position, "html": render_untrusted_markdown(completion.text)}
+            for position, completion in enumerate(comparison.ordered_completions())
+        ],
+    }

@@ -1,0 +1,205 @@
+"""The labeling queue: who gets which comparison, and how labels are stored and undone.
+
+Every state change runs inside `transaction.atomic`. On PostgreSQL the candidate row is
+locked with `SELECT ... FOR UPDATE SKIP LOCKED`, so two annotators asking at the same
+moment get different comparisons; on SQLite the settings open every transaction with
+BEGIN IMMEDIATE, which serializes writers and gives the same guarantee.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.db.models import Count, F, OuterRef, Subquery
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from labeling.models import Assignment, Comparison, ComparisonItem, Completion, Label, Prompt
+
+MAX_ACTIVE_SECONDS = 3600.0
+MAX_RATIONALE_CHARS = 2000
+
+
+class LabelError(ValueError):
+    """A label that cannot be stored as sent; the message says why."""
+
+
+@dataclass(frozen=True)
+class LabelInput:
+    comparison_id: int
+    choice: str
+    ranking: list[int] | None = None
+    strength: int | None = None
+    rationale: str = ""
+    active_seconds: float = 0.0
+
+
+def create_comparison(
+    prompt: Prompt,
+    completions: Sequence[Completion],
+    source: str,
+    priority: float = 0.0,
+    rng: random.Random | None = None,
+) -> Comparison:
+    """Store a comparison with its completions in a random display order (so left/right
+    says nothing about which model wrote what), and decide whether it is one of the
+    overlap comparisons that several annotators label."""
+    if len(completions) < 2:
+        raise ValueError("a comparison needs at least two completions")
+    if any(c.prompt_id != prompt.pk for c in completions):
+        raise ValueError("all completions of a comparison must answer its prompt")
+    rng = rng or random.Random()
+    shuffled = list(completions)
+    rng.shuffle(shuffled)
+    overlapped = rng.random() < settings.PREFLOOP_OVERLAP_SHARE
+    with transaction.atomic():
+        comparison = Comparison.objects.create(
+            prompt=prompt,
+            source=source,
+            priority=priority,
+            labels_needed=settings.PREFLOOP_OVERLAP_ANNOTATORS if overlapped else 1,
+        )
+        ComparisonItem.objects.bulk_create(
+            ComparisonItem(comparison=comparison, completion=c, position=i) for i, c in enumerate(shuffled)
+        )
+    return comparison
+
+
+def open_comparisons_for(annotator: AbstractBaseUser):
+    """Comparisons that still want labels and that this annotator has not answered."""
+    return Comparison.objects.filter(label_count__lt=F("labels_needed")).exclude(labels__annotator=annotator)
+
+
+@transaction.atomic
+def next_comparison_for(annotator: AbstractBaseUser) -> Comparison | None:
+    """The comparison this annotator should label now, leased to them, or None when the
+    queue holds nothing for them. A live lease they already hold comes back first, so a
+    reload shows the same comparison instead of taking a second one."""
+    now = timezone.now()
+    held = (
+        Assignment.objects.filter(annotator=annotator, expires_at__gt=now)
+        .exclude(comparison__labels__annotator=annotator)
+        .select_related("comparison")
+        .order_by("created_at")
+        .first()
+    )
+    if held is not None:
+        return held.comparison
+
+    live_leases_of_others = (
+        Assignment.objects.filter(comparison=OuterRef("pk"), expires_at__gt=now)
+        .exclude(annotator=annotator)
+        .values("comparison")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
+    comparison = (
+        open_comparisons_for(annotator)
+        .annotate(leased=Coalesce(Subquery(live_leases_of_others), 0))
+        .filter(labels_needed__gt=F("label_count") + F("leased"))
+        .order_by("-priority", "id")
+        .select_for_update(skip_locked=True, of=("self",))
+        .first()
+    )
+    if comparison is None:
+        return None
+    Assignment.objects.update_or_create(
+        comparison=comparison,
+        annotator=annotator,
+        defaults={"expires_at": now + timedelta(seconds=settings.PREFLOOP_LEASE_SECONDS), "created_at": now},
+    )
+    return comparison
+
+
+def validate_label(label: LabelInput, completion_count: int) -> LabelInput:
+    """The label as it will be stored, or LabelError. Strength only qualifies a stated
+    preference, so it is dropped from ties, both-bad and skips."""
+    valid_choices = {Label.Choice.SKIP}
+    if completion_count == 2:
+        valid_choices |= {Label.Choice.A, Label.Choice.B, Label.Choice.TIE, Label.Choice.BOTH_BAD}
+    else:
+        valid_choices |= {Label.Choice.RANKING, Label.Choice.BOTH_BAD}
+    if label.choice not in valid_choices:
+        raise LabelError(f"choice {label.choice!r} is not valid for a comparison of {completion_count}")
+    ranking = None
+    if label.choice == Label.Choice.RANKING:
+        if sorted(label.ranking or []) != list(range(completion_count)):
+            raise LabelError(f"a ranking must list each of the positions 0..{completion_count - 1} once")
+        ranking = list(label.ranking)
+    strength = label.strength
+    if label.choice in {Label.Choice.A, Label.Choice.B, Label.Choice.RANKING}:
+        if strength is not None and strength not in (1, 2, 3):
+            raise LabelError("strength must be 1, 2 or 3")
+    else:
+        strength = None
+    if len(label.rationale) > MAX_RATIONALE_CHARS:
+        raise LabelError(f"the rationale is longer than {MAX_RATIONALE_CHARS} characters")
+    active = min(max(float(label.active_seconds), 0.0), MAX_ACTIVE_SECONDS)
+    return LabelInput(label.comparison_id, label.choice, ranking, strength, label.rationale.strip(), active)
+
+
+def submit_label(annotator: AbstractBaseUser, label: LabelInput, is_simulated: bool = False) -> tuple[Label, bool]:
+    """Store one label. A second submission for the same comparison by the same annotator
+    (a double click, a retried request) stores nothing and returns the first label with
+    created=False."""
+    with transaction.atomic():
+        comparison = Comparison.objects.filter(pk=label.comparison_id).annotate(k=Count("items")).first()
+        if comparison is None:
+            raise LabelError(f"comparison {label.comparison_id} does not exist")
+        clean = validate_label(label, comparison.k)
+        try:
+            with transaction.atomic():
+                stored = Label.objects.create(
+                    comparison=comparison,
+                    annotator=annotator,
+                    choice=clean.choice,
+                    ranking=clean.ranking,
+                    strength=clean.strength,
+                    rationale=clean.rationale,
+                    active_seconds=clean.active_seconds,
+                    is_simulated=is_simulated,
+                )
+        except IntegrityError:
+            return Label.objects.get(comparison=comparison, annotator=annotator), False
+        if stored.counts_as_label:
+            Comparison.objects.filter(pk=comparison.pk).update(label_count=F("label_count") + 1)
+        Assignment.objects.filter(comparison=comparison, annotator=annotator).delete()
+    return stored, True
+
+
+@transaction.atomic
+def undo_last_label(annotator: AbstractBaseUser) -> Comparison | None:
+    """Delete the annotator's most recent label and lease its comparison back to them, so
+    it is what they see next. None when they have nothing to undo."""
+    last = Label.objects.filter(annotator=annotator).order_by("-created_at", "-id").first()
+    if last is None:
+        return None
+    comparison = last.comparison
+    if last.counts_as_label:
+        Comparison.objects.filter(pk=comparison.pk).update(label_count=F("label_count") - 1)
+    last.delete()
+    now = timezone.now()
+    # Older than any other lease they hold, so next_comparison_for serves it first.
+    Assignment.objects.update_or_create(
+        comparison=comparison,
+        annotator=annotator,
+        defaults={
+            "expires_at": now + timedelta(seconds=settings.PREFLOOP_LEASE_SECONDS),
+            "created_at": now - timedelta(days=1),
+        },
+    )
+    return comparison
+
+
+def annotator_counts(annotator: AbstractBaseUser) -> dict[str, int]:
+    """What the annotator sees in the page header: their labels and what is left."""
+    return {
+        "labeled": Label.objects.filter(annotator=annotator).exclude(choice=Label.Choice.SKIP).count(),
+        "queue": open_comparisons_for(annotator).count(),
+    }

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import json
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+
+from labeling import exporting, services
+from labeling.forms import PromptImportForm
+from labeling.importing import PromptFileError, import_prompt_file
+from labeling.presenters import comparison_for_annotator
+from prefloop.access import staff_required
+
+
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    return redirect("researcher" if request.user.is_staff else "label")
+
+
+@login_required
+@require_GET
+def label_page(request: HttpRequest) -> HttpResponse:
+    return render(request, "labeling/label.html")
+
+
+def queue_state(request: HttpRequest, comparison) -> JsonResponse:
+    return JsonResponse(
+        {
+            "comparison": comparison_for_annotator(comparison) if comparison else None,
+            "counts": services.annotator_counts(request.user),
+        }
+    )
+
+
+@login_required
+@require_GET
+def next_comparison(request: HttpRequest) -> JsonResponse:
+    return queue_state(request, services.next_comparison_for(request.user))
+
+
+@login_required
+@require_POST
+def submit_label(request: HttpRequest) -> JsonResponse:
+    try:
+        label_input = parse_label(request.body)
+        label, created = services.submit_label(request.user, label_input)
+    except services.LabelError as error:
+        return JsonResponse({"error": str(error)}, status=400)
+    return JsonResponse({"label_id": label.pk, "duplicate": not created})
+
+
+@login_required
+@require_POST
+def undo_label(request: HttpRequest) -> JsonResponse:
+    return queue_state(request, services.undo_last_label(request.user) or services.next_comparison_for(request.user))
+
+
+def parse_label(body: bytes) -> services.LabelInput:
+    try:
+        data = json.loads(body)
+        return services.LabelInput(
+            comparison_id=int(data["comparison_id"]),
+            choice=str(data["choice"]),
+            ranking=[int(p) for p in data["ranking"]] if data.get("ranking") is not None else None,
+            strength=int(data["strength"]) if data.get("strength") is not None else None,
+            rationale=str(data.get("rationale") or ""),
+            active_seconds=float(data.get("active_seconds") or 0.0),
+        )
+    except (ValueError, KeyError, TypeError) as error:
+        raise services.LabelError(f"malformed label: {error}") from None
+
+
+@staff_required
+def import_prompts(request: HttpRequest) -> HttpResponse:
+    form = PromptImportForm(request.POST or None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        upload = form.cleaned_data["file"]
+        try:
+            # Read one byte past the limit so an oversized file is reported, not truncated.
+            data = upload.read(settings.PREFLOOP_MAX_IMPORT_BYTES + 1)
+            result = import_prompt_file(upload.name, data, settings.PREFLOOP_MAX_IMPORT_BYTES)
+        except PromptFileError as error:
+            form.add_error("file", f"Nothing was imported: {error}")
+        else:
+            messages.success(
+                request, f"Imported {result.created} prompts ({result.duplicates} already present, skipped)."
+            )
+            return redirect("import_prompts")
+    return render(request, "labeling/import.html", {"form": form}, status=400 if form.errors else 200)
+
+
+@staff_required
+@require_GET
+def export_labels(request: HttpRequest) -> StreamingHttpResponse:
+    raw = request.GET.get("raw") == "1"
+    rows = (exporting.raw_rows if raw else exporting.preference_rows)(exporting.labels_for_export().iterator(100))
+    stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+    response = StreamingHttpResponse((json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                     content_type="application/jsonl; charset=utf-8")
+    name = f"prefloop-{'labels-raw' if raw else 'preferences'}-{stamp}.jsonl"
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    return response

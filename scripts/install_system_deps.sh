@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Install Debian packages the project needs, only when missing: redis-server (broker),
+# chromium (browser tests). Uses sudo when not root.
+set -euo pipefail
+declare -A binary=([redis-server]=/usr/bin/redis-server [chromium]=/usr/bin/chromium)
+missing=()
+for package in "$@"; do
+  [ -x "${binary[$package]:-/nonexistent}" ] || missing+=("$package")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "Installing ${missing[*]} with apt-get..."
+$sudo apt-get update -q
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import os
+import random
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+
+# Before Django and Celery read their settings: no hub access, a private redis port for
+# the worker tests, and permission for the ORM under Playwright's sync API (it runs an
+# event loop in the test thread, which Django would otherwise refuse).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+os.environ["REDIS_URL"] = f"redis://127.0.0.1:{_free_port()}/0"
+
+import pytest  # noqa: E402
+
+ARTIFACT_DIR = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def gguf_tokenizer():
+    from training.ml.base_model import load_gguf_tokenizer, smollm2_gguf_path
+
+    return load_gguf_tokenizer(smollm2_gguf_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, gguf_tokenizer) -> Path:
+    """A tiny random Llama with SmolLM2's real tokenizer and chat template."""
+    from training.ml.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-policy"), gguf_tokenizer)
+
+
+@pytest.fixture
+def people(django_user_model):
+    """The three people every access test needs."""
+
+    return SimpleNamespace(
+        researcher=django_user_model.objects.create_user("rita", password="pw-rita-123", is_staff=True),
+        annotator=django_user_model.objects.create_user("ann", password="pw-ann-123"),
+        outsider=django_user_model.objects.create_user("otto", password="pw-otto-123"),
+    )
+
+
+@pytest.fixture
+def base_policy(db, tmp_path):
+    from training.models import PolicyVersion
+
+    return PolicyVersion.objects.create(number=0, base_model_dir=str(tmp_path / "no-model-needed"))
+
+
+@pytest.fixture
+def make_comparison(base_policy):
+    """make_comparison(texts=("left", "right"), prompt="...", **comparison_fields)"""
+    from labeling.models import Completion, Prompt
+    from labeling.services import create_comparison
+
+    counter = iter(range(1_000_000))
+
+    def make(texts=("first answer", "second answer"), prompt=None, priority=0.0, labels_needed=None, seed=0):
+        prompt_obj = Prompt.objects.create(
+            messages=[{"role": "user", "content": prompt or f"Prompt number {next(counter)}"}]
+        )
+        completions = [
+            Completion.objects.create(prompt=prompt_obj, policy_version=base_policy, text=t) for t in texts
+        ]
+        comparison = create_comparison(prompt_obj, completions, source="initial", priority=priority,
+                                       rng=random.Random(seed))
+        if labels_needed is not None:
+            comparison.labels_needed = labels_needed
+            comparison.save(update_fields=["labels_needed"])
+        return comparison
+
+    return make

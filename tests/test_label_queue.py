@@ -1,0 +1,173 @@
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from labeling import services
+from labeling.models import Assignment, Comparison, Label
+from labeling.services import LabelError, LabelInput
+
+pytestmark = pytest.mark.django_db
+
+
+def test_two_annotators_never_get_the_same_comparison(people, make_comparison):
+    first, second = make_comparison(), make_comparison()
+    got_ann = services.next_comparison_for(people.annotator)
+    got_otto = services.next_comparison_for(people.outsider)
+    assert {got_ann, got_otto} == {first, second}
+
+
+def test_a_reload_returns_the_comparison_already_leased(people, make_comparison):
+    make_comparison(), make_comparison()
+    first = services.next_comparison_for(people.annotator)
+    assert services.next_comparison_for(people.annotator) == first
+    assert Assignment.objects.filter(annotator=people.annotator).count() == 1
+
+
+def test_an_expired_lease_frees_the_comparison(people, make_comparison):
+    only = make_comparison()
+    assert services.next_comparison_for(people.annotator) == only
+    assert services.next_comparison_for(people.outsider) is None
+    Assignment.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert services.next_comparison_for(people.outsider) == only
+
+
+def test_overlap_comparisons_go_to_several_annotators(people, make_comparison):
+    overlapped = make_comparison(labels_needed=2)
+    assert services.next_comparison_for(people.annotator) == overlapped
+    assert services.next_comparison_for(people.outsider) == overlapped
+    assert services.next_comparison_for(people.researcher) is None
+
+
+def test_overlap_share_setting_decides_labels_needed(settings, people, make_comparison):
+    settings.PREFLOOP_OVERLAP_SHARE = 1.0
+    settings.PREFLOOP_OVERLAP_ANNOTATORS = 3
+    assert make_comparison().labels_needed == 3
+    settings.PREFLOOP_OVERLAP_SHARE = 0.0
+    assert make_comparison().labels_needed == 1
+
+
+def test_higher_priority_is_served_first(people, make_comparison):
+    make_comparison(priority=0.1)
+    urgent = make_comparison(priority=5.0)
+    assert services.next_comparison_for(people.annotator) == urgent
+
+
+def test_a_labeled_comparison_leaves_the_queue(people, make_comparison):
+    comparison = make_comparison()
+    services.next_comparison_for(people.annotator)
+    services.submit_label(people.annotator, LabelInput(comparison.pk, "a"))
+    comparison.refresh_from_db()
+    assert comparison.label_count == 1
+    assert services.next_comparison_for(people.outsider) is None
+    assert not Assignment.objects.exists()
+
+
+def test_a_skip_does_not_count_but_is_not_served_again_to_the_same_person(people, make_comparison):
+    comparison = make_comparison()
+    services.submit_label(people.annotator, LabelInput(comparison.pk, "skip"))
+    comparison.refresh_from_db()
+    assert comparison.label_count == 0
+    assert services.next_comparison_for(people.annotator) is None
+    assert services.next_comparison_for(people.outsider) == comparison
+
+
+def test_a_double_submitted_label_is_stored_once(people, make_comparison):
+    comparison = make_comparison()
+    first, created_first = services.submit_label(people.annotator, LabelInput(comparison.pk, "a", strength=2))
+    again, created_again = services.submit_label(people.annotator, LabelInput(comparison.pk, "b"))
+    assert created_first and not created_again
+    assert again.pk == first.pk and again.choice == "a"
+    assert Label.objects.count() == 1
+    comparison.refresh_from_db()
+    assert comparison.label_count == 1
+
+
+def test_undo_deletes_the_last_label_and_serves_its_comparison_again(people, make_comparison):
+    first, second, third = make_comparison(), make_comparison(), make_comparison()
+    services.submit_label(people.annotator, LabelInput(first.pk, "a"))
+    services.submit_label(people.annotator, LabelInput(second.pk, "b"))
+    assert services.next_comparison_for(people.annotator) == third  # leased, on screen
+    undone = services.undo_last_label(people.annotator)
+    assert undone == second
+    assert list(Label.objects.values_list("comparison_id", flat=True)) == [first.pk]
+    assert services.next_comparison_for(people.annotator) == second
+    second.refresh_from_db()
+    assert second.label_count == 0
+
+
+def test_undo_with_nothing_to_undo_returns_none(people):
+    assert services.undo_last_label(people.annotator) is None
+
+
+@pytest.mark.parametrize(
+    ("label", "message"),
+    [
+        (LabelInput(0, "a"), "does not exist"),
+        (LabelInput(None, "left"), "not valid"),
+        (LabelInput(None, "ranking", ranking=[0, 1]), "not valid"),
+        (LabelInput(None, "a", strength=5), "strength"),
+        (LabelInput(None, "a", rationale="x" * 2001), "rationale"),
+    ],
+)
+def test_invalid_labels_are_refused_and_store_nothing(people, make_comparison, label, message):
+    comparison = make_comparison()
+    if label.comparison_id is None:
+        label = LabelInput(comparison.pk, label.choice, label.ranking, label.strength, label.rationale)
+    with pytest.raises(LabelError, match=message):
+        services.submit_label(people.annotator, label)
+    assert not Label.objects.exists()
+
+
+def test_ranking_of_three_is_stored_and_expands_to_all_pairs(people, make_comparison):
+    comparison = make_comparison(texts=("x", "y", "z"))
+    with pytest.raises(LabelError, match="each of the positions"):
+        services.submit_label(people.annotator, LabelInput(comparison.pk, "ranking", ranking=[0, 0, 1]))
+    label, _ = services.submit_label(people.annotator, LabelInput(comparison.pk, "ranking", ranking=[2, 0, 1]))
+    shown = comparison.ordered_completions()
+    pairs = [(chosen.text, rejected.text) for chosen, rejected in label.preference_pairs(shown)]
+    best, middle, worst = shown[2].text, shown[0].text, shown[1].text
+    assert pairs == [(best, middle), (best, worst), (middle, worst)]
+
+
+def test_strength_is_dropped_from_a_tie_and_active_time_is_clamped(people, make_comparison):
+    comparison = make_comparison()
+    label, _ = services.submit_label(
+        people.annotator, LabelInput(comparison.pk, "tie", strength=3, active_seconds=99_999)
+    )
+    assert label.strength is None
+    assert label.active_seconds == services.MAX_ACTIVE_SECONDS
+
+
+def test_display_order_is_shuffled_across_comparisons(people, make_comparison):
+    orders = set()
+    for seed in range(12):
+        comparison = make_comparison(texts=("alpha", "beta"), seed=seed)
+        orders.add(tuple(c.text for c in comparison.ordered_completions()))
+    assert orders == {("alpha", "beta"), ("beta", "alpha")}
+
+
+def test_counts_show_own_labels_and_queue(people, make_comparison):
+    first, _ = make_comparison(), make_comparison()
+    services.submit_label(people.annotator, LabelInput(first.pk, "b"))
+    assert services.annotator_counts(people.annotator) == {"labeled": 1, "queue": 1}
+    assert services.annotator_counts(people.outsider) == {"labeled": 0, "queue": 1}
+
+
+def test_random_interleaving_keeps_label_count_consistent(people, make_comparison):
+    """Submit, duplicate, skip and undo in a random order; the denormalized count must
+    always equal the number of non-skip labels."""
+    rng = random.Random(7)
+    comparisons = [make_comparison(labels_needed=2) for _ in range(6)]
+    annotators = [people.annotator, people.outsider, people.researcher]
+    for _ in range(120):
+        who = rng.choice(annotators)
+        if rng.random() < 0.2:
+            services.undo_last_label(who)
+        else:
+            services.submit_label(who, LabelInput(rng.choice(comparisons).pk, rng.choice(["a", "b", "tie", "skip"])))
+    for comparison in Comparison.objects.all():
+        assert comparison.label_count == comparison.labels.exclude(choice="skip").count()

@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from django.contrib import admin
+
+from training.models import Job, PolicyVersion
+
+
+@admin.register(PolicyVersion)
+class PolicyVersionAdmin(admin.ModelAdmin):
+    list_display = ("number", "parent", "base_model_dir", "adapter_dir", "created_at")
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = ("id", "kind", "status", "step", "total_steps", "requested_by", "created_at", "finished_at")
+    list_filter = ("kind", "status")
+    readonly_fields = ("celery_task_id", "created_at", "started_at", "finished_at")

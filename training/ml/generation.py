@@ -1,0 +1,116 @@
+"""Sampling completions from a policy: chat template, left-padded batches, temperature
+sampling, CUDA when present. Plain functions; the Django side decides what to store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How completions are sampled; stored with every completion it produced."""
+
+    max_new_tokens: int = 96
+    """Completions longer than this are cut and marked as not ended."""
+    temperature: float = 0.8
+    """0 means greedy decoding."""
+    top_p: float = 0.95
+    """Nucleus sampling mass."""
+    batch_size: int = 8
+    """Prompts per `generate` call (each expands to samples_per_prompt sequences)."""
+    seed: int = 0
+    """Seeds torch before sampling, so a run can be repeated."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Sample:
+    text: str
+    ended: bool
+    """True when the model emitted EOS before max_new_tokens."""
+    num_tokens: int
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def configure_torch_threads(threads: int) -> None:
+    """Two torch processes on two cores fight over threads; workers pin theirs."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def load_tokenizer(model_dir: Path | str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_policy(model_dir: Path | str, adapter_dir: Path | str | None = None, device: torch.device | None = None):
+    """(model, tokenizer) ready for sampling; a LoRA adapter is applied when given."""
+    from transformers import AutoModelForCausalLM
+
+    device = device or pick_device()
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    if adapter_dir:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    return model.to(device).eval(), load_tokenizer(model_dir)
+
+
+def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@torch.inference_mode()
+def iter_sample_batches(
+    model,
+    tokenizer,
+    conversations: Sequence[list[dict]],
+    samples_per_prompt: int,
+    config: SamplingConfig,
+) -> Iterator[list[list[Sample]]]:
+    """Yield, batch by batch, `samples_per_prompt` samples for each conversation, in the
+    order given, so a caller can store and report progress as it goes."""
+    torch.manual_seed(config.seed)
+    eos_id = tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    batches = list(chunks(conversations, config.batch_size))
+    for batch in tqdm(batches, desc="sampling", unit="batch"):
+        texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in batch]
+        encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        sampling = {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p}
+        output = model.generate(
+            **encoded,
+            **(sampling if config.temperature > 0 else {"do_sample": False}),
+            max_new_tokens=config.max_new_tokens,
+            num_return_sequences=samples_per_prompt,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=eos_id,
+        )
+        new_tokens = output[:, encoded["input_ids"].shape[1] :]  # (batch * samples_per_prompt, new)
+        samples = [decode_sample(row, tokenizer, eos_id) for row in new_tokens]
+        yield [samples[i : i + samples_per_prompt] for i in range(0, len(samples), samples_per_prompt)]
+
+
+def decode_sample(tokens: torch.Tensor, tokenizer, eos_id: int) -> Sample:
+    eos_positions = (tokens == eos_id).nonzero()
+    ended = len(eos_positions) > 0
+    kept = tokens[: eos_positions[0, 0]] if ended else tokens
+    text = tokenizer.decode(kept, skip_special_tokens=True).strip()
+    return Sample(text=text, ended=ended, num_tokens=len(kept))

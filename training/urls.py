@@ -1,0 +1,11 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from training import views
+
+urlpatterns = [
+    path("researcher/", views.researcher, name="researcher"),
+    path("researcher/generate", views.generate_comparisons, name="generate_comparisons"),
+    path("jobs/<int:job_id>.json", views.job_status, name="job_status"),
+]

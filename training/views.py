@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from django.contrib import messages
+from django.db.models import Count
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from labeling.models import Comparison, Label, Prompt
+from prefloop.access import staff_required
+from training import services
+from training.forms import GenerateComparisonsForm
+from training.models import Job, PolicyVersion
+
+
+@staff_required
+@require_GET
+def researcher(request: HttpRequest) -> HttpResponse:
+    context = {
+        "generate_form": GenerateComparisonsForm(),
+        "jobs": Job.objects.select_related("requested_by")[:20],
+        "policies": PolicyVersion.objects.annotate(completion_count=Count("completions")),
+        "prompt_count": Prompt.objects.count(),
+        "comparison_count": Comparison.objects.count(),
+        "label_count": Label.objects.exclude(choice=Label.Choice.SKIP).count(),
+    }
+    return render(request, "training/researcher.html", context)
+
+
+@staff_required
+@require_POST
+def generate_comparisons(request: HttpRequest) -> HttpResponse:
+    form = GenerateComparisonsForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, f"Not started: {form.errors.as_text()}")
+        return redirect("researcher")
+    job = services.request_generation(
+        form.cleaned_data["policy"], form.cleaned_data["prompt_count"], request.user, form.cleaned_data["samples"]
+    )
+    messages.success(request, f"Queued generation job #{job.pk} on the gpu queue.")
+    return redirect("researcher")
+
+
+@staff_required
+@require_GET
+def job_status(request: HttpRequest, job_id: int) -> JsonResponse:
+    job = get_object_or_404(Job, pk=job_id)
+    return JsonResponse(
+        {"id": job.pk, "status": job.status, "step": job.step, "total_steps": job.total_steps,
+         "progress": job.progress, "error": job.error}
+    )
