@@ -24,6 +24,13 @@ os.environ["REDIS_URL"] = f"redis://127.0.0.1:{_free_port()}/0"
 
 import pytest  # noqa: E402
 
+from prefloop.celery import app as celery_app  # noqa: E402
+
+# pytest-django reads the settings before this file runs, so the env var above reaches
+# only the worker processes the tests start; the test process's own app is pointed at
+# the same private port here.
+celery_app.conf.broker_url = os.environ["REDIS_URL"]
+
 ARTIFACT_DIR = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 

@@ -1,0 +1,126 @@
+"""An annotator in a real browser (Debian chromium through Playwright)."""
+
+from __future__ import annotations
+
+import pytest
+
+from labeling.models import Label
+from tests.conftest import ARTIFACT_DIR
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def annotator_page(browser, live_server, people):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto(f"{live_server.url}/label/")  # redirected to log in first
+    page.fill("input[name=username]", "ann")
+    page.fill("input[name=password]", "pw-ann-123")
+    page.press("input[name=password]", "Enter")
+    page.wait_for_url("**/label/")
+    yield page
+    context.close()
+
+
+def prompt_is(page, text: str) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.locator("#prompt")).to_have_text(text)
+
+
+def test_annotator_labels_three_comparisons_with_the_keyboard_and_one_undo(annotator_page, make_comparison, people):
+    page = annotator_page
+    comparisons = [
+        make_comparison(prompt=f"Question {i}", texts=(f"answer {i} one", f"answer {i} two"), priority=10 - i)
+        for i in range(4)
+    ]
+    page.reload()
+    prompt_is(page, "Question 0")
+    page.keyboard.press("1")  # left
+    prompt_is(page, "Question 1")
+    page.keyboard.press("ArrowRight")  # right... then think better of it
+    prompt_is(page, "Question 2")
+    page.keyboard.press("u")
+    prompt_is(page, "Question 1")
+    page.keyboard.press("3")  # tie
+    prompt_is(page, "Question 2")
+    page.keyboard.press("e")  # much better
+    page.keyboard.press("r")
+    page.keyboard.type("clearer and shorter")
+    page.keyboard.press("Escape")
+    page.keyboard.press("2")  # right
+    prompt_is(page, "Question 3")
+    from playwright.sync_api import expect
+
+    expect(page.locator("#labeled-count")).to_have_text("3")
+    ARTIFACT_DIR.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACT_DIR / "labeling-page.png"), full_page=True)
+
+    labels = {label.comparison_id: label for label in Label.objects.filter(annotator=people.annotator)}
+    assert set(labels) == {comparisons[0].pk, comparisons[1].pk, comparisons[2].pk}
+    assert labels[comparisons[0].pk].choice == "a"
+    assert labels[comparisons[1].pk].choice == "tie"
+    last = labels[comparisons[2].pk]
+    assert (last.choice, last.strength, last.rationale) == ("b", 3, "clearer and shorter")
+    assert all(0 < label.active_seconds < 60 for label in labels.values())
+
+
+def test_model_output_with_html_shows_as_text_and_runs_nothing(annotator_page, make_comparison):
+    from playwright.sync_api import expect
+
+    page = annotator_page
+    attack_left = '<script>window.__xss = "script"</script>Hello'
+    attack_right = '<img src=x onerror="window.__xss = \'img\'"> and [link](javascript:window.__xss=1)'
+    make_comparison(prompt="Be nice <b onmouseover=\"window.__xss='prompt'\">bold</b>",
+                    texts=(attack_left, attack_right))
+    page.reload()
+    expect(page.locator("#completions")).to_contain_text('<script>window.__xss = "script"</script>Hello')
+    expect(page.locator("#completions")).to_contain_text("<img src=x onerror=")
+    page.hover("#prompt")
+    page.wait_for_timeout(300)
+    assert page.evaluate("window.__xss") is None
+    assert page.locator("#completions img, #completions script, #prompt b").count() == 0
+    assert page.locator("a[href^='javascript']").count() == 0
+    ARTIFACT_DIR.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACT_DIR / "xss-as-text.png"), full_page=True)
+
+
+def test_narrow_screens_stack_the_completions(browser, annotator_page, make_comparison):
+    page = annotator_page
+    make_comparison(prompt="Narrow", texts=("left text", "right text"))
+    page.set_viewport_size({"width": 420, "height": 900})
+    page.reload()
+    prompt_is(page, "Narrow")
+    first, second = (page.locator(".completion").nth(i).bounding_box() for i in range(2))
+    assert second["y"] > first["y"] + first["height"] - 1  # below, not beside
+
+
+def test_three_completions_are_ranked_by_pressing_numbers_best_first(annotator_page, make_comparison, people):
+    from playwright.sync_api import expect
+
+    page = annotator_page
+    comparison = make_comparison(prompt="Rank us", texts=("x", "y", "z"))
+    page.reload()
+    prompt_is(page, "Rank us")
+    expect(page.locator("#pair-choices")).to_be_hidden()
+    expect(page.locator("#ranking-choices")).to_be_visible()
+    page.keyboard.press("3")
+    expect(page.locator("#ranking-so-far")).to_have_text("3")
+    page.keyboard.press("1")  # the last place is implied and the ranking is sent
+    expect(page.locator("#labeled-count")).to_have_text("1")
+    label = Label.objects.get(annotator=people.annotator, comparison=comparison)
+    assert (label.choice, label.ranking) == ("ranking", [2, 0, 1])
