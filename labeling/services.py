@@ -24,6 +24,8 @@ from labeling.models import Assignment, Comparison, ComparisonItem, Completion, 
 
 MAX_ACTIVE_SECONDS = 3600.0
 MAX_RATIONALE_CHARS = 2000
+# Candidates to re-check before giving up on a request (each one lost a race just now).
+MAX_LEASE_ATTEMPTS = 5
 
 
 class LabelError(ValueError):
@@ -99,15 +101,22 @@ def next_comparison_for(annotator: AbstractBaseUser) -> Comparison | None:
         .annotate(n=Count("id"))
         .values("n")
     )
-    comparison = (
+    candidates = (
         open_comparisons_for(annotator)
         .annotate(leased=Coalesce(Subquery(live_leases_of_others), 0))
         .filter(labels_needed__gt=F("label_count") + F("leased"))
         .order_by("-priority", "id")
         .select_for_update(skip_locked=True, of=("self",))
-        .first()
     )
-    if comparison is None:
+    passed_over: list[int] = []
+    for _ in range(MAX_LEASE_ATTEMPTS):
+        comparison = candidates.exclude(pk__in=passed_over).first()
+        if comparison is None:
+            return None
+        if has_room_for_another_annotator(comparison, annotator, now):
+            break
+        passed_over.append(comparison.pk)
+    else:
         return None
     Assignment.objects.update_or_create(
         comparison=comparison,
@@ -115,6 +124,17 @@ def next_comparison_for(annotator: AbstractBaseUser) -> Comparison | None:
         defaults={"expires_at": now + timedelta(seconds=settings.PREFLOOP_LEASE_SECONDS), "created_at": now},
     )
     return comparison
+
+
+def has_room_for_another_annotator(comparison: Comparison, annotator: AbstractBaseUser, now) -> bool:
+    """Re-check a locked candidate in a new statement. Under PostgreSQL's READ COMMITTED
+    the candidate query counted leases as of its own start; a lease another request
+    committed just before we took the row lock is visible only to a later statement."""
+    leased = (
+        Assignment.objects.filter(comparison=comparison, expires_at__gt=now).exclude(annotator=annotator).count()
+    )
+    labeled, needed = Comparison.objects.values_list("label_count", "labels_needed").get(pk=comparison.pk)
+    return labeled + leased < needed
 
 
 def validate_label(label: LabelInput, completion_count: int) -> LabelInput:

@@ -25,7 +25,7 @@ def home(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def label_page(request: HttpRequest) -> HttpResponse:
-    return render(request, "labeling/label.html")
+    return render(request, "labeling/label.html", {"idle_ms": settings.PREFLOOP_IDLE_SECONDS * 1000})
 
 
 def queue_state(request: HttpRequest, comparison) -> JsonResponse:

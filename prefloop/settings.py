@@ -204,6 +204,8 @@ PREFLOOP_LEASE_SECONDS = env_int("PREFLOOP_LEASE_SECONDS", 600, minimum=10)
 # Share of new comparisons that several annotators label, to measure agreement.
 PREFLOOP_OVERLAP_SHARE = env_float("PREFLOOP_OVERLAP_SHARE", 0.1, 0.0, 1.0)
 PREFLOOP_OVERLAP_ANNOTATORS = env_int("PREFLOOP_OVERLAP_ANNOTATORS", 2, minimum=2)
+# No key, click, scroll or mouse move for this long and the labeling clock stops.
+PREFLOOP_IDLE_SECONDS = env_int("PREFLOOP_IDLE_SECONDS", 30, minimum=1)
 # Upload limit for prompt files.
 PREFLOOP_MAX_IMPORT_BYTES = env_int("PREFLOOP_MAX_IMPORT_BYTES", 10 * 1024 * 1024, minimum=1)
 # Sampling for new comparisons.

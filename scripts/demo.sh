@@ -13,6 +13,7 @@ export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:${REDIS_PORT}/0}"
 mkdir -p var/log var/redis
 
 $PY manage.py migrate --noinput -v 0
+$PY manage.py collectstatic --noinput -v 0
 $PY manage.py prepare_base_model
 $PY manage.py load_starter_prompts
 $PY manage.py create_demo_users
@@ -46,7 +47,7 @@ pids+=($!)
 
 $PY manage.py queue_initial_comparisons --prompts 16
 
-.venv/bin/gunicorn prefloop.wsgi --bind 127.0.0.1:8000 --workers 2 --threads 4 \
+.venv/bin/gunicorn prefloop.wsgi --bind 127.0.0.1:8000 --workers 2 --threads 4 --no-control-socket \
   --access-logfile var/log/web-access.log --error-logfile var/log/web.log &
 pids+=($!)
 

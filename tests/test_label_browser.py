@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from playwright.sync_api import expect
 
 from labeling.models import Label
 from tests.conftest import ARTIFACT_DIR
@@ -37,8 +38,6 @@ def annotator_page(browser, live_server, people):
 
 
 def prompt_is(page, text: str) -> None:
-    from playwright.sync_api import expect
-
     expect(page.locator("#prompt")).to_have_text(text)
 
 
@@ -64,8 +63,6 @@ def test_annotator_labels_three_comparisons_with_the_keyboard_and_one_undo(annot
     page.keyboard.press("Escape")
     page.keyboard.press("2")  # right
     prompt_is(page, "Question 3")
-    from playwright.sync_api import expect
-
     expect(page.locator("#labeled-count")).to_have_text("3")
     ARTIFACT_DIR.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACT_DIR / "labeling-page.png"), full_page=True)
@@ -80,8 +77,6 @@ def test_annotator_labels_three_comparisons_with_the_keyboard_and_one_undo(annot
 
 
 def test_model_output_with_html_shows_as_text_and_runs_nothing(annotator_page, make_comparison):
-    from playwright.sync_api import expect
-
     page = annotator_page
     attack_left = '<script>window.__xss = "script"</script>Hello'
     attack_right = '<img src=x onerror="window.__xss = \'img\'"> and [link](javascript:window.__xss=1)'
@@ -110,8 +105,6 @@ def test_narrow_screens_stack_the_completions(browser, annotator_page, make_comp
 
 
 def test_three_completions_are_ranked_by_pressing_numbers_best_first(annotator_page, make_comparison, people):
-    from playwright.sync_api import expect
-
     page = annotator_page
     comparison = make_comparison(prompt="Rank us", texts=("x", "y", "z"))
     page.reload()
@@ -124,3 +117,33 @@ def test_three_completions_are_ranked_by_pressing_numbers_best_first(annotator_p
     expect(page.locator("#labeled-count")).to_have_text("1")
     label = Label.objects.get(annotator=people.annotator, comparison=comparison)
     assert (label.choice, label.ranking) == ("ranking", [2, 0, 1])
+
+
+def test_idle_time_and_hidden_tabs_do_not_count_as_active(annotator_page, make_comparison, people, settings):
+    settings.PREFLOOP_IDLE_SECONDS = 1
+    page = annotator_page
+    first = make_comparison(prompt="Idle", priority=2)
+    second = make_comparison(prompt="Hidden", priority=1)
+    page.reload()
+    prompt_is(page, "Idle")
+    page.wait_for_timeout(3000)  # no input: only the first second counts
+    page.keyboard.press("1")
+    prompt_is(page, "Hidden")
+    # The tab goes to the background for three seconds while the mouse keeps moving.
+    page.evaluate("""() => {
+        Object.defineProperty(document, "visibilityState", {value: "hidden", configurable: true});
+        document.dispatchEvent(new Event("visibilitychange"));
+    }""")
+    for x in range(6):
+        page.mouse.move(100 + x * 10, 100)
+        page.wait_for_timeout(500)
+    page.evaluate("""() => {
+        Object.defineProperty(document, "visibilityState", {value: "visible", configurable: true});
+        document.dispatchEvent(new Event("visibilitychange"));
+    }""")
+    page.keyboard.press("2")
+    expect(page.locator("#empty")).to_be_visible()
+    idle = Label.objects.get(comparison=first, annotator=people.annotator)
+    hidden = Label.objects.get(comparison=second, annotator=people.annotator)
+    assert 0.3 < idle.active_seconds < 2.0
+    assert hidden.active_seconds < 1.0

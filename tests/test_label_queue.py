@@ -171,3 +171,14 @@ def test_random_interleaving_keeps_label_count_consistent(people, make_compariso
             services.submit_label(who, LabelInput(rng.choice(comparisons).pk, rng.choice(["a", "b", "tie", "skip"])))
     for comparison in Comparison.objects.all():
         assert comparison.label_count == comparison.labels.exclude(choice="skip").count()
+
+
+def test_a_candidate_leased_by_someone_else_meanwhile_has_no_room(people, make_comparison):
+    """The re-check that closes PostgreSQL's snapshot race: a lease committed after the
+    candidate query started must make the candidate full."""
+    comparison = make_comparison()
+    now = timezone.now()
+    assert services.has_room_for_another_annotator(comparison, people.annotator, now)
+    Assignment.objects.create(comparison=comparison, annotator=people.outsider, expires_at=now + timedelta(minutes=5))
+    assert not services.has_room_for_another_annotator(comparison, people.annotator, now)
+    assert services.has_room_for_another_annotator(comparison, people.outsider, now)  # their own lease

@@ -8,7 +8,7 @@
   const root = document.getElementById("labeler");
   const urls = { next: root.dataset.nextUrl, submit: root.dataset.submitUrl, undo: root.dataset.undoUrl };
   const $ = (id) => document.getElementById(id);
-  const IDLE_AFTER_MS = 30000; // no key, click, scroll or mouse move for this long = idle
+  const IDLE_AFTER_MS = Number(root.dataset.idleMs); // no key, click, scroll or mouse move for this long = idle
   const EMPTY_POLL_MS = 5000;
 
   let current = null; // the comparison on screen
