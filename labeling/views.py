@@ -28,11 +28,12 @@ def label_page(request: HttpRequest) -> HttpResponse:
     return render(request, "labeling/label.html", {"idle_ms": settings.PREFLOOP_IDLE_SECONDS * 1000})
 
 
-def queue_state(request: HttpRequest, comparison) -> JsonResponse:
+def queue_state(request: HttpRequest, comparison, **extra) -> JsonResponse:
     return JsonResponse(
         {
             "comparison": comparison_for_annotator(comparison) if comparison else None,
             "counts": services.annotator_counts(request.user),
+            **extra,
         }
     )
 
@@ -57,7 +58,10 @@ def submit_label(request: HttpRequest) -> JsonResponse:
 @login_required
 @require_POST
 def undo_label(request: HttpRequest) -> JsonResponse:
-    return queue_state(request, services.undo_last_label(request.user) or services.next_comparison_for(request.user))
+    undone = services.undo_last_label(request.user)
+    if undone is None:
+        return queue_state(request, services.next_comparison_for(request.user), undone=False)
+    return queue_state(request, undone, undone=True)
 
 
 def parse_label(body: bytes) -> services.LabelInput:

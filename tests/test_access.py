@@ -91,3 +91,16 @@ def test_label_api_needs_the_csrf_token(people, make_comparison):
     body = json.dumps({"comparison_id": comparison.pk, "choice": "a"})
     assert strict.post(reverse("label_submit"), body, content_type="application/json").status_code == 403
     assert not Label.objects.exists()
+
+
+def test_pages_carry_a_content_security_policy_without_inline_scripts(client, people):
+    client.force_login(people.researcher)
+    for url in ("/label/", "/researcher/"):
+        response = client.get(url)
+        assert "script-src 'self'" in response["Content-Security-Policy"]
+        assert b"<script>" not in response.content  # every script is a static file
+
+
+def test_undo_says_when_there_is_nothing_to_undo(client, people):
+    client.force_login(people.annotator)
+    assert client.post(reverse("label_undo"), "{}", content_type="application/json").json()["undone"] is False

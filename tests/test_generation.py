@@ -123,3 +123,18 @@ def test_smollm2_gguf_converts_to_a_plain_hf_model_that_generates(tmp_path):
         model, tokenizer, [[{"role": "user", "content": "What is 2+2?"}]], 1, SamplingConfig(max_new_tokens=24,
                                                                                             temperature=0)))
     assert "4" in sample.text
+
+
+@pytest.mark.django_db
+def test_the_base_cannot_change_under_existing_completions(settings, tiny_model_dir, tmp_path, gguf_tokenizer):
+    from training.ml.tiny_model import build_tiny_model
+
+    settings.PREFLOOP_BASE_MODEL_DIR = tiny_model_dir
+    policy = services.ensure_base_policy()
+    prompt = Prompt.objects.create(messages=[{"role": "user", "content": "q"}])
+    Completion.objects.create(prompt=prompt, policy_version=policy, text="a")
+    settings.PREFLOOP_BASE_MODEL_DIR = build_tiny_model(tmp_path / "other", gguf_tokenizer)
+    with pytest.raises(BaseModelError, match="has completions"):
+        services.ensure_base_policy()
+    policy.refresh_from_db()
+    assert policy.base_model_dir == str(tiny_model_dir)

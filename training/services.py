@@ -13,7 +13,7 @@ from django.db.models import Count, Q
 
 from labeling.models import Comparison, Completion, Prompt
 from labeling.services import create_comparison
-from training.ml.base_model import prepare_base_model
+from training.ml.base_model import BaseModelError, prepare_base_model
 from training.models import Job, PolicyVersion
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,16 @@ def ensure_base_policy() -> PolicyVersion:
     model_dir = settings.PREFLOOP_BASE_MODEL_DIR
     default_dir = settings.VAR_DIR / "models" / "smollm2-135m-instruct"
     prepare_base_model(model_dir, convert_smollm2_if_missing=(model_dir == default_dir))
-    policy, _ = PolicyVersion.objects.update_or_create(number=0, defaults={"base_model_dir": str(model_dir)})
+    policy, _ = PolicyVersion.objects.get_or_create(number=0, defaults={"base_model_dir": str(model_dir)})
+    if policy.base_model_dir != str(model_dir):
+        # Versions are immutable: completions already stored say they came from v0.
+        if policy.completions.exists():
+            raise BaseModelError(
+                f"policy v0 is {policy.base_model_dir} and has completions; PREFLOOP_BASE_MODEL_DIR now says "
+                f"{model_dir}. Use a fresh database (DATABASE_URL) for a different base model."
+            )
+        policy.base_model_dir = str(model_dir)
+        policy.save(update_fields=["base_model_dir"])
     return policy
 
 

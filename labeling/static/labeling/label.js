@@ -152,8 +152,9 @@
     if (busy) return;
     busy = true;
     try {
-      show(await request(urls.undo, {}));
-      toast("Undone: label it again.");
+      const state = await request(urls.undo, {});
+      show(state);
+      toast(state.undone ? "Undone: label it again." : "Nothing to undo.");
     } catch (error) {
       toast(`Could not undo: ${error.message}`, true);
     } finally {
