@@ -78,6 +78,8 @@ def sqlite_database(path: Path) -> dict:
     # Web workers and Celery workers write at once: WAL lets readers go on during a write,
     # IMMEDIATE takes the write lock at BEGIN (so lease assignment is serialized rather
     # than failing on lock upgrade), and the timeout waits instead of "database is locked".
+    # SQLite creates the file but not its folder; on a fresh clone var/ does not exist yet.
+    path.parent.mkdir(parents=True, exist_ok=True)
     return {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": path,
