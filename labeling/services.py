@@ -190,7 +190,15 @@ def submit_label(annotator: AbstractBaseUser, label: LabelInput, is_simulated: b
         if stored.counts_as_label:
             Comparison.objects.filter(pk=comparison.pk).update(label_count=F("label_count") + 1)
         Assignment.objects.filter(comparison=comparison, annotator=annotator).delete()
+        transaction.on_commit(request_reward_training_if_due)
     return stored, True
+
+
+def request_reward_training_if_due() -> None:
+    # Imported here: the training app builds on labeling, not the other way round.
+    from training.services import maybe_request_reward_training
+
+    maybe_request_reward_training()
 
 
 @transaction.atomic

@@ -187,6 +187,7 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "training.tasks.generate_comparisons": {"queue": "gpu"},
+    "training.tasks.train_reward_model": {"queue": "train"},
 }
 # Heavy jobs are acknowledged only once done, so a worker killed mid-job leaves the
 # message for another worker instead of losing it.
@@ -194,6 +195,9 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Redis re-delivers a message nobody acknowledged after this long. It must outlast the
+# longest job (a PPO round on a CPU), or a running job would be handed out twice.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("PREFLOOP_VISIBILITY_TIMEOUT", 12 * 3600, minimum=60)}
 
 # --- PrefLoop
 # The base policy: any local Hugging Face model directory. Empty means the SmolLM2 copy
@@ -218,3 +222,16 @@ PREFLOOP_GENERATION_BATCH_SIZE = env_int("PREFLOOP_GENERATION_BATCH_SIZE", 8, mi
 # torch threads per worker process; 0 lets torch decide. Two torch processes on two
 # cores fight for threads, so the demo pins this.
 PREFLOOP_TORCH_THREADS = env_int("PREFLOOP_TORCH_THREADS", 0, minimum=0)
+
+# --- Reward models
+# Train a new version automatically once this many new labels (with a preference) have
+# arrived since the last one; 0 turns the automatic trigger off.
+PREFLOOP_RM_AUTO_TRAIN_LABELS = env_int("PREFLOOP_RM_AUTO_TRAIN_LABELS", 32, minimum=0)
+PREFLOOP_RM_FULL_FINETUNE = env_bool("PREFLOOP_RM_FULL_FINETUNE", False)
+# 0 picks 1e-4 for LoRA, 1e-5 for full fine-tuning.
+PREFLOOP_RM_LEARNING_RATE = env_float("PREFLOOP_RM_LEARNING_RATE", 0.0, 0.0, 1.0)
+PREFLOOP_RM_EPOCHS = env_float("PREFLOOP_RM_EPOCHS", 1.0, 0.01, 100.0)
+PREFLOOP_RM_BATCH_SIZE = env_int("PREFLOOP_RM_BATCH_SIZE", 8, minimum=1)
+PREFLOOP_RM_ENSEMBLE_SIZE = env_int("PREFLOOP_RM_ENSEMBLE_SIZE", 5, minimum=0)
+# How long a reward-model job waits before asking again while another one trains.
+PREFLOOP_RM_WAIT_SECONDS = env_int("PREFLOOP_RM_WAIT_SECONDS", 15, minimum=1)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
 
 
@@ -24,12 +25,40 @@ class PolicyVersion(models.Model):
         return f"policy v{self.number}"
 
 
+class RewardModelVersion(models.Model):
+    """A numbered, immutable reward model: weights on disk (a LoRA adapter on the base
+    backbone, or a whole fine-tuned model), what it was trained on and how well it does
+    on held-out comparisons."""
+
+    number = models.PositiveIntegerField(unique=True)
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
+    base_model_dir = models.CharField(max_length=1000)
+    weights_dir = models.CharField(max_length=1000, help_text="Adapter (or full model) and ensemble heads.")
+    label_count = models.PositiveIntegerField(help_text="Labels with a preference it was trained and tested on.")
+    last_label_id = models.BigIntegerField(default=0, help_text="Labels with a larger id are newer than this version.")
+    train_pairs = models.PositiveIntegerField(default=0)
+    heldout_pairs = models.PositiveIntegerField(default=0)
+    heldout_accuracy = models.FloatField(null=True, blank=True)
+    reward_mean = models.FloatField(default=0.0, help_text="Raw reward mean on initial-policy completions.")
+    reward_std = models.FloatField(default=1.0, help_text="Raw reward std on initial-policy completions.")
+    config = models.JSONField(default=dict, blank=True)
+    metrics = models.JSONField(default=list, blank=True, help_text="Per-step training metrics.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["number"]
+
+    def __str__(self) -> str:
+        return f"reward model v{self.number}"
+
+
 class Job(models.Model):
     """One unit of background work (generation, training). Pages read these rows; the
     Celery result backend is never consulted."""
 
     class Kind(models.TextChoices):
         GENERATE = "generate", "Generate comparisons"
+        TRAIN_REWARD = "train_reward", "Train reward model"
 
     class Status(models.TextChoices):
         PENDING = "pending"
@@ -46,6 +75,8 @@ class Job(models.Model):
     step = models.PositiveIntegerField(default=0)
     total_steps = models.PositiveIntegerField(default=0)
     result = models.JSONField(default=dict, blank=True)
+    metrics = models.JSONField(default=list, blank=True, help_text="Per-step metrics, newest last.")
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="Starts, counting restarts after a crash.")
     error = models.TextField(blank=True)
     celery_task_id = models.CharField(max_length=64, blank=True)
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
@@ -55,6 +86,15 @@ class Job(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        constraints = [
+            # Triggers for reward-model training coalesce into the one pending job, so
+            # two clicks (or a click and the automatic trigger) never train twice.
+            models.UniqueConstraint(
+                fields=["kind"],
+                condition=Q(kind="train_reward", status="pending"),
+                name="one_pending_reward_training",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} #{self.pk} ({self.status})"
@@ -70,15 +110,22 @@ class Job(models.Model):
         return self.status in self.FINISHED
 
     def mark_running(self) -> None:
-        if self.status != self.Status.PENDING:
-            raise ValueError(f"job {self.pk} is {self.status}, not pending")
+        """Pending to running; running again counts as a restart after a worker died."""
+        if self.status not in (self.Status.PENDING, self.Status.RUNNING):
+            raise ValueError(f"job {self.pk} is {self.status}; it cannot run")
         self.status = self.Status.RUNNING
         self.started_at = timezone.now()
-        self.save(update_fields=["status", "started_at"])
+        self.attempts += 1
+        self.step = 0
+        self.save(update_fields=["status", "started_at", "attempts", "step"])
 
-    def report_progress(self, step: int, total_steps: int) -> None:
+    def report_progress(self, step: int, total_steps: int, metrics: dict | None = None) -> None:
         self.step, self.total_steps = step, total_steps
-        self.save(update_fields=["step", "total_steps"])
+        fields = ["step", "total_steps"]
+        if metrics:
+            self.metrics = [*self.metrics, metrics]
+            fields.append("metrics")
+        self.save(update_fields=fields)
 
     def mark_succeeded(self, result: dict) -> None:
         self.status = self.Status.SUCCEEDED

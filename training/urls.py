@@ -7,5 +7,6 @@ from training import views
 urlpatterns = [
     path("researcher/", views.researcher, name="researcher"),
     path("researcher/generate", views.generate_comparisons, name="generate_comparisons"),
+    path("researcher/train-reward-model", views.train_reward_model, name="train_reward_model"),
     path("jobs/<int:job_id>.json", views.job_status, name="job_status"),
 ]

@@ -10,7 +10,7 @@ from labeling.models import Comparison, Label, Prompt
 from prefloop.access import staff_required
 from training import services
 from training.forms import GenerateComparisonsForm
-from training.models import Job, PolicyVersion
+from training.models import Job, PolicyVersion, RewardModelVersion
 
 
 @staff_required
@@ -20,6 +20,8 @@ def researcher(request: HttpRequest) -> HttpResponse:
         "generate_form": GenerateComparisonsForm(),
         "jobs": Job.objects.select_related("requested_by")[:20],
         "policies": PolicyVersion.objects.annotate(completion_count=Count("completions")),
+        "reward_models": RewardModelVersion.objects.order_by("-number")[:20],
+        "labels_since_reward_model": services.labels_since_latest_reward_model(),
         "prompt_count": Prompt.objects.count(),
         "comparison_count": Comparison.objects.count(),
         "label_count": Label.objects.exclude(choice=Label.Choice.SKIP).count(),
@@ -49,3 +51,11 @@ def job_status(request: HttpRequest, job_id: int) -> JsonResponse:
         {"id": job.pk, "status": job.status, "step": job.step, "total_steps": job.total_steps,
          "progress": job.progress, "error": job.error}
     )
+
+
+@staff_required
+@require_POST
+def train_reward_model(request: HttpRequest) -> HttpResponse:
+    job = services.request_reward_training(requested_by=request.user)
+    messages.success(request, f"Reward-model training job #{job.pk} is queued on the train queue.")
+    return redirect("researcher")

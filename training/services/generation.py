@@ -1,4 +1,4 @@
-"""Policy versions and the jobs that produce comparisons from them. Model code lives in
+"""Policy versions and the jobs that sample comparisons from them. Model code lives in
 `training.ml`; this module decides what to load, what to store and how jobs move."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from labeling.models import Comparison, Completion, Prompt
 from labeling.services import create_comparison
 from training.ml.base_model import BaseModelError, prepare_base_model
 from training.models import Job, PolicyVersion
+from training.services.jobs import enqueue_on_commit
 
 log = logging.getLogger(__name__)
 
@@ -80,22 +81,6 @@ def request_generation(
     return job
 
 
-def enqueue_on_commit(job: Job, task) -> None:
-    """Send the task once the job row is committed. If the broker is unreachable the job
-    is marked failed with that reason instead of waiting forever as pending."""
-
-    def send() -> None:
-        try:
-            result = task.apply_async(args=[job.pk])
-        except Exception as error:  # kombu raises several types for an unreachable broker
-            log.exception("could not enqueue job %s", job.pk)
-            job.mark_failed(f"could not reach the task queue: {error}")
-            return
-        Job.objects.filter(pk=job.pk).update(celery_task_id=result.id or "")
-
-    transaction.on_commit(send)
-
-
 def run_generation_job(job: Job) -> None:
     """Carry out a generation job: sample completions for its prompts and queue them as
     comparisons, committing batch by batch so annotators can start on the first ones."""
@@ -103,8 +88,7 @@ def run_generation_job(job: Job) -> None:
 
     if job.status == Job.Status.RUNNING:
         log.warning("job %s was running when its worker died; resuming it", job.pk)
-    else:
-        job.mark_running()
+    job.mark_running()
     try:
         policy = PolicyVersion.objects.get(number=job.params["policy_version"])
         samples = int(job.params.get("samples", 2))

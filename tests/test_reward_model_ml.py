@@ -1,0 +1,114 @@
+"""The reward-model code on its own: no Django, tiny models, a learnable preference."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.ml.reward import (
+    ENSEMBLE_FILE,
+    PreferencePair,
+    RewardScorer,
+    RewardTrainingConfig,
+    ensemble_disagreement,
+    fit_bootstrap_heads,
+    grouped_batches,
+    is_heldout,
+    last_scored_positions,
+    split_heldout,
+    train_reward_model,
+)
+
+WORDS = "the a river stone cloud quick slow green bright table window music paper".split()
+
+
+def marker_pairs(count: int, seed: int = 0, marker: str = "banana") -> list[PreferencePair]:
+    """A preference a tiny model can learn: the completion containing the marker wins."""
+    rng = random.Random(seed)
+
+    def sentence() -> list[str]:
+        return [rng.choice(WORDS) for _ in range(rng.randint(4, 9))]
+
+    pairs = []
+    for i in range(count):
+        marked = sentence()
+        marked.insert(rng.randint(0, len(marked)), marker)
+        prompt = [{"role": "user", "content": f"Say something, set {seed} number {i}"}]
+        pairs.append(PreferencePair(i, prompt, " ".join(marked), " ".join(sentence())))
+    return pairs
+
+
+def test_heldout_split_is_stable_per_comparison_and_near_the_fraction():
+    groups = range(20_000)
+    held = [g for g in groups if is_heldout(g, 0.1)]
+    assert 0.09 < len(held) / 20_000 < 0.11
+    assert held == [g for g in groups if is_heldout(g, 0.1)]
+    pairs = [PreferencePair(g, [], "x", "y") for g in range(300) for _ in range(3)]  # 3 pairs per comparison
+    train, heldout = split_heldout(pairs, 0.1)
+    assert {p.group for p in train}.isdisjoint({p.group for p in heldout})
+
+
+def test_grouped_batches_keep_each_comparison_in_one_batch():
+    rng = random.Random(1)
+    groups = [g for g in range(60) for _ in range(rng.choice([1, 1, 1, 3, 6]))] + [999] * 10  # one oversized group
+    batches = grouped_batches(groups, batch_size=8, seed=4)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(groups)))
+    for group in set(groups):
+        holding = [b for b in batches if any(groups[i] == group for i in b)]
+        assert len(holding) == 1, f"group {group} split over {len(holding)} batches"
+    assert all(len(b) <= 8 for b in batches if groups[b[0]] != 999)
+    assert grouped_batches(groups, 8, seed=4) != grouped_batches(groups, 8, seed=5)  # shuffled per epoch seed
+
+
+def test_scored_position_is_the_last_token_that_is_not_padding():
+    pad = 0
+    ids = torch.tensor([[5, 6, 7, pad, pad], [5, 6, 7, 8, 9]])
+    assert last_scored_positions(ids, pad).tolist() == [2, 4]
+
+
+def test_bootstrap_heads_agree_where_the_data_is_clear_and_spread_where_it_is_not():
+    generator = torch.Generator().manual_seed(0)
+    n, hidden = 200, 8
+    differences = torch.randn(n, hidden, generator=generator) * 0.6
+    differences[:, 0] = 2.0 + 0.3 * torch.randn(n, generator=generator)  # dimension 0 decides the preference
+    rejected = torch.randn(n, hidden, generator=generator)
+    heads = fit_bootstrap_heads(rejected + differences, rejected, init=torch.zeros(hidden), members=6, seed=0)
+    assert heads.shape == (6, hidden)
+    assert (heads[:, 0] > 0).all()  # every member learned the preference
+    clear = ensemble_disagreement(heads, [torch.eye(hidden)[0] * 0.5, torch.zeros(hidden)])
+    unclear = ensemble_disagreement(heads, [torch.eye(hidden)[3] * 3.0, torch.zeros(hidden)])
+    assert unclear > clear
+
+
+@pytest.mark.slow
+def test_a_marker_preference_is_learned_to_90_percent_heldout_accuracy(tiny_model_dir, tmp_path: Path):
+    pairs = marker_pairs(240)
+    config = RewardTrainingConfig(learning_rate=3e-3, epochs=2, heldout_fraction=0.15, ensemble_size=3)
+    normalization = [(p.prompt, p.rejected) for p in pairs[:40]] + [(p.prompt, p.chosen) for p in pairs[:40]]
+    steps = []
+    result = train_reward_model(pairs, tiny_model_dir, tmp_path / "v1", config,
+                                on_step=lambda step, total, metrics: steps.append((step, total)),
+                                normalization_samples=normalization)
+    assert result.heldout_pairs > 20 and result.train_pairs + result.heldout_pairs == 240
+    assert result.heldout_accuracy >= 0.9
+    assert steps and steps[-1][0] == steps[-1][1]  # progress reached its total
+    assert all(torch.isfinite(torch.tensor(h["train/loss"])) for h in result.history if "train/loss" in h)
+
+    scorer = RewardScorer.load(tiny_model_dir, tmp_path / "v1", result.reward_mean, result.reward_std)
+    normalized = scorer.score(normalization)
+    assert abs(normalized.mean().item()) < 1e-3 and abs(normalized.std(unbiased=False).item() - 1) < 1e-3
+    fresh = marker_pairs(40, seed=99)
+    assert (scorer.score([(p.prompt, p.chosen) for p in fresh]) > scorer.score(
+        [(p.prompt, p.rejected) for p in fresh])).float().mean() >= 0.9
+    assert (tmp_path / "v1" / ENSEMBLE_FILE).is_file()
+    assert len(scorer.disagreement([[(p.prompt, p.chosen), (p.prompt, p.rejected)] for p in fresh[:3]])) == 3
+
+    # Warm start: the next version continues from v1's adapter, so even a sliver of an
+    # epoch keeps what v1 knew.
+    sliver = RewardTrainingConfig(learning_rate=1e-5, epochs=0.05, heldout_fraction=0.15, ensemble_size=0)
+    warm = train_reward_model(pairs, tiny_model_dir, tmp_path / "v2", sliver, warm_start_dir=tmp_path / "v1")
+    cold = train_reward_model(pairs, tiny_model_dir, tmp_path / "v2-cold", sliver)
+    assert warm.heldout_accuracy >= 0.9 > cold.heldout_accuracy

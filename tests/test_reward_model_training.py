@@ -1,0 +1,161 @@
+"""Reward-model versions through the services: labels in, a published version out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+
+from labeling import services as labeling
+from labeling.models import Label
+from labeling.services import LabelInput
+from tests.test_reward_model_ml import marker_pairs
+from training import services
+from training.models import Job, RewardModelVersion
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def rm_settings(settings, tmp_path, tiny_model_dir, base_policy):
+    settings.PREFLOOP_ARTIFACT_DIR = tmp_path / "artifacts"
+    settings.PREFLOOP_RM_LEARNING_RATE = 3e-3
+    settings.PREFLOOP_RM_EPOCHS = 2
+    settings.PREFLOOP_RM_ENSEMBLE_SIZE = 2
+    settings.PREFLOOP_RM_AUTO_TRAIN_LABELS = 0
+    base_policy.base_model_dir = str(tiny_model_dir)
+    base_policy.save()
+    return settings
+
+
+@pytest.fixture
+def marker_labels(rm_settings, people, make_comparison):
+    """An annotator who always prefers the completion with the marker word."""
+
+    def label(count: int, seed: int = 0) -> None:
+        for pair in marker_pairs(count, seed=seed):
+            comparison = make_comparison(texts=(pair.chosen, pair.rejected), prompt=pair.prompt[0]["content"],
+                                         seed=pair.group)
+            left = comparison.ordered_completions()[0].text
+            labeling.submit_label(people.annotator, LabelInput(comparison.pk, "a" if left == pair.chosen else "b"))
+
+    return label
+
+
+def test_labels_become_pairs_ties_and_skips_left_out_rankings_expanded(people, make_comparison):
+    from training.services.reward_models import preference_pairs
+
+    kinds = {}
+    for choice in ("a", "b", "tie", "both_bad", "skip"):
+        comparison = make_comparison(texts=(f"{choice} 1", f"{choice} 2"))
+        labeling.submit_label(people.annotator, LabelInput(comparison.pk, choice))
+        kinds[comparison.pk] = choice
+    ranked = make_comparison(texts=("r1", "r2", "r3", "r4"))
+    labeling.submit_label(people.annotator, LabelInput(ranked.pk, "ranking", ranking=[3, 1, 0, 2]))
+
+    pairs = preference_pairs(Label.objects.all())
+    assert sorted(kinds[p.group] for p in pairs if p.group in kinds) == ["a", "b"]
+    ranking_pairs = [p for p in pairs if p.group == ranked.pk]
+    assert len(ranking_pairs) == 6  # 4·3/2, all with the comparison as their group
+    shown = [c.text for c in ranked.ordered_completions()]
+    assert (ranking_pairs[0].chosen, ranking_pairs[0].rejected) == (shown[3], shown[1])
+
+
+@pytest.mark.slow
+def test_a_job_walks_pending_running_succeeded_and_publishes_a_version(marker_labels, monkeypatch):
+    marker_labels(120)
+    seen_while_running = []
+    report = Job.report_progress
+
+    def spy(job, step, total, metrics=None):
+        seen_while_running.append((Job.objects.get(pk=job.pk).status, step, total))
+        return report(job, step, total, metrics)
+
+    monkeypatch.setattr(Job, "report_progress", spy)
+    job = Job.objects.create(kind=Job.Kind.TRAIN_REWARD)
+    assert job.status == Job.Status.PENDING
+    assert services.claim_reward_training(job)
+    version = services.run_reward_training_job(job)
+
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED and job.attempts == 1
+    assert seen_while_running and all(status == "running" for status, _, _ in seen_while_running)
+    assert [step for _, step, _ in seen_while_running] == sorted(step for _, step, _ in seen_while_running)
+    assert job.step == job.total_steps > 0 and job.progress == 1.0
+    assert any("train/loss" in m for m in job.metrics)
+    assert (version.number, version.label_count, version.last_label_id) == (1, 120, Label.objects.last().pk)
+    assert version.heldout_accuracy >= 0.9
+    assert Path(version.weights_dir).is_dir() and not list(Path(version.weights_dir).parent.glob("*.partial*"))
+    assert services.labels_since_latest_reward_model() == 0
+
+    marker_labels(10, seed=5)
+    assert services.labels_since_latest_reward_model() == 10
+    job2 = Job.objects.create(kind=Job.Kind.TRAIN_REWARD)
+    services.claim_reward_training(job2)
+    version2 = services.run_reward_training_job(job2)
+    assert (version2.number, version2.parent, version2.label_count) == (2, version, 130)
+
+
+def test_a_failed_training_publishes_nothing(marker_labels, monkeypatch, rm_settings):
+    marker_labels(20)
+    import training.services.reward_models as reward_models
+
+    def crash_after_writing(pairs, base, out_dir, config, **kwargs):
+        (out_dir / "adapter_model.safetensors").parent.mkdir(parents=True)
+        (out_dir / "adapter_model.safetensors").write_bytes(b"half a model")
+        raise RuntimeError("out of memory in the middle of training")
+
+    monkeypatch.setattr(reward_models, "train_reward_model", crash_after_writing)
+    job = Job.objects.create(kind=Job.Kind.TRAIN_REWARD)
+    services.claim_reward_training(job)
+    assert services.run_reward_training_job(job) is None
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED and "out of memory" in job.error
+    assert not RewardModelVersion.objects.exists()
+    assert list((Path(rm_settings.PREFLOOP_ARTIFACT_DIR) / "reward-models").iterdir()) == []
+
+
+def test_training_without_preference_labels_fails_with_a_reason(rm_settings):
+    job = Job.objects.create(kind=Job.Kind.TRAIN_REWARD)
+    services.claim_reward_training(job)
+    services.run_reward_training_job(job)
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED and "no labels with a preference" in job.error
+
+
+def test_two_triggers_make_one_job_and_a_second_training_waits_for_the_first(rm_settings, people):
+    first = services.request_reward_training(requested_by=people.researcher)
+    again = services.request_reward_training()
+    assert first.pk == again.pk and Job.objects.filter(kind=Job.Kind.TRAIN_REWARD).count() == 1
+    Job.objects.filter(pk=first.pk).update(status=Job.Status.PENDING)  # the broker is down in tests
+    assert services.claim_reward_training(first)
+    waiting = services.request_reward_training()  # a request while one runs: a new pending job
+    assert waiting.pk != first.pk
+    Job.objects.filter(pk=waiting.pk).update(status=Job.Status.PENDING)
+    waiting.refresh_from_db()
+    assert not services.claim_reward_training(waiting)
+    first.mark_succeeded({})
+    assert services.claim_reward_training(waiting)
+
+
+def test_automatic_trigger_after_n_new_labels(rm_settings, people, make_comparison,
+                                              django_capture_on_commit_callbacks):
+    rm_settings.PREFLOOP_RM_AUTO_TRAIN_LABELS = 3
+    comparisons = [make_comparison() for _ in range(4)]
+    for comparison, choice in zip(comparisons, ["a", "tie", "b"], strict=False):  # a tie has no preference
+        with django_capture_on_commit_callbacks(execute=True):
+            labeling.submit_label(people.annotator, LabelInput(comparison.pk, choice))
+    assert not Job.objects.filter(kind=Job.Kind.TRAIN_REWARD).exists()
+    with django_capture_on_commit_callbacks(execute=True):
+        labeling.submit_label(people.annotator, LabelInput(comparisons[3].pk, "a"))
+    job = Job.objects.get(kind=Job.Kind.TRAIN_REWARD)
+    assert job.params["reason"] == "3 new labels"
+
+
+@pytest.mark.slow
+def test_train_reward_model_command(marker_labels, capsys):
+    marker_labels(40)
+    call_command("train_reward_model")
+    assert "Published reward model v1" in capsys.readouterr().out
+    assert RewardModelVersion.objects.get().label_count == 40

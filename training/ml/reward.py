@@ -1,0 +1,429 @@
+"""Reward models: a Bradley–Terry scorer of (prompt, completion) trained on human
+preferences with TRL's RewardTrainer, LoRA on the base backbone by default.
+
+Plain functions and dataclasses, no Django: the web app turns labels into
+`PreferencePair`s and calls `train_reward_model`; a test or a CLI can do the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from training.ml.generation import pick_device
+
+CONFIG_FILE = "prefloop_reward_config.json"
+ENSEMBLE_FILE = "ensemble_heads.pt"
+
+
+@dataclass
+class RewardTrainingConfig:
+    """How one reward model version is trained; saved next to its weights."""
+
+    use_lora: bool = True
+    """LoRA adapter on the base backbone (False: full fine-tuning)."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator."""
+    learning_rate: float | None = None
+    """None picks 1e-4 with LoRA and 1e-5 for full fine-tuning (LoRA needs more to move in one epoch)."""
+    epochs: float = 1.0
+    """Passes over the training pairs."""
+    batch_size: int = 8
+    """Pairs per optimizer step; the pairs of one comparison share a batch."""
+    max_length: int = 512
+    """Tokens per prompt+completion; TRL drops longer pairs, and the metrics count them."""
+    heldout_fraction: float = 0.1
+    """Share of comparisons held out for accuracy, chosen by a stable hash of the comparison id."""
+    strength_margin: float = 0.0
+    """Bradley–Terry margin per strength step (Llama 2 style); 0 ignores strength."""
+    ensemble_size: int = 5
+    """Bootstrap Bradley–Terry heads on the reward model's features, for query selection."""
+    seed: int = 0
+    """Seeds data order, LoRA init and the bootstrap."""
+
+    @property
+    def effective_learning_rate(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 1e-4 if self.use_lora else 1e-5
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One (chosen, rejected) judgement for a prompt."""
+
+    group: int
+    """The comparison it came from: a K-way ranking gives several pairs of one group."""
+    prompt: list[dict]
+    chosen: str
+    rejected: str
+    strength: int | None = None
+
+
+@dataclass
+class RewardTrainingResult:
+    train_pairs: int
+    heldout_pairs: int
+    dropped_too_long: int
+    heldout_accuracy: float | None
+    reward_mean: float = 0.0
+    reward_std: float = 1.0
+    history: list[dict] = field(default_factory=list)
+
+
+def is_heldout(group: int, fraction: float) -> bool:
+    """Stable across runs and versions: a comparison held out once is always held out,
+    so accuracy is never measured on pairs an earlier version trained on."""
+    digest = hashlib.sha256(f"prefloop-heldout:{group}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def split_heldout(pairs: Sequence[PreferencePair], fraction: float) -> tuple[list, list]:
+    train, heldout = [], []
+    for pair in pairs:
+        (heldout if is_heldout(pair.group, fraction) else train).append(pair)
+    return train, heldout
+
+
+def grouped_batches(groups: Sequence[int], batch_size: int, seed: int) -> list[list[int]]:
+    """Batches of dataset indices where every group's pairs sit in one batch (InstructGPT
+    trains all pairs of a ranking together, so each completion is seen once per step
+    rather than overfitting across many). Groups are shuffled; a group larger than
+    batch_size gets a batch of its own."""
+    by_group: dict[int, list[int]] = {}
+    for index, group in enumerate(groups):
+        by_group.setdefault(group, []).append(index)
+    order = list(by_group.values())
+    random.Random(seed).shuffle(order)
+    batches, current = [], []
+    for members in order:
+        if current and len(current) + len(members) > batch_size:
+            batches.append(current)
+            current = []
+        current = current + members
+    if current:
+        batches.append(current)
+    return batches
+
+
+class GroupedBatchSampler(torch.utils.data.Sampler):
+    def __init__(self, groups: Sequence[int], batch_size: int, seed: int) -> None:
+        self.groups, self.batch_size, self.seed, self.epoch = list(groups), batch_size, seed, 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        self.epoch += 1
+        yield from grouped_batches(self.groups, self.batch_size, self.seed + self.epoch)
+
+    def __len__(self) -> int:
+        return len(grouped_batches(self.groups, self.batch_size, self.seed))
+
+
+def load_reward_tokenizer(base_model_dir: Path | str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_reward_backbone(base_model_dir: Path | str, tokenizer, device: torch.device | None = None):
+    """The base model with a fresh scalar `score` head."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(base_model_dir, num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model.to(device or pick_device())
+
+
+def load_reward_model(base_model_dir: Path | str, weights_dir: Path | str, device: torch.device | None = None):
+    """(model, tokenizer) of a published version, ready to score: a LoRA adapter is
+    merged into the backbone; a fully fine-tuned model is loaded as is."""
+    from transformers import AutoModelForSequenceClassification
+
+    weights_dir = Path(weights_dir)
+    tokenizer = load_reward_tokenizer(base_model_dir)
+    if (weights_dir / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        backbone = load_reward_backbone(base_model_dir, tokenizer, torch.device("cpu"))
+        model = PeftModel.from_pretrained(backbone, weights_dir).merge_and_unload()
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(weights_dir, num_labels=1, dtype=torch.float32)
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model.to(device or pick_device()).eval(), tokenizer
+
+
+def pairs_to_dataset(pairs: Sequence[PreferencePair], strength_margin: float):
+    """TRL's conversational preference format, plus the group for batching and, when
+    strength is used, TRL's `margin` column."""
+    from datasets import Dataset
+
+    rows = {
+        "prompt": [p.prompt for p in pairs],
+        "chosen": [[{"role": "assistant", "content": p.chosen}] for p in pairs],
+        "rejected": [[{"role": "assistant", "content": p.rejected}] for p in pairs],
+        "group": [p.group for p in pairs],
+    }
+    if strength_margin:
+        rows["margin"] = [strength_margin * (p.strength or 1) for p in pairs]
+    return Dataset.from_dict(rows)
+
+
+def make_trainer(model, tokenizer, dataset, config: RewardTrainingConfig, output_dir: Path, peft_config, callbacks):
+    from trl import RewardConfig, RewardTrainer
+
+    class GroupedRewardTrainer(RewardTrainer):
+        """RewardTrainer whose batches keep each comparison's pairs together."""
+
+        def get_train_dataloader(self):
+            groups = self.train_dataset["group"]  # survives TRL's tokenize and length filter
+            dataset = self._remove_unused_columns(self.train_dataset, description="training")
+            loader = torch.utils.data.DataLoader(
+                dataset,
+                batch_sampler=GroupedBatchSampler(groups, self.args.per_device_train_batch_size, self.args.seed),
+                collate_fn=self.data_collator,
+            )
+            return self.accelerator.prepare(loader)
+
+    args = RewardConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=config.batch_size,
+        num_train_epochs=config.epochs,
+        learning_rate=config.effective_learning_rate,
+        max_length=config.max_length,
+        seed=config.seed,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available(),
+        disable_tqdm=False,
+        remove_unused_columns=False,  # the sampler needs `group`; our dataloader drops it
+    )
+    return GroupedRewardTrainer(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+        peft_config=peft_config, callbacks=callbacks,
+    )
+
+
+def train_reward_model(
+    pairs: Sequence[PreferencePair],
+    base_model_dir: Path,
+    out_dir: Path,
+    config: RewardTrainingConfig,
+    warm_start_dir: Path | None = None,
+    on_step: Callable[[int, int, dict], None] | None = None,
+    normalization_samples: Sequence[tuple[list[dict], str]] = (),
+) -> RewardTrainingResult:
+    """Train on the non-held-out pairs, write the weights (LoRA adapter, or the whole
+    model) and the config into `out_dir`, and measure held-out accuracy. `out_dir` is
+    written only at the end; callers publish it by renaming."""
+    from transformers import TrainerCallback, set_seed
+
+    set_seed(config.seed)
+    train, heldout = split_heldout(pairs, config.heldout_fraction)
+    if not train:
+        raise ValueError("no training pairs: every labelled comparison fell in the held-out share")
+    tokenizer = load_reward_tokenizer(base_model_dir)
+    model, peft_config = initial_model(base_model_dir, tokenizer, config, warm_start_dir)
+    dataset = pairs_to_dataset(train, config.strength_margin)
+
+    history: list[dict] = []
+
+    class ReportSteps(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            entry = {"step": state.global_step, **{f"train/{k}": v for k, v in (logs or {}).items()}}
+            history.append(entry)
+            if on_step is not None:
+                on_step(state.global_step, state.max_steps, entry)
+
+    trainer = make_trainer(model, tokenizer, dataset, config, out_dir.with_name(out_dir.name + ".trainer"),
+                           peft_config, [ReportSteps()])
+    dropped = len(train) - trainer.train_dataset.num_rows
+    trainer.train()
+    save_reward_model(trainer.model, tokenizer, out_dir, config)
+    # Measure with the same merged model that scoring will load.
+    model = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
+    model.eval()
+
+    accuracy = None
+    if heldout:
+        chosen = score_texts(model, tokenizer, [(p.prompt, p.chosen) for p in heldout])
+        rejected = score_texts(model, tokenizer, [(p.prompt, p.rejected) for p in heldout])
+        accuracy = (chosen > rejected).float().mean().item()
+    mean, std = 0.0, 1.0
+    if normalization_samples:
+        rewards = score_texts(model, tokenizer, normalization_samples)
+        mean, std = rewards.mean().item(), max(rewards.std(unbiased=False).item(), 1e-6)
+    if config.ensemble_size > 0:
+        _, chosen_features = score_features(model, tokenizer, [(p.prompt, p.chosen) for p in train])
+        _, rejected_features = score_features(model, tokenizer, [(p.prompt, p.rejected) for p in train])
+        heads = fit_bootstrap_heads(chosen_features, rejected_features, model.score.weight[0].detach().cpu(),
+                                    config.ensemble_size, config.seed)
+        torch.save(heads, out_dir / ENSEMBLE_FILE)
+    return RewardTrainingResult(len(train), len(heldout), dropped, accuracy, mean, std, history)
+
+
+def initial_model(base_model_dir: Path, tokenizer, config: RewardTrainingConfig, warm_start_dir: Path | None):
+    """(model, peft_config for TRL). Warm start continues from the previous version's
+    weights: the same adapter made trainable, or the previous full model."""
+    from transformers import AutoModelForSequenceClassification
+
+    if not config.use_lora:
+        source = warm_start_dir or base_model_dir
+        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=torch.float32)
+        model.config.pad_token_id = tokenizer.pad_token_id
+        return model, None
+    from peft import LoraConfig, PeftModel, TaskType
+
+    backbone = load_reward_backbone(base_model_dir, tokenizer, torch.device("cpu"))
+    if warm_start_dir is not None and (warm_start_dir / "adapter_config.json").is_file():
+        return PeftModel.from_pretrained(backbone, warm_start_dir, is_trainable=True), None
+    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=config.lora_r, lora_alpha=config.lora_alpha,
+                      target_modules="all-linear")
+    return backbone, lora
+
+
+def save_reward_model(model, tokenizer, out_dir: Path, config: RewardTrainingConfig) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)  # a PeftModel saves its adapter and the score head
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
+
+
+def reward_inputs(tokenizer, samples: Sequence[tuple[list[dict], str]]) -> list[list[int]]:
+    """Token ids exactly as TRL's RewardTrainer builds them: the chat template over the
+    prompt followed by the completion as the assistant's turn."""
+    return [
+        tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": completion}], tokenize=True,
+                                      return_dict=True)["input_ids"]
+        for prompt, completion in samples
+    ]
+
+
+@torch.inference_mode()
+def score_features(
+    model, tokenizer, samples: Sequence[tuple[list[dict], str]], batch_size: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards (n,) and the features the score head reads (n, hidden), in batches.
+    Right padding, as in training: the head reads the last real token."""
+    device = next(model.parameters()).device
+    captured: list[torch.Tensor] = []
+    hook = model.score.register_forward_hook(lambda module, args, output: captured.append(args[0]))
+    rewards, features = [], []
+    try:
+        ids = reward_inputs(tokenizer, samples)
+        for start in range(0, len(ids), batch_size):
+            batch = ids[start : start + batch_size]
+            longest = max(len(x) for x in batch)
+            input_ids = torch.full((len(batch), longest), tokenizer.pad_token_id, dtype=torch.long)
+            attention = torch.zeros_like(input_ids)
+            for row, tokens in enumerate(batch):
+                input_ids[row, : len(tokens)] = torch.tensor(tokens)
+                attention[row, : len(tokens)] = 1
+            captured.clear()
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits  # (b, 1)
+            rewards.append(logits[:, 0].float().cpu())
+            last = last_scored_positions(input_ids, tokenizer.pad_token_id)  # (b,)
+            features.append(captured[0][torch.arange(len(batch)), last.to(device)].float().cpu())  # (b, hidden)
+    finally:
+        hook.remove()
+    return torch.cat(rewards), torch.cat(features)
+
+
+def last_scored_positions(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
+    """The position transformers' sequence classifiers read: the rightmost token that is
+    not the pad id (with pad = EOS, a trailing EOS is skipped the same way)."""
+    positions = torch.arange(input_ids.shape[-1])
+    return (positions * (input_ids != pad_token_id)).argmax(-1)
+
+
+def score_texts(model, tokenizer, samples: Sequence[tuple[list[dict], str]], batch_size: int = 16) -> torch.Tensor:
+    return score_features(model, tokenizer, samples, batch_size)[0]
+
+
+def fit_bootstrap_heads(
+    chosen: torch.Tensor, rejected: torch.Tensor, init: torch.Tensor, members: int, seed: int,
+    steps: int = 200, l2: float = 1e-3,
+) -> torch.Tensor:
+    """Ensemble members for query selection: Bradley–Terry linear heads w_m, each fit on
+    a bootstrap resample of the pairs' feature differences, starting from the trained
+    head `init` (hidden,). Returns (members, hidden). Sharing the backbone makes the
+    ensemble cost one forward pass per completion; the spread of the heads measures how
+    unsure the reward model's last layer is about a comparison."""
+    differences = (chosen - rejected).float()  # (n, hidden)
+    scale = differences.norm(dim=1).mean().clamp_min(1e-6)
+    generator = torch.Generator().manual_seed(seed)
+    heads = []
+    for _ in range(members):
+        sample = differences[torch.randint(len(differences), (len(differences),), generator=generator)] / scale
+        head = (init.float() * scale).clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([head], lr=0.05)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            # -log sigmoid(w·(f_chosen - f_rejected)), plus a pull towards the trained head
+            loss = torch.nn.functional.softplus(-(sample @ head)).mean() + l2 * (head - init * scale).square().sum()
+            loss.backward()
+            optimizer.step()
+        heads.append(head.detach() / scale)
+    return torch.stack(heads)
+
+
+def ensemble_disagreement(heads: torch.Tensor, features: Sequence[torch.Tensor]) -> float:
+    """How much the members disagree on a comparison of completions with these features:
+    the standard deviation across members of P(a beats b), averaged over all pairs."""
+    spreads = []
+    for i in range(len(features)):
+        for j in range(i + 1, len(features)):
+            probabilities = torch.sigmoid(heads @ (features[i] - features[j]))  # (members,)
+            spreads.append(probabilities.std(unbiased=False).item())
+    return sum(spreads) / len(spreads)
+
+
+@dataclass
+class RewardScorer:
+    """A published reward model loaded for batch scoring. `score` returns normalized
+    rewards (mean 0, std 1 on the initial policy); `disagreement` ranks comparisons for
+    active query selection."""
+
+    model: object
+    tokenizer: object
+    mean: float
+    std: float
+    heads: torch.Tensor | None
+
+    @classmethod
+    def load(cls, base_model_dir: Path, weights_dir: Path, mean: float, std: float, device=None) -> RewardScorer:
+        model, tokenizer = load_reward_model(base_model_dir, weights_dir, device)
+        heads_file = weights_dir / ENSEMBLE_FILE
+        heads = torch.load(heads_file) if heads_file.is_file() else None
+        return cls(model, tokenizer, mean, std, heads)
+
+    def score(self, samples: Sequence[tuple[list[dict], str]], batch_size: int = 16) -> torch.Tensor:
+        """(n,) normalized rewards for (prompt messages, completion) samples."""
+        return (score_texts(self.model, self.tokenizer, samples, batch_size) - self.mean) / self.std
+
+    def disagreement(self, comparisons: Sequence[Sequence[tuple[list[dict], str]]]) -> list[float]:
+        """One score per comparison (a list of its samples): higher means the ensemble
+        is less sure which completion a person would prefer."""
+        if self.heads is None:
+            raise ValueError("this reward model was trained without an ensemble (ensemble_size=0)")
+        flat = [sample for comparison in comparisons for sample in comparison]
+        _, features = score_features(self.model, self.tokenizer, flat)
+        scores, start = [], 0
+        for comparison in comparisons:
+            scores.append(ensemble_disagreement(self.heads, features[start : start + len(comparison)]))
+            start += len(comparison)
+        return scores
