@@ -54,11 +54,12 @@ def running_redis(redis_url: str, workdir: Path):
 
 
 @contextmanager
-def running_celery_worker(queues: str, env: dict[str, str], log_path: Path):
-    """A real worker process with the given environment; its log is kept for failures."""
+def running_celery_worker(queues: str, env: dict[str, str], log_path: Path, pool: str = "solo"):
+    """A real worker process with the given environment; its log is kept for failures.
+    `prefork` runs tasks in a child process, which a test can kill like a crash."""
     log = log_path.open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "prefloop", "worker", "-Q", queues, "-c", "1", "--pool", "solo",
+        [sys.executable, "-m", "celery", "-A", "prefloop", "worker", "-Q", queues, "-c", "1", "--pool", pool,
          "-n", f"test-{os.getpid()}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle"],
         cwd=PROJECT_DIR, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
     )

@@ -1,52 +1,149 @@
-"""The generation task end to end: a real redis-server, a real Celery worker process,
-the tiny model, and the worker writing into the test database."""
+"""Tasks end to end: a real redis-server, a real Celery worker process, the tiny model,
+and the worker writing into the test database."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+from pathlib import Path
 
 import pytest
 from django.db import connection
 
+from labeling import services as labeling
 from labeling.models import Comparison, Prompt
-from labeling.services import next_comparison_for
+from labeling.services import LabelInput, next_comparison_for
 from tests.processes import running_celery_worker, running_redis, wait_for
+from tests.test_reward_model_ml import marker_pairs
 from training import services
-from training.models import Job, PolicyVersion
+from training.models import Job, PolicyVersion, RewardModelVersion
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 
-@pytest.fixture
-def worker(tmp_path, tiny_model_dir):
-    env = {
+def worker_env(tiny_model_dir: Path, var_dir: Path, **extra: str) -> dict[str, str]:
+    return {
         # The worker must write where the test reads: the test database file.
         "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+        "PREFLOOP_VAR_DIR": str(var_dir),
         "PREFLOOP_BASE_MODEL_DIR": str(tiny_model_dir),
         "PREFLOOP_MAX_NEW_TOKENS": "8",
         "PREFLOOP_OVERLAP_SHARE": "0",
         "PREFLOOP_TORCH_THREADS": "1",
+        "PREFLOOP_RM_LEARNING_RATE": "0.003",
+        "PREFLOOP_RM_EPOCHS": "2",
+        "PREFLOOP_RM_ENSEMBLE_SIZE": "2",
+        **extra,
     }
-    log_path = tmp_path / "worker.log"
-    with running_redis(os.environ["REDIS_URL"], tmp_path), running_celery_worker("gpu,train,default", env, log_path):
-        yield log_path
 
 
-def test_generation_runs_on_the_gpu_queue_worker_and_feeds_the_label_queue(worker, tiny_model_dir, people):
-    policy = PolicyVersion.objects.create(number=0, base_model_dir=str(tiny_model_dir))
-    for i in range(3):
-        Prompt.objects.create(messages=[{"role": "user", "content": f"Tell me fact {i}."}])
-
-    job = services.request_generation(policy, prompt_count=3, requested_by=people.researcher)
-
+def wait_until_finished(job: Job, timeout: float, log_path: Path) -> Job:
     def finished():
         job.refresh_from_db()
         return job.is_finished
 
-    wait_for(finished, 120, "the generation job", interval=0.5)
-    assert job.status == Job.Status.SUCCEEDED, f"{job.error}\n{worker.read_text()[-3000:]}"
+    wait_for(finished, timeout, f"job {job.pk}", interval=0.5)
+    assert job.status == Job.Status.SUCCEEDED, f"{job.error}\n{log_path.read_text()[-3000:]}"
+    return job
+
+
+def label_marker_preferences(annotator, base_policy: PolicyVersion, count: int) -> None:
+    from labeling.models import Completion
+    from labeling.services import create_comparison
+
+    for pair in marker_pairs(count, seed=Prompt.objects.count()):
+        prompt = Prompt.objects.create(messages=pair.prompt)
+        completions = [Completion.objects.create(prompt=prompt, policy_version=base_policy, text=t)
+                       for t in (pair.chosen, pair.rejected)]
+        comparison = create_comparison(prompt, completions, source="initial")
+        left = comparison.ordered_completions()[0].text
+        labeling.submit_label(annotator, LabelInput(comparison.pk, "a" if left == pair.chosen else "b"))
+
+
+@pytest.fixture
+def no_auto_training(settings):
+    """These tests start training themselves; the test process's labels must not."""
+    settings.PREFLOOP_RM_AUTO_TRAIN_LABELS = 0
+
+
+@pytest.fixture
+def redis(tmp_path):
+    with running_redis(os.environ["REDIS_URL"], tmp_path) as process:
+        yield process
+
+
+def test_generation_runs_on_the_gpu_queue_worker_and_feeds_the_label_queue(redis, tmp_path, tiny_model_dir, people):
+    log_path = tmp_path / "worker.log"
+    policy = PolicyVersion.objects.create(number=0, base_model_dir=str(tiny_model_dir))
+    for i in range(3):
+        Prompt.objects.create(messages=[{"role": "user", "content": f"Tell me fact {i}."}])
+
+    with running_celery_worker("gpu", worker_env(tiny_model_dir, tmp_path / "var"), log_path):
+        job = services.request_generation(policy, prompt_count=3, requested_by=people.researcher)
+        wait_until_finished(job, 120, log_path)
+
     assert job.celery_task_id
-    assert "training.tasks.generate_comparisons" in worker.read_text()
+    assert "training.tasks.generate_comparisons" in log_path.read_text()
     assert Comparison.objects.count() == 3
     served = next_comparison_for(people.annotator)
     assert served is not None and served.prompt.text.startswith("Tell me fact")
+
+
+def test_reward_model_trains_on_the_train_queue_worker(redis, tmp_path, tiny_model_dir, people, no_auto_training):
+    log_path = tmp_path / "worker.log"
+    base = PolicyVersion.objects.create(number=0, base_model_dir=str(tiny_model_dir))
+    label_marker_preferences(people.annotator, base, 60)
+
+    with running_celery_worker("train", worker_env(tiny_model_dir, tmp_path / "var"), log_path):
+        job = services.request_reward_training(requested_by=people.researcher)
+        wait_until_finished(job, 180, log_path)
+
+    version = RewardModelVersion.objects.get()
+    assert version.label_count == 60 and version.heldout_accuracy is not None
+    assert Path(version.weights_dir).is_relative_to(tmp_path / "var")
+    assert "training.tasks.train_reward_model" in log_path.read_text()
+
+
+def test_a_worker_killed_mid_training_publishes_nothing_and_the_job_is_retried(redis, tmp_path, tiny_model_dir,
+                                                                              people, no_auto_training):
+    """acks_late + reject_on_worker_lost: the message goes back to the queue, the job
+    starts again from the last published version, and no half model is ever visible."""
+    log_path = tmp_path / "worker.log"
+    base = PolicyVersion.objects.create(number=0, base_model_dir=str(tiny_model_dir))
+    label_marker_preferences(people.annotator, base, 60)
+    env = worker_env(tiny_model_dir, tmp_path / "var", PREFLOOP_RM_EPOCHS="60")
+
+    with running_celery_worker("train", env, log_path, pool="prefork") as worker:
+        job = services.request_reward_training()
+
+        def training_underway():
+            job.refresh_from_db()
+            return job.status == Job.Status.RUNNING and job.step >= 10
+
+        wait_for(training_underway, 120, "training to get going", interval=0.2)
+        children = subprocess.run(["pgrep", "-P", str(worker.pid)], capture_output=True, text=True).stdout.split()
+        assert children, "the prefork worker has no child process to kill"
+        for pid in children:
+            os.kill(int(pid), signal.SIGKILL)
+        assert not RewardModelVersion.objects.exists()
+        wait_until_finished(job, 240, log_path)
+
+    assert job.attempts == 2
+    assert RewardModelVersion.objects.count() == 1
+    artifacts = tmp_path / "var" / "artifacts" / "reward-models"
+    assert sorted(p.name for p in artifacts.iterdir()) == ["v1"]
+
+
+def test_the_nth_new_label_triggers_training_on_the_worker(redis, tmp_path, tiny_model_dir, people, settings):
+    settings.PREFLOOP_RM_AUTO_TRAIN_LABELS = 20
+    log_path = tmp_path / "worker.log"
+    base = PolicyVersion.objects.create(number=0, base_model_dir=str(tiny_model_dir))
+    with running_celery_worker("train", worker_env(tiny_model_dir, tmp_path / "var"), log_path):
+        label_marker_preferences(people.annotator, base, 19)
+        assert not Job.objects.filter(kind=Job.Kind.TRAIN_REWARD).exists()
+        label_marker_preferences(people.annotator, base, 1)
+        job = Job.objects.get(kind=Job.Kind.TRAIN_REWARD)
+        assert job.params["reason"] == "20 new labels"
+        wait_until_finished(job, 180, log_path)
+    assert RewardModelVersion.objects.get().label_count == 20
