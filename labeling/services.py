@@ -190,15 +190,16 @@ def submit_label(annotator: AbstractBaseUser, label: LabelInput, is_simulated: b
         if stored.counts_as_label:
             Comparison.objects.filter(pk=comparison.pk).update(label_count=F("label_count") + 1)
         Assignment.objects.filter(comparison=comparison, annotator=annotator).delete()
-        transaction.on_commit(request_reward_training_if_due)
+        transaction.on_commit(tell_the_loop)
     return stored, True
 
 
-def request_reward_training_if_due() -> None:
+def tell_the_loop() -> None:
+    """A new label may start reward-model training or a round (training/services/rounds.py)."""
     # Imported here: the training app builds on labeling, not the other way round.
-    from training.services import maybe_request_reward_training
+    from training.services import react_to_new_label
 
-    maybe_request_reward_training()
+    react_to_new_label()
 
 
 @transaction.atomic

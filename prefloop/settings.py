@@ -53,6 +53,13 @@ def env_float(name: str, default: float, low: float, high: float) -> float:
     return value
 
 
+def env_choice(name: str, default: str, choices: set[str]) -> str:
+    value = os.environ.get(name) or default
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name}={value!r} must be one of {', '.join(sorted(choices))}")
+    return value
+
+
 def database_from_url(url: str) -> dict:
     """`sqlite:///abs/path.sqlite3`, `sqlite:///relative.sqlite3` or
     `postgres://user:pass@host:port/name` into a Django DATABASES entry."""
@@ -188,6 +195,7 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "training.tasks.generate_comparisons": {"queue": "gpu"},
     "training.tasks.train_reward_model": {"queue": "train"},
+    "training.tasks.run_ppo": {"queue": "gpu"},
 }
 # Heavy jobs are acknowledged only once done, so a worker killed mid-job leaves the
 # message for another worker instead of losing it.
@@ -235,3 +243,19 @@ PREFLOOP_RM_BATCH_SIZE = env_int("PREFLOOP_RM_BATCH_SIZE", 8, minimum=1)
 PREFLOOP_RM_ENSEMBLE_SIZE = env_int("PREFLOOP_RM_ENSEMBLE_SIZE", 5, minimum=0)
 # How long a reward-model job waits before asking again while another one trains.
 PREFLOOP_RM_WAIT_SECONDS = env_int("PREFLOOP_RM_WAIT_SECONDS", 15, minimum=1)
+
+# --- PPO rounds and the loop
+PREFLOOP_PPO_PROMPTS = env_int("PREFLOOP_PPO_PROMPTS", 64, minimum=1)  # prompts sampled for one round's rollouts
+PREFLOOP_PPO_EPISODES = env_int("PREFLOOP_PPO_EPISODES", 0, minimum=0)  # rollouts per round; 0 = one per prompt
+PREFLOOP_PPO_BATCH_SIZE = env_int("PREFLOOP_PPO_BATCH_SIZE", 8, minimum=1)
+PREFLOOP_PPO_RESPONSE_LENGTH = env_int("PREFLOOP_PPO_RESPONSE_LENGTH", 64, minimum=1)
+PREFLOOP_PPO_LEARNING_RATE = env_float("PREFLOOP_PPO_LEARNING_RATE", 3e-5, 0.0, 1.0)
+PREFLOOP_PPO_KL_COEF = env_float("PREFLOOP_PPO_KL_COEF", 0.05, 0.0, 10.0)
+PREFLOOP_PPO_REFERENCE = env_choice("PREFLOOP_PPO_REFERENCE", "initial", {"initial", "previous"})
+# Prompts that get new comparisons after each round (new-vs-new and new-vs-previous).
+PREFLOOP_ROUND_COMPARISON_PROMPTS = env_int("PREFLOOP_ROUND_COMPARISON_PROMPTS", 16, minimum=1)
+# How new comparisons are ordered in the queue: ensemble disagreement, or random (ablation).
+PREFLOOP_QUERY_SELECTION = env_choice("PREFLOOP_QUERY_SELECTION", "disagreement", {"disagreement", "random"})
+# Chain full rounds by themselves once this many new labels arrived (unless stopped).
+PREFLOOP_AUTO_LOOP = env_bool("PREFLOOP_AUTO_LOOP", False)
+PREFLOOP_LOOP_MIN_LABELS = env_int("PREFLOOP_LOOP_MIN_LABELS", 32, minimum=1)

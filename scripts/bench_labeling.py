@@ -14,11 +14,8 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import random
-import re
 import secrets
-import shlex
 import socket
 import string
 import subprocess
@@ -28,7 +25,6 @@ import time
 import urllib.request
 from collections import Counter
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
 from tqdm import tqdm
@@ -36,7 +32,6 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parent.parent
 DB_PATH = ROOT / "var" / "bench" / "bench.sqlite3"
 SERVER_LOG = DB_PATH.with_name("server.log")
-DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Labeling throughput (issue 2)"
 WORKERS, THREADS = 2, 4  # as scripts/demo.sh runs it
 CHOICES = ("a", "b", "tie", "both_bad")
@@ -46,6 +41,8 @@ ANSWER = "**Answer {n}** to prompt {i}.\n\n- One point.\n- Another, with `code`.
 # Set before Django is imported, so this process and the server share the bench database.
 os.environ.update(DATABASE_URL=f"sqlite:///{DB_PATH}", HF_HUB_OFFLINE="1", DJANGO_SETTINGS_MODULE="prefloop.settings")
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+from benchmark_report import command_line, machine_lines, replace_section  # noqa: E402
 
 
 def prepare_database(annotators: int, comparisons: int) -> list[tuple[int, str]]:
@@ -226,7 +223,6 @@ def check_integrity(stats: Stats) -> tuple[dict[str, int], bool]:
 
 def write_report(args: argparse.Namespace, stats: Stats, elapsed: float, checks: dict[str, int], ok: bool) -> str:
     """The results section as markdown, also written into docs/benchmarks.md."""
-    import django
 
     labels = len({label_id for _, _, label_id in stats.acks})
     answered = sum(len(v) for v in stats.latency_ms.values())
@@ -247,14 +243,10 @@ def write_report(args: argparse.Namespace, stats: Stats, elapsed: float, checks:
         ("`next` answers with an empty queue", str(counts["empty queue"])),
         ('Server log: "database is locked" / tracebacks', f"{log.count('is locked')} / {log.count('Traceback')}"),
     ]
-    cpu = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-    command = shlex.join([os.path.relpath(sys.executable, ROOT), os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
     lines = [
         SECTION, "",
-        f"Command: `{command}` (`make bench` runs it with `--annotators 32 --seconds 60`).", "",
-        f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-        f"- Machine: {len(os.sched_getaffinity(0))} CPUs ({cpu.group(1) if cpu else 'unknown model'}), "
-        f"Python {platform.python_version()}, Django {django.get_version()}",
+        f"Command: `{command_line()}` (`make bench` runs it with `--annotators 32 --seconds 60`).", "",
+        *machine_lines(),
         f"- Settings: {args.annotators} annotators for {args.seconds:g} s ({elapsed:.1f} s measured), "
         f"{args.comparisons} comparisons with labels_needed=1, gunicorn --workers {WORKERS} --threads {THREADS}, "
         "fresh SQLite database (WAL, BEGIN IMMEDIATE) at var/bench/bench.sqlite3",
@@ -264,12 +256,8 @@ def write_report(args: argparse.Namespace, stats: Stats, elapsed: float, checks:
         *(f"- {name}: {value}" for name, value in checks.items()),
         *(f"- problem: {p}" for p in stats.problems[:10]),
     ]
-    section = "\n".join(lines) + "\n\n"
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    old = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)  # up to the next section
-    text = old.sub(lambda _: section, text, count=1) if old.search(text) else f"{text.rstrip()}\n\n{section}"
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text.rstrip("\n") + "\n")
+    section = "\n".join(lines)
+    replace_section(SECTION, section)
     return section
 
 

@@ -20,6 +20,8 @@ STAFF_ONLY = [
     ("get", "/export/labels.jsonl?raw=1"),
     ("get", "/researcher/"),
     ("post", "/researcher/generate"),
+    ("post", "/researcher/train-reward-model"),
+    ("get", "/jobs/1.json"),
 ]
 EVERY_PAGE = STAFF_ONLY[2:] + [("get", "/label/"), ("get", "/label/api/next"), ("post", "/label/api/undo")]
 
@@ -104,3 +106,13 @@ def test_pages_carry_a_content_security_policy_without_inline_scripts(client, pe
 def test_undo_says_when_there_is_nothing_to_undo(client, people):
     client.force_login(people.annotator)
     assert client.post(reverse("label_undo"), "{}", content_type="application/json").json()["undone"] is False
+
+
+def test_train_reward_model_button_queues_one_job(client, people):
+    from training.models import Job
+
+    client.force_login(people.researcher)
+    for _ in range(2):  # a double click
+        response = client.post(reverse("train_reward_model"), follow=True)
+    assert b"Reward-model training job" in response.content
+    assert Job.objects.filter(kind=Job.Kind.TRAIN_REWARD).count() == 1

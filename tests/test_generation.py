@@ -63,7 +63,7 @@ def test_generation_job_queues_one_comparison_per_prompt(tiny_policy):
     services.run_generation_job(job)
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED, job.error
-    assert (job.step, job.total_steps, job.result) == (3, 3, {"comparisons": 3})
+    assert (job.step, job.total_steps, job.result) == (3, 3, {"comparisons": 3, "prompts": 3})
     comparisons = Comparison.objects.all()
     assert comparisons.count() == 3
     assert {c.prompt_id for c in comparisons} == set(job.params["prompt_ids"])

@@ -52,6 +52,66 @@ class RewardModelVersion(models.Model):
         return f"reward model v{self.number}"
 
 
+class LoopState(models.Model):
+    """The one row that says whether automatic rounds may go on. Any signed-in person can
+    stop the loop (InstructGPT's labelers once caught a sign-flip bug that way); only
+    staff resume it."""
+
+    paused = models.BooleanField(default=False)
+    paused_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                  related_name="+")
+    paused_at = models.DateTimeField(null=True, blank=True)
+    reason = models.CharField(max_length=500, blank=True)
+
+    def __str__(self) -> str:
+        return f"loop paused by {self.paused_by}" if self.paused else "loop running"
+
+    @classmethod
+    def current(cls) -> LoopState:
+        return cls.objects.get_or_create(pk=1)[0]
+
+
+class Round(models.Model):
+    """One turn of the loop: (reward model →) PPO → new comparisons, with its own page."""
+
+    class Kind(models.TextChoices):
+        PPO = "ppo", "PPO round"
+        FULL = "full", "Full round"
+
+    class Stage(models.TextChoices):
+        REWARD_MODEL = "reward_model", "Training the reward model"
+        PPO = "ppo", "PPO"
+        COMPARISONS = "comparisons", "Generating comparisons"
+        DONE = "done", "Done"
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    number = models.PositiveIntegerField(unique=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    stage = models.CharField(max_length=16, choices=Stage.choices)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    trigger = models.CharField(max_length=100, default="manual")
+    policy_before = models.ForeignKey(PolicyVersion, on_delete=models.PROTECT, related_name="rounds_started")
+    policy_after = models.ForeignKey(PolicyVersion, null=True, blank=True, on_delete=models.PROTECT,
+                                     related_name="rounds_produced")
+    reward_model = models.ForeignKey(RewardModelVersion, null=True, blank=True, on_delete=models.PROTECT,
+                                     related_name="rounds")
+    error = models.TextField(blank=True)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                     related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-number"]
+
+    def __str__(self) -> str:
+        return f"round {self.number}"
+
+
 class Job(models.Model):
     """One unit of background work (generation, training). Pages read these rows; the
     Celery result backend is never consulted."""
@@ -59,6 +119,7 @@ class Job(models.Model):
     class Kind(models.TextChoices):
         GENERATE = "generate", "Generate comparisons"
         TRAIN_REWARD = "train_reward", "Train reward model"
+        PPO = "ppo", "PPO round"
 
     class Status(models.TextChoices):
         PENDING = "pending"
@@ -80,6 +141,7 @@ class Job(models.Model):
     error = models.TextField(blank=True)
     celery_task_id = models.CharField(max_length=64, blank=True)
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    round = models.ForeignKey(Round, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

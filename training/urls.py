@@ -8,5 +8,8 @@ urlpatterns = [
     path("researcher/", views.researcher, name="researcher"),
     path("researcher/generate", views.generate_comparisons, name="generate_comparisons"),
     path("researcher/train-reward-model", views.train_reward_model, name="train_reward_model"),
+    path("researcher/run-round", views.run_round, name="run_round"),
+    path("loop/stop", views.stop_loop, name="stop_loop"),
+    path("loop/resume", views.resume_loop, name="resume_loop"),
     path("jobs/<int:job_id>.json", views.job_status, name="job_status"),
 ]

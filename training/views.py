@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth.decorators import login_required
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -9,8 +11,8 @@ from django.views.decorators.http import require_GET, require_POST
 from labeling.models import Comparison, Label, Prompt
 from prefloop.access import staff_required
 from training import services
-from training.forms import GenerateComparisonsForm
-from training.models import Job, PolicyVersion, RewardModelVersion
+from training.forms import GenerateComparisonsForm, StopLoopForm
+from training.models import Job, LoopState, PolicyVersion, RewardModelVersion, Round
 
 
 @staff_required
@@ -22,6 +24,10 @@ def researcher(request: HttpRequest) -> HttpResponse:
         "policies": PolicyVersion.objects.annotate(completion_count=Count("completions")),
         "reward_models": RewardModelVersion.objects.order_by("-number")[:20],
         "labels_since_reward_model": services.labels_since_latest_reward_model(),
+        "rounds": Round.objects.select_related("policy_before", "policy_after", "reward_model")[:20],
+        "loop": LoopState.current(),
+        "auto_loop": settings.PREFLOOP_AUTO_LOOP,
+        "loop_min_labels": settings.PREFLOOP_LOOP_MIN_LABELS,
         "prompt_count": Prompt.objects.count(),
         "comparison_count": Comparison.objects.count(),
         "label_count": Label.objects.exclude(choice=Label.Choice.SKIP).count(),
@@ -58,4 +64,36 @@ def job_status(request: HttpRequest, job_id: int) -> JsonResponse:
 def train_reward_model(request: HttpRequest) -> HttpResponse:
     job = services.request_reward_training(requested_by=request.user)
     messages.success(request, f"Reward-model training job #{job.pk} is queued on the train queue.")
+    return redirect("researcher")
+
+
+@staff_required
+@require_POST
+def run_round(request: HttpRequest) -> HttpResponse:
+    kind = Round.Kind.FULL if request.POST.get("kind") == Round.Kind.FULL else Round.Kind.PPO
+    try:
+        round_ = services.start_round(kind, requested_by=request.user)
+    except services.RoundError as error:
+        messages.error(request, f"Not started: {error}")
+    else:
+        messages.success(request, f"Started {round_} ({round_.get_kind_display().lower()}).")
+    return redirect("researcher")
+
+
+@login_required
+@require_POST
+def stop_loop(request: HttpRequest) -> HttpResponse:
+    """Every signed-in person, annotators included, can stop the loop."""
+    form = StopLoopForm(request.POST)
+    reason = form.cleaned_data["reason"] if form.is_valid() else ""
+    services.pause_loop(request.user, reason)
+    messages.warning(request, "The loop is stopped: no new round starts until a researcher resumes it.")
+    return redirect(request.POST.get("next") if request.POST.get("next") in ("/label/", "/researcher/") else "home")
+
+
+@staff_required
+@require_POST
+def resume_loop(request: HttpRequest) -> HttpResponse:
+    services.resume_loop()
+    messages.success(request, "The loop is running again.")
     return redirect("researcher")

@@ -51,11 +51,11 @@ def configure_torch_threads(threads: int) -> None:
 def load_tokenizer(model_dir: Path | str):
     from transformers import AutoTokenizer
 
+    from training.ml.tokens import use_distinct_pad
+
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return use_distinct_pad(tokenizer)
 
 
 def load_policy(model_dir: Path | str, adapter_dir: Path | str | None = None, device: torch.device | None = None):

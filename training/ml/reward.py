@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from training.ml.generation import pick_device
+from training.ml.tokens import ScoredText, reward_inputs, use_distinct_pad
 
 CONFIG_FILE = "prefloop_reward_config.json"
 ENSEMBLE_FILE = "ensemble_heads.pt"
@@ -69,6 +70,9 @@ class PreferencePair:
     chosen: str
     rejected: str
     strength: int | None = None
+    chosen_ended: bool = True
+    """False when the completion was cut at the length limit (no EOS), as PPO will see it."""
+    rejected_ended: bool = True
 
 
 @dataclass
@@ -133,9 +137,8 @@ def load_reward_tokenizer(base_model_dir: Path | str):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    tokenizer.padding_side = "right"  # the score head reads the last token that is not padding
+    return use_distinct_pad(tokenizer)
 
 
 def load_reward_backbone(base_model_dir: Path | str, tokenizer, device: torch.device | None = None):
@@ -165,20 +168,28 @@ def load_reward_model(base_model_dir: Path | str, weights_dir: Path | str, devic
     return model.to(device or pick_device()).eval(), tokenizer
 
 
-def pairs_to_dataset(pairs: Sequence[PreferencePair], strength_margin: float):
-    """TRL's conversational preference format, plus the group for batching and, when
-    strength is used, TRL's `margin` column."""
+def pairs_to_dataset(pairs: Sequence[PreferencePair], tokenizer, strength_margin: float):
+    """TRL's tokenized preference format (`chosen_ids`, `rejected_ids`), ending at the
+    answer's EOS like PPO's inputs (see training/ml/tokens.py), plus the group for
+    batching and, when strength is used, TRL's `margin` column."""
     from datasets import Dataset
 
     rows = {
-        "prompt": [p.prompt for p in pairs],
-        "chosen": [[{"role": "assistant", "content": p.chosen}] for p in pairs],
-        "rejected": [[{"role": "assistant", "content": p.rejected}] for p in pairs],
+        "chosen_ids": reward_inputs(tokenizer, chosen_texts(pairs)),
+        "rejected_ids": reward_inputs(tokenizer, rejected_texts(pairs)),
         "group": [p.group for p in pairs],
     }
     if strength_margin:
         rows["margin"] = [strength_margin * (p.strength or 1) for p in pairs]
     return Dataset.from_dict(rows)
+
+
+def chosen_texts(pairs: Sequence[PreferencePair]) -> list[tuple]:
+    return [(p.prompt, p.chosen, p.chosen_ended) for p in pairs]
+
+
+def rejected_texts(pairs: Sequence[PreferencePair]) -> list[tuple]:
+    return [(p.prompt, p.rejected, p.rejected_ended) for p in pairs]
 
 
 def make_trainer(model, tokenizer, dataset, config: RewardTrainingConfig, output_dir: Path, peft_config, callbacks):
@@ -225,7 +236,7 @@ def train_reward_model(
     config: RewardTrainingConfig,
     warm_start_dir: Path | None = None,
     on_step: Callable[[int, int, dict], None] | None = None,
-    normalization_samples: Sequence[tuple[list[dict], str]] = (),
+    normalization_samples: Sequence[ScoredText] = (),
 ) -> RewardTrainingResult:
     """Train on the non-held-out pairs, write the weights (LoRA adapter, or the whole
     model) and the config into `out_dir`, and measure held-out accuracy. `out_dir` is
@@ -238,7 +249,7 @@ def train_reward_model(
         raise ValueError("no training pairs: every labelled comparison fell in the held-out share")
     tokenizer = load_reward_tokenizer(base_model_dir)
     model, peft_config = initial_model(base_model_dir, tokenizer, config, warm_start_dir)
-    dataset = pairs_to_dataset(train, config.strength_margin)
+    dataset = pairs_to_dataset(train, tokenizer, config.strength_margin)
 
     history: list[dict] = []
 
@@ -260,16 +271,16 @@ def train_reward_model(
 
     accuracy = None
     if heldout:
-        chosen = score_texts(model, tokenizer, [(p.prompt, p.chosen) for p in heldout])
-        rejected = score_texts(model, tokenizer, [(p.prompt, p.rejected) for p in heldout])
-        accuracy = (chosen > rejected).float().mean().item()
+        chosen = score_texts(model, tokenizer, chosen_texts(heldout))
+        rejected = score_texts(model, tokenizer, rejected_texts(heldout))
+        accuracy = (chosen > rejected).sum().item() / len(heldout)
     mean, std = 0.0, 1.0
     if normalization_samples:
         rewards = score_texts(model, tokenizer, normalization_samples)
         mean, std = rewards.mean().item(), max(rewards.std(unbiased=False).item(), 1e-6)
     if config.ensemble_size > 0:
-        _, chosen_features = score_features(model, tokenizer, [(p.prompt, p.chosen) for p in train])
-        _, rejected_features = score_features(model, tokenizer, [(p.prompt, p.rejected) for p in train])
+        _, chosen_features = score_features(model, tokenizer, chosen_texts(train))
+        _, rejected_features = score_features(model, tokenizer, rejected_texts(train))
         heads = fit_bootstrap_heads(chosen_features, rejected_features, model.score.weight[0].detach().cpu(),
                                     config.ensemble_size, config.seed)
         torch.save(heads, out_dir / ENSEMBLE_FILE)
@@ -303,19 +314,9 @@ def save_reward_model(model, tokenizer, out_dir: Path, config: RewardTrainingCon
     (out_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
 
 
-def reward_inputs(tokenizer, samples: Sequence[tuple[list[dict], str]]) -> list[list[int]]:
-    """Token ids exactly as TRL's RewardTrainer builds them: the chat template over the
-    prompt followed by the completion as the assistant's turn."""
-    return [
-        tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": completion}], tokenize=True,
-                                      return_dict=True)["input_ids"]
-        for prompt, completion in samples
-    ]
-
-
 @torch.inference_mode()
 def score_features(
-    model, tokenizer, samples: Sequence[tuple[list[dict], str]], batch_size: int = 16
+    model, tokenizer, samples: Sequence[ScoredText], batch_size: int = 16
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rewards (n,) and the features the score head reads (n, hidden), in batches.
     Right padding, as in training: the head reads the last real token."""
@@ -345,12 +346,12 @@ def score_features(
 
 def last_scored_positions(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
     """The position transformers' sequence classifiers read: the rightmost token that is
-    not the pad id (with pad = EOS, a trailing EOS is skipped the same way)."""
+    not the pad id."""
     positions = torch.arange(input_ids.shape[-1])
     return (positions * (input_ids != pad_token_id)).argmax(-1)
 
 
-def score_texts(model, tokenizer, samples: Sequence[tuple[list[dict], str]], batch_size: int = 16) -> torch.Tensor:
+def score_texts(model, tokenizer, samples: Sequence[ScoredText], batch_size: int = 16) -> torch.Tensor:
     return score_features(model, tokenizer, samples, batch_size)[0]
 
 
@@ -411,11 +412,11 @@ class RewardScorer:
         heads = torch.load(heads_file) if heads_file.is_file() else None
         return cls(model, tokenizer, mean, std, heads)
 
-    def score(self, samples: Sequence[tuple[list[dict], str]], batch_size: int = 16) -> torch.Tensor:
+    def score(self, samples: Sequence[ScoredText], batch_size: int = 16) -> torch.Tensor:
         """(n,) normalized rewards for (prompt messages, completion) samples."""
         return (score_texts(self.model, self.tokenizer, samples, batch_size) - self.mean) / self.std
 
-    def disagreement(self, comparisons: Sequence[Sequence[tuple[list[dict], str]]]) -> list[float]:
+    def disagreement(self, comparisons: Sequence[Sequence[ScoredText]]) -> list[float]:
         """One score per comparison (a list of its samples): higher means the ensemble
         is less sure which completion a person would prefer."""
         if self.heads is None:

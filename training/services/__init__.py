@@ -11,6 +11,7 @@ from training.services.generation import (
     run_generation_job,
 )
 from training.services.jobs import enqueue_on_commit
+from training.services.policies import create_ppo_job, latest_policy, run_ppo_job
 from training.services.reward_models import (
     claim_reward_training,
     labels_since_latest_reward_model,
@@ -20,8 +21,27 @@ from training.services.reward_models import (
     request_reward_training,
     run_reward_training_job,
 )
+from training.services.rounds import (
+    RoundError,
+    job_finished,
+    pause_loop,
+    react_to_new_label,
+    resume_loop,
+    running_round,
+    start_round,
+)
 
 __all__ = [
+    "RoundError",
+    "create_ppo_job",
+    "job_finished",
+    "latest_policy",
+    "pause_loop",
+    "react_to_new_label",
+    "resume_loop",
+    "run_ppo_job",
+    "running_round",
+    "start_round",
     "claim_reward_training",
     "create_generation_job",
     "enqueue_on_commit",

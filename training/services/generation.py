@@ -81,52 +81,103 @@ def request_generation(
     return job
 
 
-def run_generation_job(job: Job) -> None:
-    """Carry out a generation job: sample completions for its prompts and queue them as
-    comparisons, committing batch by batch so annotators can start on the first ones."""
-    from training.ml.generation import SamplingConfig, chunks, iter_sample_batches, load_policy
+def sampling_config(seed: int):
+    from training.ml.generation import SamplingConfig
 
+    return SamplingConfig(
+        max_new_tokens=settings.PREFLOOP_MAX_NEW_TOKENS,
+        temperature=settings.PREFLOOP_TEMPERATURE,
+        batch_size=settings.PREFLOOP_GENERATION_BATCH_SIZE,
+        seed=seed,
+    )
+
+
+def sample_completions(policy: PolicyVersion, prompts: list[Prompt], samples: int, config, on_batch=None):
+    """`samples` completions of each prompt from a policy version, in prompt order."""
+    from training.ml.generation import iter_sample_batches, load_policy
+
+    model, tokenizer = load_policy(policy.base_model_dir, policy.adapter_dir or None)
+    done: list = []
+    for batch in iter_sample_batches(model, tokenizer, [p.messages for p in prompts], samples, config):
+        done.extend(batch)
+        if on_batch is not None:
+            on_batch(len(done))
+    return done
+
+
+def query_priorities(candidates: list[tuple[Prompt, list]], selection: str, seed: int) -> list[float]:
+    """Queue priority of each candidate comparison. "disagreement": how unsure the
+    latest reward model's ensemble is about it (Christiano et al. 2017 query what the
+    ensemble disagrees on); "random" for ablations; 0 while there is no reward model."""
+    from training.services.reward_models import latest_reward_model, load_scorer
+
+    if selection == "random":
+        rng = random.Random(seed)
+        return [rng.random() for _ in candidates]
+    version = latest_reward_model()
+    if version is None or not candidates:
+        return [0.0] * len(candidates)
+    scorer = load_scorer(version)
+    if scorer.heads is None:
+        return [0.0] * len(candidates)
+    return scorer.disagreement(
+        [[(prompt.messages, s.text, s.ended) for s in samples] for prompt, samples in candidates]
+    )
+
+
+def run_generation_job(job: Job) -> None:
+    """Sample completions for the job's prompts and queue them as comparisons. With
+    `versus` set, each prompt also gets a comparison of the new policy against that
+    earlier version, so people measure progress. Priorities come from query selection;
+    every comparison of the job is stored at once, in one transaction."""
     if job.status == Job.Status.RUNNING:
-        log.warning("job %s was running when its worker died; resuming it", job.pk)
+        log.warning("job %s was running when its worker died; starting it again", job.pk)
     job.mark_running()
     try:
-        policy = PolicyVersion.objects.get(number=job.params["policy_version"])
-        samples = int(job.params.get("samples", 2))
-        # Prompts this job already covered (before a crash) are not sampled again.
-        done = set(
-            Completion.objects.filter(generation_settings__job=job.pk).values_list("prompt_id", flat=True)
-        )
-        by_id = Prompt.objects.in_bulk(job.params["prompt_ids"])
-        prompts = [by_id[i] for i in job.params["prompt_ids"] if i in by_id and i not in done]
-        config = SamplingConfig(
-            max_new_tokens=settings.PREFLOOP_MAX_NEW_TOKENS,
-            temperature=settings.PREFLOOP_TEMPERATURE,
-            batch_size=settings.PREFLOOP_GENERATION_BATCH_SIZE,
-            seed=job.pk,
-        )
-        model, tokenizer = load_policy(policy.base_model_dir, policy.adapter_dir or None)
+        params = job.params
+        policy = PolicyVersion.objects.get(number=params["policy_version"])
+        versus = PolicyVersion.objects.get(number=params["versus"]) if params.get("versus") is not None else None
+        samples = int(params.get("samples", 2))
+        # Prompts this job already covered (it committed, then its worker died) are skipped.
+        done = set(Completion.objects.filter(generation_settings__job=job.pk).values_list("prompt_id", flat=True))
+        by_id = Prompt.objects.in_bulk(params["prompt_ids"])
+        prompts = [by_id[i] for i in params["prompt_ids"] if i in by_id and i not in done]
+        config = sampling_config(seed=job.pk)
+        passes = 2 if versus else 1
+        total = len(prompts) * passes
+        new = sample_completions(policy, prompts, samples, config,
+                                 on_batch=lambda n: job.report_progress(n, total))
+        old = sample_completions(versus, prompts, 1, config,
+                                 on_batch=lambda n: job.report_progress(len(prompts) + n, total)) if versus else []
+
         source = Comparison.Source.INITIAL if policy.number == 0 else Comparison.Source.POLICY
-        rng = random.Random(job.pk)
-        created = len(done)
-        batches = iter_sample_batches(model, tokenizer, [p.messages for p in prompts], samples, config)
-        for batch_prompts, batch in zip(chunks(prompts, config.batch_size), batches, strict=True):
-            with transaction.atomic():
-                for prompt, prompt_samples in zip(batch_prompts, batch, strict=True):
-                    completions = [
-                        Completion.objects.create(
-                            prompt=prompt,
-                            policy_version=policy,
-                            text=sample.text,
-                            ended=sample.ended,
-                            generation_settings={**config.to_dict(), "job": job.pk, "num_tokens": sample.num_tokens},
-                        )
-                        for sample in prompt_samples
-                    ]
-                    create_comparison(prompt, completions, source=source, rng=rng)
-                    created += 1
-            job.report_progress(created, job.total_steps)
+        candidates = []  # (prompt, [(policy, sample), ...], source)
+        for index, prompt in enumerate(prompts):
+            candidates.append((prompt, [(policy, s) for s in new[index]], source))
+            if versus:
+                pair = [(policy, new[index][0]), (versus, old[index][0])]
+                candidates.append((prompt, pair, Comparison.Source.CROSS_VERSION))
+        priorities = query_priorities([(p, [s for _, s in shown]) for p, shown, _ in candidates],
+                                      params.get("selection", settings.PREFLOOP_QUERY_SELECTION), seed=job.pk)
+        store_comparisons(job, candidates, priorities, config)
     except Exception as error:
         log.exception("generation job %s failed", job.pk)
         job.mark_failed(f"{type(error).__name__}: {error}")
         return
-    job.mark_succeeded({"comparisons": created})
+    job.mark_succeeded({"comparisons": len(candidates), "prompts": len(prompts)})
+
+
+@transaction.atomic
+def store_comparisons(job: Job, candidates, priorities: list[float], config) -> None:
+    rng = random.Random(job.pk)
+    rows: dict[int, Completion] = {}  # by id(sample): one shown in two comparisons is one row
+    for (prompt, shown, source), priority in zip(candidates, priorities, strict=True):
+        completions = []
+        for policy, sample in shown:
+            if id(sample) not in rows:
+                rows[id(sample)] = Completion.objects.create(
+                    prompt=prompt, policy_version=policy, text=sample.text, ended=sample.ended,
+                    generation_settings={**config.to_dict(), "job": job.pk, "num_tokens": sample.num_tokens},
+                )
+            completions.append(rows[id(sample)])
+        create_comparison(prompt, completions, source=source, priority=priority, rng=rng)

@@ -106,19 +106,19 @@ def preference_pairs(labels) -> list[PreferencePair]:
         for chosen, rejected in label.preference_pairs(shown):
             pairs.append(
                 PreferencePair(label.comparison_id, label.comparison.prompt.messages, chosen.text, rejected.text,
-                               label.strength)
+                               label.strength, chosen.ended, rejected.ended)
             )
     return pairs
 
 
-def normalization_samples() -> list[tuple[list[dict], str]]:
+def normalization_samples() -> list[tuple[list[dict], str, bool]]:
     """Completions of the initial policy: rewards are shifted and scaled to mean 0, std 1
     on them (Ziegler et al. 2019), so every version speaks the same units to PPO."""
     completions = (
         Completion.objects.filter(policy_version__number=0).select_related("prompt").order_by("pk")
         [:NORMALIZATION_SAMPLES]
     )
-    return [(c.prompt.messages, c.text) for c in completions]
+    return [(c.prompt.messages, c.text, c.ended) for c in completions]
 
 
 def run_reward_training_job(job: Job) -> RewardModelVersion | None:

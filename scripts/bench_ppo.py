@@ -1,0 +1,172 @@
+"""PPO round benchmark (`make bench`): SmolLM2-135M-Instruct, batch 8, 64 new tokens.
+
+Runs one PPO round twice, each in its own process so peak memory is its own:
+  prefloop  — `training.ml.ppo.run_ppo_round`, what the `gpu` worker runs (LoRA policy,
+              normalized reward head, value model copied from the reward model);
+  trl       — the same settings written directly against `trl.experimental.ppo.PPOTrainer`.
+Reports wall time, rollout tokens/s and peak memory of each, and their ratio. On a CUDA
+machine it runs there (and says so). Results replace the "PPO round" section of
+docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "var" / "bench-ppo"
+BASE_MODEL_DIR = ROOT / "var" / "models" / "smollm2-135m-instruct"
+REWARD_DIR = WORK / "reward-model"
+SECTION = "## PPO round (issue 4)"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+
+
+def prompts(count: int) -> list[list[dict]]:
+    lines = (ROOT / "labeling" / "fixtures" / "starter_prompts.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines[:count]]
+    return [r["messages"] if "messages" in r else [{"role": "user", "content": r["prompt"]}] for r in records]
+
+
+def prepare_reward_model() -> None:
+    """A reward model to score with: the base backbone with a fresh score head. Its
+    quality does not matter for speed; its shape and cost are the real ones."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from training.ml.base_model import prepare_base_model
+    from training.ml.reward import load_reward_tokenizer
+
+    prepare_base_model(BASE_MODEL_DIR, convert_smollm2_if_missing=True)
+    if (REWARD_DIR / "config.json").is_file():
+        return
+    tokenizer = load_reward_tokenizer(BASE_MODEL_DIR)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(BASE_MODEL_DIR, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(REWARD_DIR)
+    tokenizer.save_pretrained(REWARD_DIR)
+
+
+def run_prefloop(args) -> dict:
+    from training.ml.ppo import PPORoundConfig, run_ppo_round
+
+    config = PPORoundConfig(batch_size=args.batch_size, response_length=args.response_length,
+                            total_episodes=args.episodes)
+    result = run_ppo_round(BASE_MODEL_DIR, None, REWARD_DIR, 0.0, 1.0, prompts(args.prompts),
+                           WORK / "prefloop-policy", config)
+    kl = [h["ppo/kl"] for h in result.history if "ppo/kl" in h]
+    return {"seconds": result.seconds, "episodes": result.episodes, "final_kl": kl[-1] if kl else None}
+
+
+def run_trl(args) -> dict:
+    """The same round, as a TRL user would write it without PrefLoop."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, TaskType
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(BASE_MODEL_DIR, padding_side="left")
+    tokenizer.pad_token = "<|endoftext|>"  # distinct from EOS, as PPO needs
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    policy = AutoModelForCausalLM.from_pretrained(BASE_MODEL_DIR).to(device)
+    reward = AutoModelForSequenceClassification.from_pretrained(REWARD_DIR, num_labels=1).to(device)
+    value = copy.deepcopy(reward)
+    ids = [tokenizer.apply_chat_template(p, add_generation_prompt=True, return_dict=True)["input_ids"]
+           for p in prompts(args.prompts)]
+    config = PPOConfig(
+        output_dir=str(WORK / "trl-out"), per_device_train_batch_size=args.batch_size,
+        local_rollout_forward_batch_size=args.batch_size, total_episodes=args.episodes,
+        response_length=args.response_length, temperature=0.7, learning_rate=1e-4, kl_coef=0.05,
+        missing_eos_penalty=1.0, stop_token="eos", num_sample_generations=0, save_strategy="no",
+        report_to=[], use_cpu=device == "cpu", seed=0,
+    )
+    trainer = PPOTrainer(
+        args=config, processing_class=tokenizer, model=policy, ref_model=None, reward_model=reward,
+        value_model=value, train_dataset=Dataset.from_dict({"input_ids": ids}),
+        peft_config=LoraConfig(task_type=TaskType.CAUSAL_LM, r=16, lora_alpha=32, target_modules="all-linear"),
+    )
+    started = time.monotonic()
+    trainer.train()
+    return {"seconds": time.monotonic() - started, "episodes": trainer.state.episode, "final_kl": None}
+
+
+def child(args) -> None:
+    result = (run_prefloop if args.child == "prefloop" else run_trl)(args)
+    result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    import torch
+
+    if torch.cuda.is_available():
+        result["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--response-length", type=int, default=64)
+    parser.add_argument("--episodes", type=int, default=16, help="rollouts in the round (16 = two PPO updates)")
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--child", choices=["prefloop", "trl"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return 0
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    prepare_reward_model()
+    results = {}
+    for name in ("trl", "prefloop"):
+        run = subprocess.run([sys.executable, __file__, "--child", name, *sys.argv[1:]], cwd=ROOT,
+                             capture_output=True, text=True)
+        line = next((x for x in run.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if run.returncode or line is None:
+            print(run.stdout[-3000:], run.stderr[-3000:])
+            raise SystemExit(f"the {name} run failed")
+        results[name] = json.loads(line.removeprefix("RESULT "))
+        print(name, results[name], flush=True)
+
+    from benchmark_report import command_line, machine_lines, replace_section
+
+    def tokens_per_second(r: dict) -> float:
+        return r["episodes"] * args.response_length / r["seconds"]
+
+    ours, plain = results["prefloop"], results["trl"]
+    rows = [
+        ("Wall time of the round (s)", f"{ours['seconds']:.1f}", f"{plain['seconds']:.1f}"),
+        ("Rollout tokens/s (episodes × new tokens / wall time)", f"{tokens_per_second(ours):.1f}",
+         f"{tokens_per_second(plain):.1f}"),
+        ("Peak memory of the process (GiB RSS)", f"{ours['peak_rss_gib']:.2f}", f"{plain['peak_rss_gib']:.2f}"),
+    ]
+    if "peak_gpu_gib" in ours:
+        rows.append(("Peak GPU memory (GiB)", f"{ours['peak_gpu_gib']:.2f}", f"{plain['peak_gpu_gib']:.2f}"))
+    section = "\n".join([
+        SECTION, "",
+        f"Command: `{command_line()}` (part of `make bench`).", "",
+        *machine_lines(),
+        f"- Settings: SmolLM2-135M-Instruct, LoRA r=16 policy, batch {args.batch_size}, "
+        f"{args.response_length} new tokens, {ours['episodes']} episodes ({ours['episodes'] // args.batch_size} "
+        "PPO updates of 4 epochs), reward and value models the full 135M backbone, fp32.",
+        "",
+        "| Metric | PrefLoop round | plain TRL PPOTrainer |", "| --- | --- | --- |",
+        *(f"| {name} | {a} | {b} |" for name, a, b in rows),
+        "",
+        f"PrefLoop / plain TRL wall-time ratio: **{ours['seconds'] / plain['seconds']:.2f}**.",
+    ])
+    replace_section(SECTION, section)
+    print(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

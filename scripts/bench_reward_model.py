@@ -1,0 +1,181 @@
+"""Reward-model benchmark (`make bench`): SmolLM2-135M-Instruct with LoRA on this machine.
+
+1. Throughput: train a reward model on N labels (default 256) in this process and time
+   it: training pairs/s, the trainer's own time, and the job's wall time (model load,
+   training, held-out accuracy, normalization, ensemble heads, publishing).
+2. Freshness: with a real redis-server and Celery `train` worker running and the
+   automatic trigger set to K labels (default 32), label K more comparisons and time
+   from the K-th label to the published version that includes it.
+
+A fresh database and artifact folder under var/bench-rm/; the base model is the one
+`make demo` prepares. Results replace the "Reward model" section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / "var" / "bench-rm"
+BASE_MODEL_DIR = ROOT / "var" / "models" / "smollm2-135m-instruct"
+SECTION = "## Reward model (issue 3)"
+NUMBERS = "one two three four five six seven eight nine ten twelve twenty fifty hundred".split()
+FILLER = ("Here is a clear answer. It covers the main point first, then adds a detail that helps, "
+          "and closes with a short note on what to watch out for when you try it yourself.").split()
+
+with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    REDIS_PORT = probe.getsockname()[1]
+# Before Django is imported: this process and the worker share the bench database.
+os.environ.update(
+    DATABASE_URL=f"sqlite:///{BENCH_DIR / 'bench.sqlite3'}", PREFLOOP_VAR_DIR=str(BENCH_DIR),
+    PREFLOOP_BASE_MODEL_DIR=str(BASE_MODEL_DIR), REDIS_URL=f"redis://127.0.0.1:{REDIS_PORT}/0",
+    HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", DJANGO_SETTINGS_MODULE="prefloop.settings",
+    PREFLOOP_RM_AUTO_TRAIN_LABELS="0",
+)
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+from benchmark_report import command_line, machine_lines, replace_section  # noqa: E402
+
+
+def completion(rng: random.Random, with_number: bool) -> str:
+    """About 60 words, like the demo's completions; the oracle prefers concrete numbers."""
+    words = [rng.choice(FILLER) for _ in range(60)]
+    if with_number:
+        words.insert(rng.randint(0, 59), str(rng.randint(2, 999)))
+    return " ".join(words)
+
+
+def label_comparisons(count: int, start: int, annotator, base) -> float:
+    """Create and label `count` comparisons; returns when the last label was committed."""
+    from labeling.models import Completion, Prompt
+    from labeling.services import LabelInput, create_comparison, submit_label
+
+    rng = random.Random(start)
+    for i in range(start, start + count):
+        prompt = Prompt.objects.create(messages=[{"role": "user", "content": f"Bench question {i}: how many?"}])
+        texts = [completion(rng, True), completion(rng, False)]
+        pair = [Completion.objects.create(prompt=prompt, policy_version=base, text=t) for t in texts]
+        comparison = create_comparison(prompt, pair, source="initial", rng=rng)
+        winner = "a" if comparison.ordered_completions()[0].text == texts[0] else "b"
+        submit_label(annotator, LabelInput(comparison.pk, winner, active_seconds=5))
+    return time.time()
+
+
+def measure_throughput(labels: int, annotator, base) -> dict:
+    from training import services
+    from training.models import Job
+
+    label_comparisons(labels, 0, annotator, base)
+    job = Job.objects.create(kind=Job.Kind.TRAIN_REWARD, params={"reason": "benchmark"})
+    services.claim_reward_training(job)
+    started = time.monotonic()
+    version = services.run_reward_training_job(job)
+    wall = time.monotonic() - started
+    if version is None:
+        job.refresh_from_db()
+        raise SystemExit(f"training failed: {job.error}")
+    summary = next(m for m in reversed(version.metrics) if "train/train_runtime" in m)
+    return {
+        "labels": version.label_count, "train_pairs": version.train_pairs, "heldout_pairs": version.heldout_pairs,
+        "accuracy": version.heldout_accuracy, "wall_s": wall, "trainer_s": summary["train/train_runtime"],
+        "pairs_per_s": version.train_pairs * version.config["epochs"] / summary["train/train_runtime"],
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
+
+
+def measure_freshness(trigger: int, start: int, annotator, base) -> dict:
+    """Through the real parts: the K-th label's commit triggers the job on the worker."""
+    from django.conf import settings
+
+    from training.models import Job, RewardModelVersion
+
+    before = RewardModelVersion.objects.count()
+    settings.PREFLOOP_RM_AUTO_TRAIN_LABELS = trigger
+    last_label_at = label_comparisons(trigger, start, annotator, base)
+    while RewardModelVersion.objects.count() == before:
+        time.sleep(0.5)
+    seen = time.time()
+    version = RewardModelVersion.objects.order_by("-number").first()
+    job = Job.objects.filter(kind=Job.Kind.TRAIN_REWARD).order_by("-pk").first()
+    return {
+        "freshness_s": version.created_at.timestamp() - last_label_at, "seen_after_s": seen - last_label_at,
+        "queue_s": (job.started_at - job.created_at).total_seconds(),
+        "job_s": (job.finished_at - job.started_at).total_seconds(), "labels": version.label_count,
+        "accuracy": version.heldout_accuracy,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--labels", type=int, default=256)
+    parser.add_argument("--trigger", type=int, default=32, help="new labels that trigger training")
+    args = parser.parse_args()
+
+    from training.ml.base_model import prepare_base_model
+
+    prepare_base_model(BASE_MODEL_DIR, convert_smollm2_if_missing=True)
+    shutil.rmtree(BENCH_DIR, ignore_errors=True)
+    BENCH_DIR.mkdir(parents=True)
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, check=True)
+    import django
+
+    django.setup()
+    from django.contrib.auth import get_user_model
+
+    from training import services
+
+    annotator = get_user_model().objects.create_user("bench-annotator")
+    base = services.ensure_base_policy()
+    throughput = measure_throughput(args.labels, annotator, base)
+    print(throughput, flush=True)
+
+    from tests.processes import running_celery_worker, running_redis
+
+    with running_redis(os.environ["REDIS_URL"], BENCH_DIR), running_celery_worker(
+        "train", {"PREFLOOP_TORCH_THREADS": "0"}, BENCH_DIR / "worker.log", pool="prefork"
+    ):
+        freshness = measure_freshness(args.trigger, args.labels, annotator, base)
+    print(freshness, flush=True)
+
+    rows = [
+        ("Labels / training pairs / held-out pairs",
+         f"{throughput['labels']} / {throughput['train_pairs']} / {throughput['heldout_pairs']}"),
+        ("Training throughput (pairs/s, one epoch, LoRA r=16, batch 8)", f"{throughput['pairs_per_s']:.2f}"),
+        ("Trainer time for the epoch", f"{throughput['trainer_s']:.0f} s"),
+        (f"Job wall time for {throughput['labels']} labels (load, train, evaluate, normalize, ensemble, publish)",
+         f"{throughput['wall_s']:.0f} s"),
+        ("Held-out accuracy (oracle: prefers the answer with a number)", f"{throughput['accuracy']:.3f}"),
+        ("Peak memory of the training process", f"{throughput['peak_rss_gib']:.1f} GiB"),
+        (f"Freshness: {args.trigger}th new label → published version including it",
+         f"{freshness['freshness_s']:.0f} s"),
+        ("… of which waiting in the queue / the job itself",
+         f"{freshness['queue_s']:.1f} s / {freshness['job_s']:.0f} s"),
+        ("Labels in that version, its held-out accuracy", f"{freshness['labels']}, {freshness['accuracy']:.3f}"),
+    ]
+    section = "\n".join([
+        SECTION, "",
+        f"Command: `{command_line()}` (part of `make bench`).", "",
+        *machine_lines(),
+        "- Setup: SmolLM2-135M-Instruct backbone (fp32, CPU), LoRA r=16 on all linear layers, 1 epoch, "
+        "lr 1e-4, max_length 512, 5 bootstrap ensemble heads; synthetic ~60-word completions; "
+        "fresh SQLite database; freshness through redis-server and a Celery prefork `train` worker "
+        "(every version trains on all labels so far, warm-started from the previous one).",
+        "",
+        "| Metric | Value |", "| --- | --- |", *(f"| {name} | {value} |" for name, value in rows),
+    ])
+    replace_section(SECTION, section)
+    print(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
