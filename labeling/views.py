@@ -25,10 +25,7 @@ def home(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def label_page(request: HttpRequest) -> HttpResponse:
-    from training.models import LoopState
-
-    context = {"idle_ms": settings.PREFLOOP_IDLE_SECONDS * 1000, "loop_paused": LoopState.current().paused}
-    return render(request, "labeling/label.html", context)
+    return render(request, "labeling/label.html", {"idle_ms": settings.PREFLOOP_IDLE_SECONDS * 1000})
 
 
 def queue_state(request: HttpRequest, comparison, **extra) -> JsonResponse:

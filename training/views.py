@@ -12,7 +12,7 @@ from labeling.models import Comparison, Label, Prompt
 from prefloop.access import staff_required
 from training import services
 from training.forms import GenerateComparisonsForm, StopLoopForm
-from training.models import Job, LoopState, PolicyVersion, RewardModelVersion, Round
+from training.models import Job, PolicyVersion, RewardModelVersion, Round
 
 
 @staff_required
@@ -25,7 +25,6 @@ def researcher(request: HttpRequest) -> HttpResponse:
         "reward_models": RewardModelVersion.objects.order_by("-number")[:20],
         "labels_since_reward_model": services.labels_since_latest_reward_model(),
         "rounds": Round.objects.select_related("policy_before", "policy_after", "reward_model")[:20],
-        "loop": LoopState.current(),
         "auto_loop": settings.PREFLOOP_AUTO_LOOP,
         "loop_min_labels": settings.PREFLOOP_LOOP_MIN_LABELS,
         "prompt_count": Prompt.objects.count(),

@@ -1,0 +1,162 @@
+"""The whole online loop, unattended, through real Celery workers: initial 4-way
+comparisons, a scripted oracle ranks them, two full rounds (reward model → PPO → new comparisons),
+the oracle labels the new comparisons in between."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from django.db import connection
+
+from labeling.models import Comparison, Label, Prompt
+from labeling.services import next_comparison_for
+from labeling.simulation import simulate_labels
+from tests.processes import running_celery_worker, running_redis, wait_for
+from training import services
+from training.ml.generation import SamplingConfig, iter_sample_batches, load_policy
+from training.ml.tiny_model import build_tiny_model
+from training.models import Job, PolicyVersion, Round
+
+pytestmark = [pytest.mark.worker, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+PROMPTS = 128
+INITIAL_PASSES = 6
+ROUND_SETTINGS = {
+    "PREFLOOP_MAX_NEW_TOKENS": "16",
+    "PREFLOOP_TEMPERATURE": "0.7",
+    "PREFLOOP_GENERATION_BATCH_SIZE": "32",
+    "PREFLOOP_OVERLAP_SHARE": "0",
+    # Full fine-tuning learns the tiny model's keyword preference sharply (LoRA reaches
+    # about 70% here); a sharp reward model is what lets a few PPO updates climb it.
+    "PREFLOOP_RM_FULL_FINETUNE": "true",
+    "PREFLOOP_RM_LEARNING_RATE": "0.001",
+    "PREFLOOP_RM_EPOCHS": "2",
+    "PREFLOOP_RM_ENSEMBLE_SIZE": "3",
+    "PREFLOOP_RM_AUTO_TRAIN_LABELS": "0",
+    "PREFLOOP_PPO_PROMPTS": str(PROMPTS),
+    "PREFLOOP_PPO_EPISODES": "512",
+    "PREFLOOP_PPO_BATCH_SIZE": "16",
+    "PREFLOOP_PPO_RESPONSE_LENGTH": "16",
+    "PREFLOOP_PPO_LEARNING_RATE": "0.001",
+    "PREFLOOP_ROUND_COMPARISON_PROMPTS": "64",
+    "PREFLOOP_TORCH_THREADS": "2",
+}
+
+
+@pytest.fixture
+def steerable_policy_dir(tmp_path, gguf_tokenizer) -> Path:
+    """A tiny policy that favours a few tokens per context, so a keyword it says about
+    half the time is a preference PPO can act on in a few steps."""
+    return build_tiny_model(tmp_path / "steerable", gguf_tokenizer, output_scale=22)
+
+
+def wait_for_round(round_: Round, log_path: Path) -> Round:
+    def done():
+        round_.refresh_from_db()
+        return round_.status != Round.Status.RUNNING
+
+    wait_for(done, 600, f"{round_}", interval=1)
+    assert round_.status == Round.Status.SUCCEEDED, f"{round_.error}\n{log_path.read_text()[-4000:]}"
+    return round_
+
+
+def half_time_keyword(texts: list[str]) -> str:
+    """The word that appears in closest to half of the texts: the oracle's preference
+    then splits about half of all pairs, the most informative case."""
+    counts = Counter(word for text in texts for word in set(text.split()))
+    return min(counts, key=lambda word: abs(counts[word] / len(texts) - 0.5))
+
+
+def mean_reward(scorer, policy: PolicyVersion, prompts: list[Prompt]) -> float:
+    """The reward model's mean score of a policy's samples on fixed prompts and seed."""
+    model, tokenizer = load_policy(policy.base_model_dir, policy.adapter_dir or None)
+    config = SamplingConfig(max_new_tokens=16, temperature=0.7, batch_size=64, seed=1234)
+    pairs = [pair for batch in iter_sample_batches(model, tokenizer, [p.messages for p in prompts], 2, config)
+             for pair in batch]
+    samples = [(prompt.messages, s.text, s.ended) for prompt, pair in zip(prompts, pairs, strict=True) for s in pair]
+    return scorer.score(samples).mean().item()
+
+
+def oracle_rate(oracle: str, policy: PolicyVersion, prompts: list[Prompt]) -> float:
+    """The oracle's own view: how often the policy's samples say its keyword."""
+    from labeling.oracles import oracle_named
+
+    score = oracle_named(oracle)
+    model, tokenizer = load_policy(policy.base_model_dir, policy.adapter_dir or None)
+    config = SamplingConfig(max_new_tokens=16, temperature=0.7, batch_size=64, seed=1234)
+    texts = [s.text for batch in iter_sample_batches(model, tokenizer, [p.messages for p in prompts], 2, config)
+             for pair in batch for s in pair]
+    return round(sum(score(t) > 0 for t in texts) / len(texts), 3)
+
+
+def test_two_full_rounds_close_the_loop(tmp_path, steerable_policy_dir, people, settings):
+    settings.PREFLOOP_RM_AUTO_TRAIN_LABELS = 0
+    settings.PREFLOOP_AUTO_LOOP = False
+    log_path = tmp_path / "worker.log"
+    base = PolicyVersion.objects.create(number=0, base_model_dir=str(steerable_policy_dir))
+    prompts = [Prompt.objects.create(messages=[{"role": "user", "content": f"Question {i}?"}]) for i in range(PROMPTS)]
+    env = {
+        "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+        "PREFLOOP_VAR_DIR": str(tmp_path / "var"),
+        "PREFLOOP_BASE_MODEL_DIR": str(steerable_policy_dir),
+        **ROUND_SETTINGS,
+    }
+    with running_redis(os.environ["REDIS_URL"], tmp_path), running_celery_worker("gpu,train,default", env, log_path):
+        # Six pairs per prompt: with a keyword said half the time, half of them carry a
+        # preference (the rest are ties, which train nothing): enough to steer by.
+        initial = [services.request_generation(base, PROMPTS) for _ in range(INITIAL_PASSES)]
+        wait_for(lambda: all(j.is_finished for j in Job.objects.filter(pk__in=[j.pk for j in initial])), 300,
+                 "initial comparisons", interval=1)
+        assert not Job.objects.filter(pk__in=[j.pk for j in initial]).exclude(status=Job.Status.SUCCEEDED).exists()
+        word = half_time_keyword(list(base.completions.values_list("text", flat=True)))
+        oracle = f"keyword:{word}"
+        assert simulate_labels(oracle, noise=0.1, count=10_000, seed=0) == PROMPTS * INITIAL_PASSES
+
+        rounds = []
+        for number in (1, 2):
+            round_ = wait_for_round(services.start_round(Round.Kind.FULL, requested_by=people.researcher), log_path)
+            rounds.append(round_)
+            new_comparisons = Comparison.objects.filter(items__completion__policy_version=round_.policy_after)
+            assert new_comparisons.distinct().count() == 64 * 2  # new-vs-new and new-vs-previous
+            if number == 1:
+                # Active query selection: the queue serves the new comparisons most-disagreed first.
+                queue_order = [next_comparison_for(people.annotator).pk]
+                best = max(new_comparisons.distinct(), key=lambda c: c.priority)
+                assert queue_order[0] == best.pk and best.priority > 0
+                assert len({c.priority for c in new_comparisons.distinct()}) > 10
+                simulate_labels(oracle, noise=0.1, count=10_000, seed=number)
+
+    assert [r.policy_after.number for r in rounds] == [1, 2]
+    assert [r.reward_model.number for r in rounds] == [1, 2]
+    assert rounds[1].reward_model.label_count > rounds[0].reward_model.label_count
+    # All initial comparisons, and round 1's but the one leased to the annotator.
+    assert Label.objects.filter(is_simulated=True).count() == PROMPTS * INITIAL_PASSES + 127
+
+    for round_ in rounds:
+        history = round_.policy_after.metrics["history"]
+        kls = [h["ppo/kl"] for h in history if "ppo/kl" in h]
+        assert kls and kls[-1] > 0, "PPO never moved away from the reference"
+        for key in ("ppo/reward", "ppo/entropy", "ppo/clip_fraction", "ppo/value_loss"):
+            assert all(torch.isfinite(torch.tensor(h[key])) for h in history if key in h), key
+
+    # What PPO optimizes, judged by the reward model on the same prompts and seed: round
+    # 1 against its own reward model, and the loop as a whole (v2 against the base)
+    # under the latest one. (Round 2 alone starts from an already-moved policy and is
+    # printed, not asserted: on a tiny model its step is within the noise.)
+    first, second = rounds
+    v0, v1, v2 = (PolicyVersion.objects.get(number=n) for n in (0, 1, 2))
+    first_scorer, latest_scorer = services.load_scorer(first.reward_model), services.load_scorer(second.reward_model)
+    round1 = mean_reward(first_scorer, v0, prompts), mean_reward(first_scorer, v1, prompts)
+    loop = mean_reward(latest_scorer, v0, prompts), mean_reward(latest_scorer, v2, prompts)
+    round2 = mean_reward(latest_scorer, v1, prompts), loop[1]
+    keyword_rate = {v.number: oracle_rate(oracle, v, prompts) for v in (v0, v1, v2)}
+    print(f"round 1 under RM1: {round1[0]:.3f} -> {round1[1]:.3f}; round 2 under RM2: {round2[0]:.3f} -> "
+          f"{round2[1]:.3f}; v0 -> v2 under RM2: {loop[0]:.3f} -> {loop[1]:.3f}; oracle {oracle!r} rate "
+          f"{keyword_rate}; reward-model accuracy {first.reward_model.heldout_accuracy:.2f}, "
+          f"{second.reward_model.heldout_accuracy:.2f}")
+    assert round1[1] > round1[0], f"round 1 lowered its own reward: {round1}"
+    assert loop[1] > loop[0], f"two rounds did not raise the reward of the base policy's samples: {loop}"
