@@ -190,7 +190,8 @@ def submit_label(annotator: AbstractBaseUser, label: LabelInput, is_simulated: b
         if stored.counts_as_label:
             Comparison.objects.filter(pk=comparison.pk).update(label_count=F("label_count") + 1)
         Assignment.objects.filter(comparison=comparison, annotator=annotator).delete()
-        transaction.on_commit(tell_the_loop)
+        # robust: whatever the loop does with the news, the label is stored and acknowledged.
+        transaction.on_commit(tell_the_loop, robust=True)
     return stored, True
 
 
@@ -206,13 +207,16 @@ def tell_the_loop() -> None:
 def undo_last_label(annotator: AbstractBaseUser) -> Comparison | None:
     """Delete the annotator's most recent label and lease its comparison back to them, so
     it is what they see next. None when they have nothing to undo."""
-    last = Label.objects.filter(annotator=annotator).order_by("-created_at", "-id").first()
+    last = Label.objects.select_for_update().filter(annotator=annotator).order_by("-created_at", "-id").first()
     if last is None:
         return None
     comparison = last.comparison
-    if last.counts_as_label:
+    deleted, _ = Label.objects.filter(pk=last.pk).delete()
+    # Two undos at once lock the same row; the second finds it gone and changes nothing.
+    if deleted and last.counts_as_label:
         Comparison.objects.filter(pk=comparison.pk).update(label_count=F("label_count") - 1)
-    last.delete()
+    if not deleted:
+        return None
     now = timezone.now()
     # Older than any other lease they hold, so next_comparison_for serves it first.
     Assignment.objects.update_or_create(

@@ -102,12 +102,14 @@ def sqlite_database(path: Path) -> dict:
 VAR_DIR = Path(env_str("PREFLOOP_VAR_DIR", str(BASE_DIR / "var")))
 
 DEBUG = env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = [h for h in env_str("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h]
 SECRET_KEY = env_str("DJANGO_SECRET_KEY", "")
 if not SECRET_KEY:
-    if not DEBUG and env_bool("PREFLOOP_REQUIRE_SECRET_KEY", False):
-        raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set in production")
-    SECRET_KEY = "insecure-dev-key-set-DJANGO_SECRET_KEY-in-production"
-ALLOWED_HOSTS = [h for h in env_str("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h]
+    # A fixed key is fine only while the app answers on this machine alone: serving any
+    # real host name without DJANGO_SECRET_KEY would sign sessions with a public key.
+    if any(host not in {"127.0.0.1", "localhost", "::1"} for host in ALLOWED_HOSTS):
+        raise ImproperlyConfigured("set DJANGO_SECRET_KEY when DJANGO_ALLOWED_HOSTS names a real host")
+    SECRET_KEY = "insecure-local-only-key-set-DJANGO_SECRET_KEY-in-production"
 CSRF_TRUSTED_ORIGINS = [o for o in env_str("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
 
 INSTALLED_APPS = [

@@ -39,7 +39,10 @@ RESEND_SHARE = 0.02  # submits sent twice, as a double click or a retried reques
 ANSWER = "**Answer {n}** to prompt {i}.\n\n- One point.\n- Another, with `code`.\n\nThat is all there is to say."
 
 # Set before Django is imported, so this process and the server share the bench database.
-os.environ.update(DATABASE_URL=f"sqlite:///{DB_PATH}", HF_HUB_OFFLINE="1", DJANGO_SETTINGS_MODULE="prefloop.settings")
+# No broker runs here: the reward-model trigger is off (scripts/bench_reward_model.py
+# measures training), so every request is the labeling path alone.
+os.environ.update(DATABASE_URL=f"sqlite:///{DB_PATH}", HF_HUB_OFFLINE="1", DJANGO_SETTINGS_MODULE="prefloop.settings",
+                  PREFLOOP_RM_AUTO_TRAIN_LABELS="0")
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 from benchmark_report import command_line, machine_lines, replace_section  # noqa: E402

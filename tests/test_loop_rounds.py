@@ -4,8 +4,6 @@ the models."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from django.urls import reverse
 
@@ -42,14 +40,15 @@ def test_a_full_round_walks_its_stages_one_job_each(loop_world, people):
     rm_job = round_.jobs.get()
     assert rm_job.kind == Job.Kind.TRAIN_REWARD
 
-    finish(rm_job)
+    finish(rm_job, version=1)
     round_.refresh_from_db()
     assert round_.stage == Round.Stage.PPO and round_.reward_model.number == 1
     ppo_job = round_.jobs.get(kind=Job.Kind.PPO)
 
     v1 = PolicyVersion.objects.create(number=1, parent=loop_world, base_model_dir=loop_world.base_model_dir)
-    finish(ppo_job, policy_version=1)
-    finish(ppo_job, policy_version=1)  # a redelivered task reports again: nothing moves twice
+    assert ppo_job.params == {"policy_version": 0, "reward_model": 1}  # pinned to the round's inputs
+    finish(ppo_job, policy_version=1, reward_model=1)
+    finish(ppo_job, policy_version=1, reward_model=1)  # a redelivered task reports again: nothing moves twice
     round_.refresh_from_db()
     assert (round_.stage, round_.policy_after) == (Round.Stage.COMPARISONS, v1)
     generation = round_.jobs.get(kind=Job.Kind.GENERATE)
@@ -83,7 +82,7 @@ def test_one_round_at_a_time_and_ppo_needs_a_reward_model(base_policy):
 def test_stopping_the_loop_holds_a_round_at_its_next_stage_until_resumed(loop_world, people):
     round_ = services.start_round(Round.Kind.FULL)
     services.pause_loop(people.annotator, "the answers got weird")
-    finish(round_.jobs.get())
+    finish(round_.jobs.get(), version=1)
     round_.refresh_from_db()
     assert round_.stage == Round.Stage.PPO and not round_.jobs.filter(kind=Job.Kind.PPO).exists()
     services.resume_loop()
@@ -134,10 +133,24 @@ def test_round_buttons_start_rounds_for_staff(client, people, loop_world):
     assert client.post(reverse("run_round"), {"kind": "full"}).status_code == 403
 
 
-def test_a_ppo_job_without_a_reward_model_fails_and_publishes_nothing(base_policy, settings, tmp_path):
-    settings.PREFLOOP_ARTIFACT_DIR = tmp_path
+def test_a_ppo_job_without_a_reward_model_fails_and_publishes_nothing(base_policy):
     job = services.create_ppo_job()
     assert services.run_ppo_job(job) is None
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED and "no reward model" in job.error
-    assert PolicyVersion.objects.count() == 1 and not (Path(tmp_path) / "policies").exists()
+    assert PolicyVersion.objects.count() == 1
+
+
+def test_a_full_round_adopts_a_reward_model_job_already_waiting(loop_world, people):
+    waiting = services.request_reward_training(requested_by=people.researcher)
+    round_ = services.start_round(Round.Kind.FULL)
+    assert list(round_.jobs.all()) == [waiting]
+    assert Job.objects.filter(kind=Job.Kind.TRAIN_REWARD).count() == 1
+
+
+def test_a_stage_that_cannot_be_queued_fails_its_round(loop_world, django_capture_on_commit_callbacks):
+    """Outside the worker tests nothing listens on the test broker's port."""
+    with django_capture_on_commit_callbacks(execute=True):
+        round_ = services.start_round(Round.Kind.PPO)
+    round_.refresh_from_db()
+    assert round_.status == Round.Status.FAILED and "could not reach the task queue" in round_.error

@@ -21,6 +21,9 @@ def enqueue_on_commit(job: Job, task) -> None:
         except Exception as error:  # kombu raises several types for an unreachable broker
             log.exception("could not enqueue job %s", job.pk)
             job.mark_failed(f"could not reach the task queue: {error}")
+            from training.services.rounds import job_finished  # a round waiting on it fails too
+
+            job_finished(job)
             return
         Job.objects.filter(pk=job.pk).update(celery_task_id=result.id or "")
 

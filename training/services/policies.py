@@ -13,6 +13,7 @@ from django.conf import settings
 from labeling.models import Prompt
 from training.ml.ppo import PPORoundConfig, run_ppo_round
 from training.models import Job, PolicyVersion, RewardModelVersion
+from training.services.reward_models import latest_reward_model
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,12 @@ def ppo_prompts(count: int, seed: int) -> list[Prompt]:
     return [by_id[i] for i in chosen]
 
 
-def create_ppo_job(round_=None, requested_by=None) -> Job:
-    return Job.objects.create(kind=Job.Kind.PPO, round=round_, requested_by=requested_by)
+def create_ppo_job(round_=None, requested_by=None, reward_model: RewardModelVersion | None = None) -> Job:
+    """A PPO job pinned to its inputs: the policy to start from and the reward model
+    (the round's own), so a version published meanwhile does not change the round."""
+    start = round_.policy_before if round_ is not None else latest_policy()
+    params = {"policy_version": start.number, "reward_model": reward_model.number if reward_model else None}
+    return Job.objects.create(kind=Job.Kind.PPO, round=round_, requested_by=requested_by, params=params)
 
 
 def run_ppo_job(job: Job) -> PolicyVersion | None:
@@ -53,10 +58,15 @@ def run_ppo_job(job: Job) -> PolicyVersion | None:
     job.mark_running()
     partial_dir = None
     try:
-        start = latest_policy()
-        reward_model = RewardModelVersion.objects.order_by("-number").first()
+        start = PolicyVersion.objects.get(number=job.params["policy_version"])
+        if job.params.get("reward_model") is not None:
+            reward_model = RewardModelVersion.objects.get(number=job.params["reward_model"])
+        else:
+            reward_model = latest_reward_model()
         if reward_model is None:
             raise ValueError("there is no reward model yet: train one before running PPO")
+        if PolicyVersion.objects.filter(number=start.number + 1).exists():
+            raise ValueError(f"policy v{start.number + 1} exists already; v{start.number} is not the latest")
         number = start.number + 1
         root = Path(settings.PREFLOOP_ARTIFACT_DIR) / "policies"
         final_dir, partial_dir = root / f"v{number}", root / f"v{number}.partial-job{job.pk}"

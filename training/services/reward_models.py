@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import shutil
+from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.db.models import Max, Prefetch
+from django.utils import timezone
 
 from labeling.models import ComparisonItem, Completion, Label
 from training.ml.reward import PreferencePair, RewardScorer, RewardTrainingConfig, train_reward_model
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 
 PREFERENCE_CHOICES = (Label.Choice.A, Label.Choice.B, Label.Choice.RANKING)
 NORMALIZATION_SAMPLES = 256
+AUTO_REQUEST_INTERVAL_SECONDS = 60
 
 
 def latest_reward_model() -> RewardModelVersion | None:
@@ -50,28 +53,40 @@ def reward_training_config() -> RewardTrainingConfig:
     )
 
 
-def request_reward_training(requested_by: AbstractBaseUser | None = None, reason: str = "manual") -> Job:
+def request_reward_training(
+    requested_by: AbstractBaseUser | None = None, reason: str = "manual", round_=None
+) -> Job:
     """The pending reward-model job, created and queued unless one is already waiting:
-    requests made while a job waits are the same request. One made while a job runs
-    waits its turn and will include the labels that arrived meanwhile."""
+    requests made while a job waits are the same request (a round adopts it as its
+    stage). One made while a job runs waits its turn and will include the labels that
+    arrived meanwhile."""
     from training.tasks import train_reward_model as task
 
     existing = Job.objects.filter(kind=Job.Kind.TRAIN_REWARD, status=Job.Status.PENDING).first()
-    if existing is not None:
-        return existing
-    try:
-        with transaction.atomic():
-            job = Job.objects.create(kind=Job.Kind.TRAIN_REWARD, params={"reason": reason}, requested_by=requested_by)
-            enqueue_on_commit(job, task)
-    except IntegrityError:  # another request created it between our check and insert
-        return Job.objects.get(kind=Job.Kind.TRAIN_REWARD, status=Job.Status.PENDING)
-    return job
+    if existing is None:
+        try:
+            with transaction.atomic():
+                job = Job.objects.create(kind=Job.Kind.TRAIN_REWARD, params={"reason": reason},
+                                         requested_by=requested_by, round=round_)
+                enqueue_on_commit(job, task)
+            return job
+        except IntegrityError:  # another request created it between our check and insert
+            existing = Job.objects.get(kind=Job.Kind.TRAIN_REWARD, status=Job.Status.PENDING)
+    if round_ is not None and existing.round_id is None:
+        Job.objects.filter(pk=existing.pk, round=None).update(round=round_)
+        existing.round = round_
+    return existing
 
 
 def maybe_request_reward_training() -> Job | None:
-    """The automatic trigger, after each label: train once enough new labels arrived."""
+    """The automatic trigger, after each label: train once enough new labels arrived.
+    At most one automatic request a minute, so an unreachable broker (each request then
+    fails) costs one failed job a minute, not one per label."""
     threshold = settings.PREFLOOP_RM_AUTO_TRAIN_LABELS
     if threshold <= 0 or labels_since_latest_reward_model() < threshold:
+        return None
+    recent = timezone.now() - timedelta(seconds=AUTO_REQUEST_INTERVAL_SECONDS)
+    if Job.objects.filter(kind=Job.Kind.TRAIN_REWARD, created_at__gte=recent).exists():
         return None
     return request_reward_training(reason=f"{threshold} new labels")
 

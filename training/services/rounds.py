@@ -16,14 +16,15 @@ from django.db import transaction
 from django.utils import timezone
 
 from labeling.models import Prompt
-from training.models import Job, LoopState, PolicyVersion, Round
+from training.models import Job, LoopState, PolicyVersion, RewardModelVersion, Round
 from training.services.generation import prompts_needing_samples
 from training.services.jobs import enqueue_on_commit
-from training.services.policies import latest_policy
+from training.services.policies import create_ppo_job, latest_policy
 from training.services.reward_models import (
     labels_since_latest_reward_model,
     latest_reward_model,
     maybe_request_reward_training,
+    request_reward_training,
 )
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,13 @@ def running_round() -> Round | None:
 
 
 def start_round(kind: str, requested_by: AbstractBaseUser | None = None, trigger: str = "manual") -> Round:
-    """Start a round: "full" trains a reward model first, "ppo" uses the latest one."""
+    """Start a round: "full" trains a reward model first, "ppo" uses the latest one.
+    Staff may start one while the loop is stopped (stopping holds automatic rounds)."""
     with transaction.atomic():
-        if Round.objects.select_for_update().filter(status=Round.Status.RUNNING).exists():
+        # The loop-state row is the lock: two starts at once (a click and an automatic
+        # trigger) queue up here, so the second sees the first's round.
+        LoopState.objects.select_for_update().get(pk=LoopState.current().pk)
+        if Round.objects.filter(status=Round.Status.RUNNING).exists():
             raise RoundError(f"{running_round()} is still running; one round runs at a time")
         if kind == Round.Kind.PPO and latest_reward_model() is None:
             raise RoundError("there is no reward model yet: run a full round, or train one first")
@@ -70,10 +75,12 @@ def start_stage(round_: Round) -> Job:
     from training import tasks
 
     if round_.stage == Round.Stage.REWARD_MODEL:
-        job = Job.objects.create(kind=Job.Kind.TRAIN_REWARD, round=round_, params={"reason": f"{round_}"})
-        enqueue_on_commit(job, tasks.train_reward_model)
+        # A reward-model job already waiting (the button, the automatic trigger) becomes
+        # this stage; single flight means there is never a second one.
+        job = request_reward_training(reason=f"{round_}", round_=round_)
     elif round_.stage == Round.Stage.PPO:
-        job = Job.objects.create(kind=Job.Kind.PPO, round=round_)
+        reward_model = round_.reward_model or latest_reward_model()
+        job = create_ppo_job(round_, reward_model=reward_model)
         enqueue_on_commit(job, tasks.run_ppo)
     elif round_.stage == Round.Stage.COMPARISONS:
         job = comparisons_job(round_)
@@ -103,6 +110,7 @@ def job_finished(job: Job) -> None:
     if job.round_id is None or not job.is_finished:
         return
     with transaction.atomic():
+        loop = LoopState.objects.select_for_update().get(pk=LoopState.current().pk)
         round_ = Round.objects.select_for_update().get(pk=job.round_id)
         if round_.status != Round.Status.RUNNING or STAGE_OF_JOB[job.kind] != round_.stage:
             return
@@ -111,15 +119,15 @@ def job_finished(job: Job) -> None:
             round_.save(update_fields=["status", "error", "finished_at"])
             return
         if round_.stage == Round.Stage.REWARD_MODEL:
-            round_.reward_model = latest_reward_model()
+            round_.reward_model = RewardModelVersion.objects.get(number=job.result["version"])
         elif round_.stage == Round.Stage.PPO:
             round_.policy_after = PolicyVersion.objects.get(number=job.result["policy_version"])
-            round_.reward_model = round_.reward_model or latest_reward_model()
+            round_.reward_model = RewardModelVersion.objects.get(number=job.result["reward_model"])
         round_.stage = NEXT_STAGE[round_.stage]
         if round_.stage == Round.Stage.DONE:
             round_.status, round_.finished_at = Round.Status.SUCCEEDED, timezone.now()
         round_.save()
-        if round_.status == Round.Status.RUNNING and not LoopState.current().paused:
+        if round_.status == Round.Status.RUNNING and not loop.paused:
             start_stage(round_)
 
 
@@ -144,7 +152,9 @@ def resume_loop() -> LoopState:
         state = LoopState.objects.select_for_update().get(pk=LoopState.current().pk)
         state.paused, state.paused_by, state.paused_at, state.reason = False, None, None, ""
         state.save()
-        waiting = running_round()
+        # job_finished holds the loop-state lock too, so a stage that finishes right now
+        # is either seen as waiting here or started there, never both.
+        waiting = Round.objects.select_for_update().filter(status=Round.Status.RUNNING).first()
         if waiting is not None and stage_is_waiting(waiting):
             start_stage(waiting)
     return state
@@ -152,12 +162,14 @@ def resume_loop() -> LoopState:
 
 def react_to_new_label() -> None:
     """After each label: with the automatic loop on, start a full round once enough new
-    labels arrived (unless stopped, or a round is running); otherwise just keep the
-    reward model fresh."""
+    labels arrived (unless a round is running); otherwise just keep the reward model
+    fresh. Nothing starts by itself while the loop is stopped."""
+    if LoopState.current().paused:
+        return
     if not settings.PREFLOOP_AUTO_LOOP:
         maybe_request_reward_training()
         return
-    if LoopState.current().paused or running_round() is not None or not Prompt.objects.exists():
+    if running_round() is not None or not Prompt.objects.exists():
         return
     if labels_since_latest_reward_model() >= settings.PREFLOOP_LOOP_MIN_LABELS:
         try:
