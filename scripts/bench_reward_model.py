@@ -155,7 +155,7 @@ def main() -> int:
          f"{throughput['wall_s']:.0f} s"),
         ("Held-out accuracy (oracle: prefers the answer with a number)", f"{throughput['accuracy']:.3f}"),
         ("Peak memory of the training process", f"{throughput['peak_rss_gib']:.1f} GiB"),
-        (f"Freshness: {args.trigger}th new label → published version including it",
+        (f"Freshness: new label no. {args.trigger} → published version including it",
          f"{freshness['freshness_s']:.0f} s"),
         ("… of which waiting in the queue / the job itself",
          f"{freshness['queue_s']:.1f} s / {freshness['job_s']:.0f} s"),

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from training.ml.generation import pick_device
+from training.ml.generation import load_tokenizer, pick_device
 from training.ml.reward import load_reward_model
-from training.ml.tokens import prompt_input_ids, use_distinct_pad
+from training.ml.tokens import prompt_input_ids
 
 CONFIG_FILE = "prefloop_ppo_config.json"
 
@@ -89,14 +89,6 @@ class PPOResult:
     generated_tokens: int = 0
 
 
-def load_ppo_tokenizer(base_model_dir: Path | str):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
-    tokenizer.padding_side = "left"  # rollouts continue from the right edge of the prompt
-    return use_distinct_pad(tokenizer)
-
-
 def normalized_reward_model(base_model_dir: Path, reward_dir: Path, mean: float, std: float, device):
     """The reward model with (r - mean) / std built into its score head, so TRL's
     `get_reward` sees normalized rewards without knowing about normalization."""
@@ -156,7 +148,7 @@ def run_ppo_round(
 
     set_seed(config.seed)
     device = pick_device()
-    tokenizer = load_ppo_tokenizer(base_model_dir)
+    tokenizer = load_tokenizer(base_model_dir)  # left padding, pad distinct from EOS
     policy, peft_config = load_policy_for_training(base_model_dir, policy_adapter_dir, config, device)
     reward_model = normalized_reward_model(base_model_dir, reward_model_dir, reward_mean, reward_std, device)
     value_model = copy.deepcopy(reward_model).train()
