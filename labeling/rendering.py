@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import re
+
 import markdown
 import nh3
 
@@ -15,8 +17,19 @@ ALLOWED_TAGS = {
 ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "code": {"class"}, "th": {"align"}, "td": {"align"}}
 
 
+FENCE = re.compile(r"^\s*(```|~~~)", re.MULTILINE)
+
+
+def close_open_fence(text: str) -> str:
+    """A completion cut at the token limit often stops inside a code block; closing the
+    fence keeps the code a code block (lines intact) instead of one run-on paragraph."""
+    fences = FENCE.findall(text)
+    return f"{text}\n{fences[-1]}" if len(fences) % 2 else text
+
+
 def render_untrusted_markdown(text: str) -> str:
     """Safe HTML for a prompt or completion."""
+    text = close_open_fence(text)
     md = markdown.Markdown(extensions=["fenced_code", "tables", "sane_lists"], output_format="html")
     # Raw HTML, block and inline, is escaped instead of passed through.
     md.preprocessors.deregister("html_block")

@@ -27,3 +27,11 @@ def test_markdown_and_code_render():
     assert "<pre><code" in html
     assert "if a &lt; b and c &gt; d:" in html
     assert "&lt;b&gt;" in html
+
+
+def test_code_cut_off_at_the_token_limit_still_renders_as_code():
+    html = render_untrusted_markdown("Here:\n\n```python\ndef f(x):\n    return x < 1")
+    assert "<pre><code" in html
+    assert "def f(x):\n    return x &lt; 1" in html
+    closed = render_untrusted_markdown("```\na\n```\n\ntext")
+    assert closed.count("<pre>") == 1 and "<p>text</p>" in closed
