@@ -1,4 +1,5 @@
-// Running jobs refresh their row every two seconds; finished rows are left alone.
+// Running jobs refresh their row every two seconds. When one finishes the page reloads
+// once, so the next stage of a round (a new job) and the new versions show up.
 "use strict";
 
 setInterval(async () => {
@@ -10,6 +11,9 @@ setInterval(async () => {
     row.querySelector("progress").value = job.progress;
     row.querySelector(".job-steps").textContent = `${job.step}/${job.total_steps}`;
     row.querySelector(".job-error").textContent = job.error;
-    if (["succeeded", "failed", "cancelled"].includes(job.status)) row.dataset.finished = "1";
+    if (["succeeded", "failed", "cancelled"].includes(job.status)) {
+      row.dataset.finished = "1";
+      setTimeout(() => window.location.reload(), 1000);
+    }
   }
 }, 2000);
