@@ -11,13 +11,14 @@ import copy
 import json
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from training.ml.generation import load_tokenizer, pick_device
+from training.ml.progress import StepReport, report_steps
 from training.ml.reward import load_reward_model
 from training.ml.tokens import prompt_input_ids
 
@@ -138,13 +139,14 @@ def run_ppo_round(
     prompts: Sequence[list[dict]],
     out_dir: Path,
     config: PPORoundConfig,
-    on_step: Callable[[int, int, dict], None] | None = None,
+    on_step: StepReport | None = None,
 ) -> PPOResult:
     """Train the policy for one round and write its adapter into `out_dir` (callers
     publish it by renaming). `prompts` are conversations ending with a user turn."""
     from datasets import Dataset
-    from transformers import TrainerCallback, set_seed
+    from transformers import set_seed
     from trl.experimental.ppo import PPOConfig, PPOTrainer
+
 
     set_seed(config.seed)
     device = pick_device()
@@ -181,21 +183,13 @@ def run_ppo_round(
         bf16=False,
     )
     history: list[dict] = []
-
-    class ReportSteps(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            entry = {"step": state.global_step}
-            for key, value in (logs or {}).items():
-                entry[METRIC_NAMES.get(key, f"trl/{key}")] = value
-            history.append(entry)
-            if on_step is not None:
-                on_step(state.global_step, state.max_steps, entry)
+    report = report_steps(history, on_step, lambda key: METRIC_NAMES.get(key, f"trl/{key}"))
 
     trainer = PPOTrainer(
         args=args, processing_class=tokenizer, model=policy,
         ref_model=reference_model(base_model_dir, policy_adapter_dir, config, device),
         reward_model=reward_model, value_model=value_model, train_dataset=dataset,
-        callbacks=[ReportSteps()], peft_config=peft_config,
+        callbacks=[report], peft_config=peft_config,
     )
     started = time.monotonic()
     try:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from training.ml.generation import pick_device
+from training.ml.progress import StepReport, report_steps
 from training.ml.tokens import ScoredText, reward_inputs, use_distinct_pad
 
 CONFIG_FILE = "prefloop_reward_config.json"
@@ -235,13 +236,14 @@ def train_reward_model(
     out_dir: Path,
     config: RewardTrainingConfig,
     warm_start_dir: Path | None = None,
-    on_step: Callable[[int, int, dict], None] | None = None,
+    on_step: StepReport | None = None,
     normalization_samples: Sequence[ScoredText] = (),
 ) -> RewardTrainingResult:
     """Train on the non-held-out pairs, write the weights (LoRA adapter, or the whole
     model) and the config into `out_dir`, and measure held-out accuracy. `out_dir` is
     written only at the end; callers publish it by renaming."""
-    from transformers import TrainerCallback, set_seed
+    from transformers import set_seed
+
 
     set_seed(config.seed)
     train, heldout = split_heldout(pairs, config.heldout_fraction)
@@ -252,16 +254,9 @@ def train_reward_model(
     dataset = pairs_to_dataset(train, tokenizer, config.strength_margin)
 
     history: list[dict] = []
-
-    class ReportSteps(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            entry = {"step": state.global_step, **{f"train/{k}": v for k, v in (logs or {}).items()}}
-            history.append(entry)
-            if on_step is not None:
-                on_step(state.global_step, state.max_steps, entry)
-
+    report = report_steps(history, on_step, lambda key: f"train/{key}")
     trainer = make_trainer(model, tokenizer, dataset, config, out_dir.with_name(out_dir.name + ".trainer"),
-                           peft_config, [ReportSteps()])
+                           peft_config, [report])
     dropped = len(train) - trainer.train_dataset.num_rows
     trainer.train()
     save_reward_model(trainer.model, tokenizer, out_dir, config)
