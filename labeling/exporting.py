@@ -60,9 +60,14 @@ def raw_rows(labels: Iterable[Label]) -> Iterator[dict]:
         }
 
 
+def jsonl_lines(rows: Iterable[dict]) -> Iterator[str]:
+    for row in rows:
+        yield json.dumps(row, ensure_ascii=False) + "\n"
+
+
 def write_jsonl(rows: Iterable[dict], out: IO[str]) -> int:
     count = 0
-    for row in rows:
-        out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    for line in jsonl_lines(rows):
+        out.write(line)
         count += 1
     return count

@@ -104,8 +104,7 @@ def export_labels(request: HttpRequest) -> StreamingHttpResponse:
     raw = request.GET.get("raw") == "1"
     rows = (exporting.raw_rows if raw else exporting.preference_rows)(exporting.labels_for_export().iterator(100))
     stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
-    response = StreamingHttpResponse((json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                                     content_type="application/jsonl; charset=utf-8")
+    response = StreamingHttpResponse(exporting.jsonl_lines(rows), content_type="application/jsonl; charset=utf-8")
     name = f"prefloop-{'labels-raw' if raw else 'preferences'}-{stamp}.jsonl"
     response["Content-Disposition"] = f'attachment; filename="{name}"'
     return response

@@ -45,7 +45,6 @@ def prompts_needing_samples(policy: PolicyVersion, count: int, seed: int | None 
     rng = random.Random(seed)
     prompts = list(
         Prompt.objects.annotate(done=Count("completions", filter=Q(completions__policy_version=policy)))
-        .order_by("done")
         .values_list("id", "done")
     )
     rng.shuffle(prompts)

@@ -17,10 +17,11 @@ from pathlib import Path
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
-from django.db.models import Max, Prefetch
+from django.db.models import Max
 from django.utils import timezone
 
-from labeling.models import ComparisonItem, Completion, Label
+from labeling.exporting import labels_for_export, ordered_completions_of
+from labeling.models import Completion, Label
 from training.ml.reward import PreferencePair, RewardScorer, RewardTrainingConfig, train_reward_model
 from training.models import Job, PolicyVersion, RewardModelVersion
 from training.services.jobs import enqueue_on_commit
@@ -113,12 +114,10 @@ def claim_reward_training(job: Job) -> bool:
 
 
 def preference_pairs(labels) -> list[PreferencePair]:
-    items = ComparisonItem.objects.select_related("completion").order_by("position")
-    labels = labels.select_related("comparison__prompt").prefetch_related(Prefetch("comparison__items", queryset=items))
+    """The (chosen, rejected) pairs these labels imply, grouped by comparison."""
     pairs = []
-    for label in labels.filter(choice__in=PREFERENCE_CHOICES).order_by("pk"):
-        shown = [item.completion for item in label.comparison.items.all()]
-        for chosen, rejected in label.preference_pairs(shown):
+    for label in labels_for_export().filter(pk__in=labels.values("pk"), choice__in=PREFERENCE_CHOICES):
+        for chosen, rejected in label.preference_pairs(ordered_completions_of(label)):
             pairs.append(
                 PreferencePair(label.comparison_id, label.comparison.prompt.messages, chosen.text, rejected.text,
                                label.strength, chosen.ended, rejected.ended)
