@@ -7,6 +7,7 @@ from labeling import views
 urlpatterns = [
     path("", views.home, name="home"),
     path("label/", views.label_page, name="label"),
+    path("me/", views.me, name="me"),
     path("label/api/next", views.next_comparison, name="label_next"),
     path("label/api/submit", views.submit_label, name="label_submit"),
     path("label/api/undo", views.undo_label, name="label_undo"),

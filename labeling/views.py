@@ -10,7 +10,7 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from labeling import exporting, services
+from labeling import exporting, services, statistics
 from labeling.forms import PromptImportForm
 from labeling.importing import PromptFileError, import_prompt_file
 from labeling.presenters import comparison_for_annotator
@@ -26,6 +26,17 @@ def home(request: HttpRequest) -> HttpResponse:
 @require_GET
 def label_page(request: HttpRequest) -> HttpResponse:
     return render(request, "labeling/label.html", {"idle_ms": settings.PREFLOOP_IDLE_SECONDS * 1000})
+
+
+@login_required
+@require_GET
+def me(request: HttpRequest) -> HttpResponse:
+    """An annotator's own numbers; nobody else's labels are shown."""
+    summary = statistics.annotator_summary(request.user)
+    chart = {"type": "bar", "x": [d.isoformat() for d in summary["days"]], "y": summary["per_day"], "name": "labels"}
+    charts = {"my-labels-per-day": {"data": [chart], "layout": {"title": {"text": "My labels per day"},
+                                                               "height": 260, "xaxis": {"type": "date"}}}}
+    return render(request, "labeling/me.html", {"summary": summary, "charts": charts})
 
 
 def queue_state(request: HttpRequest, comparison, **extra) -> JsonResponse:

@@ -174,6 +174,11 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    "prefloop.static_finders.PlotlyFinder",
+]
 STATIC_ROOT = VAR_DIR / "static"
 # Serve from the finder in every mode: the demo and the benchmark run without
 # collectstatic, and production may still run it for compressed, hashed files.
@@ -199,6 +204,7 @@ CELERY_TASK_ROUTES = {
     "training.tasks.generate_comparisons": {"queue": "gpu"},
     "training.tasks.train_reward_model": {"queue": "train"},
     "training.tasks.run_ppo": {"queue": "gpu"},
+    "training.tasks.evaluate_policies": {"queue": "gpu"},
 }
 # Heavy jobs are acknowledged only once done, so a worker killed mid-job leaves the
 # message for another worker instead of losing it.
@@ -255,10 +261,14 @@ PREFLOOP_PPO_RESPONSE_LENGTH = env_int("PREFLOOP_PPO_RESPONSE_LENGTH", 64, minim
 PREFLOOP_PPO_LEARNING_RATE = env_float("PREFLOOP_PPO_LEARNING_RATE", 3e-5, 0.0, 1.0)
 PREFLOOP_PPO_KL_COEF = env_float("PREFLOOP_PPO_KL_COEF", 0.05, 0.0, 10.0)
 PREFLOOP_PPO_REFERENCE = env_choice("PREFLOOP_PPO_REFERENCE", "initial", {"initial", "previous"})
-# Prompts that get new comparisons after each round (new-vs-new and new-vs-previous).
+# Prompts that get new comparisons after each round: new-vs-new, new-vs-previous and
+# new-vs-base (the last two give the progress pages their human win rates).
 PREFLOOP_ROUND_COMPARISON_PROMPTS = env_int("PREFLOOP_ROUND_COMPARISON_PROMPTS", 16, minimum=1)
 # How new comparisons are ordered in the queue: ensemble disagreement, or random (ablation).
 PREFLOOP_QUERY_SELECTION = env_choice("PREFLOOP_QUERY_SELECTION", "disagreement", {"disagreement", "random"})
+# Size of the fixed evaluation set: every version answers these prompts (side by side on
+# the progress pages, scored by the latest reward model); they are kept out of PPO.
+PREFLOOP_EVAL_PROMPTS = env_int("PREFLOOP_EVAL_PROMPTS", 16, minimum=0)
 # Chain full rounds by themselves once this many new labels arrived (unless stopped).
 PREFLOOP_AUTO_LOOP = env_bool("PREFLOOP_AUTO_LOOP", False)
 PREFLOOP_LOOP_MIN_LABELS = env_int("PREFLOOP_LOOP_MIN_LABELS", 32, minimum=1)

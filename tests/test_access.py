@@ -22,8 +22,14 @@ STAFF_ONLY = [
     ("post", "/researcher/generate"),
     ("post", "/researcher/train-reward-model"),
     ("get", "/jobs/1.json"),
+    ("get", "/progress/"),
+    ("get", "/progress/rounds/1/"),
+    ("get", "/progress/versions/0/"),
+    ("get", "/progress/workers.json"),
+    ("post", "/progress/evaluate"),
 ]
-EVERY_PAGE = STAFF_ONLY[2:] + [("get", "/label/"), ("get", "/label/api/next"), ("post", "/label/api/undo")]
+EVERY_PAGE = STAFF_ONLY[2:] + [("get", "/label/"), ("get", "/label/api/next"), ("post", "/label/api/undo"),
+                               ("get", "/me/")]
 
 
 @pytest.mark.parametrize(("method", "url"), STAFF_ONLY)

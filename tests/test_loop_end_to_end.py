@@ -16,10 +16,10 @@ from labeling.models import Comparison, Label, Prompt
 from labeling.services import next_comparison_for
 from labeling.simulation import simulate_labels
 from tests.processes import running_celery_worker, running_redis, wait_for
-from training import services
+from training import reports, services
 from training.ml.generation import SamplingConfig, iter_sample_batches, load_policy
 from training.ml.tiny_model import build_tiny_model
-from training.models import Job, PolicyVersion, Round
+from training.models import EvaluationPrompt, EvaluationSample, Job, PolicyVersion, RewardScore, Round
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -121,7 +121,8 @@ def test_two_full_rounds_close_the_loop(tmp_path, steerable_policy_dir, people, 
             round_ = wait_for_round(services.start_round(Round.Kind.FULL, requested_by=people.researcher), log_path)
             rounds.append(round_)
             new_comparisons = Comparison.objects.filter(items__completion__policy_version=round_.policy_after)
-            assert new_comparisons.distinct().count() == 64 * 2  # new-vs-new and new-vs-previous
+            # new-vs-new, and new-vs-each of previous and base (one for round 1, whose previous is the base)
+            assert new_comparisons.distinct().count() == 64 * (2 if number == 1 else 3)
             if number == 1:
                 # Active query selection: the queue serves the new comparisons most-disagreed first.
                 queue_order = [next_comparison_for(people.annotator).pk]
@@ -135,6 +136,15 @@ def test_two_full_rounds_close_the_loop(tmp_path, steerable_policy_dir, people, 
     assert rounds[1].reward_model.label_count > rounds[0].reward_model.label_count
     # All initial comparisons, and round 1's but the one leased to the annotator.
     assert Label.objects.filter(is_simulated=True).count() == PROMPTS * INITIAL_PASSES + 127
+
+    # Each round ended with an evaluation: every version answered the same 16 prompts
+    # once, and the latest reward model scored all of the answers.
+    evaluation = EvaluationPrompt.objects.count()
+    assert evaluation == 16
+    for number in (0, 1, 2):
+        assert EvaluationSample.objects.filter(policy_version__number=number).count() == evaluation
+    assert RewardScore.objects.filter(reward_model=rounds[1].reward_model).count() == 3 * evaluation
+    assert reports.latest_reward_model_view().number == 2
 
     for round_ in rounds:
         history = round_.policy_after.metrics["history"]
@@ -157,6 +167,7 @@ def test_two_full_rounds_close_the_loop(tmp_path, steerable_policy_dir, people, 
     print(f"round 1 under RM1: {round1[0]:.3f} -> {round1[1]:.3f}; round 2 under RM2: {round2[0]:.3f} -> "
           f"{round2[1]:.3f}; v0 -> v2 under RM2: {loop[0]:.3f} -> {loop[1]:.3f}; oracle {oracle!r} rate "
           f"{keyword_rate}; reward-model accuracy {first.reward_model.heldout_accuracy:.2f}, "
-          f"{second.reward_model.heldout_accuracy:.2f}")
+          f"{second.reward_model.heldout_accuracy:.2f}; evaluation win rate v2 vs v0 under RM2 "
+          f"{reports.latest_reward_model_view().head_to_head(2, 0)}")
     assert round1[1] > round1[0], f"round 1 lowered its own reward: {round1}"
     assert loop[1] > loop[0], f"two rounds did not raise the reward of the base policy's samples: {loop}"

@@ -52,13 +52,27 @@ def test_a_full_round_walks_its_stages_one_job_each(loop_world, people):
     round_.refresh_from_db()
     assert (round_.stage, round_.policy_after) == (Round.Stage.COMPARISONS, v1)
     generation = round_.jobs.get(kind=Job.Kind.GENERATE)
-    assert generation.params["policy_version"] == 1 and generation.params["versus"] == 0
+    assert generation.params["policy_version"] == 1 and generation.params["versus"] == [0]
     assert len(generation.params["prompt_ids"]) == 2
 
     finish(generation)
     round_.refresh_from_db()
+    assert round_.stage == Round.Stage.EVALUATION
+    finish(round_.jobs.get(kind=Job.Kind.EVALUATE), answered=4, scored=4)
+    round_.refresh_from_db()
     assert (round_.stage, round_.status) == (Round.Stage.DONE, Round.Status.SUCCEEDED)
-    assert round_.jobs.count() == 3
+    assert round_.jobs.count() == 4
+
+
+def test_a_later_round_compares_the_new_version_with_the_previous_one_and_the_base(loop_world):
+    v1 = PolicyVersion.objects.create(number=1, parent=loop_world, base_model_dir=loop_world.base_model_dir)
+    round_ = services.start_round(Round.Kind.PPO)
+    assert round_.policy_before == v1
+    v2 = PolicyVersion.objects.create(number=2, parent=v1, base_model_dir=loop_world.base_model_dir)
+    finish(round_.jobs.get(), policy_version=2, reward_model=1)
+    generation = round_.jobs.get(kind=Job.Kind.GENERATE)
+    assert generation.params["policy_version"] == v2.number and generation.params["versus"] == [0, 1]
+    assert generation.total_steps == 3 * 2
 
 
 def test_a_failed_stage_fails_the_round_and_nothing_follows(loop_world):

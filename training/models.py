@@ -82,6 +82,7 @@ class Round(models.Model):
         REWARD_MODEL = "reward_model", "Training the reward model"
         PPO = "ppo", "PPO"
         COMPARISONS = "comparisons", "Generating comparisons"
+        EVALUATION = "evaluation", "Evaluating on fixed prompts"
         DONE = "done", "Done"
 
     class Status(models.TextChoices):
@@ -120,6 +121,7 @@ class Job(models.Model):
         GENERATE = "generate", "Generate comparisons"
         TRAIN_REWARD = "train_reward", "Train reward model"
         PPO = "ppo", "PPO round"
+        EVALUATE = "evaluate", "Evaluate policies"
 
     class Status(models.TextChoices):
         PENDING = "pending"
@@ -163,9 +165,18 @@ class Job(models.Model):
 
     @property
     def progress(self) -> float:
+        """Share of the work done, 0 to 1."""
         if self.status == self.Status.SUCCEEDED:
             return 1.0
         return self.step / self.total_steps if self.total_steps else 0.0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Seconds left if the remaining steps go as fast as the done ones."""
+        if self.status != self.Status.RUNNING or not self.step or not self.started_at or not self.total_steps:
+            return None
+        elapsed = (timezone.now() - self.started_at).total_seconds()
+        return max(elapsed * (self.total_steps - self.step) / self.step, 0.0)
 
     @property
     def is_finished(self) -> bool:
@@ -200,3 +211,48 @@ class Job(models.Model):
         self.error = error
         self.finished_at = timezone.now()
         self.save(update_fields=["status", "error", "finished_at"])
+
+
+class EvaluationPrompt(models.Model):
+    """One prompt of the fixed evaluation set: every policy version answers these same
+    prompts once, so versions can be read side by side and scored by the reward model.
+    Chosen once (see services.evaluation) and never used for PPO rollouts."""
+
+    prompt = models.OneToOneField("labeling.Prompt", on_delete=models.CASCADE, related_name="evaluation")
+    position = models.PositiveIntegerField(unique=True)
+
+    class Meta:
+        ordering = ["position"]
+
+    def __str__(self) -> str:
+        return f"evaluation prompt {self.position}"
+
+
+class EvaluationSample(models.Model):
+    """A policy version's answer to an evaluation prompt."""
+
+    policy_version = models.ForeignKey(PolicyVersion, on_delete=models.CASCADE, related_name="evaluation_samples")
+    prompt = models.ForeignKey("labeling.Prompt", on_delete=models.CASCADE, related_name="+")
+    completion = models.OneToOneField("labeling.Completion", on_delete=models.CASCADE, related_name="+")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["policy_version", "prompt"], name="one_evaluation_sample_per_prompt"),
+        ]
+
+    def __str__(self) -> str:
+        return f"v{self.policy_version_id} on evaluation prompt {self.prompt_id}"
+
+
+class RewardScore(models.Model):
+    """A reward model's normalized score of one completion (mean 0, std 1 on the initial
+    policy's samples), so its win rates can be read without loading the model."""
+
+    reward_model = models.ForeignKey(RewardModelVersion, on_delete=models.CASCADE, related_name="scores")
+    completion = models.ForeignKey("labeling.Completion", on_delete=models.CASCADE, related_name="reward_scores")
+    score = models.FloatField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["reward_model", "completion"], name="one_score_per_reward_model"),
+        ]

@@ -57,3 +57,11 @@ def run_ppo(job_id: int) -> None:
     if (job := pending_job(job_id)) is not None:
         services.run_ppo_job(job)
         services.job_finished(job)
+
+
+@shared_task(name="training.tasks.evaluate_policies")
+def evaluate_policies(job_id: int) -> None:
+    """Runs on the `gpu` queue."""
+    if (job := pending_job(job_id)) is not None:
+        services.run_evaluation_job(job)
+        services.job_finished(job)

@@ -12,4 +12,9 @@ urlpatterns = [
     path("loop/stop", views.stop_loop, name="stop_loop"),
     path("loop/resume", views.resume_loop, name="resume_loop"),
     path("jobs/<int:job_id>.json", views.job_status, name="job_status"),
+    path("progress/", views.progress, name="progress"),
+    path("progress/rounds/<int:number>/", views.round_detail, name="round_detail"),
+    path("progress/versions/<int:number>/", views.version_detail, name="version_detail"),
+    path("progress/workers.json", views.workers, name="workers"),
+    path("progress/evaluate", views.evaluate, name="evaluate"),
 ]

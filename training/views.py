@@ -10,9 +10,10 @@ from django.views.decorators.http import require_GET, require_POST
 
 from labeling.models import Comparison, Label, Prompt
 from prefloop.access import staff_required
-from training import services
+from training import reports, services
 from training.forms import GenerateComparisonsForm, StopLoopForm
 from training.models import Job, PolicyVersion, RewardModelVersion, Round
+from training.services.workers import worker_status
 
 
 @staff_required
@@ -20,7 +21,7 @@ from training.models import Job, PolicyVersion, RewardModelVersion, Round
 def researcher(request: HttpRequest) -> HttpResponse:
     context = {
         "generate_form": GenerateComparisonsForm(),
-        "jobs": Job.objects.select_related("requested_by")[:20],
+        "jobs": Job.objects.select_related("requested_by", "round")[:20],
         "policies": PolicyVersion.objects.annotate(completion_count=Count("completions")),
         "reward_models": RewardModelVersion.objects.order_by("-number")[:20],
         "labels_since_reward_model": services.labels_since_latest_reward_model(),
@@ -54,7 +55,7 @@ def job_status(request: HttpRequest, job_id: int) -> JsonResponse:
     job = get_object_or_404(Job, pk=job_id)
     return JsonResponse(
         {"id": job.pk, "status": job.status, "step": job.step, "total_steps": job.total_steps,
-         "progress": job.progress, "error": job.error}
+         "progress": job.progress, "eta_seconds": job.eta_seconds, "error": job.error}
     )
 
 
@@ -96,3 +97,39 @@ def resume_loop(request: HttpRequest) -> HttpResponse:
     services.resume_loop()
     messages.success(request, "The loop is running again.")
     return redirect("researcher")
+
+
+@staff_required
+@require_GET
+def progress(request: HttpRequest) -> HttpResponse:
+    context = {**reports.dashboard(), "jobs": Job.objects.select_related("requested_by", "round")[:10]}
+    return render(request, "training/progress.html", context)
+
+
+@staff_required
+@require_GET
+def round_detail(request: HttpRequest, number: int) -> HttpResponse:
+    round_ = get_object_or_404(Round.objects.select_related("policy_before", "policy_after", "reward_model"),
+                               number=number)
+    return render(request, "training/round.html", reports.round_page(round_))
+
+
+@staff_required
+@require_GET
+def version_detail(request: HttpRequest, number: int) -> HttpResponse:
+    version = get_object_or_404(PolicyVersion.objects.select_related("parent"), number=number)
+    return render(request, "training/version.html", reports.version_page(version))
+
+
+@staff_required
+@require_GET
+def workers(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(worker_status())
+
+
+@staff_required
+@require_POST
+def evaluate(request: HttpRequest) -> HttpResponse:
+    job = services.request_evaluation(requested_by=request.user)
+    messages.success(request, f"Evaluation job #{job.pk} is queued on the gpu queue.")
+    return redirect("progress")

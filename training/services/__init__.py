@@ -1,8 +1,15 @@
 """Domain functions of the training app, by responsibility: generation (policy versions
-and the comparisons sampled from them), reward models, and job dispatch."""
+and the comparisons sampled from them), reward models, PPO, rounds, evaluation and job
+dispatch."""
 
 from __future__ import annotations
 
+from training.services.evaluation import (
+    create_evaluation_job,
+    evaluation_prompts,
+    request_evaluation,
+    run_evaluation_job,
+)
 from training.services.generation import (
     create_generation_job,
     ensure_base_policy,
@@ -43,6 +50,10 @@ __all__ = [
     "running_round",
     "start_round",
     "claim_reward_training",
+    "create_evaluation_job",
+    "evaluation_prompts",
+    "request_evaluation",
+    "run_evaluation_job",
     "create_generation_job",
     "enqueue_on_commit",
     "ensure_base_policy",

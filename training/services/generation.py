@@ -126,35 +126,42 @@ def query_priorities(candidates: list[tuple[Prompt, list]], selection: str, seed
 
 def run_generation_job(job: Job) -> None:
     """Sample completions for the job's prompts and queue them as comparisons. With
-    `versus` set, each prompt also gets a comparison of the new policy against that
-    earlier version, so people measure progress. Priorities come from query selection;
-    every comparison of the job is stored at once, in one transaction."""
+    `versus` set (earlier version numbers), each prompt also gets a comparison of the
+    new policy's first sample against each of those versions, so people measure
+    progress. Priorities come from query selection; every comparison of the job is
+    stored at once, in one transaction."""
     if job.status == Job.Status.RUNNING:
         log.warning("job %s was running when its worker died; starting it again", job.pk)
     job.mark_running()
     try:
         params = job.params
         policy = PolicyVersion.objects.get(number=params["policy_version"])
-        versus = PolicyVersion.objects.get(number=params["versus"]) if params.get("versus") is not None else None
+        versus_numbers = params.get("versus")
+        if isinstance(versus_numbers, int):  # jobs queued before several versions could be named
+            versus_numbers = [versus_numbers]
+        versus = [PolicyVersion.objects.get(number=n) for n in versus_numbers or []]
         samples = int(params.get("samples", 2))
         # Prompts this job already covered (it committed, then its worker died) are skipped.
         done = set(Completion.objects.filter(generation_settings__job=job.pk).values_list("prompt_id", flat=True))
         by_id = Prompt.objects.in_bulk(params["prompt_ids"])
         prompts = [by_id[i] for i in params["prompt_ids"] if i in by_id and i not in done]
         config = sampling_config(seed=job.pk)
-        passes = 2 if versus else 1
-        total = len(prompts) * passes
+        total = len(prompts) * (1 + len(versus))
         new = sample_completions(policy, prompts, samples, config,
                                  on_batch=lambda n: job.report_progress(n, total))
-        old = sample_completions(versus, prompts, 1, config,
-                                 on_batch=lambda n: job.report_progress(len(prompts) + n, total)) if versus else []
+        old = {}
+        for index, other in enumerate(versus, start=1):
+            done_before = index * len(prompts)
+            old[other.number] = sample_completions(
+                other, prompts, 1, config, on_batch=lambda n, start=done_before: job.report_progress(start + n, total)
+            )
 
         source = Comparison.Source.INITIAL if policy.number == 0 else Comparison.Source.POLICY
         candidates = []  # (prompt, [(policy, sample), ...], source)
         for index, prompt in enumerate(prompts):
             candidates.append((prompt, [(policy, s) for s in new[index]], source))
-            if versus:
-                pair = [(policy, new[index][0]), (versus, old[index][0])]
+            for other in versus:
+                pair = [(policy, new[index][0]), (other, old[other.number][index][0])]
                 candidates.append((prompt, pair, Comparison.Source.CROSS_VERSION))
         priorities = query_priorities([(p, [s for _, s in shown]) for p, shown, _ in candidates],
                                       params.get("selection", settings.PREFLOOP_QUERY_SELECTION), seed=job.pk)

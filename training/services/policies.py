@@ -36,8 +36,9 @@ def ppo_config(seed: int) -> PPORoundConfig:
 
 
 def ppo_prompts(count: int, seed: int) -> list[Prompt]:
-    """A random sample of the prompt set for one round's rollouts."""
-    ids = list(Prompt.objects.values_list("pk", flat=True))
+    """A random sample of the prompt set for one round's rollouts, leaving out the
+    evaluation prompts (versions are compared on answers PPO never trained on)."""
+    ids = list(Prompt.objects.filter(evaluation=None).values_list("pk", flat=True))
     chosen = random.Random(seed).sample(ids, min(count, len(ids)))
     by_id = Prompt.objects.in_bulk(chosen)
     return [by_id[i] for i in chosen]

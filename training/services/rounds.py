@@ -1,5 +1,5 @@
-"""The loop: rounds that train a reward model, run PPO and queue comparisons from the
-new policy, one stage (one job) after another; the stop button; automatic rounds.
+"""The loop: rounds that train a reward model, run PPO, queue comparisons from the new
+policy and evaluate it on the fixed prompts, one stage (one job) after another; the stop button; automatic rounds.
 
 A round moves forward when the job of its stage finishes: `job_finished` is called by
 every job runner. While the loop is paused, a running round waits before its next stage
@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from labeling.models import Prompt
 from training.models import Job, LoopState, PolicyVersion, RewardModelVersion, Round
+from training.services.evaluation import create_evaluation_job
 from training.services.generation import prompts_needing_samples
 from training.services.jobs import enqueue_on_commit
 from training.services.policies import create_ppo_job, latest_policy
@@ -33,11 +34,13 @@ STAGE_OF_JOB = {
     Job.Kind.TRAIN_REWARD: Round.Stage.REWARD_MODEL,
     Job.Kind.PPO: Round.Stage.PPO,
     Job.Kind.GENERATE: Round.Stage.COMPARISONS,
+    Job.Kind.EVALUATE: Round.Stage.EVALUATION,
 }
 NEXT_STAGE = {
     Round.Stage.REWARD_MODEL: Round.Stage.PPO,
     Round.Stage.PPO: Round.Stage.COMPARISONS,
-    Round.Stage.COMPARISONS: Round.Stage.DONE,
+    Round.Stage.COMPARISONS: Round.Stage.EVALUATION,
+    Round.Stage.EVALUATION: Round.Stage.DONE,
 }
 
 
@@ -85,18 +88,25 @@ def start_stage(round_: Round) -> Job:
     elif round_.stage == Round.Stage.COMPARISONS:
         job = comparisons_job(round_)
         enqueue_on_commit(job, tasks.generate_comparisons)
+    elif round_.stage == Round.Stage.EVALUATION:
+        job = create_evaluation_job(round_)
+        enqueue_on_commit(job, tasks.evaluate_policies)
     else:
         raise ValueError(f"{round_} has no job for stage {round_.stage}")
     return job
 
 
 def comparisons_job(round_: Round) -> Job:
-    """New-vs-new and new-vs-previous comparisons on a sample of prompts."""
+    """New-vs-new comparisons (for the next reward model), and the new version against
+    the previous one and against the base (human win rates on the progress pages; the
+    Anthropic HH runs kept older snapshots in the pool for the same reason) on a sample
+    of prompts."""
     new = round_.policy_after
+    versus = sorted({round_.policy_before.number, 0})
     prompts = prompts_needing_samples(new, settings.PREFLOOP_ROUND_COMPARISON_PROMPTS, seed=round_.number)
     return Job.objects.create(
-        kind=Job.Kind.GENERATE, round=round_, total_steps=2 * len(prompts),
-        params={"policy_version": new.number, "versus": round_.policy_before.number,
+        kind=Job.Kind.GENERATE, round=round_, total_steps=(1 + len(versus)) * len(prompts),
+        params={"policy_version": new.number, "versus": versus,
                 "prompt_ids": [p.pk for p in prompts], "samples": 2,
                 "selection": settings.PREFLOOP_QUERY_SELECTION},
     )

@@ -1,15 +1,23 @@
-// Running jobs refresh their row every two seconds. When one finishes the page reloads
-// once, so the next stage of a round (a new job) and the new versions show up.
+// Running jobs refresh their row every two seconds: status, progress bar, step/total,
+// ETA and error. When one finishes the page reloads once, so the next stage of a round
+// (a new job), the new versions and the charts show up.
 "use strict";
+
+function formatSeconds(seconds) {
+  const s = Math.round(seconds);
+  return s >= 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s} s`;
+}
 
 setInterval(async () => {
   for (const row of document.querySelectorAll('#jobs tr[data-finished="0"]')) {
     const response = await fetch(row.dataset.jobUrl, { credentials: "same-origin" });
     if (!response.ok) continue;
     const job = await response.json();
+    row.className = `job-${job.status}`;
     row.querySelector(".job-status").textContent = job.status;
     row.querySelector("progress").value = job.progress;
     row.querySelector(".job-steps").textContent = `${job.step}/${job.total_steps}`;
+    row.querySelector(".job-eta").textContent = job.eta_seconds === null ? "–" : formatSeconds(job.eta_seconds);
     row.querySelector(".job-error").textContent = job.error;
     if (["succeeded", "failed", "cancelled"].includes(job.status)) {
       row.dataset.finished = "1";

@@ -1,0 +1,121 @@
+"""Who labeled what, how fast, and how much annotators agree: the numbers behind the
+progress page's label charts and each annotator's /me/ page.
+
+Only people count: labels written by simulated annotators (`is_simulated`) are left out
+of every statistic here, and skips are not labels.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from datetime import date, timedelta
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Count, QuerySet
+from django.db.models.functions import TruncDate
+from django.utils import timezone
+
+from labeling.agreement import Agreement, agreement, agreement_with_others
+from labeling.models import Label
+
+
+def human_labels() -> QuerySet[Label]:
+    return Label.objects.filter(is_simulated=False).exclude(choice=Label.Choice.SKIP)
+
+
+def judgement_of(choice: str, ranking: list[int] | None) -> str:
+    """What two labels of one comparison must share to agree: the same choice (left,
+    right, tie, both bad) or, for a K-way ranking, the same best completion. Positions
+    are the comparison's stored display order, the same for every annotator."""
+    return f"best:{ranking[0]}" if choice == Label.Choice.RANKING and ranking else choice
+
+
+def judgements_by_comparison(labels: QuerySet[Label]) -> dict[int, list[tuple[int, str]]]:
+    """{comparison id: [(annotator id, judgement), ...]} for comparisons with 2+ labels."""
+    overlapped = labels.values("comparison").annotate(n=Count("id")).filter(n__gte=2).values("comparison")
+    grouped: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    rows = labels.filter(comparison__in=overlapped).values_list("comparison_id", "annotator_id", "choice", "ranking")
+    for comparison_id, annotator_id, choice, ranking in rows:
+        grouped[comparison_id].append((annotator_id, judgement_of(choice, ranking)))
+    return grouped
+
+
+def overlap_agreement() -> Agreement:
+    """Agreement between people on the comparisons several of them labeled."""
+    grouped = judgements_by_comparison(human_labels())
+    return agreement([judgement for _, judgement in group] for group in grouped.values())
+
+
+def agreement_of(annotator_id: int, grouped: dict[int, list[tuple[int, str]]]) -> tuple[int, int]:
+    """(agreeing, total) pairs of this annotator's labels with other people's."""
+    items = []
+    for group in grouped.values():
+        mine = [judgement for who, judgement in group if who == annotator_id]
+        if mine:
+            items.append((mine[0], [judgement for who, judgement in group if who != annotator_id]))
+    return agreement_with_others(items)
+
+
+def median_seconds(seconds: list[float]) -> float | None:
+    """Median active time per label; labels sent without a timing (the API, imports)
+    have 0 and would drag it down, so they are left out."""
+    timed = [s for s in seconds if s > 0]
+    return statistics.median(timed) if timed else None
+
+
+def labels_per_day(days: int = 30) -> tuple[list[date], dict[str, list[int]]]:
+    """The last `days` days (oldest first) and, per annotator, their labels on each."""
+    today = timezone.localdate()
+    axis = [today - timedelta(days=offset) for offset in range(days - 1, -1, -1)]
+    index = {day: i for i, day in enumerate(axis)}
+    counts: dict[str, list[int]] = {}
+    rows = (
+        human_labels().filter(created_at__date__gte=axis[0])
+        .annotate(day=TruncDate("created_at")).values_list("day", "annotator__username").annotate(n=Count("id"))
+    )
+    for day, username, n in rows:
+        counts.setdefault(username, [0] * days)[index[day]] += n
+    return axis, dict(sorted(counts.items()))
+
+
+def annotator_table() -> list[dict]:
+    """One row per person who labeled: labels, skips, median time, agreement."""
+    grouped = judgements_by_comparison(human_labels())
+    seconds: dict[int, list[float]] = defaultdict(list)
+    for annotator_id, active in human_labels().values_list("annotator_id", "active_seconds"):
+        seconds[annotator_id].append(active)
+    skips = dict(
+        Label.objects.filter(is_simulated=False, choice=Label.Choice.SKIP)
+        .values_list("annotator_id").annotate(n=Count("id"))
+    )
+    rows = []
+    people = human_labels().values_list("annotator_id", "annotator__username").distinct()
+    for annotator_id, username in sorted(set(people), key=lambda row: row[1]):
+        agreeing, compared = agreement_of(annotator_id, grouped)
+        rows.append({
+            "username": username, "labels": len(seconds[annotator_id]), "skips": skips.get(annotator_id, 0),
+            "median_seconds": median_seconds(seconds[annotator_id]),
+            "agreeing": agreeing, "compared": compared, "agreement": agreeing / compared if compared else None,
+        })
+    return rows
+
+
+def annotator_summary(annotator: AbstractBaseUser) -> dict:
+    """What /me/ shows one annotator about their own work (nobody else's labels)."""
+    mine = human_labels().filter(annotator=annotator)
+    today = timezone.localdate()
+    agreeing, compared = agreement_of(annotator.pk, judgements_by_comparison(human_labels()))
+    by_choice = dict(mine.values_list("choice").annotate(n=Count("id")))
+    axis, per_day = labels_per_day(days=14)
+    return {
+        "labels": mine.count(),
+        "today": mine.filter(created_at__date=today).count(),
+        "last_7_days": mine.filter(created_at__date__gt=today - timedelta(days=7)).count(),
+        "skips": Label.objects.filter(annotator=annotator, choice=Label.Choice.SKIP).count(),
+        "by_choice": [(Label.Choice(choice).label, by_choice[choice]) for choice in Label.Choice.values
+                      if choice in by_choice],
+        "median_seconds": median_seconds(list(mine.values_list("active_seconds", flat=True))),
+        "agreeing": agreeing, "compared": compared, "agreement": agreeing / compared if compared else None,
+        "days": axis, "per_day": per_day.get(annotator.get_username(), [0] * len(axis)),
+    }

@@ -1,0 +1,55 @@
+"""The evaluation job with the real (tiny) models: each version answers the fixed
+prompts once, the latest reward model scores every answer once, PPO never sees them."""
+
+from __future__ import annotations
+
+import pytest
+
+from labeling.models import Prompt
+from tests.test_reward_model_training import marker_labels, rm_settings  # noqa: F401 (fixtures)
+from training import services
+from training.models import EvaluationPrompt, EvaluationSample, Job, PolicyVersion, RewardScore
+from training.services.policies import ppo_prompts
+
+pytestmark = [pytest.mark.django_db, pytest.mark.slow]
+
+
+def run_evaluation() -> Job:
+    job = services.create_evaluation_job()
+    services.run_evaluation_job(job)
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED, job.error
+    return job
+
+
+def test_every_version_answers_the_fixed_prompts_once_and_the_latest_reward_model_scores_them(
+    marker_labels, rm_settings, base_policy  # noqa: F811
+):
+    rm_settings.PREFLOOP_EVAL_PROMPTS = 3
+    rm_settings.PREFLOOP_MAX_NEW_TOKENS = 8
+    marker_labels(40)  # 40 prompts, and labels for a reward model
+    job = services.create_evaluation_job()
+    services.run_evaluation_job(job)
+    job.refresh_from_db()
+    assert job.result == {"answered": 3, "scored": 0, "reward_model": None}  # no reward model yet
+    chosen = list(EvaluationPrompt.objects.values_list("prompt_id", flat=True))
+    assert len(chosen) == 3
+    assert set(chosen) == set(Prompt.objects.order_by("content_hash").values_list("pk", flat=True)[:3])
+    assert not set(chosen) & {p.pk for p in ppo_prompts(100, seed=0)}  # held out of PPO
+
+    rm_job = Job.objects.create(kind=Job.Kind.TRAIN_REWARD)
+    services.claim_reward_training(rm_job)
+    rm1 = services.run_reward_training_job(rm_job)
+    PolicyVersion.objects.create(number=1, parent=base_policy, base_model_dir=base_policy.base_model_dir)
+
+    job = run_evaluation()
+    assert job.result == {"answered": 3, "scored": 6, "reward_model": 1}  # v1's answers, then all six scored
+    assert job.step == job.total_steps == 4
+    assert EvaluationSample.objects.filter(policy_version__number=1).count() == 3
+    assert RewardScore.objects.filter(reward_model=rm1).count() == 6
+    # Sampling is seeded the same for every version: v1 here is the same model as v0.
+    texts = {n: sorted(EvaluationSample.objects.filter(policy_version__number=n)
+                       .values_list("completion__text", flat=True)) for n in (0, 1)}
+    assert texts[0] == texts[1]
+
+    assert run_evaluation().result == {"answered": 0, "scored": 0, "reward_model": 1}  # nothing missing

@@ -1,0 +1,77 @@
+"""Plotly figures (plain dicts: {"data": [...], "layout": {...}}) for the progress pages.
+The page hands them to training/static/training/charts.js through `json_script`, so no
+inline script is needed and model output never reaches a chart label unescaped."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from training.ml.rating import Strength, WinRate
+
+LAYOUT = {"margin": {"l": 50, "r": 20, "t": 40, "b": 40}, "height": 300, "legend": {"orientation": "h"},
+          "font": {"size": 12}}
+
+
+def figure(title: str, data: list[dict], **layout) -> dict:
+    return {"data": data, "layout": {**LAYOUT, "title": {"text": title}, **layout}}
+
+
+def labels_per_day(days: list[date], per_annotator: dict[str, list[int]]) -> dict:
+    x = [day.isoformat() for day in days]
+    data = [{"type": "bar", "name": name, "x": x, "y": counts} for name, counts in per_annotator.items()]
+    return figure("Labels per day (people only)", data, barmode="stack", xaxis={"type": "date"})
+
+
+def labels_per_annotator(rows: list[dict]) -> dict:
+    data = [{"type": "bar", "x": [row["username"] for row in rows], "y": [row["labels"] for row in rows],
+             "name": "labels"}]
+    return figure("Labels per annotator", data)
+
+
+def reward_model_accuracy(reward_models) -> dict:
+    scored = [rm for rm in reward_models if rm.heldout_accuracy is not None]
+    data = [{"type": "scatter", "mode": "lines+markers", "name": "held-out accuracy",
+             "x": [f"v{rm.number}" for rm in scored], "y": [rm.heldout_accuracy for rm in scored],
+             "text": [f"{rm.heldout_pairs} held-out pairs" for rm in scored]}]
+    return figure("Reward model held-out accuracy", data, yaxis={"range": [0, 1]},
+                  shapes=[chance_line(0.5)])
+
+
+def ppo_curve(curves: list[dict], key: str, title: str) -> dict:
+    data = [{"type": "scatter", "mode": "lines+markers", "name": f"round {c['round']} (v{c['policy']})",
+             "x": c[key]["x"], "y": c[key]["y"]} for c in curves]
+    return figure(title, data, xaxis={"title": {"text": "PPO step"}})
+
+
+def interval_bars(rates: list[WinRate]) -> dict:
+    """Plotly error bars from a rate and its interval."""
+    return {"type": "data", "symmetric": False,
+            "array": [(r.high - r.rate) if r.rate is not None else 0 for r in rates],
+            "arrayminus": [(r.rate - r.low) if r.rate is not None else 0 for r in rates]}
+
+
+def win_rates(rows: list[dict]) -> dict:
+    series = [("human_vs_base", "people: vs base"), ("human_vs_previous", "people: vs previous"),
+              ("rm_vs_base", "reward model: vs base"), ("rm_vs_previous", "reward model: vs previous")]
+    x = [f"v{row['version']}" for row in rows]
+    data = []
+    for key, name in series:
+        rates = [row[key] for row in rows]
+        data.append({"type": "bar", "name": name, "x": x, "y": [r.rate for r in rates],
+                     "error_y": interval_bars(rates), "text": [f"n={r.n}" for r in rates]})
+    return figure("Win rate with 95% interval (ties count half)", data, barmode="group", yaxis={"range": [0, 1]},
+                  shapes=[chance_line(0.5)])
+
+
+def bradley_terry(strengths: list[Strength]) -> dict:
+    ordered = sorted(strengths, key=lambda s: int(s.player.lstrip("v")))
+    data = [{"type": "scatter", "mode": "markers", "name": "strength", "x": [s.player for s in ordered],
+             "y": [s.score for s in ordered],
+             "error_y": {"type": "data", "symmetric": False, "array": [s.high - s.score for s in ordered],
+                         "arrayminus": [s.score - s.low for s in ordered]}}]
+    return figure("Bradley–Terry strength vs v0 (log-odds, 95% interval)", data, shapes=[chance_line(0.0)])
+
+
+def chance_line(y: float) -> dict:
+    return {"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": y, "y1": y,
+            "line": {"dash": "dot", "color": "#888", "width": 1}}
