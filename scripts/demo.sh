@@ -54,8 +54,8 @@ pids+=($!)
 cat <<BANNER
 
   PrefLoop is running at http://127.0.0.1:8000/
-    researcher: researcher / researcher-demo   (import, export, generate, admin)
-    annotator:  annotator / annotator-demo     (labeling at /label/)
+    researcher: researcher / researcher-demo   (rounds at /researcher/, progress at /progress/)
+    annotator:  annotator / annotator-demo     (labeling at /label/, own numbers at /me/)
   The first comparisons are being generated on the gpu worker (progress below and on
   the researcher page). Logs: var/log/. Press Ctrl-C to stop everything.
 

@@ -94,7 +94,8 @@ def test_a_marker_preference_is_learned_to_90_percent_heldout_accuracy(tiny_mode
                                 normalization_samples=normalization)
     assert result.heldout_pairs > 20 and result.train_pairs + result.heldout_pairs == 240
     assert result.heldout_accuracy >= 0.9
-    assert steps and steps[-1][0] == steps[-1][1]  # progress reached its total
+    assert steps[0] == (0, steps[-1][1])  # the total is reported before the first step
+    assert steps[-1][0] == steps[-1][1] > 0  # and progress reached it
     assert all(torch.isfinite(torch.tensor(h["train/loss"])) for h in result.history if "train/loss" in h)
 
     scorer = RewardScorer.load(tiny_model_dir, tmp_path / "v1", result.reward_mean, result.reward_std)

@@ -16,11 +16,17 @@ from itertools import combinations
 
 from labeling.models import Comparison, ComparisonItem, Label
 from labeling.rendering import render_untrusted_markdown
-from labeling.statistics import human_labels
+from labeling.statistics import annotator_table, human_labels, labels_per_day, overlap_agreement
+from training import charts
 from training.ml.rating import Strength, WinRate, fit_bradley_terry, win_rate
 from training.models import EvaluationPrompt, EvaluationSample, PolicyVersion, RewardModelVersion, RewardScore, Round
 
-PPO_CURVES = ("ppo/reward", "ppo/kl", "ppo/entropy")
+# TRL sums KL and entropy over the response tokens and averages over the batch.
+PPO_CURVES = {
+    "ppo/reward": "Reward-model score (normalized)",
+    "ppo/kl": "KL to the reference (nats per response)",
+    "ppo/entropy": "Entropy (nats per response)",
+}
 # Outcome for the first version of a judged pair: ties and "both bad" say neither is
 # better, so each side gets half (the Chatbot Arena convention).
 OUTCOME_OF_CHOICE = {Label.Choice.A: 1.0, Label.Choice.B: 0.0, Label.Choice.TIE: 0.5, Label.Choice.BOTH_BAD: 0.5}
@@ -188,9 +194,6 @@ def evaluation_grid(versions: list[PolicyVersion], judge: RewardModelView) -> li
 
 def dashboard() -> dict:
     """Everything /progress/ shows, with its charts."""
-    from labeling.statistics import annotator_table, labels_per_day, overlap_agreement
-    from training import charts
-
     versions = list(PolicyVersion.objects.select_related("parent"))
     reward_models = list(RewardModelVersion.objects.all())
     rounds = list(Round.objects.select_related("policy_before", "policy_after", "reward_model"))
@@ -205,8 +208,7 @@ def dashboard() -> dict:
         "labels-per-day": charts.labels_per_day(days, per_day),
         "labels-per-annotator": charts.labels_per_annotator(annotators),
         "reward-model-accuracy": charts.reward_model_accuracy(reward_models),
-        **{f"ppo-{key.split('/')[1]}": charts.ppo_curve(curves, key, title) for key, title in
-           zip(PPO_CURVES, ("Reward (normalized)", "KL to the reference", "Entropy"), strict=True)},
+        **ppo_charts(curves),
         "win-rates": charts.win_rates(rows),
         "bradley-terry": charts.bradley_terry(ranking),
     }
@@ -221,8 +223,6 @@ def dashboard() -> dict:
 def round_page(round_: Round) -> dict:
     """A round: its jobs, inputs, PPO config and curves, and the evaluation answers
     before and after it."""
-    from training import charts
-
     curves = ppo_curves([round_])
     judge = latest_reward_model_view()
     shown = [round_.policy_before] + ([round_.policy_after] if round_.policy_after else [])
@@ -233,16 +233,13 @@ def round_page(round_: Round) -> dict:
         "config": round_.policy_after.config if round_.policy_after else {},
         "policy_metrics": summary_metrics(round_.policy_after) if round_.policy_after else {},
         "shown_versions": shown, "evaluation": evaluation_grid(shown, judge), "judge": judge,
-        "charts": {f"ppo-{key.split('/')[1]}": charts.ppo_curve(curves, key, key) for key in PPO_CURVES}
-        if curves else {},
+        "charts": ppo_charts(curves),
     }
 
 
 def version_page(version: PolicyVersion) -> dict:
     """A policy version: config, metrics, win rates, and its evaluation answers next to
     the base's and its parent's."""
-    from training import charts
-
     judge = latest_reward_model_view()
     rows = win_rate_rows([version], version_games(), judge)
     neighbours = [*PolicyVersion.objects.filter(number=0), *([version.parent] if version.parent_id else []), version]
@@ -253,9 +250,15 @@ def version_page(version: PolicyVersion) -> dict:
         "version": version, "produced_by": produced_by, "win_rates": rows[0] if rows else None, "judge": judge,
         "policy_metrics": summary_metrics(version), "shown_versions": versions,
         "evaluation": evaluation_grid(versions, judge),
-        "charts": {f"ppo-{key.split('/')[1]}": charts.ppo_curve(curves, key, key) for key in PPO_CURVES}
-        if curves else {},
+        "charts": ppo_charts(curves),
     }
+
+
+def ppo_charts(curves: list[dict]) -> dict:
+    """chart id → figure for the PPO curves, none when there is no curve."""
+    if not curves:
+        return {}
+    return {f"ppo-{key.split('/')[1]}": charts.ppo_curve(curves, key, title) for key, title in PPO_CURVES.items()}
 
 
 def summary_metrics(version: PolicyVersion) -> dict:

@@ -15,6 +15,11 @@ def report_steps(history: list[dict], on_step: StepReport | None, name_of: Calla
     from transformers import TrainerCallback
 
     class ReportSteps(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            # The total is known before the first (slow) step: pages show 0/N, not 0/0.
+            if on_step is not None:
+                on_step(state.global_step, state.max_steps, {})
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             entry = {"step": state.global_step, **{name_of(key): value for key, value in (logs or {}).items()}}
             history.append(entry)
