@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from datetime import date, timedelta
+from datetime import date, datetime, time, timedelta
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, QuerySet
@@ -71,7 +71,8 @@ def labels_per_day(days: int = 30) -> tuple[list[date], dict[str, list[int]]]:
     index = {day: i for i, day in enumerate(axis)}
     counts: dict[str, list[int]] = {}
     rows = (
-        human_labels().filter(created_at__date__gte=axis[0])
+        # A datetime bound, not created_at__date: SQLite casts dates in Python, row by row.
+        human_labels().filter(created_at__gte=timezone.make_aware(datetime.combine(axis[0], time.min)))
         .annotate(day=TruncDate("created_at")).values_list("day", "annotator__username").annotate(n=Count("id"))
     )
     for day, username, n in rows:

@@ -117,14 +117,22 @@ def fit_bradley_terry(
     if prior_variance is None:
         _require_finite_mle(games, players, anchor)
 
-    # Games as (index or None for the anchor, index or None, outcome) so the loops stay cheap.
-    coded = [(index.get(first), index.get(second), outcome) for first, second, outcome in games]
+    # The log-likelihood is linear in the outcomes of a pair's games, so each pair is summed
+    # once, as (index or None for the anchor, index or None, first's wins, games): the loops
+    # below then cost the number of pairs that met, not the number of labels.
+    totals: dict[tuple[str, str], list[float]] = {}
+    for first, second, outcome in games:
+        key, won = ((first, second), outcome) if first < second else ((second, first), 1.0 - outcome)
+        entry = totals.setdefault(key, [0.0, 0.0])
+        entry[0] += won
+        entry[1] += 1
+    coded = [(index.get(first), index.get(second), won, n) for (first, second), (won, n) in totals.items()]
 
     def objective(theta: list[float]) -> float:
         total = -0.5 * precision * sum(t * t for t in theta)
-        for i, j, outcome in coded:
+        for i, j, won, n in coded:
             d = _score(theta, i) - _score(theta, j)
-            total += outcome * _log_sigmoid(d) + (1 - outcome) * _log_sigmoid(-d)
+            total += won * _log_sigmoid(d) + (n - won) * _log_sigmoid(-d)
         return total
 
     theta = [0.0] * len(free)
@@ -133,18 +141,22 @@ def fit_bradley_terry(
     for _ in range(_MAX_ITERATIONS):
         gradient, information = _gradient_and_information(theta, coded, precision)
         step = _solve(information, gradient)
-        # Newton can overshoot far from the optimum; halve until the objective does not drop.
+        # Judged on the full Newton step: a step shrunk by halving says nothing about
+        # being at the optimum.
+        if max((abs(s) for s in step), default=0.0) < _TOLERANCE:
+            converged = True
+            break
+        # Newton can overshoot far from the optimum; halve until the objective does not
+        # drop (beyond rounding, which near the optimum is all that is left).
+        slack = 1e-12 * (1.0 + abs(current))
         for _ in range(_MAX_HALVINGS):
             candidate = [t + s for t, s in zip(theta, step, strict=True)]
             value = objective(candidate)
-            if value >= current:
+            if value >= current - slack:
                 break
             step = [s / 2 for s in step]
         theta, current = candidate, value
         if not all(math.isfinite(t) for t in theta) or not math.isfinite(current):
-            break
-        if max((abs(s) for s in step), default=0.0) < _TOLERANCE:
-            converged = True
             break
     if not converged:
         raise ValueError(
@@ -220,18 +232,18 @@ def _log_sigmoid(x: float) -> float:
 
 
 def _gradient_and_information(
-    theta: list[float], coded: list[tuple[int | None, int | None, float]], precision: float
+    theta: list[float], coded: list[tuple[int | None, int | None, float, float]], precision: float
 ) -> tuple[list[float], list[list[float]]]:
     """Gradient of the log-posterior and its negative Hessian (observed information) over the
     non-anchor scores."""
     size = len(theta)
     gradient = [-precision * t for t in theta]
     information = [[precision if r == c else 0.0 for c in range(size)] for r in range(size)]
-    for i, j, outcome in coded:
+    for i, j, won, n in coded:
         d = _score(theta, i) - _score(theta, j)
         p, q = _sigmoid(d), _sigmoid(-d)
-        residual = outcome * q - (1 - outcome) * p  # outcome - p, without cancellation near p = 1
-        weight = p * q
+        residual = won * q - (n - won) * p  # won - n·p, without cancellation near p = 1
+        weight = n * p * q
         if i is not None:
             gradient[i] += residual
             information[i][i] += weight
