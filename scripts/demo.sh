@@ -19,11 +19,16 @@ $PY manage.py load_starter_prompts
 $PY manage.py create_demo_users
 
 pids=()
+redis_pid=""
 stop_all() {
   trap - INT TERM EXIT
-  echo; echo "Stopping PrefLoop (web, workers, redis)..."
+  echo; echo "Stopping PrefLoop (web, workers, then redis)..."
+  # Workers finish the job in hand (warm shutdown) and acknowledge it, which needs redis:
+  # so redis goes last.
   kill -TERM "${pids[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
+  [ -n "$redis_pid" ] && kill -TERM "$redis_pid" 2>/dev/null && wait "$redis_pid" 2>/dev/null
+  true
 }
 trap stop_all INT TERM EXIT
 
@@ -31,7 +36,7 @@ if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
   echo "Using the redis-server already running on port $REDIS_PORT."
 else
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$PWD/var/redis" >var/log/redis.log 2>&1 &
-  pids+=($!)
+  redis_pid=$!
   for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 
