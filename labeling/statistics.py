@@ -47,14 +47,14 @@ def overlap_agreement() -> Agreement:
     return agreement([judgement for _, judgement in group] for group in grouped.values())
 
 
-def agreement_of(annotator_id: int, grouped: dict[int, list[tuple[int, str]]]) -> tuple[int, int]:
-    """(agreeing, total) pairs of this annotator's labels with other people's."""
-    items = []
+def agreement_by_annotator(grouped: dict[int, list[tuple[int, str]]]) -> dict[int, tuple[int, int]]:
+    """{annotator id: (agreeing, total)} pairs of their labels with other people's, in one
+    pass over the overlapped comparisons."""
+    items: dict[int, list[tuple[str, list[str]]]] = defaultdict(list)
     for group in grouped.values():
-        mine = [judgement for who, judgement in group if who == annotator_id]
-        if mine:
-            items.append((mine[0], [judgement for who, judgement in group if who != annotator_id]))
-    return agreement_with_others(items)
+        for who, judgement in group:
+            items[who].append((judgement, [other for someone, other in group if someone != who]))
+    return {who: agreement_with_others(theirs) for who, theirs in items.items()}
 
 
 def median_seconds(seconds: list[float]) -> float | None:
@@ -64,15 +64,17 @@ def median_seconds(seconds: list[float]) -> float | None:
     return statistics.median(timed) if timed else None
 
 
-def labels_per_day(days: int = 30) -> tuple[list[date], dict[str, list[int]]]:
-    """The last `days` days (oldest first) and, per annotator, their labels on each."""
+def labels_per_day(days: int = 30, labels: QuerySet[Label] | None = None) -> tuple[list[date], dict[str, list[int]]]:
+    """The last `days` days (oldest first) and, per annotator, their labels on each
+    (of `labels`, by default every person's)."""
     today = timezone.localdate()
     axis = [today - timedelta(days=offset) for offset in range(days - 1, -1, -1)]
     index = {day: i for i, day in enumerate(axis)}
     counts: dict[str, list[int]] = {}
     rows = (
         # A datetime bound, not created_at__date: SQLite casts dates in Python, row by row.
-        human_labels().filter(created_at__gte=timezone.make_aware(datetime.combine(axis[0], time.min)))
+        (human_labels() if labels is None else labels)
+        .filter(created_at__gte=timezone.make_aware(datetime.combine(axis[0], time.min)))
         .annotate(day=TruncDate("created_at")).values_list("day", "annotator__username").annotate(n=Count("id"))
     )
     for day, username, n in rows:
@@ -82,7 +84,7 @@ def labels_per_day(days: int = 30) -> tuple[list[date], dict[str, list[int]]]:
 
 def annotator_table() -> list[dict]:
     """One row per person who labeled: labels, skips, median time, agreement."""
-    grouped = judgements_by_comparison(human_labels())
+    agreements = agreement_by_annotator(judgements_by_comparison(human_labels()))
     seconds: dict[int, list[float]] = defaultdict(list)
     for annotator_id, active in human_labels().values_list("annotator_id", "active_seconds"):
         seconds[annotator_id].append(active)
@@ -93,7 +95,7 @@ def annotator_table() -> list[dict]:
     rows = []
     people = human_labels().values_list("annotator_id", "annotator__username").distinct()
     for annotator_id, username in sorted(set(people), key=lambda row: row[1]):
-        agreeing, compared = agreement_of(annotator_id, grouped)
+        agreeing, compared = agreements.get(annotator_id, (0, 0))
         rows.append({
             "username": username, "labels": len(seconds[annotator_id]), "skips": skips.get(annotator_id, 0),
             "median_seconds": median_seconds(seconds[annotator_id]),
@@ -106,9 +108,10 @@ def annotator_summary(annotator: AbstractBaseUser) -> dict:
     """What /me/ shows one annotator about their own work (nobody else's labels)."""
     mine = human_labels().filter(annotator=annotator)
     today = timezone.localdate()
-    agreeing, compared = agreement_of(annotator.pk, judgements_by_comparison(human_labels()))
+    shared = human_labels().filter(comparison__in=mine.values("comparison"))
+    agreeing, compared = agreement_by_annotator(judgements_by_comparison(shared)).get(annotator.pk, (0, 0))
     by_choice = dict(mine.values_list("choice").annotate(n=Count("id")))
-    axis, per_day = labels_per_day(days=14)
+    axis, per_day = labels_per_day(days=14, labels=mine)
     return {
         "labels": mine.count(),
         "today": mine.filter(created_at__date=today).count(),
