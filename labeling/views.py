@@ -15,6 +15,7 @@ from labeling.forms import PromptImportForm
 from labeling.importing import PromptFileError, import_prompt_file
 from labeling.presenters import comparison_for_annotator
 from prefloop.access import staff_required
+from prefloop.charts import labels_per_day
 
 
 @login_required
@@ -33,10 +34,8 @@ def label_page(request: HttpRequest) -> HttpResponse:
 def me(request: HttpRequest) -> HttpResponse:
     """An annotator's own numbers; nobody else's labels are shown."""
     summary = statistics.annotator_summary(request.user)
-    chart = {"type": "bar", "x": [d.isoformat() for d in summary["days"]], "y": summary["per_day"], "name": "labels"}
-    charts = {"my-labels-per-day": {"data": [chart], "layout": {"title": {"text": "My labels per day"},
-                                                               "height": 260, "xaxis": {"type": "date"}}}}
-    return render(request, "labeling/me.html", {"summary": summary, "charts": charts})
+    chart = labels_per_day(summary["days"], {"labels": summary["per_day"]}, "My labels per day")
+    return render(request, "labeling/me.html", {"summary": summary, "charts": {"my-labels-per-day": chart}})
 
 
 def queue_state(request: HttpRequest, comparison, **extra) -> JsonResponse:

@@ -267,7 +267,8 @@ PREFLOOP_ROUND_COMPARISON_PROMPTS = env_int("PREFLOOP_ROUND_COMPARISON_PROMPTS",
 # How new comparisons are ordered in the queue: ensemble disagreement, or random (ablation).
 PREFLOOP_QUERY_SELECTION = env_choice("PREFLOOP_QUERY_SELECTION", "disagreement", {"disagreement", "random"})
 # Size of the fixed evaluation set: every version answers these prompts (side by side on
-# the progress pages, scored by the latest reward model); they are kept out of PPO.
+# the progress pages, scored by the latest reward model); held out of comparisons and PPO,
+# and at most a quarter of the prompts.
 PREFLOOP_EVAL_PROMPTS = env_int("PREFLOOP_EVAL_PROMPTS", 16, minimum=0)
 # Chain full rounds by themselves once this many new labels arrived (unless stopped).
 PREFLOOP_AUTO_LOOP = env_bool("PREFLOOP_AUTO_LOOP", False)

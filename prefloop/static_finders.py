@@ -21,7 +21,16 @@ class PlotlyFinder(BaseFinder):
     """Finds exactly one file, vendor/plotly.min.js, for runserver, tests and collectstatic."""
 
     def check(self, **kwargs):
-        return []
+        from django.core.checks import Error
+
+        try:
+            found = (plotly_js_dir() / "plotly.min.js").is_file()
+        except ImportError:
+            found = False
+        if found:
+            return []
+        return [Error("plotly.min.js not found: install the pinned `plotly` package (requirements.txt); "
+                      "the progress pages draw their charts with it", id="prefloop.E001")]
 
     def find(self, path: str, find_all: bool = False, **kwargs):
         if path != PLOTLY_STATIC_PATH:

@@ -53,7 +53,8 @@ def build(people, base_policy, settings, tmp_path) -> SimpleNamespace:
     rm1 = RewardModelVersion.objects.create(number=1, base_model_dir=base_policy.base_model_dir,
                                             weights_dir=str(tmp_path / "rm1"), label_count=40, heldout_pairs=8,
                                             heldout_accuracy=0.625)
-    prompts = [Prompt.objects.create(messages=[{"role": "user", "content": f"Question {i}?"}]) for i in range(14)]
+    # 16 prompts: a quarter of them (4) become the evaluation set.
+    prompts = [Prompt.objects.create(messages=[{"role": "user", "content": f"Question {i}?"}]) for i in range(16)]
 
     # Round 1 walks its stages; the PPO stage publishes v1 with its curves.
     round_ = services.start_round(Round.Kind.PPO, requested_by=people.researcher)
@@ -80,7 +81,7 @@ def build(people, base_policy, settings, tmp_path) -> SimpleNamespace:
     # first two: agrees on one, disagrees on the other.
     rng = random.Random(0)
     comparisons = []
-    for prompt in prompts[4:]:
+    for prompt in prompts[6:]:
         pair = [Completion.objects.create(prompt=prompt, policy_version=v, text=f"v{v.number} on {prompt.text}")
                 for v in (v1, base_policy)]
         comparisons.append(create_comparison(prompt, pair, source="cross_version", rng=rng))

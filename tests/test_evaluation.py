@@ -31,7 +31,7 @@ def test_every_version_answers_the_fixed_prompts_once_and_the_latest_reward_mode
     job = services.create_evaluation_job()
     services.run_evaluation_job(job)
     job.refresh_from_db()
-    assert job.result == {"answered": 3, "scored": 0, "reward_model": None}  # no reward model yet
+    assert job.result == {"answered": 3, "scored": 0, "reward_model": None, "errors": []}  # no reward model yet
     chosen = list(EvaluationPrompt.objects.values_list("prompt_id", flat=True))
     assert len(chosen) == 3
     assert set(chosen) == set(Prompt.objects.order_by("content_hash").values_list("pk", flat=True)[:3])
@@ -43,7 +43,8 @@ def test_every_version_answers_the_fixed_prompts_once_and_the_latest_reward_mode
     PolicyVersion.objects.create(number=1, parent=base_policy, base_model_dir=base_policy.base_model_dir)
 
     job = run_evaluation()
-    assert job.result == {"answered": 3, "scored": 6, "reward_model": 1}  # v1's answers, then all six scored
+    # v1's answers, then all six scored
+    assert job.result == {"answered": 3, "scored": 6, "reward_model": 1, "errors": []}
     assert job.step == job.total_steps == 4
     assert EvaluationSample.objects.filter(policy_version__number=1).count() == 3
     assert RewardScore.objects.filter(reward_model=rm1).count() == 6
@@ -52,4 +53,19 @@ def test_every_version_answers_the_fixed_prompts_once_and_the_latest_reward_mode
                        .values_list("completion__text", flat=True)) for n in (0, 1)}
     assert texts[0] == texts[1]
 
-    assert run_evaluation().result == {"answered": 0, "scored": 0, "reward_model": 1}  # nothing missing
+    assert run_evaluation().result == {"answered": 0, "scored": 0, "reward_model": 1, "errors": []}  # nothing missing
+
+
+@pytest.mark.django_db
+def test_a_version_that_cannot_answer_is_reported_and_the_others_still_are(rm_settings, base_policy,  # noqa: F811
+                                                                           tmp_path):
+    rm_settings.PREFLOOP_EVAL_PROMPTS = 2
+    rm_settings.PREFLOOP_MAX_NEW_TOKENS = 4
+    for i in range(8):
+        Prompt.objects.create(messages=[{"role": "user", "content": f"Evaluate me {i}"}])
+    PolicyVersion.objects.create(number=1, parent=base_policy, base_model_dir=base_policy.base_model_dir,
+                                 adapter_dir=str(tmp_path / "adapter-that-was-deleted"))
+    job = run_evaluation()
+    assert job.result["answered"] == 2 and len(job.result["errors"]) == 1
+    assert job.error.startswith("v1 could not answer")
+    assert EvaluationSample.objects.filter(policy_version__number=0).count() == 2

@@ -53,6 +53,7 @@ def tiny_policy(db, tiny_model_dir, settings):
     settings.PREFLOOP_MAX_NEW_TOKENS = 8
     settings.PREFLOOP_GENERATION_BATCH_SIZE = 2
     settings.PREFLOOP_OVERLAP_SHARE = 0.0
+    settings.PREFLOOP_EVAL_PROMPTS = 0  # all five prompts for sampling (test_evaluation_set.py holds some out)
     for i in range(5):
         Prompt.objects.create(messages=[{"role": "user", "content": f"Question {i}?"}])
     return PolicyVersion.objects.create(number=0, base_model_dir=str(tiny_model_dir))

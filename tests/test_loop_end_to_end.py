@@ -24,6 +24,8 @@ from training.models import EvaluationPrompt, EvaluationSample, Job, PolicyVersi
 pytestmark = [pytest.mark.worker, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 PROMPTS = 128
+EVALUATION_PROMPTS = 16  # held out of comparisons and PPO (PREFLOOP_EVAL_PROMPTS)
+LABELED_PROMPTS = PROMPTS - EVALUATION_PROMPTS
 INITIAL_PASSES = 6
 ROUND_SETTINGS = {
     "PREFLOOP_MAX_NEW_TOKENS": "16",
@@ -114,7 +116,7 @@ def test_two_full_rounds_close_the_loop(tmp_path, steerable_policy_dir, people, 
         assert not Job.objects.filter(pk__in=[j.pk for j in initial]).exclude(status=Job.Status.SUCCEEDED).exists()
         word = half_time_keyword(list(base.completions.values_list("text", flat=True)))
         oracle = f"keyword:{word}"
-        assert simulate_labels(oracle, noise=0.1, count=10_000, seed=0) == PROMPTS * INITIAL_PASSES
+        assert simulate_labels(oracle, noise=0.1, count=10_000, seed=0) == LABELED_PROMPTS * INITIAL_PASSES
 
         rounds = []
         for number in (1, 2):
@@ -135,12 +137,12 @@ def test_two_full_rounds_close_the_loop(tmp_path, steerable_policy_dir, people, 
     assert [r.reward_model.number for r in rounds] == [1, 2]
     assert rounds[1].reward_model.label_count > rounds[0].reward_model.label_count
     # All initial comparisons, and round 1's but the one leased to the annotator.
-    assert Label.objects.filter(is_simulated=True).count() == PROMPTS * INITIAL_PASSES + 127
+    assert Label.objects.filter(is_simulated=True).count() == LABELED_PROMPTS * INITIAL_PASSES + 127
 
     # Each round ended with an evaluation: every version answered the same 16 prompts
     # once, and the latest reward model scored all of the answers.
     evaluation = EvaluationPrompt.objects.count()
-    assert evaluation == 16
+    assert evaluation == EVALUATION_PROMPTS
     for number in (0, 1, 2):
         assert EvaluationSample.objects.filter(policy_version__number=number).count() == evaluation
     assert RewardScore.objects.filter(reward_model=rounds[1].reward_model).count() == 3 * evaluation

@@ -165,3 +165,13 @@ def test_empty_dashboard_renders(client, people, base_policy):
     response = client.get(reverse("progress"))
     assert response.status_code == 200 and response.context["ranking"] == []
     assert Round.objects.count() == 0
+
+
+def test_a_label_dated_after_today_does_not_break_the_pages(client, people, world):
+    from labeling.models import Label
+
+    Label.objects.filter(annotator=world.bea).update(created_at=timezone.now() + timedelta(days=3))
+    client.force_login(people.researcher)
+    assert client.get(reverse("progress")).status_code == 200
+    client.force_login(world.bea)
+    assert client.get(reverse("me")).status_code == 200

@@ -1,25 +1,9 @@
-"""Plotly figures (plain dicts: {"data": [...], "layout": {...}}) for the progress pages.
-The page hands them to training/static/training/charts.js through `json_script`, so no
-inline script is needed and model output never reaches a chart label unescaped."""
+"""Plotly figures for the progress pages (plain dicts; see prefloop/charts.py)."""
 
 from __future__ import annotations
 
-from datetime import date
-
+from prefloop.charts import figure
 from training.ml.rating import Strength, WinRate
-
-LAYOUT = {"margin": {"l": 50, "r": 20, "t": 40, "b": 40}, "height": 300, "legend": {"orientation": "h"},
-          "font": {"size": 12}}
-
-
-def figure(title: str, data: list[dict], **layout) -> dict:
-    return {"data": data, "layout": {**LAYOUT, "title": {"text": title}, **layout}}
-
-
-def labels_per_day(days: list[date], per_annotator: dict[str, list[int]]) -> dict:
-    x = [day.isoformat() for day in days]
-    data = [{"type": "bar", "name": name, "x": x, "y": counts} for name, counts in per_annotator.items()]
-    return figure("Labels per day (people only)", data, barmode="stack", xaxis={"type": "date"})
 
 
 def labels_per_annotator(rows: list[dict]) -> dict:

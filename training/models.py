@@ -216,7 +216,8 @@ class Job(models.Model):
 class EvaluationPrompt(models.Model):
     """One prompt of the fixed evaluation set: every policy version answers these same
     prompts once, so versions can be read side by side and scored by the reward model.
-    Chosen once (see services.evaluation) and never used for PPO rollouts."""
+    Chosen at the first generation (see services.evaluation), held out of comparisons
+    and PPO rollouts."""
 
     prompt = models.OneToOneField("labeling.Prompt", on_delete=models.CASCADE, related_name="evaluation")
     position = models.PositiveIntegerField(unique=True)
@@ -241,7 +242,7 @@ class EvaluationSample(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"v{self.policy_version_id} on evaluation prompt {self.prompt_id}"
+        return f"{self.policy_version} on evaluation prompt {self.prompt_id}"
 
 
 class RewardScore(models.Model):

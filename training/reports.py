@@ -16,7 +16,14 @@ from itertools import combinations
 
 from labeling.models import Comparison, ComparisonItem, Label
 from labeling.rendering import render_untrusted_markdown
-from labeling.statistics import annotator_table, human_labels, labels_per_day, overlap_agreement
+from labeling.statistics import (
+    annotator_table,
+    human_labels,
+    judgements_by_comparison,
+    labels_per_day,
+    overlap_agreement,
+)
+from prefloop import charts as prefloop_charts
 from training import charts
 from training.ml.rating import Strength, WinRate, fit_bradley_terry, win_rate
 from training.models import EvaluationPrompt, EvaluationSample, PolicyVersion, RewardModelVersion, RewardScore, Round
@@ -201,11 +208,12 @@ def dashboard() -> dict:
     judge = latest_reward_model_view()
     rows = win_rate_rows(versions, games, judge)
     ranking = bradley_terry_ranking(games) if games else []
-    annotators = annotator_table()
+    overlapped = judgements_by_comparison(human_labels())
+    annotators = annotator_table(overlapped)
     curves = ppo_curves(reversed(rounds))
     days, per_day = labels_per_day()
     chart_specs = {
-        "labels-per-day": charts.labels_per_day(days, per_day),
+        "labels-per-day": prefloop_charts.labels_per_day(days, per_day, "Labels per day (people only)"),
         "labels-per-annotator": charts.labels_per_annotator(annotators),
         "reward-model-accuracy": charts.reward_model_accuracy(reward_models),
         **ppo_charts(curves),
@@ -213,9 +221,8 @@ def dashboard() -> dict:
         "bradley-terry": charts.bradley_terry(ranking),
     }
     return {
-        "timeline": timeline(), "rounds": rounds, "versions": versions, "reward_models": reward_models,
-        "win_rates": rows, "ranking": ranking, "games": len(games), "judge": judge,
-        "agreement": overlap_agreement(), "annotators": annotators, "charts": chart_specs,
+        "timeline": timeline(), "win_rates": rows, "ranking": ranking, "games": len(games), "judge": judge,
+        "agreement": overlap_agreement(overlapped), "annotators": annotators, "charts": chart_specs,
         "has_curves": bool(curves),
     }
 

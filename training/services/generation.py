@@ -41,10 +41,16 @@ def ensure_base_policy() -> PolicyVersion:
 
 def prompts_needing_samples(policy: PolicyVersion, count: int, seed: int | None = None) -> list[Prompt]:
     """`count` prompts, those with the fewest completions from this policy first, in
-    random order among equals so repeated requests spread over the prompt set."""
+    random order among equals so repeated requests spread over the prompt set. The
+    evaluation prompts are never among them: the reward model that judges versions on
+    them has then never been trained on a comparison of them."""
+    from training.services.evaluation import evaluation_prompts
+
+    evaluation_prompts()  # chosen (or topped up) before anything is sampled, and left out
     rng = random.Random(seed)
     prompts = list(
-        Prompt.objects.annotate(done=Count("completions", filter=Q(completions__policy_version=policy)))
+        Prompt.objects.filter(evaluation=None)
+        .annotate(done=Count("completions", filter=Q(completions__policy_version=policy)))
         .values_list("id", "done")
     )
     rng.shuffle(prompts)

@@ -13,6 +13,7 @@ from django.conf import settings
 from labeling.models import Prompt
 from training.ml.ppo import PPORoundConfig, run_ppo_round
 from training.models import Job, PolicyVersion, RewardModelVersion
+from training.services.evaluation import evaluation_prompts
 from training.services.reward_models import latest_reward_model
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ def ppo_config(seed: int) -> PPORoundConfig:
 def ppo_prompts(count: int, seed: int) -> list[Prompt]:
     """A random sample of the prompt set for one round's rollouts, leaving out the
     evaluation prompts (versions are compared on answers PPO never trained on)."""
+    evaluation_prompts()  # chosen before the first round, so no version ever trains on them
     ids = list(Prompt.objects.filter(evaluation=None).values_list("pk", flat=True))
     chosen = random.Random(seed).sample(ids, min(count, len(ids)))
     by_id = Prompt.objects.in_bulk(chosen)
