@@ -82,8 +82,8 @@ def run_evaluation_job(job: Job) -> None:
         prompts = evaluation_prompts()
         missing = []  # (version, prompts it has not answered)
         for version in PolicyVersion.objects.all():
-            answered = set(version.evaluation_samples.values_list("prompt_id", flat=True))
-            todo = [p for p in prompts if p.pk not in answered]
+            has_answered = set(version.evaluation_samples.values_list("prompt_id", flat=True))
+            todo = [p for p in prompts if p.pk not in has_answered]
             if todo:
                 missing.append((version, todo))
         reward_model = latest_reward_model()
@@ -108,7 +108,8 @@ def run_evaluation_job(job: Job) -> None:
         job.mark_failed(f"{type(error).__name__}: {error}")
         return
     if errors:
-        Job.objects.filter(pk=job.pk).update(error="; ".join(errors))
+        job.error = "; ".join(errors)
+        job.save(update_fields=["error"])
     job.mark_succeeded({"answered": answered, "scored": scored, "errors": errors,
                         "reward_model": reward_model.number if reward_model else None})
 
