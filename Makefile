@@ -39,6 +39,7 @@ bench: install
 	$(PY) scripts/bench_reward_model.py --labels 256 --trigger 32
 	$(PY) scripts/bench_ppo.py --batch-size 8 --response-length 64 --episodes 16
 	$(PY) scripts/bench_progress.py --labels 100000 --runs 5
+	$(PY) scripts/bench_methods.py --prompts 16 --response-length 48
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -14,8 +14,8 @@ class PromptAdmin(admin.ModelAdmin):
 
 @admin.register(Completion)
 class CompletionAdmin(admin.ModelAdmin):
-    list_display = ("id", "prompt", "policy_version", "ended", "created_at")
-    list_filter = ("policy_version", "ended")
+    list_display = ("id", "prompt", "policy_version", "external_source", "ended", "created_at")
+    list_filter = ("ended", "external_source")
     list_select_related = ("prompt", "policy_version")
     raw_id_fields = ("prompt",)
 
@@ -28,8 +28,8 @@ class ComparisonItemInline(admin.TabularInline):
 
 @admin.register(Comparison)
 class ComparisonAdmin(admin.ModelAdmin):
-    list_display = ("id", "prompt", "source", "priority", "label_count", "labels_needed", "created_at")
-    list_filter = ("source", "labels_needed")
+    list_display = ("id", "run", "prompt", "source", "priority", "label_count", "labels_needed", "created_at")
+    list_filter = ("run", "source", "labels_needed")
     list_select_related = ("prompt",)
     raw_id_fields = ("prompt",)
     inlines = [ComparisonItemInline]
@@ -38,9 +38,9 @@ class ComparisonAdmin(admin.ModelAdmin):
 @admin.register(Label)
 class LabelAdmin(admin.ModelAdmin):
     list_display = (
-        "id", "comparison", "annotator", "choice", "strength", "active_seconds", "is_simulated", "created_at"
+        "id", "comparison", "annotator", "choice", "strength", "active_seconds", "origin", "created_at"
     )
-    list_filter = ("choice", "is_simulated", "annotator")
+    list_filter = ("choice", "origin", "annotator")
     list_select_related = ("comparison", "annotator")
     raw_id_fields = ("comparison",)
 

@@ -46,7 +46,9 @@ def raw_rows(labels: Iterable[Label]) -> Iterator[dict]:
             "comparison_id": label.comparison_id,
             "prompt": label.comparison.prompt.messages,
             "completions": [
-                {"completion_id": c.pk, "policy_version": c.policy_version.number, "text": c.text}
+                {"completion_id": c.pk,
+                 "policy_version": c.policy_version.number if c.policy_version_id else None,
+                 "external_source": c.external_source or None, "text": c.text}
                 for c in ordered_completions_of(label)
             ],
             "annotator": label.annotator.get_username(),
@@ -55,7 +57,8 @@ def raw_rows(labels: Iterable[Label]) -> Iterator[dict]:
             "strength": label.strength,
             "rationale": label.rationale,
             "active_seconds": label.active_seconds,
-            "is_simulated": label.is_simulated,
+            "origin": label.origin,
+            "run": label.comparison.run_id,
             "created_at": label.created_at.isoformat(),
         }
 

@@ -7,6 +7,7 @@ from itertools import combinations
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
 
 
@@ -48,17 +49,45 @@ class Prompt(models.Model):
 
 
 class Completion(models.Model):
-    """One policy version's answer to a prompt."""
+    """An answer to a prompt, from one of our policy versions or from a named outside
+    system (another model, a human writer); exactly one of the two is set."""
 
     prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="completions")
-    policy_version = models.ForeignKey("training.PolicyVersion", on_delete=models.PROTECT, related_name="completions")
+    policy_version = models.ForeignKey("training.PolicyVersion", null=True, blank=True, on_delete=models.PROTECT,
+                                       related_name="completions")
+    external_source = models.CharField(max_length=200, blank=True,
+                                       help_text="Name of the outside system that wrote it.")
     text = models.TextField()
     ended = models.BooleanField(default=True, help_text="False when generation hit the token limit before EOS.")
+    token_ids = models.JSONField(
+        null=True, blank=True,
+        help_text="The answer's tokens as the policy generated them (EOS excluded); the reward model reads these. "
+                  "Empty for text from elsewhere, which is tokenized.",
+    )
     generation_settings = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(policy_version__isnull=False) & Q(external_source=""))
+                | (Q(policy_version__isnull=True) & ~Q(external_source="")),
+                name="completion_has_one_origin",
+            ),
+        ]
+
     def __str__(self) -> str:
-        return f"completion {self.pk} of prompt {self.prompt_id} by v{self.policy_version.number}"
+        return f"completion {self.pk} of prompt {self.prompt_id} by {self.origin}"
+
+    @property
+    def scored_text(self) -> tuple:
+        """(prompt messages, text, ended, generated token ids) as the reward model reads it."""
+        return (self.prompt.messages, self.text, self.ended, self.token_ids)
+
+    @property
+    def origin(self) -> str:
+        """Who wrote it: `v3` or the outside system's name."""
+        return f"v{self.policy_version.number}" if self.policy_version_id else self.external_source
 
 
 class Comparison(models.Model):
@@ -70,6 +99,8 @@ class Comparison(models.Model):
         CROSS_VERSION = "cross_version", "New version vs an earlier one"
         IMPORTED = "imported", "Imported"
 
+    run = models.ForeignKey("training.Run", on_delete=models.PROTECT, related_name="comparisons",
+                            help_text="The run whose reward models and methods learn from its labels.")
     prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="comparisons")
     completions = models.ManyToManyField(Completion, through="ComparisonItem", related_name="comparisons")
     source = models.CharField(max_length=32, choices=Source.choices, default=Source.POLICY)
@@ -109,6 +140,11 @@ class Label(models.Model):
     """One annotator's judgement on a comparison. Choices refer to display positions:
     `a` is the leftmost completion, `b` the next; a ranking lists positions best first."""
 
+    class Origin(models.TextChoices):
+        HUMAN = "human", "A person"
+        SIMULATED = "simulated", "A simulated annotator"
+        IMPORTED = "imported", "Imported"
+
     class Choice(models.TextChoices):
         A = "a", "Left is better"
         B = "b", "Right is better"
@@ -127,7 +163,8 @@ class Label(models.Model):
     )
     rationale = models.TextField(blank=True)
     active_seconds = models.FloatField(default=0.0, help_text="Time the annotator was active on the page.")
-    is_simulated = models.BooleanField(default=False, help_text="Written by a scripted oracle, not a person.")
+    origin = models.CharField(max_length=16, choices=Origin.choices, default=Origin.HUMAN,
+                              help_text="Statistics about people count human labels only.")
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -21,6 +21,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from labeling.models import Assignment, Comparison, ComparisonItem, Completion, Label, Prompt
+from labeling.signals import label_submitted
 
 MAX_ACTIVE_SECONDS = 3600.0
 MAX_RATIONALE_CHARS = 2000
@@ -43,15 +44,17 @@ class LabelInput:
 
 
 def create_comparison(
+    run,
     prompt: Prompt,
     completions: Sequence[Completion],
     source: str,
     priority: float = 0.0,
     rng: random.Random | None = None,
 ) -> Comparison:
-    """Store a comparison with its completions in a random display order (so left/right
-    says nothing about which model wrote what), and decide whether it is one of the
-    overlap comparisons that several annotators label."""
+    """Store a comparison of `run` (a training.Run: its reward models and methods learn
+    from the labels) with its completions in a random display order (so left/right says
+    nothing about which model wrote what), and decide whether it is one of the overlap
+    comparisons that several annotators label."""
     if len(completions) < 2:
         raise ValueError("a comparison needs at least two completions")
     if any(c.prompt_id != prompt.pk for c in completions):
@@ -62,6 +65,7 @@ def create_comparison(
     overlapped = rng.random() < settings.PREFLOOP_OVERLAP_SHARE
     with transaction.atomic():
         comparison = Comparison.objects.create(
+            run=run,
             prompt=prompt,
             source=source,
             priority=priority,
@@ -164,7 +168,9 @@ def validate_label(label: LabelInput, completion_count: int) -> LabelInput:
     return LabelInput(label.comparison_id, label.choice, ranking, strength, label.rationale.strip(), active)
 
 
-def submit_label(annotator: AbstractBaseUser, label: LabelInput, is_simulated: bool = False) -> tuple[Label, bool]:
+def submit_label(
+    annotator: AbstractBaseUser, label: LabelInput, origin: str = Label.Origin.HUMAN
+) -> tuple[Label, bool]:
     """Store one label. A second submission for the same comparison by the same annotator
     (a double click, a retried request) stores nothing and returns the first label with
     created=False."""
@@ -183,7 +189,7 @@ def submit_label(annotator: AbstractBaseUser, label: LabelInput, is_simulated: b
                     strength=clean.strength,
                     rationale=clean.rationale,
                     active_seconds=clean.active_seconds,
-                    is_simulated=is_simulated,
+                    origin=origin,
                 )
         except IntegrityError:
             return Label.objects.get(comparison=comparison, annotator=annotator), False
@@ -191,16 +197,9 @@ def submit_label(annotator: AbstractBaseUser, label: LabelInput, is_simulated: b
             Comparison.objects.filter(pk=comparison.pk).update(label_count=F("label_count") + 1)
         Assignment.objects.filter(comparison=comparison, annotator=annotator).delete()
         # robust: whatever the loop does with the news, the label is stored and acknowledged.
-        transaction.on_commit(tell_the_loop, robust=True)
+        run_id = comparison.run_id
+        transaction.on_commit(lambda: label_submitted.send(sender=Label, run_id=run_id), robust=True)
     return stored, True
-
-
-def tell_the_loop() -> None:
-    """A new label may start reward-model training or a round (training/services/rounds.py)."""
-    # Imported here: the training app builds on labeling, not the other way round.
-    from training.services import react_to_new_label
-
-    react_to_new_label()
 
 
 @transaction.atomic

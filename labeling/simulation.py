@@ -1,5 +1,5 @@
 """Simulated annotators: label the queue with a scripted oracle, so the loop runs
-unattended in tests and experiments. Their labels are marked `is_simulated` and their
+unattended in tests and experiments. Their labels have the origin "simulated" and their
 accounts cannot sign in."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import re
 
 from django.contrib.auth import get_user_model
 
+from labeling.models import Label
 from labeling.oracles import judge, oracle_named
 from labeling.services import LabelInput, next_comparison_for, submit_label
 
@@ -32,6 +33,7 @@ def simulate_labels(oracle: str, noise: float, count: int, seed: int = 0) -> int
     labeled = 0
     while labeled < count and (comparison := next_comparison_for(annotator)) is not None:
         judgement = judge(score, [c.text for c in comparison.ordered_completions()], noise, rng)
-        submit_label(annotator, LabelInput(comparison.pk, judgement.choice, judgement.ranking), is_simulated=True)
+        submit_label(annotator, LabelInput(comparison.pk, judgement.choice, judgement.ranking),
+                     origin=Label.Origin.SIMULATED)
         labeled += 1
     return labeled

@@ -1,8 +1,8 @@
 """Who labeled what, how fast, and how much annotators agree: the numbers behind the
 progress page's label charts and each annotator's /me/ page.
 
-Only people count: labels written by simulated annotators (`is_simulated`) are left out
-of every statistic here, and skips are not labels.
+Only people count: labels whose origin is not "human" (simulated annotators, imported
+datasets) are left out of every statistic here, and skips are not labels.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from labeling.models import Label
 
 
 def human_labels() -> QuerySet[Label]:
-    return Label.objects.filter(is_simulated=False).exclude(choice=Label.Choice.SKIP)
+    return Label.objects.filter(origin=Label.Origin.HUMAN).exclude(choice=Label.Choice.SKIP)
 
 
 def judgement_of(choice: str, ranking: list[int] | None) -> str:
@@ -91,7 +91,7 @@ def annotator_table(grouped: dict[int, list[tuple[int, str]]]) -> list[dict]:
     for annotator_id, active in human_labels().values_list("annotator_id", "active_seconds"):
         seconds[annotator_id].append(active)
     skips = dict(
-        Label.objects.filter(is_simulated=False, choice=Label.Choice.SKIP)
+        Label.objects.filter(origin=Label.Origin.HUMAN, choice=Label.Choice.SKIP)
         .values_list("annotator_id").annotate(n=Count("id"))
     )
     rows = []

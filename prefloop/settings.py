@@ -200,12 +200,8 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
-CELERY_TASK_ROUTES = {
-    "training.tasks.generate_comparisons": {"queue": "gpu"},
-    "training.tasks.train_reward_model": {"queue": "train"},
-    "training.tasks.run_ppo": {"queue": "gpu"},
-    "training.tasks.evaluate_policies": {"queue": "gpu"},
-}
+# No task routes: there is one task (training.tasks.run_job) and the job registry
+# (training/services/jobs.py) names the queue each kind of job is sent to.
 # Heavy jobs are acknowledged only once done, so a worker killed mid-job leaves the
 # message for another worker instead of losing it.
 CELERY_TASK_ACKS_LATE = True

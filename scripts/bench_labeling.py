@@ -65,11 +65,12 @@ def prepare_database(annotators: int, comparisons: int) -> list[tuple[int, str]]
     from django.db import transaction
 
     from labeling.models import Comparison, ComparisonItem, Completion, Prompt, conversation_hash
-    from training.models import PolicyVersion
+    from training.services import create_run
 
     with transaction.atomic():
         users = [get_user_model().objects.create_user(f"bench-annotator-{i}") for i in range(annotators)]
-        policy = PolicyVersion.objects.create(number=0, base_model_dir="unused")
+        run = create_run("bench", "unused")  # the queue never opens the model
+        policy = run.base_version
         chats = [[{"role": "user", "content": f"Bench prompt {i}: explain it briefly."}] for i in range(comparisons)]
         # bulk_create skips Prompt.save(), which is what normally sets the hash.
         prompts = Prompt.objects.bulk_create(Prompt(messages=m, content_hash=conversation_hash(m)) for m in chats)
@@ -77,7 +78,7 @@ def prepare_database(annotators: int, comparisons: int) -> list[tuple[int, str]]
             Completion(prompt=p, policy_version=policy, text=ANSWER.format(n=n, i=p.pk))
             for p in prompts for n in (1, 2)
         )
-        queue = Comparison.objects.bulk_create(Comparison(prompt=p, labels_needed=1) for p in prompts)
+        queue = Comparison.objects.bulk_create(Comparison(prompt=p, run=run, labels_needed=1) for p in prompts)
         ComparisonItem.objects.bulk_create(
             ComparisonItem(comparison=c, completion=answers[2 * k + pos], position=pos)
             for k, c in enumerate(queue) for pos in (0, 1)

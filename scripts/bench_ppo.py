@@ -1,7 +1,7 @@
 """PPO round benchmark (`make bench`): SmolLM2-135M-Instruct, batch 8, 64 new tokens.
 
 Runs one PPO round twice, each in its own process so peak memory is its own:
-  prefloop  — `training.ml.ppo.run_ppo_round`, what the `gpu` worker runs (LoRA policy,
+  prefloop  — `training.ml.methods.ppo.train`, what the `gpu` worker runs (LoRA policy,
               normalized reward head, value model copied from the reward model);
   trl       — the same settings written directly against `trl.experimental.ppo.PPOTrainer`.
 Reports wall time, rollout tokens/s and peak memory of each, and their ratio. On a CUDA
@@ -58,14 +58,19 @@ def prepare_reward_model() -> None:
 
 
 def run_prefloop(args) -> dict:
-    from training.ml.ppo import PPORoundConfig, run_ppo_round
+    from training.ml.loading import PolicyStart
+    from training.ml.methods import TrainingInputs, method_named
+    from training.ml.reward import RewardModelRef
 
-    config = PPORoundConfig(batch_size=args.batch_size, response_length=args.response_length,
-                            total_episodes=args.episodes)
-    result = run_ppo_round(BASE_MODEL_DIR, None, REWARD_DIR, 0.0, 1.0, prompts(args.prompts),
-                           WORK / "prefloop-policy", config)
+    # The settings of the plain-TRL run below, so the ratio compares the glue only.
+    ppo = method_named("ppo")
+    config = ppo.config({"batch_size": args.batch_size, "response_length": args.response_length,
+                         "total_episodes": args.episodes, "learning_rate": 1e-4})
+    inputs = TrainingInputs(start=PolicyStart(BASE_MODEL_DIR), prompts=prompts(args.prompts),
+                            reward_model=RewardModelRef(BASE_MODEL_DIR, REWARD_DIR, 0.0, 1.0))
+    result = ppo.train(inputs, WORK / "prefloop-policy", config)
     kl = [h["ppo/kl"] for h in result.history if "ppo/kl" in h]
-    return {"seconds": result.seconds, "episodes": result.episodes, "final_kl": kl[-1] if kl else None}
+    return {"seconds": result.seconds, "episodes": result.examples, "final_kl": kl[-1] if kl else None}
 
 
 def run_trl(args) -> dict:

@@ -34,17 +34,19 @@ def seed(labels: int, versions: int, annotators: int, cross_share: float, overla
 
     from labeling.models import Comparison, ComparisonItem, Completion, Label, Prompt
     from training.models import PolicyVersion, RewardModelVersion
+    from training.services import create_run
 
     people = get_user_model().objects.bulk_create(
         get_user_model()(username=f"annotator{i}") for i in range(annotators))
     get_user_model().objects.create_user("researcher", password="x", is_staff=True)
-    policies = [PolicyVersion.objects.create(number=0, base_model_dir="/models/base")]
+    run = create_run("bench", "/models/base")
+    policies = [run.base_version]
     for number in range(1, versions):
         policies.append(PolicyVersion.objects.create(
-            number=number, parent=policies[-1], base_model_dir="/models/base",
+            number=number, run=run, parent=policies[-1], method="ppo", base_model_dir="/models/base",
             metrics={"history": [{"step": s, "ppo/reward": s / 10, "ppo/kl": s / 100, "ppo/entropy": 40 - s}
                                  for s in range(1, 9)]}))
-        RewardModelVersion.objects.create(number=number, base_model_dir="/models/base", weights_dir="/rm",
+        RewardModelVersion.objects.create(number=number, run=run, base_model_dir="/models/base", weights_dir="/rm",
                                           label_count=number * 100, heldout_accuracy=0.6 + number / 100)
     prompts = Prompt.objects.bulk_create(
         Prompt(messages=[{"role": "user", "content": f"Prompt {i}"}], content_hash=f"{i:064x}") for i in range(1000))
@@ -64,7 +66,7 @@ def seed(labels: int, versions: int, annotators: int, cross_share: float, overla
                 newer = rng.randrange(1, versions)
                 older = rng.choice([0, newer - 1])
                 cross = rng.random() < cross_share
-                comparisons.append(Comparison(prompt=prompt, label_count=1,
+                comparisons.append(Comparison(prompt=prompt, run=run, label_count=1,
                                               source="cross_version" if cross else "policy"))
                 pairs.append((completions[(prompt.pk, newer)], completions[(prompt.pk, older)]))
             Comparison.objects.bulk_create(comparisons)

@@ -64,7 +64,7 @@ def label_comparisons(count: int, start: int, annotator, base) -> float:
         prompt = Prompt.objects.create(messages=[{"role": "user", "content": f"Bench question {i}: how many?"}])
         texts = [completion(rng, True), completion(rng, False)]
         pair = [Completion.objects.create(prompt=prompt, policy_version=base, text=t) for t in texts]
-        comparison = create_comparison(prompt, pair, source="initial", rng=rng)
+        comparison = create_comparison(base.run, prompt, pair, source="initial", rng=rng)
         winner = "a" if comparison.ordered_completions()[0].text == texts[0] else "b"
         submit_label(annotator, LabelInput(comparison.pk, winner, active_seconds=5))
     return time.time()
@@ -72,10 +72,9 @@ def label_comparisons(count: int, start: int, annotator, base) -> float:
 
 def measure_throughput(labels: int, annotator, base) -> dict:
     from training import services
-    from training.models import Job
 
     label_comparisons(labels, 0, annotator, base)
-    job = Job.objects.create(kind=Job.Kind.TRAIN_REWARD, params={"reason": "benchmark"})
+    job = services.create_reward_training_job(base.run, reason="benchmark")
     services.claim_reward_training(job)
     started = time.monotonic()
     version = services.run_reward_training_job(job)
@@ -94,12 +93,11 @@ def measure_throughput(labels: int, annotator, base) -> dict:
 
 def measure_freshness(trigger: int, start: int, annotator, base) -> dict:
     """Through the real parts: the K-th label's commit triggers the job on the worker."""
-    from django.conf import settings
-
     from training.models import Job, RewardModelVersion
 
     before = RewardModelVersion.objects.count()
-    settings.PREFLOOP_RM_AUTO_TRAIN_LABELS = trigger
+    base.run.reward_auto_train_labels = trigger
+    base.run.save(update_fields=["reward_auto_train_labels"])
     last_label_at = label_comparisons(trigger, start, annotator, base)
     while RewardModelVersion.objects.count() == before:
         time.sleep(0.5)
@@ -134,7 +132,7 @@ def main() -> int:
     from training import services
 
     annotator = get_user_model().objects.create_user("bench-annotator")
-    base = services.ensure_base_policy()
+    base = services.ensure_default_run().base_version
     throughput = measure_throughput(args.labels, annotator, base)
     print(throughput, flush=True)
 

@@ -40,9 +40,10 @@ else
   for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 
-# One process per queue: gpu (generation, PPO) and train (reward models) hold models in
-# memory and run one job at a time; default takes the light work. The gpu worker's
-# output (with its tqdm bars) comes to this console; the others log under var/log.
+# One process per queue: gpu (generation, policy updates, evaluation) and train (reward
+# models) hold models in memory and run one job at a time; default takes the light work.
+# The gpu worker's output (with its tqdm bars) comes to this console; the others log
+# under var/log.
 $CELERY -A prefloop worker -Q gpu -c 1 -n gpu@%h --loglevel INFO &
 pids+=($!)
 $CELERY -A prefloop worker -Q train -c 1 -n train@%h --loglevel INFO >var/log/worker-train.log 2>&1 &
@@ -59,7 +60,7 @@ pids+=($!)
 cat <<BANNER
 
   PrefLoop is running at http://127.0.0.1:8000/
-    researcher: researcher / researcher-demo   (rounds at /researcher/, progress at /progress/)
+    researcher: researcher / researcher-demo   (runs and rounds at /researcher/, progress at /progress/)
     annotator:  annotator / annotator-demo     (labeling at /label/, own numbers at /me/)
   The first comparisons are being generated on the gpu worker (progress below and on
   the researcher page). Logs: var/log/. Press Ctrl-C to stop everything.

@@ -61,10 +61,25 @@ def people(django_user_model):
 
 
 @pytest.fixture
-def base_policy(db, tmp_path):
-    from training.models import PolicyVersion
+def base_run(db, tmp_path):
+    """The default run, on a base model directory that tests without a model never open."""
+    from training.services import create_run
 
-    return PolicyVersion.objects.create(number=0, base_model_dir=str(tmp_path / "no-model-needed"))
+    return create_run("default", str(tmp_path / "no-model-needed"))
+
+
+@pytest.fixture
+def base_policy(base_run):
+    """The default run's base version, v0."""
+    return base_run.base_version
+
+
+@pytest.fixture
+def tiny_run(db, tiny_model_dir):
+    """A run on the tiny random model, for tests that sample or train."""
+    from training.services import create_run
+
+    return create_run("tiny", str(tiny_model_dir))
 
 
 @pytest.fixture
@@ -82,7 +97,7 @@ def make_comparison(base_policy):
         completions = [
             Completion.objects.create(prompt=prompt_obj, policy_version=base_policy, text=t) for t in texts
         ]
-        comparison = create_comparison(prompt_obj, completions, source="initial", priority=priority,
+        comparison = create_comparison(base_policy.run, prompt_obj, completions, source="initial", priority=priority,
                                        rng=random.Random(seed))
         if labels_needed is not None:
             comparison.labels_needed = labels_needed

@@ -1,5 +1,5 @@
 """A small history of the loop, built through the services, for the progress-page tests:
-one finished round that produced v1, people's labels on v1-vs-v0 comparisons (and a
+one finished round of the default run that produced v1 (by PPO), people's labels on v1-vs-v0 comparisons (and a
 simulated annotator who disagrees with them, to show it is left out), two people
 overlapping on some comparisons, and evaluation answers scored by reward model v1."""
 
@@ -11,11 +11,11 @@ from types import SimpleNamespace
 from django.contrib.auth import get_user_model
 
 from labeling import services as labeling
-from labeling.models import Completion, Prompt
+from labeling.models import Completion, Label, Prompt
 from labeling.services import LabelInput, create_comparison
 from training import services
 from training.ml.generation import Sample, SamplingConfig
-from training.models import EvaluationSample, Job, PolicyVersion, RewardModelVersion, RewardScore, Round
+from training.models import EvaluationSample, Job, PolicyVersion, RewardModelVersion, RewardScore
 from training.services.evaluation import evaluation_prompts, store_evaluation_samples
 
 PPO_HISTORY = [
@@ -31,42 +31,51 @@ def finish(job: Job, **result) -> None:
     job.status = Job.Status.SUCCEEDED
     job.result = result
     job.save()
-    services.job_finished(job)
+    services.announce_finished(job)
 
 
-def judge_cross_version(annotator, comparison, prefers: int | None, is_simulated: bool = False) -> None:
+def judge_cross_version(annotator, comparison, prefers: int | None, origin: str = Label.Origin.HUMAN) -> None:
     """Label a v1-vs-v0 comparison: prefer version `prefers`, or tie when None."""
     if prefers is None:
         choice = "tie"
     else:
         left = comparison.ordered_completions()[0]
         choice = "a" if left.policy_version.number == prefers else "b"
-    labeling.submit_label(annotator, LabelInput(comparison.pk, choice, active_seconds=5.0), is_simulated=is_simulated)
+    labeling.submit_label(annotator, LabelInput(comparison.pk, choice, active_seconds=5.0), origin=origin)
 
 
 def build(people, base_policy, settings, tmp_path) -> SimpleNamespace:
     settings.PREFLOOP_EVAL_PROMPTS = 4
-    settings.PREFLOOP_ROUND_COMPARISON_PROMPTS = 2
+    run = base_policy.run
+    run.comparison_prompts = 2
+    run.save()
     users = get_user_model().objects
     bea = users.create_user("bea", password="pw-bea-123")
     robot = users.create_user("oracle-bot", password=None)
-    rm1 = RewardModelVersion.objects.create(number=1, base_model_dir=base_policy.base_model_dir,
+    rm1 = RewardModelVersion.objects.create(number=1, run=run, base_model_dir=base_policy.base_model_dir,
                                             weights_dir=str(tmp_path / "rm1"), label_count=40, heldout_pairs=8,
                                             heldout_accuracy=0.625)
     # 16 prompts: a quarter of them (4) become the evaluation set.
     prompts = [Prompt.objects.create(messages=[{"role": "user", "content": f"Question {i}?"}]) for i in range(16)]
+    # A label with a preference, so a round may start (it is not a cross-version one).
+    seed_prompt = Prompt.objects.create(messages=[{"role": "user", "content": "Seed question?"}])
+    seed_answers = [Completion.objects.create(prompt=seed_prompt, policy_version=base_policy, text=t)
+                    for t in ("one", "two")]
+    seed = create_comparison(run, seed_prompt, seed_answers, source="initial", rng=random.Random(1))
+    labeling.submit_label(robot, LabelInput(seed.pk, "a"), origin=Label.Origin.SIMULATED)
 
-    # Round 1 walks its stages; the PPO stage publishes v1 with its curves.
-    round_ = services.start_round(Round.Kind.PPO, requested_by=people.researcher)
-    v1 = PolicyVersion.objects.create(number=1, parent=base_policy, base_model_dir=base_policy.base_model_dir,
-                                      config={"kl_coef": 0.05, "batch_size": 8, "reward_model": 1},
-                                      metrics={"history": PPO_HISTORY, "seconds": 12.5, "episodes": 24})
-    finish(round_.jobs.get(kind=Job.Kind.PPO), policy_version=1, reward_model=1)
+    # Round 1 walks its stages; the policy-update stage publishes v1 (PPO) with its curves.
+    round_ = services.start_round(run, "direct", requested_by=people.researcher)
+    v1 = PolicyVersion.objects.create(number=1, run=run, parent=base_policy, method="ppo",
+                                      base_model_dir=base_policy.base_model_dir, adapter_dir=str(tmp_path / "v1"),
+                                      config={"kl_coef": 0.05, "batch_size": 8}, inputs={"reward_model": 1},
+                                      metrics={"history": PPO_HISTORY, "seconds": 12.5, "examples": 24})
+    finish(round_.jobs.get(kind=Job.Kind.POLICY_UPDATE), policy_version=1, reward_model=1)
     finish(round_.jobs.get(kind=Job.Kind.GENERATE))
 
     # Evaluation answers of both versions (the model-free part of the evaluation job),
     # scored as reward model v1 would.
-    chosen = evaluation_prompts()
+    chosen = evaluation_prompts(run)
     config = SamplingConfig(seed=0)
     for version in (base_policy, v1):
         answers = [Sample(f"v{version.number} answers {p.text}", True, 5) for p in chosen]
@@ -84,11 +93,11 @@ def build(people, base_policy, settings, tmp_path) -> SimpleNamespace:
     for prompt in prompts[6:]:
         pair = [Completion.objects.create(prompt=prompt, policy_version=v, text=f"v{v.number} on {prompt.text}")
                 for v in (v1, base_policy)]
-        comparisons.append(create_comparison(prompt, pair, source="cross_version", rng=rng))
+        comparisons.append(create_comparison(run, prompt, pair, source="cross_version", rng=rng))
     for i, comparison in enumerate(comparisons):
         judge_cross_version(people.annotator, comparison, prefers=1 if i < 8 else (0 if i == 8 else None))
-        judge_cross_version(robot, comparison, prefers=0, is_simulated=True)
+        judge_cross_version(robot, comparison, prefers=0, origin=Label.Origin.SIMULATED)
     judge_cross_version(bea, comparisons[0], prefers=1)
     judge_cross_version(bea, comparisons[1], prefers=0)
-    return SimpleNamespace(v0=base_policy, v1=v1, rm1=rm1, round=round_, bea=bea, robot=robot,
+    return SimpleNamespace(run=run, v0=base_policy, v1=v1, rm1=rm1, round=round_, bea=bea, robot=robot,
                            comparisons=comparisons, eval_prompts=chosen)

@@ -19,14 +19,21 @@ STAFF_ONLY = [
     ("get", "/export/labels.jsonl"),
     ("get", "/export/labels.jsonl?raw=1"),
     ("get", "/researcher/"),
-    ("post", "/researcher/generate"),
-    ("post", "/researcher/train-reward-model"),
+    ("post", "/runs/new"),
+    ("get", "/runs/1/"),
+    ("post", "/runs/1/"),
+    ("post", "/runs/1/rounds"),
+    ("post", "/runs/1/generate"),
+    ("post", "/runs/1/train-reward-model"),
+    ("post", "/runs/1/pause"),
+    ("post", "/runs/1/evaluate"),
+    ("post", "/loop/resume"),
     ("get", "/jobs/1.json"),
     ("get", "/progress/"),
     ("get", "/progress/rounds/1/"),
     ("get", "/progress/versions/0/"),
+    ("post", "/progress/versions/0/branch"),
     ("get", "/progress/workers.json"),
-    ("post", "/progress/evaluate"),
 ]
 EVERY_PAGE = STAFF_ONLY[2:] + [("get", "/label/"), ("get", "/label/api/next"), ("post", "/label/api/undo"),
                                ("get", "/me/")]
@@ -47,7 +54,8 @@ def test_every_page_needs_login(client, method, url):
 
 def test_researcher_reaches_staff_pages(client, people, base_policy):
     client.force_login(people.researcher)
-    for url in ("/admin/", "/prompts/import/", "/researcher/", "/export/labels.jsonl"):
+    for url in ("/admin/", "/prompts/import/", "/researcher/", "/export/labels.jsonl",
+                f"/runs/{base_policy.run_id}/", "/progress/", "/progress/versions/0/"):
         assert client.get(url).status_code == 200, url
 
 
@@ -114,11 +122,11 @@ def test_undo_says_when_there_is_nothing_to_undo(client, people):
     assert client.post(reverse("label_undo"), "{}", content_type="application/json").json()["undone"] is False
 
 
-def test_train_reward_model_button_queues_one_job(client, people):
+def test_train_reward_model_button_queues_one_job(client, people, base_run):
     from training.models import Job
 
     client.force_login(people.researcher)
     for _ in range(2):  # a double click
-        response = client.post(reverse("train_reward_model"), follow=True)
+        response = client.post(reverse("train_reward_model", args=[base_run.pk]), follow=True)
     assert b"Reward-model training job" in response.content
     assert Job.objects.filter(kind=Job.Kind.TRAIN_REWARD).count() == 1

@@ -7,7 +7,8 @@ from django.core.management import call_command
 from labeling.models import Comparison, Completion, Prompt
 from training import services
 from training.ml.base_model import BaseModelError, prepare_base_model
-from training.ml.generation import SamplingConfig, decode_sample, iter_sample_batches, load_policy
+from training.ml.generation import SamplingConfig, decode_sample, iter_sample_batches
+from training.ml.loading import load_policy
 from training.models import Job, PolicyVersion
 
 CONVERSATIONS = [
@@ -41,11 +42,14 @@ def test_decode_stops_at_eos_and_marks_ended(gguf_tokenizer):
 @pytest.mark.django_db
 def test_any_local_hf_model_dir_can_be_the_base(settings, tiny_model_dir, tmp_path):
     settings.PREFLOOP_BASE_MODEL_DIR = tiny_model_dir
-    policy = services.ensure_base_policy()
-    assert (policy.number, policy.base_model_dir) == (0, str(tiny_model_dir))
+    run = services.ensure_default_run()
+    policy = run.base_version
+    assert (run.name, policy.number, policy.base_model_dir, run.head) == ("default", 0, str(tiny_model_dir), policy)
+    assert run.method == "ppo" and run.method_config["kl_coef"] == settings.PREFLOOP_PPO_KL_COEF  # env defaults
+    assert services.ensure_default_run() == run  # a second call reuses it
     settings.PREFLOOP_BASE_MODEL_DIR = tmp_path / "not-a-model"
     with pytest.raises(BaseModelError, match="no config.json"):
-        services.ensure_base_policy()
+        services.ensure_default_run()
 
 
 @pytest.fixture
@@ -56,13 +60,15 @@ def tiny_policy(db, tiny_model_dir, settings):
     settings.PREFLOOP_EVAL_PROMPTS = 0  # all five prompts for sampling (test_evaluation_set.py holds some out)
     for i in range(5):
         Prompt.objects.create(messages=[{"role": "user", "content": f"Question {i}?"}])
-    return PolicyVersion.objects.create(number=0, base_model_dir=str(tiny_model_dir))
+    return services.create_run("default", str(tiny_model_dir)).base_version
+
+
+def generate(policy: PolicyVersion, prompt_count: int, samples: int = 2) -> Job:
+    return services.run_job_now(services.create_generation_job(policy.run, policy, prompt_count, samples=samples))
 
 
 def test_generation_job_queues_one_comparison_per_prompt(tiny_policy):
-    job = services.create_generation_job(tiny_policy, prompt_count=3, samples=2)
-    services.run_generation_job(job)
-    job.refresh_from_db()
+    job = generate(tiny_policy, prompt_count=3, samples=2)
     assert job.status == Job.Status.SUCCEEDED, job.error
     assert (job.step, job.total_steps, job.result) == (3, 3, {"comparisons": 3, "prompts": 3})
     comparisons = Comparison.objects.all()
@@ -73,32 +79,29 @@ def test_generation_job_queues_one_comparison_per_prompt(tiny_policy):
         assert len(completions) == 2 and all(c.policy_version == tiny_policy for c in completions)
         assert completions[0].generation_settings["max_new_tokens"] == 8
     assert comparisons[0].source == Comparison.Source.INITIAL
+    assert all(c.run == tiny_policy.run for c in comparisons)
+    assert job.params["sampling"]["max_new_tokens"] == 8 and job.params["sampling"]["seed"] == job.pk  # pinned
 
 
 def test_next_job_prefers_prompts_without_samples(tiny_policy):
-    first = services.create_generation_job(tiny_policy, prompt_count=3)
-    services.run_generation_job(first)
-    second = services.create_generation_job(tiny_policy, prompt_count=2)
+    first = generate(tiny_policy, prompt_count=3)
+    second = services.create_generation_job(tiny_policy.run, tiny_policy, prompt_count=2)
     assert set(second.params["prompt_ids"]).isdisjoint(first.params["prompt_ids"])
 
 
 def test_a_resumed_job_does_not_sample_prompts_it_already_covered(tiny_policy):
-    job = services.create_generation_job(tiny_policy, prompt_count=4)
-    services.run_generation_job(job)
-    job.refresh_from_db()
+    job = generate(tiny_policy, prompt_count=4)
     # As if the worker died after finishing: the redelivered message runs it again.
     Job.objects.filter(pk=job.pk).update(status=Job.Status.RUNNING)
     job.refresh_from_db()
-    services.run_generation_job(job)
+    services.run_job_now(job)
     assert Comparison.objects.count() == 4
 
 
 def test_a_failed_generation_is_recorded_with_its_error(tiny_policy, tmp_path):
     tiny_policy.base_model_dir = str(tmp_path / "missing")
     tiny_policy.save()
-    job = services.create_generation_job(tiny_policy, prompt_count=2)
-    services.run_generation_job(job)
-    job.refresh_from_db()
+    job = generate(tiny_policy, prompt_count=2)
     assert job.status == Job.Status.FAILED
     assert "missing" in job.error
     assert not Completion.objects.exists()
@@ -131,11 +134,11 @@ def test_the_base_cannot_change_under_existing_completions(settings, tiny_model_
     from training.ml.tiny_model import build_tiny_model
 
     settings.PREFLOOP_BASE_MODEL_DIR = tiny_model_dir
-    policy = services.ensure_base_policy()
+    policy = services.ensure_default_run().base_version
     prompt = Prompt.objects.create(messages=[{"role": "user", "content": "q"}])
     Completion.objects.create(prompt=prompt, policy_version=policy, text="a")
     settings.PREFLOOP_BASE_MODEL_DIR = build_tiny_model(tmp_path / "other", gguf_tokenizer)
     with pytest.raises(BaseModelError, match="has completions"):
-        services.ensure_base_policy()
+        services.ensure_default_run()
     policy.refresh_from_db()
     assert policy.base_model_dir == str(tiny_model_dir)

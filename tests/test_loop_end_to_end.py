@@ -17,7 +17,8 @@ from labeling.services import next_comparison_for
 from labeling.simulation import simulate_labels
 from tests.processes import running_celery_worker, running_redis, wait_for
 from training import reports, services
-from training.ml.generation import SamplingConfig, iter_sample_batches, load_policy
+from training.ml.generation import SamplingConfig, iter_sample_batches
+from training.ml.loading import load_policy
 from training.ml.tiny_model import build_tiny_model
 from training.models import EvaluationPrompt, EvaluationSample, Job, PolicyVersion, RewardScore, Round
 
@@ -27,26 +28,6 @@ PROMPTS = 128
 EVALUATION_PROMPTS = 16  # held out of comparisons and PPO (PREFLOOP_EVAL_PROMPTS)
 LABELED_PROMPTS = PROMPTS - EVALUATION_PROMPTS
 INITIAL_PASSES = 6
-ROUND_SETTINGS = {
-    "PREFLOOP_MAX_NEW_TOKENS": "16",
-    "PREFLOOP_TEMPERATURE": "0.7",
-    "PREFLOOP_GENERATION_BATCH_SIZE": "32",
-    "PREFLOOP_OVERLAP_SHARE": "0",
-    # Full fine-tuning learns the tiny model's keyword preference sharply (LoRA reaches
-    # about 70% here); a sharp reward model is what lets a few PPO updates climb it.
-    "PREFLOOP_RM_FULL_FINETUNE": "true",
-    "PREFLOOP_RM_LEARNING_RATE": "0.001",
-    "PREFLOOP_RM_EPOCHS": "2",
-    "PREFLOOP_RM_ENSEMBLE_SIZE": "3",
-    "PREFLOOP_RM_AUTO_TRAIN_LABELS": "0",
-    "PREFLOOP_PPO_PROMPTS": str(PROMPTS),
-    "PREFLOOP_PPO_EPISODES": "512",
-    "PREFLOOP_PPO_BATCH_SIZE": "16",
-    "PREFLOOP_PPO_RESPONSE_LENGTH": "16",
-    "PREFLOOP_PPO_LEARNING_RATE": "0.001",
-    "PREFLOOP_ROUND_COMPARISON_PROMPTS": "64",
-    "PREFLOOP_TORCH_THREADS": "2",
-}
 
 
 @pytest.fixture
@@ -79,7 +60,8 @@ def mean_reward(scorer, policy: PolicyVersion, prompts: list[Prompt]) -> float:
     config = SamplingConfig(max_new_tokens=16, temperature=0.7, batch_size=64, seed=1234)
     pairs = [pair for batch in iter_sample_batches(model, tokenizer, [p.messages for p in prompts], 2, config)
              for pair in batch]
-    samples = [(prompt.messages, s.text, s.ended) for prompt, pair in zip(prompts, pairs, strict=True) for s in pair]
+    samples = [(prompt.messages, s.text, s.ended, s.token_ids) for prompt, pair in zip(prompts, pairs, strict=True)
+               for s in pair]
     return scorer.score(samples).mean().item()
 
 
@@ -96,21 +78,29 @@ def oracle_rate(oracle: str, policy: PolicyVersion, prompts: list[Prompt]) -> fl
 
 
 def test_two_full_rounds_close_the_loop(tmp_path, steerable_policy_dir, people, settings):
-    settings.PREFLOOP_RM_AUTO_TRAIN_LABELS = 0
-    settings.PREFLOOP_AUTO_LOOP = False
+    # Sampling settings are pinned by the jobs, which this process requests.
+    settings.PREFLOOP_MAX_NEW_TOKENS, settings.PREFLOOP_TEMPERATURE = 16, 0.7
+    settings.PREFLOOP_GENERATION_BATCH_SIZE, settings.PREFLOOP_OVERLAP_SHARE = 32, 0.0
     log_path = tmp_path / "worker.log"
-    base = PolicyVersion.objects.create(number=0, base_model_dir=str(steerable_policy_dir))
+    run = services.create_run("loop", str(steerable_policy_dir))  # PPO, the rlhf recipe
+    run.update_prompts, run.comparison_prompts, run.reward_auto_train_labels = PROMPTS, 64, 0
+    # Full fine-tuning learns the tiny model's keyword preference sharply (LoRA reaches
+    # about 70% here); a sharp reward model is what lets a few PPO updates climb it.
+    run.reward_config.update(use_lora=False, learning_rate=0.001, epochs=2, ensemble_size=3)
+    run.method_config.update(total_episodes=512, batch_size=16, response_length=16, learning_rate=0.001)
+    run.save()
+    base = run.base_version
     prompts = [Prompt.objects.create(messages=[{"role": "user", "content": f"Question {i}?"}]) for i in range(PROMPTS)]
     env = {
         "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
         "PREFLOOP_VAR_DIR": str(tmp_path / "var"),
         "PREFLOOP_BASE_MODEL_DIR": str(steerable_policy_dir),
-        **ROUND_SETTINGS,
+        "PREFLOOP_TORCH_THREADS": "2",
     }
     with running_redis(os.environ["REDIS_URL"], tmp_path), running_celery_worker("gpu,train,default", env, log_path):
         # Six pairs per prompt: with a keyword said half the time, half of them carry a
         # preference (the rest are ties, which train nothing): enough to steer by.
-        initial = [services.request_generation(base, PROMPTS) for _ in range(INITIAL_PASSES)]
+        initial = [services.request_generation(run, base, PROMPTS) for _ in range(INITIAL_PASSES)]
         wait_for(lambda: all(j.is_finished for j in Job.objects.filter(pk__in=[j.pk for j in initial])), 300,
                  "initial comparisons", interval=1)
         assert not Job.objects.filter(pk__in=[j.pk for j in initial]).exclude(status=Job.Status.SUCCEEDED).exists()
@@ -120,7 +110,7 @@ def test_two_full_rounds_close_the_loop(tmp_path, steerable_policy_dir, people, 
 
         rounds = []
         for number in (1, 2):
-            round_ = wait_for_round(services.start_round(Round.Kind.FULL, requested_by=people.researcher), log_path)
+            round_ = wait_for_round(services.start_round(run, "rlhf", requested_by=people.researcher), log_path)
             rounds.append(round_)
             new_comparisons = Comparison.objects.filter(items__completion__policy_version=round_.policy_after)
             # new-vs-new, and new-vs-each of previous and base (one for round 1, whose previous is the base)
@@ -137,7 +127,7 @@ def test_two_full_rounds_close_the_loop(tmp_path, steerable_policy_dir, people, 
     assert [r.reward_model.number for r in rounds] == [1, 2]
     assert rounds[1].reward_model.label_count > rounds[0].reward_model.label_count
     # All initial comparisons, and round 1's but the one leased to the annotator.
-    assert Label.objects.filter(is_simulated=True).count() == LABELED_PROMPTS * INITIAL_PASSES + 127
+    assert Label.objects.filter(origin=Label.Origin.SIMULATED).count() == LABELED_PROMPTS * INITIAL_PASSES + 127
 
     # Each round ended with an evaluation: every version answered the same 16 prompts
     # once, and the latest reward model scored all of the answers.
@@ -146,7 +136,7 @@ def test_two_full_rounds_close_the_loop(tmp_path, steerable_policy_dir, people, 
     for number in (0, 1, 2):
         assert EvaluationSample.objects.filter(policy_version__number=number).count() == evaluation
     assert RewardScore.objects.filter(reward_model=rounds[1].reward_model).count() == 3 * evaluation
-    assert reports.latest_reward_model_view().number == 2
+    assert reports.reward_model_view(run).number == 2
 
     for round_ in rounds:
         history = round_.policy_after.metrics["history"]
@@ -170,6 +160,8 @@ def test_two_full_rounds_close_the_loop(tmp_path, steerable_policy_dir, people, 
           f"{round2[1]:.3f}; v0 -> v2 under RM2: {loop[0]:.3f} -> {loop[1]:.3f}; oracle {oracle!r} rate "
           f"{keyword_rate}; reward-model accuracy {first.reward_model.heldout_accuracy:.2f}, "
           f"{second.reward_model.heldout_accuracy:.2f}; evaluation win rate v2 vs v0 under RM2 "
-          f"{reports.latest_reward_model_view().head_to_head(2, 0)}")
+          f"{reports.reward_model_view(run).head_to_head(2, 0)}")
+    print("job seconds:", [(job.kind, round((job.finished_at - job.started_at).total_seconds()))
+                           for job in Job.objects.order_by("pk") if job.started_at and job.finished_at])
     assert round1[1] > round1[0], f"round 1 lowered its own reward: {round1}"
     assert loop[1] > loop[0], f"two rounds did not raise the reward of the base policy's samples: {loop}"

@@ -14,6 +14,7 @@ from tests import progress_world
 from tests.conftest import ARTIFACT_DIR
 from tests.processes import running_celery_worker, running_redis, wait_for
 from tests.test_label_browser import browser  # noqa: F401 (fixture)
+from tests.test_reward_model_training import use_model
 from tests.test_worker_integration import worker_env
 from training import services
 from training.models import Job
@@ -21,13 +22,15 @@ from training.models import Job
 pytestmark = [pytest.mark.browser, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 
-def test_dashboard_follows_a_running_job_and_draws_the_charts(browser, live_server, people, base_policy,  # noqa: F811
-                                                              settings, tmp_path, tiny_model_dir):
-    base_policy.base_model_dir = str(tiny_model_dir)
-    base_policy.save()
+def test_dashboard_follows_a_running_job_and_draws_the_charts(browser, live_server, people, base_run,  # noqa: F811
+                                                              base_policy, settings, tmp_path, tiny_model_dir):
+    use_model(base_run, tiny_model_dir)
+    base_run.query_selection = "random"
+    base_run.save()
     log_path = tmp_path / "worker.log"
-    env = worker_env(tiny_model_dir, tmp_path / "var", PREFLOOP_GENERATION_BATCH_SIZE="1",
-                     PREFLOOP_MAX_NEW_TOKENS="48", PREFLOOP_QUERY_SELECTION="random")
+    # Slow enough to watch: one prompt per generate call, 48 tokens each (pinned by the job here).
+    settings.PREFLOOP_GENERATION_BATCH_SIZE, settings.PREFLOOP_MAX_NEW_TOKENS = 1, 48
+    env = worker_env(tiny_model_dir, tmp_path / "var")
 
     with running_redis(os.environ["REDIS_URL"], tmp_path):
         # The history's round jobs reach the broker as they are created and are finished
@@ -36,7 +39,8 @@ def test_dashboard_follows_a_running_job_and_draws_the_charts(browser, live_serv
         for i in range(150):
             Prompt.objects.create(messages=[{"role": "user", "content": f"Say something about {i}."}])
         with running_celery_worker("gpu", env, log_path):
-            job = services.request_generation(base_policy, prompt_count=150, requested_by=people.researcher)
+            job = services.request_generation(base_run, base_policy, prompt_count=150,
+                                              requested_by=people.researcher)
             wait_for(lambda: Job.objects.get(pk=job.pk).step > 0, 120, "the job to start")
             problems = watch_the_dashboard(browser, live_server, job)
 

@@ -35,7 +35,7 @@ def charts_of(response) -> dict:
 
 
 def test_human_win_rates_count_people_only_with_wilson_intervals(world):
-    games = reports.version_games()
+    games = reports.version_games([world.run])
     # People: ann 8 wins, 1 loss, 1 tie for v1; bea 1 win, 1 loss. The simulated
     # annotator's ten v0 wins are not there.
     assert len(games) == 12
@@ -49,7 +49,7 @@ def test_human_win_rates_count_people_only_with_wilson_intervals(world):
 
 
 def test_reward_model_win_rates_use_the_latest_scores_on_the_evaluation_prompts(world):
-    judge = reports.latest_reward_model_view()
+    judge = reports.reward_model_view(world.run)
     assert judge.number == 1
     rate = judge.head_to_head(1, 0)
     assert (rate.wins, rate.ties, rate.losses) == (3, 0, 1)  # see EVALUATION_SCORES
@@ -67,18 +67,19 @@ def test_dashboard_shows_the_loop_plotted(client, people, world):
     charts = charts_of(response)
     assert set(charts) >= {"labels-per-day", "labels-per-annotator", "reward-model-accuracy", "ppo-reward",
                            "ppo-kl", "ppo-entropy", "win-rates", "bradley-terry"}
+    assert not any(chart_id.startswith("dpo-") for chart_id in charts)  # only the methods the run used
     people_vs_base = charts["win-rates"]["data"][0]
     assert people_vs_base["y"] == [pytest.approx(9.5 / 12)] and people_vs_base["error_y"]["array"][0] > 0
     assert charts["ppo-kl"]["data"][0]["y"] == [0.0, 0.03, 0.07]
     assert charts["reward-model-accuracy"]["data"][0]["y"] == [0.625]
-    assert [s.player for s in response.context["ranking"]] == ["v1", "v0"]
+    assert [s.player for s in response.context["rankings"][0]["strengths"]] == ["v1", "v0"]
     # People only: ann and bea, not the simulated annotator.
     per_annotator = charts["labels-per-annotator"]["data"][0]
     assert dict(zip(per_annotator["x"], per_annotator["y"], strict=True)) == {"ann": 10, "bea": 2}
     assert sum(sum(trace["y"]) for trace in charts["labels-per-day"]["data"]) == 12
     agreement = response.context["agreement"]
     assert (agreement.items, agreement.pairs, agreement.agreeing) == (2, 2, 1)
-    assert "Round 1 succeeded" in html and "Policy v1 published" in html
+    assert "Round 1 succeeded" in html and "Policy v1 published (PPO from v0)" in html
 
 
 def test_round_page_shows_config_curves_and_answers_before_and_after(client, people, world):
@@ -86,12 +87,13 @@ def test_round_page_shows_config_curves_and_answers_before_and_after(client, peo
     response = client.get(reverse("round_detail", args=[world.round.number]))
     assert response.status_code == 200
     html = response.content.decode()
-    assert "kl_coef" in html and "0.05" in html and "ppo/reward" in html
+    assert "kl_coef" in html and "0.05" in html and "ppo/reward" in html and "Direct" not in html
+    assert response.context["method"].name == "ppo"
     assert [v.number for v in response.context["shown_versions"]] == [0, 1]
     first = response.context["evaluation"][0]
     assert [cell["html"] for cell in first["cells"]] == [
         f"<p>v0 answers {world.eval_prompts[0].text}</p>", f"<p>v1 answers {world.eval_prompts[0].text}</p>"]
-    assert len(response.context["jobs"]) == 3  # PPO, comparisons, evaluation
+    assert len(response.context["jobs"]) == 3  # policy update, comparisons, evaluation
     assert charts_of(response)["ppo-entropy"]["data"][0]["y"] == [2.5, 2.4, 2.2]
 
 
@@ -106,6 +108,7 @@ def test_version_page_shows_its_win_rates_and_escapes_model_output(client, peopl
     assert "<img" not in html and "<script>alert" not in html
     assert "&lt;script&gt;alert" in html  # shown as text
     assert "0.79 [0.51, 0.93] (9–1–2)" in html and "round 1" in html
+    assert "trained by <b>PPO</b>" in html and "Run default" in html
     assert client.get(reverse("version_detail", args=[0])).status_code == 200
     assert client.get(reverse("version_detail", args=[7])).status_code == 404
 
@@ -127,10 +130,11 @@ def test_me_shows_an_annotators_own_numbers(client, people, world, make_comparis
     assert (summary["labels"], summary["skips"]) == (10, 1)
 
 
-def test_running_job_reports_an_eta_and_a_failed_one_its_error(client, people, base_policy):
-    job = Job.objects.create(kind=Job.Kind.GENERATE, status=Job.Status.RUNNING, step=2, total_steps=10,
+def test_running_job_reports_an_eta_and_a_failed_one_its_error(client, people, base_run):
+    job = Job.objects.create(kind=Job.Kind.GENERATE, run=base_run, status=Job.Status.RUNNING, step=2, total_steps=10,
                              started_at=timezone.now() - timedelta(seconds=10))
-    failed = Job.objects.create(kind=Job.Kind.PPO, status=Job.Status.FAILED, error="ValueError: no reward model")
+    failed = Job.objects.create(kind=Job.Kind.POLICY_UPDATE, run=base_run, status=Job.Status.FAILED,
+                                error="ValueError: no reward model")
     client.force_login(people.researcher)
     status = client.get(reverse("job_status", args=[job.pk])).json()
     assert (status["step"], status["total_steps"]) == (2, 10)
@@ -150,10 +154,10 @@ def test_worker_status_says_when_the_broker_does_not_answer(client, people):
     assert time.monotonic() - started < 15
 
 
-def test_evaluate_now_queues_one_evaluation_job(client, people, base_policy, django_capture_on_commit_callbacks):
+def test_evaluate_now_queues_one_evaluation_job(client, people, base_run, django_capture_on_commit_callbacks):
     client.force_login(people.researcher)
     with django_capture_on_commit_callbacks() as callbacks:
-        response = client.post(reverse("evaluate"))
+        response = client.post(reverse("evaluate", args=[base_run.pk]))
     assert response.status_code == 302
     job = Job.objects.get(kind=Job.Kind.EVALUATE)
     assert job.requested_by == people.researcher and job.round is None
@@ -163,7 +167,7 @@ def test_evaluate_now_queues_one_evaluation_job(client, people, base_policy, dja
 def test_empty_dashboard_renders(client, people, base_policy):
     client.force_login(people.researcher)
     response = client.get(reverse("progress"))
-    assert response.status_code == 200 and response.context["ranking"] == []
+    assert response.status_code == 200 and response.context["rankings"] == []
     assert Round.objects.count() == 0
 
 

@@ -17,15 +17,20 @@ from training.models import Job, RewardModelVersion
 pytestmark = pytest.mark.django_db
 
 
+def use_model(run, model_dir) -> None:
+    """Point a run (and its base version) at a real model directory."""
+    run.base_model_dir = run.base_version.base_model_dir = str(model_dir)
+    run.base_version.save(update_fields=["base_model_dir"])
+    run.save(update_fields=["base_model_dir"])
+
+
 @pytest.fixture
-def rm_settings(settings, tmp_path, tiny_model_dir, base_policy):
+def rm_settings(settings, tmp_path, tiny_model_dir, base_run):
     settings.PREFLOOP_ARTIFACT_DIR = tmp_path / "artifacts"
-    settings.PREFLOOP_RM_LEARNING_RATE = 3e-3
-    settings.PREFLOOP_RM_EPOCHS = 2
-    settings.PREFLOOP_RM_ENSEMBLE_SIZE = 2
-    settings.PREFLOOP_RM_AUTO_TRAIN_LABELS = 0
-    base_policy.base_model_dir = str(tiny_model_dir)
-    base_policy.save()
+    base_run.reward_config.update(learning_rate=3e-3, epochs=2, ensemble_size=2)
+    base_run.reward_auto_train_labels = 0
+    base_run.save()
+    use_model(base_run, tiny_model_dir)
     return settings
 
 
@@ -63,7 +68,7 @@ def test_labels_become_pairs_ties_and_skips_left_out_rankings_expanded(people, m
 
 
 @pytest.mark.slow
-def test_a_job_walks_pending_running_succeeded_and_publishes_a_version(marker_labels, monkeypatch):
+def test_a_job_walks_pending_running_succeeded_and_publishes_a_version(marker_labels, monkeypatch, base_run):
     marker_labels(120)
     seen_while_running = []
     report = Job.report_progress
@@ -73,7 +78,7 @@ def test_a_job_walks_pending_running_succeeded_and_publishes_a_version(marker_la
         return report(job, step, total, metrics)
 
     monkeypatch.setattr(Job, "report_progress", spy)
-    job = Job.objects.create(kind=Job.Kind.TRAIN_REWARD)
+    job = services.create_reward_training_job(base_run)
     assert job.status == Job.Status.PENDING
     assert services.claim_reward_training(job)
     version = services.run_reward_training_job(job)
@@ -87,17 +92,18 @@ def test_a_job_walks_pending_running_succeeded_and_publishes_a_version(marker_la
     assert (version.number, version.label_count, version.last_label_id) == (1, 120, Label.objects.last().pk)
     assert version.heldout_accuracy >= 0.9
     assert Path(version.weights_dir).is_dir() and not list(Path(version.weights_dir).parent.glob("*.partial*"))
-    assert services.labels_since_latest_reward_model() == 0
+    assert services.labels_since_latest_reward_model(base_run) == 0
+    assert job.params["config"]["learning_rate"] == 3e-3 and version.config["epochs"] == 2  # the run's config
 
     marker_labels(10, seed=5)
-    assert services.labels_since_latest_reward_model() == 10
-    job2 = Job.objects.create(kind=Job.Kind.TRAIN_REWARD)
+    assert services.labels_since_latest_reward_model(base_run) == 10
+    job2 = services.create_reward_training_job(base_run)
     services.claim_reward_training(job2)
     version2 = services.run_reward_training_job(job2)
     assert (version2.number, version2.parent, version2.label_count) == (2, version, 130)
 
 
-def test_a_failed_training_publishes_nothing(marker_labels, monkeypatch, rm_settings):
+def test_a_failed_training_publishes_nothing(marker_labels, monkeypatch, rm_settings, base_run):
     marker_labels(20)
     import training.services.reward_models as reward_models
 
@@ -107,7 +113,7 @@ def test_a_failed_training_publishes_nothing(marker_labels, monkeypatch, rm_sett
         raise RuntimeError("out of memory in the middle of training")
 
     monkeypatch.setattr(reward_models, "train_reward_model", crash_after_writing)
-    job = Job.objects.create(kind=Job.Kind.TRAIN_REWARD)
+    job = services.create_reward_training_job(base_run)
     services.claim_reward_training(job)
     assert services.run_reward_training_job(job) is None
     job.refresh_from_db()
@@ -116,29 +122,36 @@ def test_a_failed_training_publishes_nothing(marker_labels, monkeypatch, rm_sett
     assert list((Path(rm_settings.PREFLOOP_ARTIFACT_DIR) / "reward-models").iterdir()) == []
 
 
-def test_training_without_preference_labels_fails_with_a_reason(rm_settings):
-    job = Job.objects.create(kind=Job.Kind.TRAIN_REWARD)
+def test_training_without_preference_labels_fails_with_a_reason(rm_settings, base_run):
+    job = services.create_reward_training_job(base_run)
     services.claim_reward_training(job)
     services.run_reward_training_job(job)
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED and "no labels with a preference" in job.error
 
 
-def test_two_triggers_make_one_job_and_a_second_training_waits_for_the_first(rm_settings, people):
-    first = services.request_reward_training(requested_by=people.researcher)
-    again = services.request_reward_training()
+def test_two_triggers_make_one_job_and_a_second_training_waits_for_the_first(rm_settings, people, base_run,
+                                                                             make_comparison):
+    first = services.request_reward_training(base_run, requested_by=people.researcher)
+    pinned = first.params["last_label_id"]
+    labeling.submit_label(people.annotator, LabelInput(make_comparison().pk, "a"))
+    again = services.request_reward_training(base_run)
     assert first.pk == again.pk and Job.objects.filter(kind=Job.Kind.TRAIN_REWARD).count() == 1
+    assert again.params["last_label_id"] > pinned  # the same request, now covering the new label
     assert services.claim_reward_training(first)
-    waiting = services.request_reward_training()  # a request while one runs: a new pending job
+    waiting = services.request_reward_training(base_run)  # a request while one runs: a new pending job
     assert waiting.pk != first.pk
     assert not services.claim_reward_training(waiting)
+    other_run = services.create_run("other", base_run.base_model_dir)
+    assert services.claim_reward_training(services.request_reward_training(other_run))  # runs train independently
     first.mark_succeeded({})
     assert services.claim_reward_training(waiting)
 
 
-def test_automatic_trigger_after_n_new_labels(rm_settings, people, make_comparison,
+def test_automatic_trigger_after_n_new_labels(rm_settings, people, make_comparison, base_run,
                                               django_capture_on_commit_callbacks):
-    rm_settings.PREFLOOP_RM_AUTO_TRAIN_LABELS = 3
+    base_run.reward_auto_train_labels = 3
+    base_run.save()
     comparisons = [make_comparison() for _ in range(4)]
     for comparison, choice in zip(comparisons, ["a", "tie", "b"], strict=False):  # a tie has no preference
         with django_capture_on_commit_callbacks(execute=True):

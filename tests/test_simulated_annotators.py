@@ -36,7 +36,7 @@ def test_simulate_labels_command_marks_labels_as_simulated(make_comparison, peop
     make_comparison(texts=("x", "y"))
     call_command("simulate_labels", "--oracle", "shorter_no_apology", "--noise", "0", "--n", "3")
     labels = Label.objects.filter(comparison__in=comparisons)
-    assert labels.count() == 3 and all(label.is_simulated for label in labels)
+    assert labels.count() == 3 and all(label.origin == Label.Origin.SIMULATED for label in labels)
     for label in labels:
         left = label.comparison.ordered_completions()[0].text
         assert label.choice == ("a" if left == "It is 42." else "b")

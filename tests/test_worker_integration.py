@@ -16,8 +16,9 @@ from labeling.models import Comparison, Prompt
 from labeling.services import LabelInput, next_comparison_for
 from tests.processes import running_celery_worker, running_redis, wait_for
 from tests.test_reward_model_ml import marker_pairs
+from tests.test_reward_model_training import use_model
 from training import services
-from training.models import Job, PolicyVersion, RewardModelVersion
+from training.models import Job, PolicyVersion, RewardModelVersion, Run
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
@@ -28,12 +29,8 @@ def worker_env(tiny_model_dir: Path, var_dir: Path, **extra: str) -> dict[str, s
         "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
         "PREFLOOP_VAR_DIR": str(var_dir),
         "PREFLOOP_BASE_MODEL_DIR": str(tiny_model_dir),
-        "PREFLOOP_MAX_NEW_TOKENS": "8",
         "PREFLOOP_OVERLAP_SHARE": "0",
         "PREFLOOP_TORCH_THREADS": "1",
-        "PREFLOOP_RM_LEARNING_RATE": "0.003",
-        "PREFLOOP_RM_EPOCHS": "2",
-        "PREFLOOP_RM_ENSEMBLE_SIZE": "2",
         **extra,
     }
 
@@ -49,6 +46,7 @@ def wait_until_finished(job: Job, timeout: float, log_path: Path) -> Job:
 
 
 def label_marker_preferences(annotator, base_policy: PolicyVersion, count: int) -> None:
+    """Comparisons of the base policy's run where the annotator prefers the marker word."""
     from labeling.models import Completion
     from labeling.services import create_comparison
 
@@ -56,15 +54,28 @@ def label_marker_preferences(annotator, base_policy: PolicyVersion, count: int) 
         prompt = Prompt.objects.create(messages=pair.prompt)
         completions = [Completion.objects.create(prompt=prompt, policy_version=base_policy, text=t)
                        for t in (pair.chosen, pair.rejected)]
-        comparison = create_comparison(prompt, completions, source="initial")
+        comparison = create_comparison(base_policy.run, prompt, completions, source="initial")
         left = comparison.ordered_completions()[0].text
         labeling.submit_label(annotator, LabelInput(comparison.pk, "a" if left == pair.chosen else "b"))
 
 
 @pytest.fixture
-def no_auto_training(settings):
+def tiny_base(base_run, tiny_model_dir, settings) -> PolicyVersion:
+    """The default run on the tiny model, sampling short answers and training its reward
+    model quickly. Jobs pin these where they are requested (this process), so the
+    worker's environment does not set them."""
+    settings.PREFLOOP_MAX_NEW_TOKENS = 8
+    use_model(base_run, tiny_model_dir)
+    base_run.reward_config.update(learning_rate=0.003, epochs=2, ensemble_size=2)
+    base_run.save()
+    return base_run.base_version
+
+
+@pytest.fixture
+def no_auto_training(base_run):
     """These tests start training themselves; the test process's labels must not."""
-    settings.PREFLOOP_RM_AUTO_TRAIN_LABELS = 0
+    base_run.reward_auto_train_labels = 0
+    base_run.save()
 
 
 @pytest.fixture
@@ -73,49 +84,51 @@ def redis(tmp_path):
         yield process
 
 
-def test_generation_runs_on_the_gpu_queue_worker_and_feeds_the_label_queue(redis, tmp_path, tiny_model_dir, people):
+def test_generation_runs_on_the_gpu_queue_worker_and_feeds_the_label_queue(redis, tmp_path, tiny_model_dir, people,
+                                                                          tiny_base):
     log_path = tmp_path / "worker.log"
-    policy = PolicyVersion.objects.create(number=0, base_model_dir=str(tiny_model_dir))
     for i in range(3):
         Prompt.objects.create(messages=[{"role": "user", "content": f"Tell me fact {i}."}])
 
     with running_celery_worker("gpu", worker_env(tiny_model_dir, tmp_path / "var"), log_path):
-        job = services.request_generation(policy, prompt_count=3, requested_by=people.researcher)
+        job = services.request_generation(tiny_base.run, tiny_base, prompt_count=3, requested_by=people.researcher)
         wait_until_finished(job, 120, log_path)
 
     assert job.celery_task_id
-    assert "training.tasks.generate_comparisons" in log_path.read_text()
+    assert "training.tasks.run_job" in log_path.read_text()
     assert Comparison.objects.count() == 3
     served = next_comparison_for(people.annotator)
     assert served is not None and served.prompt.text.startswith("Tell me fact")
 
 
-def test_reward_model_trains_on_the_train_queue_worker(redis, tmp_path, tiny_model_dir, people, no_auto_training):
+def test_reward_model_trains_on_the_train_queue_worker(redis, tmp_path, tiny_model_dir, people, tiny_base,
+                                                        no_auto_training):
     log_path = tmp_path / "worker.log"
-    base = PolicyVersion.objects.create(number=0, base_model_dir=str(tiny_model_dir))
-    label_marker_preferences(people.annotator, base, 60)
+    label_marker_preferences(people.annotator, tiny_base, 60)
 
     with running_celery_worker("train", worker_env(tiny_model_dir, tmp_path / "var"), log_path):
-        job = services.request_reward_training(requested_by=people.researcher)
+        job = services.request_reward_training(tiny_base.run, requested_by=people.researcher)
         wait_until_finished(job, 180, log_path)
 
     version = RewardModelVersion.objects.get()
     assert version.label_count == 60 and version.heldout_accuracy is not None
+    assert version.run == tiny_base.run and version.config["learning_rate"] == 0.003
     assert Path(version.weights_dir).is_relative_to(tmp_path / "var")
-    assert "training.tasks.train_reward_model" in log_path.read_text()
+    assert "training.tasks.run_job" in log_path.read_text()
 
 
 def test_a_worker_killed_mid_training_publishes_nothing_and_the_job_is_retried(redis, tmp_path, tiny_model_dir,
-                                                                              people, no_auto_training):
+                                                                              people, tiny_base, no_auto_training):
     """acks_late + reject_on_worker_lost: the message goes back to the queue, the job
     starts again from the last published version, and no half model is ever visible."""
     log_path = tmp_path / "worker.log"
-    base = PolicyVersion.objects.create(number=0, base_model_dir=str(tiny_model_dir))
-    label_marker_preferences(people.annotator, base, 60)
-    env = worker_env(tiny_model_dir, tmp_path / "var", PREFLOOP_RM_EPOCHS="60")
+    label_marker_preferences(people.annotator, tiny_base, 60)
+    tiny_base.run.reward_config["epochs"] = 60
+    tiny_base.run.save()
+    env = worker_env(tiny_model_dir, tmp_path / "var")
 
     with running_celery_worker("train", env, log_path, pool="prefork") as worker:
-        job = services.request_reward_training()
+        job = services.request_reward_training(tiny_base.run)
 
         def training_underway():
             job.refresh_from_db()
@@ -135,15 +148,68 @@ def test_a_worker_killed_mid_training_publishes_nothing_and_the_job_is_retried(r
     assert sorted(p.name for p in artifacts.iterdir()) == ["v1"]
 
 
-def test_the_nth_new_label_triggers_training_on_the_worker(redis, tmp_path, tiny_model_dir, people, settings):
-    settings.PREFLOOP_RM_AUTO_TRAIN_LABELS = 20
+def test_the_nth_new_label_triggers_training_on_the_worker(redis, tmp_path, tiny_model_dir, people, tiny_base):
+    tiny_base.run.reward_auto_train_labels = 20
+    tiny_base.run.save()
     log_path = tmp_path / "worker.log"
-    base = PolicyVersion.objects.create(number=0, base_model_dir=str(tiny_model_dir))
     with running_celery_worker("train", worker_env(tiny_model_dir, tmp_path / "var"), log_path):
-        label_marker_preferences(people.annotator, base, 19)
+        label_marker_preferences(people.annotator, tiny_base, 19)
         assert not Job.objects.filter(kind=Job.Kind.TRAIN_REWARD).exists()
-        label_marker_preferences(people.annotator, base, 1)
+        label_marker_preferences(people.annotator, tiny_base, 1)
         job = Job.objects.get(kind=Job.Kind.TRAIN_REWARD)
         assert job.params["reason"] == "20 new labels"
         wait_until_finished(job, 180, log_path)
     assert RewardModelVersion.objects.get().label_count == 20
+
+
+def wait_for_round(round_, timeout: float, log_path: Path):
+    from training.models import Round
+
+    def finished():
+        round_.refresh_from_db()
+        return round_.status != Round.Status.RUNNING
+
+    wait_for(finished, timeout, f"round {round_.number}", interval=0.5)
+    assert round_.status == Round.Status.SUCCEEDED, f"{round_.error}\n{log_path.read_text()[-3000:]}"
+    return round_
+
+
+@pytest.mark.slow
+def test_the_direct_and_offline_recipes_run_on_the_workers(redis, tmp_path, tiny_model_dir, people, tiny_base,
+                                                           no_auto_training):
+    """DPO then SFT on the chosen answers, no reward model anywhere: each round updates
+    the policy from the run's pairs and evaluates it; only the direct recipe asks people
+    about the new version."""
+    from training.models import EvaluationSample
+
+    run = tiny_base.run
+    run.method, run.method_config = "dpo", {"batch_size": 4, "max_length": 128}
+    run.comparison_prompts = 3
+    run.save()
+    label_marker_preferences(people.annotator, tiny_base, 12)
+    for i in range(6):
+        Prompt.objects.create(messages=[{"role": "user", "content": f"Name a thing, number {i}."}])
+    log_path = tmp_path / "worker.log"
+    with running_celery_worker("gpu,train,default", worker_env(tiny_model_dir, tmp_path / "var"), log_path):
+        direct = wait_for_round(services.start_round(run, "direct", requested_by=people.researcher), 240, log_path)
+        # As the settings form saves: these fields only (the round moved the head meanwhile).
+        Run.objects.filter(pk=run.pk).update(method="sft_chosen", method_config={"batch_size": 4, "max_length": 128})
+        run.refresh_from_db()
+        offline = wait_for_round(services.start_round(run, "offline", requested_by=people.researcher), 240, log_path)
+
+    dpo_version, sft_version = direct.policy_after, offline.policy_after
+    assert (dpo_version.method, dpo_version.parent, dpo_version.run) == ("dpo", tiny_base, run)
+    assert (sft_version.method, sft_version.parent) == ("sft_chosen", dpo_version)  # the head moved
+    assert dpo_version.inputs["last_label_id"] > 0 and "reward_model" not in dpo_version.inputs
+    assert Path(dpo_version.adapter_dir, "adapter_config.json").is_file()
+    assert any("dpo/loss" in step for step in dpo_version.metrics["history"])
+    assert not RewardModelVersion.objects.exists()
+    # Direct asked about its new version (new against new, and against the base, per
+    # prompt); offline asked nobody.
+    assert Comparison.objects.filter(items__completion__policy_version=dpo_version).distinct().count() == 3 * 2
+    assert not Comparison.objects.filter(items__completion__policy_version=sft_version).exists()
+    answered = EvaluationSample.objects.filter(policy_version__in=[dpo_version, sft_version])
+    assert answered.filter(policy_version=sft_version).count() == answered.filter(
+        policy_version=dpo_version).count() > 0
+    run.refresh_from_db()
+    assert run.head == sft_version

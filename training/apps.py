@@ -5,3 +5,12 @@ from django.apps import AppConfig
 
 class TrainingConfig(AppConfig):
     name = "training"
+
+    def ready(self) -> None:
+        # The labeling app announces labels and the job dispatcher announces finished
+        # jobs; the loop listens. Connected here so neither imports the loop.
+        from labeling.signals import label_submitted
+        from training.services import jobs, rounds
+
+        label_submitted.connect(rounds.react_to_new_label, dispatch_uid="training.react_to_new_label")
+        jobs.job_finished.connect(rounds.advance_round, dispatch_uid="training.advance_round")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from prefloop.charts import figure
-from training.ml.rating import Strength, WinRate
+from training.ml.rating import WinRate
 
 
 def labels_per_annotator(rows: list[dict]) -> dict:
@@ -13,18 +13,22 @@ def labels_per_annotator(rows: list[dict]) -> dict:
 
 
 def reward_model_accuracy(reward_models) -> dict:
-    scored = [rm for rm in reward_models if rm.heldout_accuracy is not None]
-    data = [{"type": "scatter", "mode": "lines+markers", "name": "held-out accuracy",
-             "x": [f"v{rm.number}" for rm in scored], "y": [rm.heldout_accuracy for rm in scored],
-             "text": [f"{rm.heldout_pairs} held-out pairs" for rm in scored]}]
-    return figure("Reward model held-out accuracy", data, yaxis={"range": [0, 1]},
-                  shapes=[chance_line(0.5)])
+    """One line per run: held-out accuracy of each reward-model version."""
+    by_run: dict[str, list] = {}
+    for rm in reward_models:
+        if rm.heldout_accuracy is not None:
+            by_run.setdefault(rm.run.name, []).append(rm)
+    data = [{"type": "scatter", "mode": "lines+markers", "name": name,
+             "x": [f"v{rm.number}" for rm in rms], "y": [rm.heldout_accuracy for rm in rms],
+             "text": [f"{rm.heldout_pairs} held-out pairs" for rm in rms]} for name, rms in by_run.items()]
+    return figure("Reward model held-out accuracy", data, yaxis={"range": [0, 1]}, shapes=[chance_line(0.5)])
 
 
-def ppo_curve(curves: list[dict], key: str, title: str) -> dict:
-    data = [{"type": "scatter", "mode": "lines+markers", "name": f"round {c['round']} (v{c['policy']})",
-             "x": c[key]["x"], "y": c[key]["y"]} for c in curves]
-    return figure(title, data, xaxis={"title": {"text": "PPO step"}})
+def method_curve(curves: list[dict], key: str, title: str, step_label: str) -> dict:
+    """One trace per version that logged `key`."""
+    data = [{"type": "scatter", "mode": "lines+markers", "name": curve["name"], "x": curve[key]["x"],
+             "y": curve[key]["y"]} for curve in curves if curve[key]["x"]]
+    return figure(title, data, xaxis={"title": {"text": step_label}})
 
 
 def interval_bars(rates: list[WinRate]) -> dict:
@@ -37,7 +41,7 @@ def interval_bars(rates: list[WinRate]) -> dict:
 def win_rates(rows: list[dict]) -> dict:
     series = [("human_vs_base", "people: vs base"), ("human_vs_previous", "people: vs previous"),
               ("rm_vs_base", "reward model: vs base"), ("rm_vs_previous", "reward model: vs previous")]
-    x = [f"v{row['version']}" for row in rows]
+    x = [row["label"] for row in rows]
     data = []
     for key, name in series:
         rates = [row[key] for row in rows]
@@ -47,15 +51,20 @@ def win_rates(rows: list[dict]) -> dict:
                   shapes=[chance_line(0.5)])
 
 
-def bradley_terry(strengths: list[Strength]) -> dict:
-    ordered = sorted(strengths, key=lambda s: int(s.player.lstrip("v")))
-    data = [{"type": "scatter", "mode": "markers", "name": "strength", "x": [s.player for s in ordered],
-             "y": [s.score for s in ordered],
-             "error_y": {"type": "data", "symmetric": False, "array": [s.high - s.score for s in ordered],
-                         "arrayminus": [s.score - s.low for s in ordered]}}]
-    return figure("Bradley–Terry strength vs v0 (log-odds, 95% interval)", data, shapes=[chance_line(0.0)])
+def bradley_terry(rankings: list[dict]) -> dict:
+    """One series per run: each version's strength against the run's base."""
+    data = []
+    for ranking in rankings:
+        ordered = sorted(ranking["strengths"], key=lambda s: int(s.player.lstrip("v")))
+        data.append({"type": "scatter", "mode": "markers", "name": ranking["run"].name,
+                     "x": [s.player for s in ordered], "y": [s.score for s in ordered],
+                     "error_y": {"type": "data", "symmetric": False, "array": [s.high - s.score for s in ordered],
+                                 "arrayminus": [s.score - s.low for s in ordered]}})
+    return figure("Bradley–Terry strength vs the run's base (log-odds, 95% interval)", data,
+                  shapes=[chance_line(0.0)])
 
 
 def chance_line(y: float) -> dict:
     return {"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": y, "y1": y,
             "line": {"dash": "dot", "color": "#888", "width": 1}}
+

@@ -1,14 +1,155 @@
+"""Forms of the training pages. The run-settings form is built from the config
+dataclasses (training/ml/configs.py): one field per config field, its doc as help text,
+and the dataclass's own validation as the form's, so the page, the command line and a
+pinned job accept exactly the same values."""
+
 from __future__ import annotations
 
-from django import forms
+from pathlib import Path
 
-from training.models import PolicyVersion
+from django import forms
+from django.conf import settings
+
+from training.ml.base_model import is_hf_model_dir
+from training.ml.configs import FieldSpec, field_specs
+from training.ml.methods import METHODS, method_named
+from training.ml.reward import RewardTrainingConfig
+from training.models import PolicyVersion, Run
+from training.recipes import RECIPES
+from training.services.evaluation import lineage_versions
+from training.services.runs import RunError, RunSettings
+
+METHOD_CHOICES = [(m.name, f"{m.title}: {m.summary}") for m in METHODS.values()]
+RECIPE_CHOICES = [(r.name, f"{r.title} ({' → '.join(r.stages)})") for r in RECIPES.values()]
+METHOD_PREFIX, REWARD_PREFIX = "method__", "reward__"
+
+
+def form_field(spec: FieldSpec, initial) -> forms.Field:
+    """The Django field for one config field."""
+    common = {"required": not spec.optional, "help_text": spec.doc, "initial": initial, "label": spec.name}
+    if spec.choices is not None:
+        return forms.ChoiceField(choices=[(c, c) for c in spec.choices], **common)
+    if spec.kind is bool:
+        return forms.BooleanField(**{**common, "required": False})
+    if spec.kind is int:
+        return forms.IntegerField(**common)
+    if spec.kind is float:
+        return forms.FloatField(**common)
+    return forms.CharField(max_length=200, **common)
+
+
+class RunSettingsForm(forms.Form):
+    """A run's settings. Changing the method resets its config to the new method's
+    defaults (the old method's fields mean nothing to it)."""
+
+    method = forms.ChoiceField(choices=METHOD_CHOICES, help_text="How rounds update the policy.")
+    recipe = forms.ChoiceField(choices=RECIPE_CHOICES, help_text="The stages each round walks.")
+    query_selection = forms.ChoiceField(choices=Run.QuerySelection.choices,
+                                        help_text="How new comparisons are ordered in the queue.")
+    update_prompts = forms.IntegerField(min_value=1, max_value=100_000, help_text="Prompts per policy update.")
+    comparison_prompts = forms.IntegerField(min_value=1, max_value=10_000,
+                                            help_text="Prompts that get new comparisons each round.")
+    auto_loop = forms.BooleanField(required=False, help_text="Start a round by itself after enough new labels.")
+    loop_min_labels = forms.IntegerField(min_value=1, max_value=1_000_000, help_text="New labels per automatic round.")
+    reward_auto_train_labels = forms.IntegerField(
+        min_value=0, max_value=1_000_000,
+        help_text="Train a reward model by itself after this many new labels (0: off).",
+    )
+
+    def __init__(self, run: Run, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.run = run
+        for name in ("method", "recipe", "query_selection", "update_prompts", "comparison_prompts", "auto_loop",
+                     "loop_min_labels", "reward_auto_train_labels"):
+            self.fields[name].initial = getattr(run, name)
+        current = method_named(run.method).config(run.method_config, strict=False)
+        for spec in field_specs(method_named(run.method).config_class):
+            if spec.name != "seed":  # each job seeds itself (with its id)
+                self.fields[METHOD_PREFIX + spec.name] = form_field(spec, getattr(current, spec.name))
+        for spec in field_specs(RewardTrainingConfig):
+            if spec.name != "seed":
+                self.fields[REWARD_PREFIX + spec.name] = form_field(spec, run.reward_config.get(spec.name,
+                                                                                                 spec.default))
+
+    def loop_fields(self):
+        return [self[name] for name in self.fields if not name.startswith((METHOD_PREFIX, REWARD_PREFIX))]
+
+    def method_fields(self):
+        return [self[name] for name in self.fields if name.startswith(METHOD_PREFIX)]
+
+    def reward_fields(self):
+        return [self[name] for name in self.fields if name.startswith(REWARD_PREFIX)]
+
+    @property
+    def method_changed(self) -> bool:
+        return self.is_bound and self.data.get("method") != self.run.method
+
+    def clean(self):
+        data = super().clean()
+        if self.errors:
+            return data
+        method = data["method"]
+        if method != self.run.method:
+            method_config = {}  # the new method's defaults
+        else:
+            method_config = {name.removeprefix(METHOD_PREFIX): value for name, value in data.items()
+                             if name.startswith(METHOD_PREFIX)}
+        reward_config = {name.removeprefix(REWARD_PREFIX): value for name, value in data.items()
+                         if name.startswith(REWARD_PREFIX)}
+        try:
+            self.settings = RunSettings(
+                method=method, method_config=method_config, reward_config=reward_config, recipe=data["recipe"],
+                query_selection=data["query_selection"], update_prompts=data["update_prompts"],
+                comparison_prompts=data["comparison_prompts"], auto_loop=data["auto_loop"],
+                loop_min_labels=data["loop_min_labels"], reward_auto_train_labels=data["reward_auto_train_labels"],
+            ).checked()
+        except RunError as error:
+            field, _, message = str(error).partition(": ")
+            for prefix in (METHOD_PREFIX, REWARD_PREFIX):
+                if message and prefix + field in self.fields:
+                    self.add_error(prefix + field, message)
+                    break
+            else:
+                raise forms.ValidationError(str(error)) from None
+        return data
+
+
+class CreateRunForm(forms.Form):
+    name = forms.CharField(max_length=100)
+    base_model_dir = forms.CharField(max_length=1000, label="Base model directory",
+                                     help_text="Any local Hugging Face model directory.")
+    method = forms.ChoiceField(choices=METHOD_CHOICES)
+    description = forms.CharField(max_length=2000, required=False, widget=forms.Textarea(attrs={"rows": 2}))
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["base_model_dir"].initial = str(settings.PREFLOOP_BASE_MODEL_DIR)
+
+    def clean_base_model_dir(self) -> str:
+        # Caught here rather than by the first job, minutes later on a worker.
+        path = Path(self.cleaned_data["base_model_dir"]).expanduser()
+        if not is_hf_model_dir(path):
+            raise forms.ValidationError(f"{path} is not a Hugging Face model directory (no config.json there)")
+        return str(path.resolve())
+
+
+class BranchRunForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="Name of the new run.")
+
+
+class StartRoundForm(forms.Form):
+    recipe = forms.ChoiceField(choices=[("", "the run's recipe")] + RECIPE_CHOICES, required=False)
 
 
 class GenerateComparisonsForm(forms.Form):
-    policy = forms.ModelChoiceField(queryset=PolicyVersion.objects.all(), empty_label=None)
+    policy = forms.ModelChoiceField(queryset=PolicyVersion.objects.none(), empty_label=None)
     prompt_count = forms.IntegerField(min_value=1, max_value=10_000, initial=16, label="Prompts")
     samples = forms.IntegerField(min_value=2, max_value=8, initial=2, label="Completions per comparison")
+
+    def __init__(self, run: Run, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["policy"].queryset = PolicyVersion.objects.filter(pk__in=[v.pk for v in lineage_versions(run)])
+        self.fields["policy"].initial = run.head_id
 
 
 class StopLoopForm(forms.Form):

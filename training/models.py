@@ -5,17 +5,100 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from training.recipes import DONE, RECIPES, STAGE_TITLES
+
+
+class Run(models.Model):
+    """One lineage of policy versions and reward models with its own settings and head.
+    A run starts from a base model (its root version, with no adapter) or branches from
+    any version of another run; its rounds walk its recipe, and its policy updates use its
+    method. Settings edited here never change a job already queued: jobs pin them."""
+
+    class QuerySelection(models.TextChoices):
+        DISAGREEMENT = "disagreement", "Ensemble disagreement"
+        RANDOM = "random", "Random"
+
+    name = models.CharField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    base_model_dir = models.CharField(max_length=1000, help_text="Hugging Face model directory of the base policy.")
+    base_version = models.ForeignKey("PolicyVersion", null=True, blank=True, on_delete=models.PROTECT,
+                                     related_name="+", help_text="The initial policy: the base model itself.")
+    head = models.ForeignKey("PolicyVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+                             help_text="The version rounds start from.")
+    parent_run = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="branches")
+    branched_from = models.ForeignKey("PolicyVersion", null=True, blank=True, on_delete=models.PROTECT,
+                                      related_name="branches")
+    inherited_label_id = models.BigIntegerField(
+        default=0, help_text="A branch also learns from its parent run's labels up to this id."
+    )
+    inherited_reward_model = models.ForeignKey(
+        "RewardModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+        help_text="A branch's reward model until it trains its own.",
+    )
+    method = models.CharField(max_length=32, help_text="Policy-update method (training/ml/methods).")
+    method_config = models.JSONField(default=dict, blank=True)
+    reward_config = models.JSONField(default=dict, blank=True)
+    recipe = models.CharField(max_length=32, default="rlhf")
+    query_selection = models.CharField(max_length=16, choices=QuerySelection.choices,
+                                       default=QuerySelection.DISAGREEMENT)
+    update_prompts = models.PositiveIntegerField(default=64, help_text="Prompts sampled for one policy update.")
+    comparison_prompts = models.PositiveIntegerField(default=16, help_text="Prompts that get comparisons per round.")
+    auto_loop = models.BooleanField(default=False, help_text="Start a round by itself after enough new labels.")
+    loop_min_labels = models.PositiveIntegerField(default=32)
+    reward_auto_train_labels = models.PositiveIntegerField(
+        default=32, help_text="Train a reward model by itself after this many new labels; 0 = only by hand."
+    )
+    paused = models.BooleanField(default=False)
+    paused_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                  related_name="+")
+    paused_at = models.DateTimeField(null=True, blank=True)
+    pause_reason = models.CharField(max_length=500, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["pk"]
+
+    def __str__(self) -> str:
+        return f"run {self.name}"
+
+    def lineage(self) -> list[tuple[Run, int | None]]:
+        """This run and its ancestors, each with the largest label id it contributes
+        (None: all of them). A branch learns from its parent's labels up to the moment it
+        branched, and from the parent's ancestors no later than that either."""
+        scope, run, bound = [(self, None)], self, None
+        while run.parent_run_id is not None:
+            bound = run.inherited_label_id if bound is None else min(bound, run.inherited_label_id)
+            run = run.parent_run
+            scope.append((run, bound))
+        return scope
+
+    def label_scope(self) -> Q:
+        """A filter on labels: those this run's reward models and methods learn from."""
+        scope = Q(pk__in=[])
+        for run, bound in self.lineage():
+            part = Q(comparison__run=run)
+            scope |= part if bound is None else part & Q(pk__lte=bound)
+        return scope
+
 
 class PolicyVersion(models.Model):
-    """A numbered, immutable policy. Version 0 is the base model itself; later versions
-    are adapters trained on top of it."""
+    """A numbered, immutable policy. A run's root version is its base model; later
+    versions are LoRA adapters trained on top of it by a method. Numbers are unique
+    across runs, so "v7" names one policy everywhere."""
 
     number = models.PositiveIntegerField(unique=True)
+    run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="versions")
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
+    method = models.CharField(max_length=32, blank=True, help_text="How it was trained; empty for a base.")
     base_model_dir = models.CharField(max_length=1000, help_text="Hugging Face model directory of the base policy.")
-    adapter_dir = models.CharField(max_length=1000, blank=True, help_text="LoRA adapter on the base; empty for v0.")
-    config = models.JSONField(default=dict, blank=True)
+    adapter_dir = models.CharField(max_length=1000, blank=True, help_text="LoRA adapter on the base; empty for a base.")
+    config = models.JSONField(default=dict, blank=True, help_text="The method's config, as the job pinned it.")
+    inputs = models.JSONField(default=dict, blank=True,
+                              help_text="What it was trained on: start, reward model, prompts, labels, seed.")
     metrics = models.JSONField(default=dict, blank=True)
+    job = models.ForeignKey("Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -24,6 +107,10 @@ class PolicyVersion(models.Model):
     def __str__(self) -> str:
         return f"policy v{self.number}"
 
+    @property
+    def is_base(self) -> bool:
+        return not self.adapter_dir
+
 
 class RewardModelVersion(models.Model):
     """A numbered, immutable reward model: weights on disk (a LoRA adapter on the base
@@ -31,6 +118,7 @@ class RewardModelVersion(models.Model):
     on held-out comparisons."""
 
     number = models.PositiveIntegerField(unique=True)
+    run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="reward_models")
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
     base_model_dir = models.CharField(max_length=1000)
     weights_dir = models.CharField(max_length=1000, help_text="Adapter (or full model) and ensemble heads.")
@@ -52,38 +140,10 @@ class RewardModelVersion(models.Model):
         return f"reward model v{self.number}"
 
 
-class LoopState(models.Model):
-    """The one row that says whether automatic rounds may go on. Any signed-in person can
-    stop the loop (InstructGPT's labelers once caught a sign-flip bug that way); only
-    staff resume it."""
-
-    paused = models.BooleanField(default=False)
-    paused_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                  related_name="+")
-    paused_at = models.DateTimeField(null=True, blank=True)
-    reason = models.CharField(max_length=500, blank=True)
-
-    def __str__(self) -> str:
-        return f"loop paused by {self.paused_by}" if self.paused else "loop running"
-
-    @classmethod
-    def current(cls) -> LoopState:
-        return cls.objects.get_or_create(pk=1)[0]
-
-
 class Round(models.Model):
-    """One turn of the loop: (reward model →) PPO → new comparisons, with its own page."""
-
-    class Kind(models.TextChoices):
-        PPO = "ppo", "PPO round"
-        FULL = "full", "Full round"
-
-    class Stage(models.TextChoices):
-        REWARD_MODEL = "reward_model", "Training the reward model"
-        PPO = "ppo", "PPO"
-        COMPARISONS = "comparisons", "Generating comparisons"
-        EVALUATION = "evaluation", "Evaluating on fixed prompts"
-        DONE = "done", "Done"
+    """One pass through a run's recipe (e.g. reward model → policy update → comparisons
+    → evaluation), one job per stage, with its own page. The stage list is copied from
+    the recipe when the round starts."""
 
     class Status(models.TextChoices):
         RUNNING = "running"
@@ -91,8 +151,10 @@ class Round(models.Model):
         FAILED = "failed"
 
     number = models.PositiveIntegerField(unique=True)
-    kind = models.CharField(max_length=16, choices=Kind.choices)
-    stage = models.CharField(max_length=16, choices=Stage.choices)
+    run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="rounds")
+    recipe = models.CharField(max_length=32)
+    stages = models.JSONField(default=list, help_text="Stage names, in order (training/recipes.py).")
+    stage = models.CharField(max_length=32)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
     trigger = models.CharField(max_length=100, default="manual")
     policy_before = models.ForeignKey(PolicyVersion, on_delete=models.PROTECT, related_name="rounds_started")
@@ -112,6 +174,19 @@ class Round(models.Model):
     def __str__(self) -> str:
         return f"round {self.number}"
 
+    @property
+    def stage_title(self) -> str:
+        return STAGE_TITLES.get(self.stage, self.stage)
+
+    @property
+    def recipe_title(self) -> str:
+        return RECIPES[self.recipe].title if self.recipe in RECIPES else self.recipe
+
+    def stage_after(self, stage: str) -> str:
+        """The stage that follows `stage` in this round's list ("done" after the last)."""
+        index = self.stages.index(stage)
+        return self.stages[index + 1] if index + 1 < len(self.stages) else DONE
+
 
 class Job(models.Model):
     """One unit of background work (generation, training). Pages read these rows; the
@@ -120,7 +195,7 @@ class Job(models.Model):
     class Kind(models.TextChoices):
         GENERATE = "generate", "Generate comparisons"
         TRAIN_REWARD = "train_reward", "Train reward model"
-        PPO = "ppo", "PPO round"
+        POLICY_UPDATE = "policy_update", "Update the policy"
         EVALUATE = "evaluate", "Evaluate policies"
 
     class Status(models.TextChoices):
@@ -133,8 +208,9 @@ class Job(models.Model):
     FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 
     kind = models.CharField(max_length=32, choices=Kind.choices)
+    run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="jobs")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
-    params = models.JSONField(default=dict, blank=True)
+    params = models.JSONField(default=dict, blank=True, help_text="Everything the job needs, pinned at creation.")
     step = models.PositiveIntegerField(default=0)
     total_steps = models.PositiveIntegerField(default=0)
     result = models.JSONField(default=dict, blank=True)
@@ -154,9 +230,9 @@ class Job(models.Model):
             # Triggers for reward-model training coalesce into the one pending job, so
             # two clicks (or a click and the automatic trigger) never train twice.
             models.UniqueConstraint(
-                fields=["kind"],
+                fields=["run"],
                 condition=Q(kind="train_reward", status="pending"),
-                name="one_pending_reward_training",
+                name="one_pending_reward_training_per_run",
             ),
         ]
 
@@ -214,16 +290,21 @@ class Job(models.Model):
 
 
 class EvaluationPrompt(models.Model):
-    """One prompt of the fixed evaluation set: every policy version answers these same
-    prompts once, so versions can be read side by side and scored by the reward model.
-    Chosen at the first generation (see services.evaluation), held out of comparisons
-    and PPO rollouts."""
+    """One prompt of a run's fixed evaluation set: every policy version of the run
+    answers these same prompts once, so versions can be read side by side and scored by
+    the reward model. Chosen at the run's first generation (see services.evaluation),
+    held out of its comparisons and policy updates."""
 
-    prompt = models.OneToOneField("labeling.Prompt", on_delete=models.CASCADE, related_name="evaluation")
-    position = models.PositiveIntegerField(unique=True)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="evaluation_prompts")
+    prompt = models.ForeignKey("labeling.Prompt", on_delete=models.CASCADE, related_name="evaluations")
+    position = models.PositiveIntegerField()
 
     class Meta:
         ordering = ["position"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "prompt"], name="evaluation_prompt_once_per_run"),
+            models.UniqueConstraint(fields=["run", "position"], name="evaluation_position_once_per_run"),
+        ]
 
     def __str__(self) -> str:
         return f"evaluation prompt {self.position}"

@@ -1,9 +1,10 @@
-"""What the loop did, read from the database for the progress pages: the timeline,
-reward-model accuracy, PPO curves, win rates of policy versions (from people, on
-cross-version comparisons, and from the latest reward model, on the evaluation prompts),
-a Bradley–Terry ranking, and the evaluation answers side by side.
+"""What the loop did, read from the database for the progress pages: per run (or several
+runs side by side) the timeline, reward-model accuracy, each method's own curves, win
+rates of policy versions (from people, on cross-version comparisons, and from the run's
+reward model, on its evaluation prompts), a Bradley–Terry ranking, and the evaluation
+answers side by side.
 
-Human numbers count people only: simulated labels (`is_simulated`) are left out. The
+Human numbers count people only: labels whose origin is not "human" are left out. The
 maths lives in `training.ml.rating` and `labeling.agreement`; this module gathers rows.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -25,15 +27,11 @@ from labeling.statistics import (
 )
 from prefloop import charts as prefloop_charts
 from training import charts
+from training.ml.methods import METHODS
 from training.ml.rating import Strength, WinRate, fit_bradley_terry, win_rate
-from training.models import EvaluationPrompt, EvaluationSample, PolicyVersion, RewardModelVersion, RewardScore, Round
+from training.models import EvaluationSample, PolicyVersion, RewardModelVersion, RewardScore, Round, Run
+from training.services.evaluation import lineage_versions
 
-# TRL sums KL and entropy over the response tokens and averages over the batch.
-PPO_CURVES = {
-    "ppo/reward": "Reward-model score (normalized)",
-    "ppo/kl": "KL to the reference (nats per response)",
-    "ppo/entropy": "Entropy (nats per response)",
-}
 # Outcome for the first version of a judged pair: ties and "both bad" say neither is
 # better, so each side gets half (the Chatbot Arena convention).
 OUTCOME_OF_CHOICE = {Label.Choice.A: 1.0, Label.Choice.B: 0.0, Label.Choice.TIE: 0.5, Label.Choice.BOTH_BAD: 0.5}
@@ -42,24 +40,27 @@ Game = tuple[int, int, float]
 """(version number, other version number, outcome for the first: 1 won, 0.5 tie, 0 lost)"""
 
 
-def version_games() -> list[Game]:
+def version_games(runs: Iterable[Run] | None = None) -> list[Game]:
     """Every human judgement between two different policy versions, on cross-version
-    comparisons. A K-way ranking gives one game per pair of versions in it."""
-    versions_at: dict[int, dict[int, int]] = defaultdict(dict)
-    items = ComparisonItem.objects.filter(comparison__source=Comparison.Source.CROSS_VERSION).values_list(
-        "comparison_id", "position", "completion__policy_version__number"
-    )
-    for comparison_id, position, number in items:
+    comparisons (of the given runs, or all). A K-way ranking gives one game per pair of
+    versions in it. Completions from outside systems are not versions and are skipped."""
+    versions_at: dict[int, dict[int, int | None]] = defaultdict(dict)
+    items = ComparisonItem.objects.filter(comparison__source=Comparison.Source.CROSS_VERSION)
+    labels = human_labels().filter(comparison__source=Comparison.Source.CROSS_VERSION)
+    if runs is not None:
+        items = items.filter(comparison__run__in=list(runs))
+        labels = labels.filter(comparison__run__in=list(runs))
+    for comparison_id, position, number in items.values_list("comparison_id", "position",
+                                                             "completion__policy_version__number"):
         versions_at[comparison_id][position] = number
     games: list[Game] = []
-    labels = human_labels().filter(comparison__source=Comparison.Source.CROSS_VERSION)
     for comparison_id, choice, ranking in labels.values_list("comparison_id", "choice", "ranking"):
         at = versions_at[comparison_id]
         if choice == Label.Choice.RANKING:
             judged = [(at[better], at[worse], 1.0) for better, worse in combinations(ranking, 2)]
         else:
             judged = [(at[0], at[1], OUTCOME_OF_CHOICE[choice])]
-        games.extend(game for game in judged if game[0] != game[1])
+        games.extend(g for g in judged if g[0] is not None and g[1] is not None and g[0] != g[1])
     return games
 
 
@@ -77,16 +78,16 @@ def head_to_head(games: list[Game], version: int, other: int) -> WinRate:
     return win_rate(wins, ties, losses)
 
 
-def bradley_terry_ranking(games: list[Game]) -> list[Strength]:
-    """Versions ranked by strength (log-odds of beating the base, v0 = 0) with 95%
-    intervals; the fit uses every comparison at once, so versions never compared
+def bradley_terry_ranking(games: list[Game], anchor: int) -> list[Strength]:
+    """Versions ranked by strength (log-odds of beating the anchor, the run's base) with
+    95% intervals; the fit uses every comparison at once, so versions never compared
     directly are still placed through the ones in between."""
-    return fit_bradley_terry([(f"v{a}", f"v{b}", outcome) for a, b, outcome in games], anchor="v0")
+    return fit_bradley_terry([(f"v{a}", f"v{b}", outcome) for a, b, outcome in games], anchor=f"v{anchor}")
 
 
 @dataclass(frozen=True)
 class RewardModelView:
-    """Scores of the evaluation answers by one reward model: {version: {prompt id: score}}."""
+    """Scores of a run's evaluation answers by one reward model: {version: {prompt: score}}."""
 
     number: int | None
     scores: dict[int, dict[int, float]]
@@ -104,81 +105,96 @@ class RewardModelView:
         return statistics.fmean(values) if values else None
 
 
-def latest_reward_model_view() -> RewardModelView:
-    """The newest reward model that has scored evaluation answers, and its scores."""
-    latest = RewardScore.objects.order_by("-reward_model__number").values_list("reward_model__number", flat=True)
-    number = latest.first()
+def reward_model_view(run: Run) -> RewardModelView:
+    """The run's newest reward model (its own, or the one a branch inherited) that has
+    scored the run's evaluation answers, and those scores."""
+    own = set(RewardModelVersion.objects.filter(run=run).values_list("pk", flat=True))
+    if run.inherited_reward_model_id:
+        own.add(run.inherited_reward_model_id)
+    versions = [v.pk for v in lineage_versions(run)]
+    scored = RewardScore.objects.filter(reward_model__in=own, completion__policy_version__in=versions,
+                                        completion__prompt__evaluations__run=run)
+    number = scored.order_by("-reward_model__number").values_list("reward_model__number", flat=True).first()
     scores: dict[int, dict[int, float]] = defaultdict(dict)
     if number is not None:
-        # Only evaluation answers are ever scored (services.evaluation), so a reward
-        # model's scores are exactly its judgement of the evaluation set.
-        rows = RewardScore.objects.filter(reward_model__number=number).values_list(
-            "completion__policy_version__number", "completion__prompt_id", "score"
-        )
+        rows = scored.filter(reward_model__number=number).values_list(
+            "completion__policy_version__number", "completion__prompt_id", "score")
         for version, prompt_id, score in rows:
             scores[version][prompt_id] = score
     return RewardModelView(number, dict(scores))
 
 
-def win_rate_rows(versions: list[PolicyVersion], games: list[Game], judge: RewardModelView) -> list[dict]:
-    """For each version after the base: its win rates against the base and against its
-    parent, from people and from the reward model."""
+def win_rate_rows(versions: list[PolicyVersion], games: list[Game], judges: dict[int, RewardModelView]) -> list[dict]:
+    """For each trained version: its win rates against its run's base and against its
+    parent, from people and from its run's reward model."""
     rows = []
     for version in versions:
-        if version.number == 0:
+        if version.is_base:
             continue
-        previous = version.parent.number if version.parent_id else version.number - 1
+        base = version.run.base_version_id and version.run.base_version.number
+        previous = version.parent.number if version.parent_id else base
+        judge = judges.get(version.run_id, RewardModelView(None, {}))
         rows.append({
-            "version": version.number, "previous": previous,
-            "human_vs_base": head_to_head(games, version.number, 0),
+            "version": version.number, "label": f"v{version.number}", "run": version.run, "method": version.method,
+            "base": base, "previous": previous,
+            "human_vs_base": head_to_head(games, version.number, base),
             "human_vs_previous": head_to_head(games, version.number, previous),
-            "rm_vs_base": judge.head_to_head(version.number, 0),
+            "rm_vs_base": judge.head_to_head(version.number, base),
             "rm_vs_previous": judge.head_to_head(version.number, previous),
-            "rm_mean_score": judge.mean_score(version.number),
+            "rm_mean_score": judge.mean_score(version.number), "judge": judge.number,
         })
     return rows
 
 
-def ppo_curves(rounds) -> list[dict]:
-    """Per round with a published policy: the PPO metrics by step."""
-    curves = []
-    for round_ in rounds:
-        if round_.policy_after is None:
+def method_curves(versions: Iterable[PolicyVersion]) -> dict[str, dict]:
+    """chart id → figure, one chart per curve its method declares, one trace per
+    version: each method draws its own metrics (PPO's reward and KL, DPO's loss and
+    margins...), never another method's keys."""
+    by_chart: dict[str, dict] = {}
+    for version in versions:
+        method = METHODS.get(version.method)
+        history = version.metrics.get("history", []) if isinstance(version.metrics, dict) else []
+        if method is None or not history:
             continue
-        history = round_.policy_after.metrics.get("history", [])
-        curve = {"round": round_.number, "policy": round_.policy_after.number}
-        for key in PPO_CURVES:
-            points = [(entry["step"], entry[key]) for entry in history if key in entry]
-            curve[key] = {"x": [x for x, _ in points], "y": [y for _, y in points]}
-        curves.append(curve)
-    return curves
+        for curve in method.curves:
+            points = [(entry["step"], entry[curve.key]) for entry in history if curve.key in entry]
+            chart = by_chart.setdefault(curve.key.replace("/", "-"), {"key": curve.key, "title":
+                                        f"{method.title}: {curve.title}", "curves": []})
+            chart["curves"].append({"name": f"{version.run.name} v{version.number}",
+                                    curve.key: {"x": [x for x, _ in points], "y": [y for _, y in points]}})
+    return {chart_id: charts.method_curve(chart["curves"], chart["key"], chart["title"], "training step")
+            for chart_id, chart in by_chart.items()}
 
 
-def timeline() -> list[dict]:
-    """Rounds, reward models and policies, newest first."""
+def timeline(runs: list[Run]) -> list[dict]:
+    """Rounds, reward models and policies of the runs, newest first."""
     events = []
-    for round_ in Round.objects.all():
-        how = f"{round_.get_kind_display().lower()}, {round_.trigger}"
+    for round_ in Round.objects.filter(run__in=runs).select_related("run"):
+        how = f"{round_.recipe_title}, {round_.trigger}"
         events.append({"at": round_.created_at, "kind": "round", "number": round_.number,
-                       "text": f"Round {round_.number} started ({how})"})
+                       "text": f"Round {round_.number} of {round_.run.name} started ({how})"})
         if round_.finished_at:
             events.append({"at": round_.finished_at, "kind": "round", "number": round_.number,
                            "text": f"Round {round_.number} {round_.status}"
                                    + (f": {round_.error}" if round_.error else "")})
-    for rm in RewardModelVersion.objects.all():
+    for rm in RewardModelVersion.objects.filter(run__in=runs):
         accuracy = f"held-out accuracy {rm.heldout_accuracy:.3f}" if rm.heldout_accuracy is not None else "no held-out"
         events.append({"at": rm.created_at, "kind": "reward_model", "number": rm.number,
                        "text": f"Reward model v{rm.number} published: {rm.label_count} labels, {accuracy}"})
-    for policy in PolicyVersion.objects.select_related("parent"):
-        origin = f" (from v{policy.parent.number})" if policy.parent else ""
-        text = "Base policy v0 registered" if policy.number == 0 else f"Policy v{policy.number} published{origin}"
+    for policy in PolicyVersion.objects.filter(run__in=runs).select_related("parent", "run"):
+        if policy.is_base:
+            text = f"Base policy v{policy.number} registered for {policy.run.name}"
+        else:
+            method = METHODS[policy.method].title if policy.method in METHODS else policy.method
+            origin = f" from v{policy.parent.number}" if policy.parent else ""
+            text = f"Policy v{policy.number} published ({method}{origin})"
         events.append({"at": policy.created_at, "kind": "policy", "number": policy.number, "text": text})
     return sorted(events, key=lambda event: event["at"], reverse=True)
 
 
-def evaluation_grid(versions: list[PolicyVersion], judge: RewardModelView) -> list[dict]:
-    """The evaluation prompts, each with every given version's answer (rendered safely)
-    and its reward-model score, in the order of `versions`."""
+def evaluation_grid(run: Run, versions: list[PolicyVersion], judge: RewardModelView) -> list[dict]:
+    """The run's evaluation prompts, each with every given version's answer (rendered
+    safely) and its reward-model score, in the order of `versions`."""
     numbers = [v.number for v in versions]
     answers: dict[tuple[int, int], EvaluationSample] = {
         (s.prompt_id, s.policy_version.number): s
@@ -186,7 +202,7 @@ def evaluation_grid(versions: list[PolicyVersion], judge: RewardModelView) -> li
         .select_related("completion", "policy_version")
     }
     rows = []
-    for entry in EvaluationPrompt.objects.select_related("prompt"):
+    for entry in run.evaluation_prompts.select_related("prompt"):
         cells = []
         for number in numbers:
             sample = answers.get((entry.prompt_id, number))
@@ -199,78 +215,87 @@ def evaluation_grid(versions: list[PolicyVersion], judge: RewardModelView) -> li
     return rows
 
 
-def dashboard() -> dict:
-    """Everything /progress/ shows, with its charts."""
-    versions = list(PolicyVersion.objects.select_related("parent"))
-    reward_models = list(RewardModelVersion.objects.all())
-    rounds = list(Round.objects.select_related("policy_before", "policy_after", "reward_model"))
-    games = version_games()
-    judge = latest_reward_model_view()
-    rows = win_rate_rows(versions, games, judge)
-    ranking = bradley_terry_ranking(games) if games else []
+def dashboard(runs: list[Run]) -> dict:
+    """Everything /progress/ shows for one run or several side by side, with charts."""
+    versions = [v for run in runs for v in lineage_versions(run) if v.run_id == run.pk or v.is_base]
+    versions = list({v.pk: v for v in versions}.values())
+    for version in versions:  # lineage_versions does not join the run
+        version.run = next((r for r in runs if r.pk == version.run_id), version.run)
+    reward_models = list(RewardModelVersion.objects.filter(run__in=runs).select_related("run"))
+    games = version_games(runs)
+    judges = {run.pk: reward_model_view(run) for run in runs}
+    rows = win_rate_rows(sorted(versions, key=lambda v: v.number), games, judges)
+    rankings = []
+    for run in runs:
+        lineage = {v.number for v in lineage_versions(run)}
+        run_games = [g for g in games if g[0] in lineage and g[1] in lineage]
+        if run_games:
+            rankings.append({"run": run, "games": len(run_games),
+                             "strengths": bradley_terry_ranking(run_games, run.base_version.number)})
     overlapped = judgements_by_comparison(human_labels())
     annotators = annotator_table(overlapped)
-    curves = ppo_curves(reversed(rounds))
+    curves = method_curves(sorted(versions, key=lambda v: v.number))
     days, per_day = labels_per_day()
     chart_specs = {
         "labels-per-day": prefloop_charts.labels_per_day(days, per_day, "Labels per day (people only)"),
         "labels-per-annotator": charts.labels_per_annotator(annotators),
         "reward-model-accuracy": charts.reward_model_accuracy(reward_models),
-        **ppo_charts(curves),
+        **curves,
         "win-rates": charts.win_rates(rows),
-        "bradley-terry": charts.bradley_terry(ranking),
+        "bradley-terry": charts.bradley_terry(rankings),
     }
     return {
-        "timeline": timeline(), "win_rates": rows, "ranking": ranking, "games": len(games), "judge": judge,
+        "runs": runs, "timeline": timeline(runs), "win_rates": rows, "rankings": rankings, "judges": judges,
         "agreement": overlap_agreement(overlapped), "annotators": annotators, "charts": chart_specs,
-        "has_curves": bool(curves),
+        "curve_charts": list(curves), "compare": len(runs) > 1,
     }
 
 
 def round_page(round_: Round) -> dict:
-    """A round: its jobs, inputs, PPO config and curves, and the evaluation answers
-    before and after it."""
-    curves = ppo_curves([round_])
-    judge = latest_reward_model_view()
+    """A round: its jobs, inputs, the method's config and curves, and the evaluation
+    answers before and after it."""
+    run = round_.run
+    judge = reward_model_view(run)
     shown = [round_.policy_before] + ([round_.policy_after] if round_.policy_after else [])
-    if shown[0].number != 0:
-        shown.insert(0, PolicyVersion.objects.get(number=0))
+    if not shown[0].is_base:
+        shown.insert(0, run.base_version)
+    produced = round_.policy_after
+    curves = method_curves([produced]) if produced else {}
     return {
-        "round": round_, "jobs": round_.jobs.select_related("requested_by", "round").order_by("created_at"),
-        "config": round_.policy_after.config if round_.policy_after else {},
-        "policy_metrics": summary_metrics(round_.policy_after) if round_.policy_after else {},
-        "shown_versions": shown, "evaluation": evaluation_grid(shown, judge), "judge": judge,
-        "charts": ppo_charts(curves),
+        "round": round_, "jobs": round_.jobs.select_related("requested_by", "round", "run").order_by("created_at"),
+        "method": METHODS.get(produced.method) if produced else None,
+        "config": produced.config if produced else {},
+        "policy_metrics": summary_metrics(produced) if produced else {},
+        "shown_versions": shown, "evaluation": evaluation_grid(run, shown, judge), "judge": judge,
+        "charts": curves, "curve_charts": list(curves),
     }
 
 
 def version_page(version: PolicyVersion) -> dict:
-    """A policy version: config, metrics, win rates, and its evaluation answers next to
-    the base's and its parent's."""
-    judge = latest_reward_model_view()
-    rows = win_rate_rows([version], version_games(), judge)
-    neighbours = [*PolicyVersion.objects.filter(number=0), *([version.parent] if version.parent_id else []), version]
-    versions = list({v.number: v for v in neighbours}.values())  # base, parent, this; each once
+    """A policy version: its run and parent, method, config, metrics, win rates, and its
+    evaluation answers next to its run's base's and its parent's."""
+    run = version.run
+    judge = reward_model_view(run)
+    rows = win_rate_rows([version], version_games([run]), {run.pk: judge})
+    neighbours = [run.base_version, *([version.parent] if version.parent_id else []), version]
+    versions = list({v.number: v for v in neighbours if v is not None}.values())  # base, parent, this; each once
     produced_by = version.rounds_produced.first()
-    curves = ppo_curves([produced_by]) if produced_by else []
+    curves = method_curves([version])
     return {
-        "version": version, "produced_by": produced_by, "win_rates": rows[0] if rows else None, "judge": judge,
+        "version": version, "run": run, "produced_by": produced_by, "win_rates": rows[0] if rows else None,
+        "judge": judge, "method": METHODS.get(version.method), "config": version.config,
         "policy_metrics": summary_metrics(version), "shown_versions": versions,
-        "evaluation": evaluation_grid(versions, judge),
-        "charts": ppo_charts(curves),
+        "evaluation": evaluation_grid(run, versions, judge), "charts": curves, "curve_charts": list(curves),
+        "children": list(version.children.select_related("run")),
     }
 
 
-def ppo_charts(curves: list[dict]) -> dict:
-    """chart id → figure for the PPO curves, none when there is no curve."""
-    if not curves:
-        return {}
-    return {f"ppo-{key.split('/')[1]}": charts.ppo_curve(curves, key, title) for key, title in PPO_CURVES.items()}
-
-
 def summary_metrics(version: PolicyVersion) -> dict:
-    """The last logged value of each PPO metric, with the run's time and episodes."""
+    """The last logged value of each of the version's metrics, with its training time
+    and how many examples it trained on."""
+    metrics = version.metrics if isinstance(version.metrics, dict) else {}
     last: dict = {}
-    for entry in version.metrics.get("history", []):
-        last.update({key: value for key, value in entry.items() if key.startswith("ppo/")})
-    return {"seconds": version.metrics.get("seconds"), "episodes": version.metrics.get("episodes"), **last}
+    for entry in metrics.get("history", []):
+        last.update({key: value for key, value in entry.items() if key != "step" and isinstance(value, int | float)})
+    examples = metrics.get("examples", metrics.get("episodes"))
+    return {"seconds": metrics.get("seconds"), "examples": examples, **metrics.get("summary", {}), **last}

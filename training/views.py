@@ -1,52 +1,144 @@
 from __future__ import annotations
 
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from labeling.models import Comparison, Label, Prompt
 from prefloop.access import staff_required
 from training import reports, services
-from training.forms import GenerateComparisonsForm, StopLoopForm
-from training.models import Job, PolicyVersion, RewardModelVersion, Round
+from training.forms import (
+    BranchRunForm,
+    CreateRunForm,
+    GenerateComparisonsForm,
+    RunSettingsForm,
+    StartRoundForm,
+    StopLoopForm,
+)
+from training.ml.methods import METHODS
+from training.models import Job, PolicyVersion, Round, Run
+from training.recipes import RECIPES
 from training.services.workers import worker_status
+
+
+def recent_jobs(runs=None, limit: int = 20):
+    jobs = Job.objects.select_related("requested_by", "round", "run")
+    return (jobs.filter(run__in=runs) if runs is not None else jobs)[:limit]
 
 
 @staff_required
 @require_GET
 def researcher(request: HttpRequest) -> HttpResponse:
+    """The overview: every run at a glance, a new run, the data, the latest jobs."""
+    runs = Run.objects.select_related("head", "parent_run").annotate(version_count=Count("versions", distinct=True))
     context = {
-        "generate_form": GenerateComparisonsForm(),
-        "jobs": Job.objects.select_related("requested_by", "round")[:20],
-        "policies": PolicyVersion.objects.annotate(completion_count=Count("completions")),
-        "reward_models": RewardModelVersion.objects.order_by("-number")[:20],
-        "labels_since_reward_model": services.labels_since_latest_reward_model(),
-        "rounds": Round.objects.select_related("policy_before", "policy_after", "reward_model")[:20],
-        "auto_loop": settings.PREFLOOP_AUTO_LOOP,
-        "loop_min_labels": settings.PREFLOOP_LOOP_MIN_LABELS,
-        "prompt_count": Prompt.objects.count(),
-        "comparison_count": Comparison.objects.count(),
+        "runs": runs, "methods": METHODS, "recipes": RECIPES, "create_form": CreateRunForm(), "jobs": recent_jobs(),
+        "prompt_count": Prompt.objects.count(), "comparison_count": Comparison.objects.count(),
         "label_count": Label.objects.exclude(choice=Label.Choice.SKIP).count(),
     }
     return render(request, "training/researcher.html", context)
 
 
 @staff_required
+def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
+    """A run's page: its settings (saved on POST), rounds, versions and reward models."""
+    run = get_object_or_404(Run.objects.select_related("head", "base_version", "parent_run", "branched_from"),
+                            pk=run_id)
+    form = RunSettingsForm(run, request.POST or None)
+    if request.method == "POST":
+        if form.is_valid():
+            services.update_run_settings(run, form.settings)
+            note = " The method's config was reset to its defaults." if form.method_changed else ""
+            messages.success(request, f"Settings of {run.name} saved; jobs already queued keep theirs.{note}")
+            return redirect("run_detail", run.pk)
+        messages.error(request, "Settings not saved: see the errors below.")
+    versions = PolicyVersion.objects.filter(pk__in=[v.pk for v in services.lineage_versions(run)]).select_related(
+        "parent", "run").annotate(completion_count=Count("completions"))
+    context = {
+        "run": run, "form": form, "round_form": StartRoundForm(), "generate_form": GenerateComparisonsForm(run),
+        "versions": versions, "methods": METHODS, "reward_models": run.reward_models.order_by("-number")[:20],
+        "latest_reward_model": services.latest_reward_model(run),
+        "labels_since_reward_model": services.labels_since_latest_reward_model(run),
+        "rounds": run.rounds.select_related("policy_before", "policy_after", "reward_model")[:20],
+        "jobs": recent_jobs([run]), "branches": run.branches.all(),
+    }
+    return render(request, "training/run.html", context, status=400 if form.errors else 200)
+
+
+@staff_required
 @require_POST
-def generate_comparisons(request: HttpRequest) -> HttpResponse:
-    form = GenerateComparisonsForm(request.POST)
+def create_run(request: HttpRequest) -> HttpResponse:
+    form = CreateRunForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, f"No run created: {form.errors.as_text()}")
+        return redirect("researcher")
+    data = form.cleaned_data
+    try:
+        chosen = services.RunSettings(**services.default_settings(data["method"]))
+        run = services.create_run(data["name"], data["base_model_dir"], request.user, data["description"], chosen)
+    except (services.RunError, ValueError) as error:
+        messages.error(request, f"No run created: {error}")
+        return redirect("researcher")
+    messages.success(request, f"Created {run} from {run.base_model_dir}.")
+    return redirect("run_detail", run.pk)
+
+
+@staff_required
+@require_POST
+def branch_run(request: HttpRequest, number: int) -> HttpResponse:
+    version = get_object_or_404(PolicyVersion, number=number)
+    form = BranchRunForm(request.POST)
+    try:
+        if not form.is_valid():
+            raise services.RunError(form.errors.as_text())
+        run = services.branch_run(version, form.cleaned_data["name"], request.user)
+    except services.RunError as error:
+        messages.error(request, f"No branch created: {error}")
+        return redirect("version_detail", number)
+    messages.success(request, f"Created {run}, starting from v{version.number}.")
+    return redirect("run_detail", run.pk)
+
+
+@staff_required
+@require_POST
+def start_round(request: HttpRequest, run_id: int) -> HttpResponse:
+    run = get_object_or_404(Run, pk=run_id)
+    form = StartRoundForm(request.POST)
+    recipe = form.cleaned_data["recipe"] if form.is_valid() else None
+    try:
+        round_ = services.start_round(run, recipe or None, requested_by=request.user)
+    except services.RoundError as error:
+        messages.error(request, f"Not started: {error}")
+    else:
+        messages.success(request, f"Started {round_} of {run.name} ({round_.recipe_title}).")
+    return redirect("run_detail", run.pk)
+
+
+@staff_required
+@require_POST
+def generate_comparisons(request: HttpRequest, run_id: int) -> HttpResponse:
+    run = get_object_or_404(Run, pk=run_id)
+    form = GenerateComparisonsForm(run, request.POST)
     if not form.is_valid():
         messages.error(request, f"Not started: {form.errors.as_text()}")
-        return redirect("researcher")
-    job = services.request_generation(
-        form.cleaned_data["policy"], form.cleaned_data["prompt_count"], request.user, form.cleaned_data["samples"]
-    )
+        return redirect("run_detail", run.pk)
+    data = form.cleaned_data
+    job = services.request_generation(run, data["policy"], data["prompt_count"], request.user, data["samples"])
     messages.success(request, f"Queued generation job #{job.pk} on the gpu queue.")
-    return redirect("researcher")
+    return redirect("run_detail", run.pk)
+
+
+@staff_required
+@require_POST
+def train_reward_model(request: HttpRequest, run_id: int) -> HttpResponse:
+    run = get_object_or_404(Run, pk=run_id)
+    job = services.request_reward_training(run, requested_by=request.user)
+    messages.success(request, f"Reward-model training job #{job.pk} is queued on the train queue.")
+    return redirect("run_detail", run.pk)
 
 
 @staff_required
@@ -59,57 +151,54 @@ def job_status(request: HttpRequest, job_id: int) -> JsonResponse:
     )
 
 
-@staff_required
-@require_POST
-def train_reward_model(request: HttpRequest) -> HttpResponse:
-    job = services.request_reward_training(requested_by=request.user)
-    messages.success(request, f"Reward-model training job #{job.pk} is queued on the train queue.")
-    return redirect("researcher")
-
-
-@staff_required
-@require_POST
-def run_round(request: HttpRequest) -> HttpResponse:
-    kind = Round.Kind.FULL if request.POST.get("kind") == Round.Kind.FULL else Round.Kind.PPO
-    try:
-        round_ = services.start_round(kind, requested_by=request.user)
-    except services.RoundError as error:
-        messages.error(request, f"Not started: {error}")
-    else:
-        messages.success(request, f"Started {round_} ({round_.get_kind_display().lower()}).")
-    return redirect("researcher")
-
-
 @login_required
 @require_POST
 def stop_loop(request: HttpRequest) -> HttpResponse:
-    """Every signed-in person, annotators included, can stop the loop."""
+    """Every signed-in person, annotators included, can stop every run at once."""
     form = StopLoopForm(request.POST)
-    reason = form.cleaned_data["reason"] if form.is_valid() else ""
-    services.pause_loop(request.user, reason)
+    services.pause_runs(request.user, form.cleaned_data["reason"] if form.is_valid() else "")
     messages.warning(request, "The loop is stopped: no new round starts until a researcher resumes it.")
     return redirect(request.POST.get("next") if request.POST.get("next") in ("/label/", "/researcher/") else "home")
 
 
 @staff_required
 @require_POST
-def resume_loop(request: HttpRequest) -> HttpResponse:
-    services.resume_loop()
-    messages.success(request, "The loop is running again.")
-    return redirect("researcher")
+def pause_run(request: HttpRequest, run_id: int) -> HttpResponse:
+    run = get_object_or_404(Run, pk=run_id)
+    services.pause_runs(request.user, "paused on the run page", runs=[run])
+    messages.warning(request, f"{run} is paused: its round waits before its next stage.")
+    return redirect("run_detail", run.pk)
+
+
+@staff_required
+@require_POST
+def resume(request: HttpRequest) -> HttpResponse:
+    """Resume one run (`run` in the form) or every paused run."""
+    run_id = request.POST.get("run")
+    runs = Run.objects.filter(pk=run_id) if run_id and run_id.isdigit() else Run.objects.filter(paused=True)
+    resumed = services.resume_runs(list(runs))
+    messages.success(request, f"{resumed} run(s) running again.")
+    return redirect("run_detail", int(run_id)) if run_id and run_id.isdigit() else redirect("researcher")
 
 
 @staff_required
 @require_GET
 def progress(request: HttpRequest) -> HttpResponse:
-    context = {**reports.dashboard(), "jobs": Job.objects.select_related("requested_by", "round")[:10]}
+    """One run (`?run=ID`) or several side by side (`?run=1&run=2`, or `?run=all`)."""
+    chosen = request.GET.getlist("run")
+    all_runs = list(Run.objects.select_related("base_version"))
+    if "all" in chosen:
+        runs = all_runs
+    else:
+        runs = [r for r in all_runs if str(r.pk) in chosen] or all_runs[:1]
+    context = {**reports.dashboard(runs), "all_runs": all_runs, "jobs": recent_jobs(runs, 10)}
     return render(request, "training/progress.html", context)
 
 
 @staff_required
 @require_GET
 def round_detail(request: HttpRequest, number: int) -> HttpResponse:
-    round_ = get_object_or_404(Round.objects.select_related("policy_before", "policy_after", "reward_model"),
+    round_ = get_object_or_404(Round.objects.select_related("run", "policy_before", "policy_after", "reward_model"),
                                number=number)
     return render(request, "training/round.html", reports.round_page(round_))
 
@@ -117,8 +206,8 @@ def round_detail(request: HttpRequest, number: int) -> HttpResponse:
 @staff_required
 @require_GET
 def version_detail(request: HttpRequest, number: int) -> HttpResponse:
-    version = get_object_or_404(PolicyVersion.objects.select_related("parent"), number=number)
-    return render(request, "training/version.html", reports.version_page(version))
+    version = get_object_or_404(PolicyVersion.objects.select_related("parent", "run"), number=number)
+    return render(request, "training/version.html", {**reports.version_page(version), "branch_form": BranchRunForm()})
 
 
 @staff_required
@@ -129,7 +218,8 @@ def workers(request: HttpRequest) -> JsonResponse:
 
 @staff_required
 @require_POST
-def evaluate(request: HttpRequest) -> HttpResponse:
-    job = services.request_evaluation(requested_by=request.user)
+def evaluate(request: HttpRequest, run_id: int) -> HttpResponse:
+    run = get_object_or_404(Run, pk=run_id)
+    job = services.request_evaluation(run, requested_by=request.user)
     messages.success(request, f"Evaluation job #{job.pk} is queued on the gpu queue.")
-    return redirect("progress")
+    return redirect(f"{reverse('progress')}?run={run.pk}")

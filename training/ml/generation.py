@@ -1,11 +1,11 @@
 """Sampling completions from a policy: chat template, left-padded batches, temperature
-sampling, CUDA when present. Plain functions; the Django side decides what to store."""
+sampling. Plain functions; the Django side decides what to store. Loading the policy is
+in training/ml/loading.py."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -36,40 +36,10 @@ class Sample:
     ended: bool
     """True when the model emitted EOS before max_new_tokens."""
     num_tokens: int
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def configure_torch_threads(threads: int) -> None:
-    """Two torch processes on two cores fight over threads; workers pin theirs."""
-    if threads > 0:
-        torch.set_num_threads(threads)
-
-
-def load_tokenizer(model_dir: Path | str):
-    from transformers import AutoTokenizer
-
-    from training.ml.tokens import use_distinct_pad
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
-    return use_distinct_pad(tokenizer)
-
-
-def load_policy(model_dir: Path | str, adapter_dir: Path | str | None = None, device: torch.device | None = None):
-    """(model, tokenizer) ready for sampling; a LoRA adapter is applied when given."""
-    from transformers import AutoModelForCausalLM
-
-    device = device or pick_device()
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-    if adapter_dir:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
-    return model.to(device).eval(), load_tokenizer(model_dir)
+    token_ids: tuple[int, ...] | None = None
+    """The answer's tokens as generated (EOS excluded). Decoding and re-encoding does
+    not give them back for about half of sampled answers (sampling picks BPE splits the
+    tokenizer would not), and the reward model must score what the policy produced."""
 
 
 def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -113,4 +83,4 @@ def decode_sample(tokens: torch.Tensor, tokenizer, eos_id: int) -> Sample:
     ended = len(eos_positions) > 0
     kept = tokens[: eos_positions[0, 0]] if ended else tokens
     text = tokenizer.decode(kept, skip_special_tokens=True).strip()
-    return Sample(text=text, ended=ended, num_tokens=len(kept))
+    return Sample(text=text, ended=ended, num_tokens=len(kept), token_ids=tuple(kept.tolist()))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from training.ml.generation import pick_device
+from training.ml.loading import pick_device
 from training.ml.progress import StepReport, report_steps
 from training.ml.tokens import ScoredText, reward_inputs, use_distinct_pad
 
@@ -74,6 +74,9 @@ class PreferencePair:
     chosen_ended: bool = True
     """False when the completion was cut at the length limit (no EOS), as PPO will see it."""
     rejected_ended: bool = True
+    chosen_ids: tuple[int, ...] | None = None
+    """The answer's tokens as the policy generated them; None for text to tokenize."""
+    rejected_ids: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -169,6 +172,32 @@ def load_reward_model(base_model_dir: Path | str, weights_dir: Path | str, devic
     return model.to(device or pick_device()).eval(), tokenizer
 
 
+@dataclass(frozen=True)
+class RewardModelRef:
+    """A published reward model as a policy method uses it: its weights and the
+    normalization (mean, std of raw rewards on the initial policy's samples)."""
+
+    base_model_dir: Path
+    weights_dir: Path
+    mean: float = 0.0
+    std: float = 1.0
+
+
+def normalized_reward_model(ref: RewardModelRef, device=None):
+    """The reward model with (r - mean) / std built into its score head, so a trainer
+    that reads `logits` (TRL's PPO) sees normalized rewards without knowing about
+    normalization."""
+    model, _ = load_reward_model(ref.base_model_dir, ref.weights_dir, device)
+    old = model.score  # Linear(hidden, 1, bias=False) on Llama-style classifiers
+    head = torch.nn.Linear(old.in_features, 1, bias=True, dtype=old.weight.dtype, device=old.weight.device)
+    with torch.no_grad():
+        head.weight.copy_(old.weight / ref.std)
+        bias = old.bias if getattr(old, "bias", None) is not None else torch.zeros(1, device=old.weight.device)
+        head.bias.copy_((bias - ref.mean) / ref.std)
+    model.score = head
+    return model
+
+
 def pairs_to_dataset(pairs: Sequence[PreferencePair], tokenizer, strength_margin: float):
     """TRL's tokenized preference format (`chosen_ids`, `rejected_ids`), ending at the
     answer's EOS like PPO's inputs (see training/ml/tokens.py), plus the group for
@@ -186,11 +215,11 @@ def pairs_to_dataset(pairs: Sequence[PreferencePair], tokenizer, strength_margin
 
 
 def chosen_texts(pairs: Sequence[PreferencePair]) -> list[tuple]:
-    return [(p.prompt, p.chosen, p.chosen_ended) for p in pairs]
+    return [(p.prompt, p.chosen, p.chosen_ended, p.chosen_ids) for p in pairs]
 
 
 def rejected_texts(pairs: Sequence[PreferencePair]) -> list[tuple]:
-    return [(p.prompt, p.rejected, p.rejected_ended) for p in pairs]
+    return [(p.prompt, p.rejected, p.rejected_ended, p.rejected_ids) for p in pairs]
 
 
 def make_trainer(model, tokenizer, dataset, config: RewardTrainingConfig, output_dir: Path, peft_config, callbacks):
@@ -246,6 +275,8 @@ def train_reward_model(
 
 
     set_seed(config.seed)
+    if not pairs:
+        raise ValueError("no preference pairs to train on")
     train, heldout = split_heldout(pairs, config.heldout_fraction)
     if not train:
         raise ValueError("no training pairs: every labelled comparison fell in the held-out share")
@@ -310,33 +341,48 @@ def save_reward_model(model, tokenizer, out_dir: Path, config: RewardTrainingCon
 
 
 @torch.inference_mode()
-def score_features(
-    model, tokenizer, samples: Sequence[ScoredText], batch_size: int = 16
+def score_token_ids(
+    model, pad_token_id: int, ids: Sequence[Sequence[int]], batch_size: int = 16
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rewards (n,) and the features the score head reads (n, hidden), in batches.
-    Right padding, as in training: the head reads the last real token."""
+    """Rewards (n,) and the features the score head reads (n, hidden) of already
+    tokenized inputs, in batches of similar length (sorted, so a batch is not mostly
+    padding; results come back in the order given). Right padding, as in training: the
+    head reads the last real token."""
     device = next(model.parameters()).device
     captured: list[torch.Tensor] = []
     hook = model.score.register_forward_hook(lambda module, args, output: captured.append(args[0]))
-    rewards, features = [], []
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    rewards = torch.zeros(len(ids))
+    features: torch.Tensor | None = None
     try:
-        ids = reward_inputs(tokenizer, samples)
-        for start in range(0, len(ids), batch_size):
-            batch = ids[start : start + batch_size]
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = [ids[i] for i in rows]
             longest = max(len(x) for x in batch)
-            input_ids = torch.full((len(batch), longest), tokenizer.pad_token_id, dtype=torch.long)
+            input_ids = torch.full((len(batch), longest), pad_token_id, dtype=torch.long)
             attention = torch.zeros_like(input_ids)
             for row, tokens in enumerate(batch):
                 input_ids[row, : len(tokens)] = torch.tensor(tokens)
                 attention[row, : len(tokens)] = 1
             captured.clear()
             logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits  # (b, 1)
-            rewards.append(logits[:, 0].float().cpu())
-            last = last_scored_positions(input_ids, tokenizer.pad_token_id)  # (b,)
-            features.append(captured[0][torch.arange(len(batch)), last.to(device)].float().cpu())  # (b, hidden)
+            last = last_scored_positions(input_ids, pad_token_id)  # (b,)
+            batch_features = captured[0][torch.arange(len(batch)), last.to(device)].float().cpu()  # (b, hidden)
+            if features is None:
+                features = torch.zeros(len(ids), batch_features.shape[-1])
+            rewards[rows] = logits[:, 0].float().cpu()
+            features[rows] = batch_features
     finally:
         hook.remove()
-    return torch.cat(rewards), torch.cat(features)
+    return rewards, features if features is not None else torch.zeros(0, 0)
+
+
+def score_features(
+    model, tokenizer, samples: Sequence[ScoredText], batch_size: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards (n,) and score-head features (n, hidden) of (prompt, completion[, ended])
+    samples, tokenized as PPO hands them to the reward model."""
+    return score_token_ids(model, tokenizer.pad_token_id, reward_inputs(tokenizer, samples), batch_size)
 
 
 def last_scored_positions(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:

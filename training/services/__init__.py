@@ -1,28 +1,29 @@
-"""Domain functions of the training app, by responsibility: generation (policy versions
-and the comparisons sampled from them), reward models, PPO, rounds, evaluation and job
-dispatch."""
+"""Domain functions of the training app, by responsibility: runs, generation (comparisons
+sampled from policy versions), reward models, policy updates, rounds and their stages,
+evaluation, publishing artifacts and job dispatch. Importing this package registers
+every job type (training/services/jobs.py)."""
 
 from __future__ import annotations
 
 from training.services.evaluation import (
     create_evaluation_job,
     evaluation_prompts,
+    lineage_versions,
     request_evaluation,
     run_evaluation_job,
 )
 from training.services.generation import (
     create_generation_job,
-    ensure_base_policy,
     prompts_needing_samples,
     request_generation,
     run_generation_job,
 )
-from training.services.jobs import enqueue_on_commit
-from training.services.policies import create_ppo_job, latest_policy, run_ppo_job
+from training.services.jobs import JOB_TYPES, announce_finished, enqueue_on_commit, job_finished, run_job_now
+from training.services.policy_updates import PolicyUpdateError, create_policy_update_job, run_policy_update_job
 from training.services.reward_models import (
     claim_reward_training,
+    create_reward_training_job,
     labels_since_latest_reward_model,
-    latest_reward_model,
     load_scorer,
     maybe_request_reward_training,
     request_reward_training,
@@ -30,40 +31,68 @@ from training.services.reward_models import (
 )
 from training.services.rounds import (
     RoundError,
-    job_finished,
-    pause_loop,
+    advance_round,
     react_to_new_label,
-    resume_loop,
+    resume_runs,
     running_round,
     start_round,
 )
+from training.services.runs import (
+    RunError,
+    RunSettings,
+    branch_run,
+    create_run,
+    default_run,
+    default_settings,
+    ensure_default_run,
+    latest_reward_model,
+    pause_runs,
+    run_named,
+    settings_of,
+    update_run_settings,
+)
 
 __all__ = [
+    "JOB_TYPES",
+    "PolicyUpdateError",
     "RoundError",
-    "create_ppo_job",
-    "job_finished",
-    "latest_policy",
-    "pause_loop",
-    "react_to_new_label",
-    "resume_loop",
-    "run_ppo_job",
-    "running_round",
-    "start_round",
+    "RunError",
+    "RunSettings",
+    "advance_round",
+    "announce_finished",
+    "branch_run",
     "claim_reward_training",
     "create_evaluation_job",
-    "evaluation_prompts",
-    "request_evaluation",
-    "run_evaluation_job",
     "create_generation_job",
+    "create_policy_update_job",
+    "create_reward_training_job",
+    "create_run",
+    "default_run",
+    "default_settings",
     "enqueue_on_commit",
-    "ensure_base_policy",
+    "ensure_default_run",
+    "evaluation_prompts",
+    "job_finished",
     "labels_since_latest_reward_model",
     "latest_reward_model",
+    "lineage_versions",
     "load_scorer",
     "maybe_request_reward_training",
+    "pause_runs",
     "prompts_needing_samples",
+    "react_to_new_label",
+    "request_evaluation",
     "request_generation",
     "request_reward_training",
+    "resume_runs",
+    "run_evaluation_job",
     "run_generation_job",
+    "run_job_now",
+    "run_named",
+    "run_policy_update_job",
     "run_reward_training_job",
+    "running_round",
+    "settings_of",
+    "start_round",
+    "update_run_settings",
 ]

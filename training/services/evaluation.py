@@ -1,10 +1,11 @@
-"""The fixed evaluation set: every policy version answers the same prompts once, and the
-latest reward model scores every answer, so the progress pages can show versions side by
-side and give reward-model win rates without loading a model in a web request.
+"""A run's fixed evaluation set: every policy version of the run answers the same prompts
+once, and the run's reward model scores every answer, so the progress pages can show
+versions side by side and give reward-model win rates without loading a model in a web
+request.
 
-An evaluation job is the last stage of each round, and staff can run one at any time
+An evaluation job is the last stage of a round, and staff can run one at any time
 (after training a newer reward model, say). It only does what is missing: answers for
-versions that have none yet, scores the latest reward model has not given yet.
+versions that have none yet, scores its reward model has not given yet.
 """
 
 from __future__ import annotations
@@ -16,10 +17,21 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 
 from labeling.models import Completion, Prompt
-from training.models import EvaluationPrompt, EvaluationSample, Job, PolicyVersion, RewardScore, Round
-from training.services.generation import sample_completions, sampling_config
-from training.services.jobs import enqueue_on_commit
-from training.services.reward_models import latest_reward_model, load_scorer
+from training.ml.generation import SamplingConfig
+from training.models import (
+    EvaluationPrompt,
+    EvaluationSample,
+    Job,
+    PolicyVersion,
+    RewardModelVersion,
+    RewardScore,
+    Round,
+    Run,
+)
+from training.services.jobs import enqueue_on_commit, job_type
+from training.services.reward_models import load_scorer
+from training.services.runs import latest_reward_model
+from training.services.sampling import sample_completions, sampling_config
 
 log = logging.getLogger(__name__)
 
@@ -27,73 +39,91 @@ log = logging.getLogger(__name__)
 # policy's, not the dice's.
 EVALUATION_SEED = 20171231
 # At most this share of the prompts is held out, so a small prompt set still leaves
-# most of its prompts to comparisons and PPO.
+# most of its prompts to comparisons and policy updates.
 MAX_EVALUATION_SHARE = 0.25
 
 
-def evaluation_prompts() -> list[Prompt]:
-    """The evaluation set, held out of comparisons and PPO rollouts: PREFLOOP_EVAL_PROMPTS
-    prompts (at most a quarter of all), those with the smallest content hash (an order
-    that does not depend on import order and mixes categories). Chosen when first needed,
-    which is the first generation, and only ever topped up as more prompts arrive, so
-    versions are always compared on the same prompts."""
-    chosen = [e.prompt for e in EvaluationPrompt.objects.select_related("prompt")]
+def evaluation_prompts(run: Run) -> list[Prompt]:
+    """The run's evaluation set, held out of its comparisons and policy updates:
+    PREFLOOP_EVAL_PROMPTS prompts (at most a quarter of all), those with the smallest
+    content hash (an order that does not depend on import order and mixes categories, so
+    two runs on the same prompts hold out the same ones). Chosen when first needed, which
+    is the run's first generation, and only ever topped up as more prompts arrive."""
+    chosen = [e.prompt for e in EvaluationPrompt.objects.filter(run=run).select_related("prompt")]
     wanted = min(settings.PREFLOOP_EVAL_PROMPTS, int(Prompt.objects.count() * MAX_EVALUATION_SHARE))
     if len(chosen) >= wanted:
         return chosen
-    picks = Prompt.objects.filter(evaluation=None).order_by("content_hash")[: wanted - len(chosen)]
+    picks = Prompt.objects.exclude(evaluations__run=run).order_by("content_hash")[: wanted - len(chosen)]
     try:
         with transaction.atomic():
             EvaluationPrompt.objects.bulk_create(
-                EvaluationPrompt(prompt=prompt, position=len(chosen) + i) for i, prompt in enumerate(picks)
+                EvaluationPrompt(run=run, prompt=prompt, position=len(chosen) + i) for i, prompt in enumerate(picks)
             )
     except IntegrityError:  # topped up by someone else just now: use theirs
         pass
-    return [e.prompt for e in EvaluationPrompt.objects.select_related("prompt")]
+    return [e.prompt for e in EvaluationPrompt.objects.filter(run=run).select_related("prompt")]
 
 
-def create_evaluation_job(round_: Round | None = None, requested_by: AbstractBaseUser | None = None) -> Job:
-    return Job.objects.create(kind=Job.Kind.EVALUATE, round=round_, requested_by=requested_by)
+def lineage_versions(run: Run) -> list[PolicyVersion]:
+    """The run's versions and, for a branch, the versions it descends from (its parent's
+    base up to the version it branched from), by number."""
+    versions = {v.pk: v for v in run.versions.all()}
+    ancestor = run.branched_from
+    while ancestor is not None:
+        versions.setdefault(ancestor.pk, ancestor)
+        ancestor = ancestor.parent
+    if run.base_version_id:
+        versions.setdefault(run.base_version_id, run.base_version)
+    return sorted(versions.values(), key=lambda v: v.number)
 
 
-def request_evaluation(requested_by: AbstractBaseUser | None = None) -> Job:
+def create_evaluation_job(run: Run, round_: Round | None = None, requested_by: AbstractBaseUser | None = None) -> Job:
+    """A job pinned to its sampling settings and to the reward model that will judge."""
+    judge = latest_reward_model(run)
+    params = {"sampling": sampling_config(EVALUATION_SEED).to_dict(),
+              "reward_model": judge.number if judge else None}
+    return Job.objects.create(kind=Job.Kind.EVALUATE, run=run, round=round_, requested_by=requested_by,
+                              params=params)
+
+
+def request_evaluation(run: Run, requested_by: AbstractBaseUser | None = None) -> Job:
     """An evaluation job sent to the `gpu` queue once committed; while one requested by
     hand still waits, asking again (a double click) is the same request."""
-    from training.tasks import evaluate_policies
-
     with transaction.atomic():
-        waiting = Job.objects.filter(kind=Job.Kind.EVALUATE, status=Job.Status.PENDING, round=None).first()
+        waiting = Job.objects.filter(kind=Job.Kind.EVALUATE, run=run, status=Job.Status.PENDING, round=None).first()
         if waiting is not None:
             return waiting
-        job = create_evaluation_job(requested_by=requested_by)
-        enqueue_on_commit(job, evaluate_policies)
+        job = create_evaluation_job(run, requested_by=requested_by)
+        enqueue_on_commit(job)
     return job
 
 
+@job_type(Job.Kind.EVALUATE, queue="gpu")
 def run_evaluation_job(job: Job) -> None:
-    """Answer the evaluation prompts with every version that has not yet, then score
-    every answer the latest reward model has not scored. Each version's answers are
-    stored in one transaction, so a crash keeps finished versions and redoes the rest.
-    A version that cannot answer (its adapter is gone, say) is reported in the job's
-    error and skipped, so it does not fail every later round's evaluation."""
-    job.mark_running()
+    """Answer the evaluation prompts with every version of the run's lineage that has
+    not yet, then score every answer the job's reward model has not scored. Each
+    version's answers are stored in one transaction, so a crash keeps finished versions
+    and redoes the rest. A version that cannot answer (its adapter is gone, say) is
+    reported in the job's error and skipped, so it does not fail every later round."""
     errors = []
     try:
-        prompts = evaluation_prompts()
+        run = job.run
+        prompts = evaluation_prompts(run)
         missing = []  # (version, prompts it has not answered)
-        for version in PolicyVersion.objects.all():
+        for version in lineage_versions(run):
             has_answered = set(version.evaluation_samples.values_list("prompt_id", flat=True))
             todo = [p for p in prompts if p.pk not in has_answered]
             if todo:
                 missing.append((version, todo))
-        reward_model = latest_reward_model()
+        number = job.params.get("reward_model")
+        reward_model = RewardModelVersion.objects.get(number=number) if number is not None else None
         total = sum(len(todo) for _, todo in missing) + (1 if reward_model else 0)
         done = answered = 0
         job.report_progress(0, total)
-        config = sampling_config(seed=EVALUATION_SEED)
+        config = SamplingConfig(**job.params["sampling"])
         for version, todo in missing:
             try:
-                answers = sample_completions(version, todo, 1, config,
+                answers = sample_completions(version, [p.messages for p in todo], 1, config,
                                              on_batch=lambda n, start=done: job.report_progress(start + n, total))
             except Exception as error:
                 log.exception("policy v%s could not answer the evaluation prompts", version.number)
@@ -101,7 +131,7 @@ def run_evaluation_job(job: Job) -> None:
             else:
                 answered += store_evaluation_samples(job, version, todo, [samples[0] for samples in answers], config)
             done += len(todo)
-        scored = score_evaluation_samples(reward_model) if reward_model else 0
+        scored = score_evaluation_samples(reward_model, run) if reward_model else 0
         job.report_progress(total, total)
     except Exception as error:
         log.exception("evaluation job %s failed", job.pk)
@@ -115,7 +145,8 @@ def run_evaluation_job(job: Job) -> None:
 
 
 @transaction.atomic
-def store_evaluation_samples(job: Job, version: PolicyVersion, prompts: list[Prompt], samples, config) -> int:
+def store_evaluation_samples(job: Job, version: PolicyVersion, prompts: list[Prompt], samples,
+                             config: SamplingConfig) -> int:
     """Store the version's answers, except to prompts it answered meanwhile (another
     evaluation job running at the same time): theirs are kept. Returns how many."""
     PolicyVersion.objects.select_for_update().get(pk=version.pk)  # one writer per version
@@ -127,6 +158,7 @@ def store_evaluation_samples(job: Job, version: PolicyVersion, prompts: list[Pro
         stored += 1
         completion = Completion.objects.create(
             prompt=prompt, policy_version=version, text=sample.text, ended=sample.ended,
+            token_ids=list(sample.token_ids) if sample.token_ids is not None else None,
             generation_settings={**config.to_dict(), "job": job.pk, "evaluation": True,
                                  "num_tokens": sample.num_tokens},
         )
@@ -134,16 +166,19 @@ def store_evaluation_samples(job: Job, version: PolicyVersion, prompts: list[Pro
     return stored
 
 
-def score_evaluation_samples(reward_model) -> int:
-    """Score every evaluation answer this reward model has not scored yet."""
+def score_evaluation_samples(reward_model: RewardModelVersion, run: Run) -> int:
+    """Score every evaluation answer of the run's lineage this reward model has not
+    scored yet."""
     unscored = list(
-        EvaluationSample.objects.exclude(completion__reward_scores__reward_model=reward_model)
-        .select_related("completion", "prompt")
+        EvaluationSample.objects.filter(policy_version__in=lineage_versions(run),
+                                        prompt__evaluations__run=run)
+        .exclude(completion__reward_scores__reward_model=reward_model)
+        .select_related("completion__prompt")
     )
     if not unscored:
         return 0
     scorer = load_scorer(reward_model)
-    scores = scorer.score([(s.prompt.messages, s.completion.text, s.completion.ended) for s in unscored])
+    scores = scorer.score([s.completion.scored_text for s in unscored])
     RewardScore.objects.bulk_create(
         [RewardScore(reward_model=reward_model, completion=s.completion, score=float(score))
          for s, score in zip(unscored, scores.tolist(), strict=True)],

@@ -1,20 +1,19 @@
-"""Reward-model versions: which labels they learn from, when training starts, how a
-version is published, and how completions are scored with it.
+"""A run's reward-model versions: which labels they learn from, when training starts, how
+a version is published, and how completions are scored with it.
 
 Labels become pairs as `Label.preference_pairs` says: `a`/`b` give one pair, a K-way
 ranking all K·(K−1)/2 of its pairs (trained in one batch). Ties and both-bad state no
 ordering and the Bradley–Terry loss has no term for them, so they are left out of
-training; they still count for agreement and stay in the raw export.
+training; they still count for agreement and stay in the raw export. A run learns from
+the labels in its scope (`Run.label_scope`): its own, and a branch's inheritance.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 from datetime import timedelta
 from pathlib import Path
 
-from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.db.models import Max
@@ -22,9 +21,12 @@ from django.utils import timezone
 
 from labeling.exporting import labels_for_export, ordered_completions_of
 from labeling.models import Completion, Label
+from training.ml.configs import config_from_dict, config_to_dict
 from training.ml.reward import PreferencePair, RewardScorer, RewardTrainingConfig, train_reward_model
-from training.models import Job, PolicyVersion, RewardModelVersion
-from training.services.jobs import enqueue_on_commit
+from training.models import Job, RewardModelVersion, Run
+from training.services.artifacts import publish_artifact
+from training.services.jobs import enqueue_on_commit, job_type
+from training.services.runs import latest_reward_model
 
 log = logging.getLogger(__name__)
 
@@ -33,73 +35,87 @@ NORMALIZATION_SAMPLES = 256
 AUTO_REQUEST_INTERVAL_SECONDS = 60
 
 
-def latest_reward_model() -> RewardModelVersion | None:
-    return RewardModelVersion.objects.order_by("-number").first()
+def preference_labels(run: Run):
+    """Labels with a preference that the run learns from."""
+    return Label.objects.filter(run.label_scope(), choice__in=PREFERENCE_CHOICES)
 
 
-def labels_since_latest_reward_model() -> int:
-    """Labels with a preference that the newest version has not seen."""
-    latest = latest_reward_model()
-    newer = Label.objects.filter(choice__in=PREFERENCE_CHOICES)
-    return newer.filter(pk__gt=latest.last_label_id).count() if latest else newer.count()
+def labels_since_latest_reward_model(run: Run) -> int:
+    """Labels with a preference in the run's scope that its newest reward model has not seen."""
+    latest = latest_reward_model(run)
+    labels = preference_labels(run)
+    return labels.filter(pk__gt=latest.last_label_id).count() if latest else labels.count()
 
 
-def reward_training_config() -> RewardTrainingConfig:
-    return RewardTrainingConfig(
-        use_lora=not settings.PREFLOOP_RM_FULL_FINETUNE,
-        learning_rate=settings.PREFLOOP_RM_LEARNING_RATE or None,
-        epochs=settings.PREFLOOP_RM_EPOCHS,
-        batch_size=settings.PREFLOOP_RM_BATCH_SIZE,
-        ensemble_size=settings.PREFLOOP_RM_ENSEMBLE_SIZE,
-    )
+def last_label_id() -> int:
+    return Label.objects.aggregate(last=Max("pk"))["last"] or 0
+
+
+def create_reward_training_job(run: Run, requested_by: AbstractBaseUser | None = None, reason: str = "manual",
+                               round_=None) -> Job:
+    """A pending reward-model job pinned to the run's reward config, its seed and every
+    label so far. IntegrityError if one is already waiting (see request_reward_training)."""
+    job = Job.objects.create(kind=Job.Kind.TRAIN_REWARD, run=run, requested_by=requested_by, round=round_,
+                             params={"reason": reason, "last_label_id": last_label_id()})
+    job.params["config"] = {**config_to_dict(reward_training_config(run)), "seed": job.pk}
+    job.save(update_fields=["params"])
+    return job
 
 
 def request_reward_training(
-    requested_by: AbstractBaseUser | None = None, reason: str = "manual", round_=None
+    run: Run, requested_by: AbstractBaseUser | None = None, reason: str = "manual", round_=None
 ) -> Job:
-    """The pending reward-model job, created and queued unless one is already waiting:
-    requests made while a job waits are the same request (a round adopts it as its
-    stage). One made while a job runs waits its turn and will include the labels that
-    arrived meanwhile."""
-    from training.tasks import train_reward_model as task
-
-    existing = Job.objects.filter(kind=Job.Kind.TRAIN_REWARD, status=Job.Status.PENDING).first()
+    """The run's pending reward-model job, created and queued unless one is already
+    waiting: a request made while a job waits is the same request, and extends it to the
+    labels that arrived meanwhile (the job has not started, so nothing it did changes).
+    A round adopts the waiting job as its stage. A request made while a job runs waits
+    its turn."""
+    existing = Job.objects.filter(kind=Job.Kind.TRAIN_REWARD, run=run, status=Job.Status.PENDING).first()
     if existing is None:
         try:
             with transaction.atomic():
-                job = Job.objects.create(kind=Job.Kind.TRAIN_REWARD, params={"reason": reason},
-                                         requested_by=requested_by, round=round_)
-                enqueue_on_commit(job, task)
+                job = create_reward_training_job(run, requested_by, reason, round_)
+                enqueue_on_commit(job)
             return job
         except IntegrityError:  # another request created it between our check and insert
-            existing = Job.objects.get(kind=Job.Kind.TRAIN_REWARD, status=Job.Status.PENDING)
-    if round_ is not None and existing.round_id is None:
-        Job.objects.filter(pk=existing.pk, round=None).update(round=round_)
-        existing.round = round_
-    return existing
+            existing = Job.objects.get(kind=Job.Kind.TRAIN_REWARD, run=run, status=Job.Status.PENDING)
+    with transaction.atomic():
+        waiting = Job.objects.select_for_update().get(pk=existing.pk)
+        if waiting.status == Job.Status.PENDING:
+            waiting.params = {**waiting.params, "last_label_id": max(waiting.params["last_label_id"],
+                                                                     last_label_id())}
+            if round_ is not None and waiting.round_id is None:
+                waiting.round = round_
+            waiting.save(update_fields=["params", "round"])
+    return waiting
 
 
-def maybe_request_reward_training() -> Job | None:
+def reward_training_config(run: Run) -> RewardTrainingConfig:
+    return config_from_dict(RewardTrainingConfig, run.reward_config)
+
+
+def maybe_request_reward_training(run: Run) -> Job | None:
     """The automatic trigger, after each label: train once enough new labels arrived.
-    At most one automatic request a minute, so an unreachable broker (each request then
-    fails) costs one failed job a minute, not one per label."""
-    threshold = settings.PREFLOOP_RM_AUTO_TRAIN_LABELS
-    if threshold <= 0 or labels_since_latest_reward_model() < threshold:
+    At most one automatic request a minute per run, so an unreachable broker (each
+    request then fails) costs one failed job a minute, not one per label."""
+    threshold = run.reward_auto_train_labels
+    if threshold <= 0 or labels_since_latest_reward_model(run) < threshold:
         return None
     recent = timezone.now() - timedelta(seconds=AUTO_REQUEST_INTERVAL_SECONDS)
-    if Job.objects.filter(kind=Job.Kind.TRAIN_REWARD, created_at__gte=recent).exists():
+    if Job.objects.filter(kind=Job.Kind.TRAIN_REWARD, run=run, created_at__gte=recent).exists():
         return None
-    return request_reward_training(reason=f"{threshold} new labels")
+    return request_reward_training(run, reason=f"{threshold} new labels")
 
 
 def claim_reward_training(job: Job) -> bool:
-    """Start the job unless another reward-model training is running (then the caller
-    retries later). The job rows are locked while deciding, so two workers cannot
-    both start."""
+    """Start the job unless another reward-model training of its run is running (then
+    the caller retries later). The job rows are locked while deciding, so two workers
+    cannot both start."""
     with transaction.atomic():
         active = list(
             Job.objects.select_for_update()
-            .filter(kind=Job.Kind.TRAIN_REWARD, status__in=[Job.Status.PENDING, Job.Status.RUNNING])
+            .filter(kind=Job.Kind.TRAIN_REWARD, run_id=job.run_id, status__in=[Job.Status.PENDING,
+                                                                                Job.Status.RUNNING])
             .order_by("pk")
         )
         if any(other.status == Job.Status.RUNNING and other.pk != job.pk for other in active):
@@ -118,68 +134,74 @@ def preference_pairs(labels) -> list[PreferencePair]:
     pairs = []
     for label in labels_for_export().filter(pk__in=labels.values("pk"), choice__in=PREFERENCE_CHOICES):
         for chosen, rejected in label.preference_pairs(ordered_completions_of(label)):
-            pairs.append(
-                PreferencePair(label.comparison_id, label.comparison.prompt.messages, chosen.text, rejected.text,
-                               label.strength, chosen.ended, rejected.ended)
-            )
+            pairs.append(PreferencePair(
+                label.comparison_id, label.comparison.prompt.messages, chosen.text, rejected.text, label.strength,
+                chosen.ended, rejected.ended,
+                tuple(chosen.token_ids) if chosen.token_ids is not None else None,
+                tuple(rejected.token_ids) if rejected.token_ids is not None else None,
+            ))
     return pairs
 
 
-def normalization_samples() -> list[tuple[list[dict], str, bool]]:
-    """Completions of the initial policy: rewards are shifted and scaled to mean 0, std 1
-    on them (Ziegler et al. 2019), so every version speaks the same units to PPO."""
+def normalization_samples(run: Run) -> list[tuple]:
+    """Completions of the run's initial policy: rewards are shifted and scaled to mean 0,
+    std 1 on them (Ziegler et al. 2019), so every version speaks the same units to the
+    policy methods."""
     completions = (
-        Completion.objects.filter(policy_version__number=0).select_related("prompt").order_by("pk")
+        Completion.objects.filter(policy_version=run.base_version).select_related("prompt").order_by("pk")
         [:NORMALIZATION_SAMPLES]
     )
-    return [(c.prompt.messages, c.text, c.ended) for c in completions]
+    return [c.scored_text for c in completions]
 
 
+@job_type(Job.Kind.TRAIN_REWARD, queue="train", claim=claim_reward_training)
 def run_reward_training_job(job: Job) -> RewardModelVersion | None:
-    """Train the next version on every label so far and publish it: the weights are
-    written to a side folder, renamed into place, and the row is created last, so a
-    failure at any point publishes nothing."""
-    base = PolicyVersion.objects.get(number=0)
-    parent = latest_reward_model()
-    number = parent.number + 1 if parent else 1
-    root = Path(settings.PREFLOOP_ARTIFACT_DIR) / "reward-models"
-    final_dir, partial_dir = root / f"v{number}", root / f"v{number}.partial-job{job.pk}"
-    config = reward_training_config()
-    try:
-        last_label_id = Label.objects.aggregate(last=Max("pk"))["last"] or 0
-        labels = Label.objects.filter(pk__lte=last_label_id)
+    """Train the next version of the run's reward model on every label in its scope up
+    to the job's pinned label id, warm-started from the run's latest version, and
+    publish it (training/services/artifacts.py: a failure publishes nothing)."""
+    run = job.run
+    parent = latest_reward_model(run)
+    config = config_from_dict(RewardTrainingConfig, job.params["config"])
+    bound = job.params["last_label_id"]
+    labels = preference_labels(run).filter(pk__lte=bound)
+    trained = {}  # the training result, for the job's summary
+
+    def write(out_dir: Path):
         pairs = preference_pairs(labels)
         if not pairs:
             raise ValueError("there are no labels with a preference to train on yet")
-        shutil.rmtree(partial_dir, ignore_errors=True)  # left by a crashed attempt
-        warm_start = Path(parent.weights_dir) if parent and parent.base_model_dir == base.base_model_dir else None
+        warm_start = Path(parent.weights_dir) if parent and parent.base_model_dir == run.base_model_dir else None
         result = train_reward_model(
-            pairs, Path(base.base_model_dir), partial_dir, config, warm_start_dir=warm_start,
+            pairs, Path(run.base_model_dir), out_dir, config, warm_start_dir=warm_start,
             on_step=lambda step, total, metrics: job.report_progress(step, total, metrics),
-            normalization_samples=normalization_samples(),
+            normalization_samples=normalization_samples(run),
         )
-        if final_dir.exists():
-            raise FileExistsError(f"{final_dir} exists but no version row points at it; move it away")
-        partial_dir.rename(final_dir)
-        try:
-            version = RewardModelVersion.objects.create(
-                number=number, parent=parent, base_model_dir=base.base_model_dir, weights_dir=str(final_dir),
-                label_count=labels.filter(choice__in=PREFERENCE_CHOICES).count(), last_label_id=last_label_id,
-                train_pairs=result.train_pairs, heldout_pairs=result.heldout_pairs,
-                heldout_accuracy=result.heldout_accuracy, reward_mean=result.reward_mean,
-                reward_std=result.reward_std, config=config.to_dict(), metrics=result.history,
-            )
-        except Exception:
-            shutil.rmtree(final_dir, ignore_errors=True)
-            raise
+        trained["result"] = result
+        return result
+
+    def create_row(number: int, folder: Path, result) -> RewardModelVersion:
+        return RewardModelVersion.objects.create(
+            number=number, run=run, parent=parent, base_model_dir=run.base_model_dir, weights_dir=str(folder),
+            label_count=labels.count(), last_label_id=bound, train_pairs=result.train_pairs,
+            heldout_pairs=result.heldout_pairs, heldout_accuracy=result.heldout_accuracy,
+            reward_mean=result.reward_mean, reward_std=result.reward_std, config=config_to_dict(config),
+            metrics=result.history,
+        )
+
+    try:
+        version = publish_artifact(
+            "reward_model", job, RewardModelVersion, write,
+            manifest=lambda result: {"base_model_dir": run.base_model_dir, "config": config_to_dict(config),
+                                     "reward_mean": result.reward_mean, "reward_std": result.reward_std,
+                                     "last_label_id": bound},
+            create_row=create_row,
+        )
     except Exception as error:
         log.exception("reward-model job %s failed", job.pk)
-        shutil.rmtree(partial_dir, ignore_errors=True)
         job.mark_failed(f"{type(error).__name__}: {error}")
         return None
-    finally:
-        shutil.rmtree(partial_dir.with_name(partial_dir.name + ".trainer"), ignore_errors=True)
-    job.mark_succeeded({"version": number, "heldout_accuracy": result.heldout_accuracy,
+    result = trained["result"]
+    job.mark_succeeded({"version": version.number, "heldout_accuracy": result.heldout_accuracy,
                         "train_pairs": result.train_pairs, "dropped_too_long": result.dropped_too_long})
     return version
 

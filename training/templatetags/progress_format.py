@@ -23,3 +23,19 @@ def seconds(value: float | None) -> str:
         return "–"
     value = round(value)
     return f"{value // 60} min {value % 60} s" if value >= 60 else f"{value} s"
+
+
+@register.filter
+def method_title(name: str) -> str:
+    """The registry's title of a method (`ppo` → PPO); empty for a base version."""
+    from training.ml.methods import METHODS
+
+    return METHODS[name].title if name in METHODS else (name or "base")
+
+
+@register.filter
+def recipe_title(name: str) -> str:
+    from training.recipes import RECIPES
+
+    return RECIPES[name].title if name in RECIPES else name
+

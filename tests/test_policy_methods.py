@@ -1,0 +1,172 @@
+"""Every policy-update method, through the job that runs it in production, on the tiny
+model with a learnable oracle: it must publish a version that carries its pinned config
+and its metrics, and move the policy the oracle's way.
+
+The oracle prefers answers that contain a keyword the base policy says about half the
+time (the most informative case). A reward model is trained once on the oracle's
+judgements of base-policy samples; the pair methods (DPO, SFT on chosen) learn from the
+same judgements stored as labels. Settings are small and learning rates high so each
+method finishes in well under a minute; on two seeds each, the smallest gain seen in
+the keyword rate was +0.16 (0.45 → 0.61), so the +0.08 asserted here leaves room for
+noise while a method that did nothing, or pushed the wrong way, fails.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from labeling import services as labeling
+from labeling.models import Completion, Label, Prompt
+from labeling.services import LabelInput, create_comparison
+from labeling.simulation import oracle_annotator
+from training import services
+from training.ml.generation import SamplingConfig, iter_sample_batches
+from training.ml.loading import ARTIFACT_FILE, load_policy
+from training.ml.methods import METHODS
+from training.ml.reward import PreferencePair, RewardTrainingConfig, train_reward_model
+from training.ml.tiny_model import build_tiny_model
+from training.models import Job, PolicyVersion, RewardModelVersion
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db]
+
+PROMPTS = [[{"role": "user", "content": f"Question {i}?"}] for i in range(96)]
+SAMPLES_PER_PROMPT = 4
+TOKENS = 16
+MIN_GAIN = 0.08
+
+# Small and fast on the tiny model; learning rates far above real-model defaults.
+TEST_CONFIGS = {
+    "ppo": {"batch_size": 16, "response_length": TOKENS, "learning_rate": 2e-3, "total_episodes": 128},
+    "rloo": {"batch_size": 16, "max_completion_length": TOKENS, "learning_rate": 1e-3},
+    "grpo": {"batch_size": 16, "max_completion_length": TOKENS, "learning_rate": 1e-3},
+    "online_dpo": {"prompts_per_step": 8, "max_new_tokens": TOKENS, "learning_rate": 1e-3, "epochs": 2},
+    "dpo": {"batch_size": 16, "learning_rate": 1e-3, "epochs": 0.5},
+    "sft_chosen": {"batch_size": 8, "learning_rate": 1e-3},
+    "best_of_n": {"n": 4, "max_new_tokens": TOKENS, "learning_rate": 1e-3, "epochs": 2},
+}
+
+
+def keyword_rate(word: str, model_dir, adapter_dir=None) -> float:
+    """Share of the policy's answers (fixed prompts and seed) that contain the keyword."""
+    model, tokenizer = load_policy(model_dir, adapter_dir)
+    config = SamplingConfig(max_new_tokens=TOKENS, temperature=0.7, batch_size=96, seed=1234)
+    texts = [s.text for batch in iter_sample_batches(model, tokenizer, PROMPTS, SAMPLES_PER_PROMPT, config)
+             for group in batch for s in group]
+    return sum(word in text.split() for text in texts) / len(texts)
+
+
+@pytest.fixture(scope="module")
+def oracle_world(tmp_path_factory, gguf_tokenizer):
+    """The steerable tiny policy, the oracle's keyword, its judgements of the policy's
+    own samples, and a reward model trained on them (held-out accuracy 1.0 here)."""
+    root = tmp_path_factory.mktemp("oracle-world")
+    policy_dir = build_tiny_model(root / "policy", gguf_tokenizer, output_scale=22)
+    model, tokenizer = load_policy(policy_dir)
+    config = SamplingConfig(max_new_tokens=TOKENS, temperature=0.7, batch_size=96, seed=1)
+    groups = [group for batch in iter_sample_batches(model, tokenizer, PROMPTS, SAMPLES_PER_PROMPT, config)
+              for group in batch]
+    counts = Counter(word for group in groups for s in group for word in set(s.text.split()))
+    total = len(PROMPTS) * SAMPLES_PER_PROMPT
+    word = min(counts, key=lambda w: abs(counts[w] / total - 0.5))
+    judged = []  # (prompt index, chosen sample, rejected sample)
+    for index, group in enumerate(groups):
+        for a in range(len(group)):
+            for b in range(a + 1, len(group)):
+                has_a, has_b = word in group[a].text.split(), word in group[b].text.split()
+                if has_a != has_b:
+                    judged.append((index, *((group[a], group[b]) if has_a else (group[b], group[a]))))
+    pairs = [PreferencePair(i, PROMPTS[p], c.text, r.text, None, c.ended, r.ended, c.token_ids, r.token_ids)
+             for i, (p, c, r) in enumerate(judged)]
+    result = train_reward_model(
+        pairs, policy_dir, root / "reward-model", RewardTrainingConfig(use_lora=False, learning_rate=1e-3, epochs=3,
+                                                                       ensemble_size=0),
+        normalization_samples=[(PROMPTS[i], s.text, s.ended, s.token_ids) for i, g in enumerate(groups) for s in g],
+    )
+    assert result.heldout_accuracy is None or result.heldout_accuracy >= 0.8
+    return SimpleNamespace(policy_dir=policy_dir, word=word, judged=judged, rm_dir=root / "reward-model",
+                           rm=result, rate_before=keyword_rate(word, policy_dir))
+
+
+@pytest.fixture
+def oracle_run(oracle_world, settings, tmp_path, db):
+    """The world in the database: a run on the tiny policy, the prompts, the oracle's
+    judgements as simulated labels on comparisons of the base's samples, and the reward
+    model as the run's published version."""
+    settings.PREFLOOP_ARTIFACT_DIR = tmp_path / "artifacts"
+    settings.PREFLOOP_EVAL_PROMPTS = 0  # every prompt for the update; evaluation is tested elsewhere
+    settings.PREFLOOP_OVERLAP_SHARE = 0.0
+    run = services.create_run("oracle", str(oracle_world.policy_dir))
+    run.update_prompts = len(PROMPTS)
+    run.save()
+    prompts = [Prompt.objects.create(messages=messages) for messages in PROMPTS]
+    oracle = oracle_annotator(f"keyword:{oracle_world.word}")
+    rng = random.Random(0)
+    for prompt_index, chosen, rejected in oracle_world.judged:
+        prompt = prompts[prompt_index]
+        shown = [Completion.objects.create(prompt=prompt, policy_version=run.base_version, text=s.text,
+                                           ended=s.ended, token_ids=list(s.token_ids)) for s in (chosen, rejected)]
+        comparison = create_comparison(run, prompt, shown, source="initial", rng=rng)
+        choice = "a" if comparison.ordered_completions()[0] == shown[0] else "b"
+        labeling.submit_label(oracle, LabelInput(comparison.pk, choice), origin=Label.Origin.SIMULATED)
+    reward_model = RewardModelVersion.objects.create(
+        number=1, run=run, base_model_dir=run.base_model_dir, weights_dir=str(oracle_world.rm_dir),
+        label_count=len(oracle_world.judged), reward_mean=oracle_world.rm.reward_mean,
+        reward_std=oracle_world.rm.reward_std,
+    )
+    return SimpleNamespace(run=run, reward_model=reward_model)
+
+
+@pytest.mark.parametrize("method", list(TEST_CONFIGS))
+def test_each_method_publishes_a_version_that_moves_the_policy_the_oracles_way(method, oracle_world, oracle_run):
+    run = oracle_run.run
+    run.method, run.method_config = method, TEST_CONFIGS[method]
+    run.save()
+    job = services.create_policy_update_job(run, run.base_version, oracle_run.reward_model)
+    job = services.run_job_now(job)
+    assert job.status == Job.Status.SUCCEEDED, job.error
+
+    version = PolicyVersion.objects.get(number=job.result["policy_version"])
+    assert (version.run, version.parent, version.method) == (run, run.base_version, method)
+    assert version.config == job.params["config"] == {**METHODS[method].config(TEST_CONFIGS[method]).__dict__,
+                                                      "seed": job.pk}
+    assert version.inputs == job.params["inputs"] and version.job == job
+    history = version.metrics["history"]
+    logged = {key for entry in history for key in entry}
+    assert all(key.startswith(f"{method}/") for key in logged - {"step"})  # its own namespace
+    curves = [curve.key for curve in METHODS[method].curves if curve.key in logged]
+    assert curves, f"{method} logged none of its curves: {sorted(logged)}"
+    assert all(math.isfinite(entry[key]) for entry in history for key in curves if key in entry)
+
+    adapter = Path(version.adapter_dir)
+    assert adapter.name == f"v{version.number}" and (adapter / "adapter_config.json").is_file()
+    assert not (adapter / "ref").exists()  # no frozen reference copy published with it
+    manifest = json.loads((adapter / ARTIFACT_FILE).read_text())
+    assert (manifest["format_version"], manifest["kind"], manifest["method"]) == (1, "policy", method)
+    assert not list(adapter.parent.glob("*.partial*"))
+
+    after = keyword_rate(oracle_world.word, oracle_world.policy_dir, adapter)
+    print(f"{method}: keyword rate {oracle_world.rate_before:.3f} -> {after:.3f} in {version.metrics['seconds']:.0f} s")
+    assert after >= oracle_world.rate_before + MIN_GAIN, (method, oracle_world.rate_before, after)
+
+
+def test_a_continued_version_starts_from_its_parents_adapter(oracle_world, oracle_run):
+    """A version trained from a trained version continues its adapter: the child starts
+    where the parent ended (SFT, the fastest method, twice)."""
+    run = oracle_run.run
+    run.method, run.method_config = "sft_chosen", TEST_CONFIGS["sft_chosen"]
+    run.save()
+    first = PolicyVersion.objects.get(number=services.run_job_now(
+        services.create_policy_update_job(run, run.base_version, None)).result["policy_version"])
+    job = services.run_job_now(services.create_policy_update_job(run, first, None))
+    second = PolicyVersion.objects.get(number=job.result["policy_version"])
+    assert second.parent == first and second.inputs["start_version"] == first.number
+    # The first step of the continued run already has the parent's low loss.
+    first_loss = first.metrics["history"][0]["sft_chosen/loss"]
+    assert second.metrics["history"][0]["sft_chosen/loss"] < first_loss

@@ -1,0 +1,121 @@
+"""Loading what every policy method shares: the device, seeds, the policy tokenizer, the
+policy to sample from or to train (a LoRA adapter on the base model), and the KL
+reference. One place, so that PPO, GRPO, DPO and the rest start from the same model the
+same way."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+# Written into every published artifact by the publishing service; a reader that finds
+# a newer format refuses it instead of misreading it.
+ARTIFACT_FILE = "prefloop_artifact.json"
+ARTIFACT_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PolicyStart:
+    """Where a policy update starts: the base model, plus the adapter of the version it
+    continues (None for the base itself)."""
+
+    base_model_dir: Path
+    adapter_dir: Path | None = None
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def configure_torch_threads(threads: int) -> None:
+    """Two torch processes on two cores fight over threads; workers pin theirs."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def seed_everything(seed: int) -> None:
+    """The one seeding function: Python, NumPy, torch (CPU and CUDA) and transformers."""
+    from transformers import set_seed
+
+    random.seed(seed)
+    set_seed(seed)  # numpy, torch, cuda
+
+
+def load_tokenizer(model_dir: Path | str):
+    """The policy tokenizer: left padding (decoder-only models continue from the right
+    edge) and a pad token distinct from EOS (see training/ml/tokens.py)."""
+    from transformers import AutoTokenizer
+
+    from training.ml.tokens import use_distinct_pad
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "left"
+    return use_distinct_pad(tokenizer)
+
+
+def load_policy(model_dir: Path | str, adapter_dir: Path | str | None = None, device: torch.device | None = None):
+    """(model, tokenizer) ready for sampling; a LoRA adapter is merged in when given."""
+    from transformers import AutoModelForCausalLM
+
+    device = device or pick_device()
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    if adapter_dir:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    return model.to(device).eval(), load_tokenizer(model_dir)
+
+
+def trainable_policy(start: PolicyStart, lora_r: int, lora_alpha: int, device: torch.device):
+    """(model, peft_config for a TRL trainer). Continuing a version: its adapter, made
+    trainable, and no peft_config. From the base: the plain model and a new LoRA config
+    that the trainer wraps around it."""
+    from peft import LoraConfig, PeftModel, TaskType
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(start.base_model_dir, dtype=torch.float32).to(device)
+    if start.adapter_dir is not None:
+        return PeftModel.from_pretrained(model, start.adapter_dir, is_trainable=True), None
+    return model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora_r, lora_alpha=lora_alpha,
+                             target_modules="all-linear")
+
+
+def reference_policy(start: PolicyStart, reference: str, device: torch.device):
+    """The KL reference. "initial" gives None: TRL then uses the policy with its adapter
+    switched off, which is the base model, without a second copy in memory. "previous"
+    merges the version this update starts from into a frozen model."""
+    if reference == "initial" or start.adapter_dir is None:
+        return None
+    if reference != "previous":
+        raise ValueError(f"reference must be 'initial' or 'previous', not {reference!r}")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(start.base_model_dir, dtype=torch.float32)
+    return PeftModel.from_pretrained(base, start.adapter_dir).merge_and_unload().to(device).eval()
+
+
+def save_policy(model, tokenizer, out_dir: Path) -> None:
+    """The trained LoRA adapter (not the base weights, nor a frozen reference copy a
+    trainer kept beside it) and the tokenizer it was trained with."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    adapters = getattr(model, "peft_config", {})
+    model.save_pretrained(out_dir, **({"selected_adapters": ["default"]} if len(adapters) > 1 else {}))
+    tokenizer.save_pretrained(out_dir)
+
+
+def read_artifact_manifest(artifact_dir: Path) -> dict:
+    """The manifest a published artifact carries (format version, kind, config), or {}
+    for an artifact published before manifests existed."""
+    path = Path(artifact_dir) / ARTIFACT_FILE
+    if not path.is_file():
+        return {}
+    manifest = json.loads(path.read_text())
+    if manifest.get("format_version", 0) > ARTIFACT_FORMAT_VERSION:
+        raise ValueError(f"{artifact_dir} was written by a newer PrefLoop (format {manifest['format_version']})")
+    return manifest

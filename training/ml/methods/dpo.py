@@ -1,0 +1,144 @@
+"""DPO (Rafailov et al. 2023) with TRL's `DPOTrainer`, straight from the run's preference
+pairs: no reward model and no sampling. The loss raises the policy's log-probability
+ratio (against the reference) of the chosen answer over the rejected one; β says how
+strongly the reference holds it back.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from training.ml.configs import require
+from training.ml.loading import load_tokenizer, pick_device, save_policy, seed_everything, trainable_policy
+from training.ml.methods.base import (
+    PAIRS,
+    Curve,
+    Method,
+    TrainingInputs,
+    TrainingResult,
+    adopt_reference,
+    renamed,
+    trainer_arguments,
+)
+from training.ml.methods.cli import run_cli
+from training.ml.progress import StepReport, report_steps
+from training.ml.reward import PreferencePair
+from training.ml.tokens import answer_input_ids, prompt_input_ids
+
+METRIC_NAMES = {"rewards/margins": "margin", "rewards/accuracies": "accuracy", "rewards/chosen": "chosen_reward",
+                "rewards/rejected": "rejected_reward"}
+
+
+@dataclass
+class DPOConfig:
+    """How one DPO update runs; saved with the policy version it produced."""
+
+    batch_size: int = 8
+    """Preference pairs per optimizer step."""
+    epochs: float = 1.0
+    """Passes over the pairs."""
+    learning_rate: float = 5e-5
+    """For the LoRA adapter."""
+    beta: float = 0.1
+    """How far the policy may move from the reference per unit of preference."""
+    loss_type: Literal["sigmoid", "ipo", "robust", "hinge"] = "sigmoid"
+    """DPO's logistic loss, IPO's squared loss, the noise-robust variant, or a hinge."""
+    label_smoothing: float = 0.0
+    """For the robust loss: the assumed share of flipped labels (people disagree ~25–35%)."""
+    max_length: int = 512
+    """Prompt plus answer tokens; longer answers are cut at the end."""
+    lora_r: int = 16
+    """Rank of a new policy adapter (a continued adapter keeps its own)."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator."""
+    reference: Literal["initial", "previous"] = "initial"
+    """DPO's reference: the base model, or the version this update starts from."""
+    seed: int = 0
+    """Seeds data order and initialization."""
+
+    def validate(self) -> None:
+        require(self.batch_size >= 1 and self.epochs > 0, "batch_size and epochs must be above 0")
+        require(self.learning_rate > 0 and self.beta > 0, "learning_rate and beta must be above 0")
+        require(0 <= self.label_smoothing < 0.5, "label_smoothing must be in [0, 0.5)")
+        require(self.max_length >= 16, "max_length must be at least 16")
+        require(self.lora_r >= 1 and self.lora_alpha >= 1, "lora_r and lora_alpha must be at least 1")
+
+
+def preference_rows(tokenizer, pairs: list[PreferencePair]) -> dict[str, list]:
+    """TRL's processed preference format, one row per (chosen, rejected) pair: the
+    templated prompt, and each answer as the policy generated it (training/ml/tokens.py)."""
+    return {"prompt_ids": [prompt_input_ids(tokenizer, p.prompt) for p in pairs],
+            "chosen_ids": [answer_input_ids(tokenizer, p.chosen, p.chosen_ended, p.chosen_ids) for p in pairs],
+            "rejected_ids": [answer_input_ids(tokenizer, p.rejected, p.rejected_ended, p.rejected_ids) for p in pairs]}
+
+
+def pretokenized_dpo_trainer():
+    """TRL's DPOTrainer, taking rows already tokenized: it would otherwise re-encode the
+    answers' text, which is not what the policy generated."""
+    from trl import DPOTrainer
+
+    class PretokenizedDPOTrainer(DPOTrainer):
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            if "prompt_ids" not in dataset.column_names:
+                return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+            # As TRL does: drop a row whose prompt alone fills max_length (nothing left to learn).
+            return dataset.filter(lambda row: args.max_length is None or len(row["prompt_ids"]) < args.max_length)
+
+    return PretokenizedDPOTrainer
+
+
+def train(inputs: TrainingInputs, out_dir: Path, config: DPOConfig,
+          on_step: StepReport | None = None) -> TrainingResult:
+    from datasets import Dataset
+    from trl import DPOConfig as TRLConfig
+
+    seed_everything(config.seed)
+    device = pick_device()
+    tokenizer = load_tokenizer(inputs.start.base_model_dir)
+    policy, peft_config = trainable_policy(inputs.start, config.lora_r, config.lora_alpha, device)
+    work_dir = out_dir.with_name(out_dir.name + ".trainer")
+    args = TRLConfig(
+        **trainer_arguments(work_dir, config.seed, device),
+        per_device_train_batch_size=config.batch_size, num_train_epochs=config.epochs,
+        learning_rate=config.learning_rate, beta=config.beta, loss_type=[config.loss_type],
+        label_smoothing=config.label_smoothing, max_length=config.max_length,
+    )
+    history: list[dict] = []
+    trainer = pretokenized_dpo_trainer()(
+        model=policy, ref_model=None, args=args, processing_class=tokenizer, peft_config=peft_config,
+        train_dataset=Dataset.from_dict(preference_rows(tokenizer, list(inputs.pairs))),
+        callbacks=[report_steps(history, on_step, renamed("dpo", METRIC_NAMES))],
+    )
+    adopt_reference(trainer, config.reference)
+    started = time.monotonic()
+    try:
+        trainer.train()
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    seconds = time.monotonic() - started
+    save_policy(trainer.model, tokenizer, out_dir)
+    return TrainingResult(history, seconds, len(inputs.pairs), {"pairs": len(inputs.pairs)})
+
+
+METHOD = Method(
+    name="dpo",
+    title="DPO",
+    summary="direct preference optimization on the labeled pairs; no reward model, no sampling",
+    config_class=DPOConfig,
+    needs=frozenset({PAIRS}),
+    curves=(Curve("dpo/loss", "DPO loss"), Curve("dpo/margin", "Implicit reward margin (chosen − rejected)"),
+            Curve("dpo/accuracy", "Pairs ranked right by the implicit reward")),
+    trainer=train,
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(METHOD, argv)
+
+
+if __name__ == "__main__":
+    main()

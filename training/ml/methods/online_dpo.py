@@ -1,0 +1,146 @@
+"""Online DPO (Guo et al. 2024) with TRL's `trl.experimental.online_dpo.OnlineDPOTrainer`:
+sample two answers per prompt from the current policy, let the reward model say which is
+better, and take a DPO step on that fresh pair. The reward model is ours, normalized and
+scored on the tokens the policy produced (training/ml/reward_function.py).
+
+TRL's trainer keeps a pair whose two rewards are equal and trains on it as if the first
+were better; with a continuous reward model ties are rare, but with a coarse one they
+add noise (seen with a 0/1 reward on the tiny test model).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from training.ml.configs import require
+from training.ml.loading import load_tokenizer, pick_device, save_policy, seed_everything, trainable_policy
+from training.ml.methods.base import (
+    PROMPTS,
+    REWARD_MODEL,
+    Curve,
+    Method,
+    TrainingInputs,
+    TrainingResult,
+    renamed,
+    trainer_arguments,
+)
+from training.ml.methods.cli import run_cli
+from training.ml.progress import StepReport, report_steps
+from training.ml.reward_function import RewardModelFunction
+
+METRIC_NAMES = {"objective/scores": "reward", "objective/scores_margin": "reward_margin", "objective/kl": "kl",
+                "rewards/margins": "margin", "rewards/accuracies": "accuracy", "val/contain_eos_token": "ended_share"}
+
+
+@dataclass
+class OnlineDPOConfig:
+    """How one online-DPO update runs; saved with the policy version it produced."""
+
+    prompts_per_step: int = 8
+    """Prompts per optimizer step (two answers are sampled for each)."""
+    epochs: float = 1.0
+    """Passes over the update's prompts."""
+    max_new_tokens: int = 64
+    """New tokens per answer."""
+    temperature: float = 0.7
+    """Sampling temperature of the answers."""
+    learning_rate: float = 3e-5
+    """For the LoRA adapter."""
+    beta: float = 0.1
+    """DPO's β: how far the policy may move from the reference per unit of preference."""
+    loss_type: Literal["sigmoid", "ipo"] = "sigmoid"
+    """DPO's logistic loss, or IPO's squared one."""
+    missing_eos_penalty: float = 1.0
+    """Subtracted from the reward of an answer that never ends."""
+    max_length: int = 512
+    """Prompt plus answer tokens in the log-probability pass (the prompt is cut from the left)."""
+    lora_r: int = 16
+    """Rank of a new policy adapter (a continued adapter keeps its own)."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator."""
+    reference: Literal["initial", "previous"] = "initial"
+    """DPO's reference: the base model, or the version this update starts from."""
+    seed: int = 0
+    """Seeds sampling and initialization."""
+
+    def validate(self) -> None:
+        require(self.prompts_per_step >= 1 and self.epochs > 0, "prompts_per_step and epochs must be above 0")
+        require(self.max_new_tokens >= 1 and self.max_length > self.max_new_tokens,
+                "max_new_tokens must be at least 1 and below max_length")
+        require(self.temperature > 0 and self.learning_rate > 0, "temperature and learning_rate must be above 0")
+        require(self.beta > 0 and self.missing_eos_penalty >= 0, "beta must be above 0, missing_eos_penalty ≥ 0")
+        require(self.lora_r >= 1 and self.lora_alpha >= 1, "lora_r and lora_alpha must be at least 1")
+
+
+def reference_model(inputs: TrainingInputs, config: OnlineDPOConfig, device):
+    """None lets TRL choose: the adapter switched off (the base) for a new adapter, a
+    frozen copy of the start for a continued one. The base as the reference of a
+    continued adapter has to be passed in."""
+    if config.reference == "previous" or inputs.start.adapter_dir is None:
+        return None
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(inputs.start.base_model_dir, dtype=torch.float32).to(device).eval()
+
+
+def train(inputs: TrainingInputs, out_dir: Path, config: OnlineDPOConfig,
+          on_step: StepReport | None = None) -> TrainingResult:
+    from datasets import Dataset
+    from trl.experimental.online_dpo import OnlineDPOConfig as TRLConfig
+    from trl.experimental.online_dpo import OnlineDPOTrainer
+
+    seed_everything(config.seed)
+    device = pick_device()
+    tokenizer = load_tokenizer(inputs.start.base_model_dir)
+    policy, peft_config = trainable_policy(inputs.start, config.lora_r, config.lora_alpha, device)
+    reward = RewardModelFunction(inputs.reward_model, tokenizer, 0.0, device)  # TRL applies the EOS penalty
+    work_dir = out_dir.with_name(out_dir.name + ".trainer")
+    args = TRLConfig(
+        **trainer_arguments(work_dir, config.seed, device),
+        per_device_train_batch_size=config.prompts_per_step, num_train_epochs=config.epochs,
+        max_new_tokens=config.max_new_tokens, max_length=config.max_length, temperature=config.temperature,
+        learning_rate=config.learning_rate, beta=config.beta, loss_type=config.loss_type,
+        missing_eos_penalty=config.missing_eos_penalty,
+    )
+    history: list[dict] = []
+    trainer = OnlineDPOTrainer(
+        model=policy, ref_model=reference_model(inputs, config, device), reward_funcs=reward, args=args,
+        processing_class=tokenizer, peft_config=peft_config,
+        train_dataset=Dataset.from_dict({"prompt": list(inputs.prompts)}),
+        callbacks=[report_steps(history, on_step, renamed("online_dpo", METRIC_NAMES))],
+    )
+    started = time.monotonic()
+    try:
+        trainer.train()
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    seconds = time.monotonic() - started
+    save_policy(trainer.model, tokenizer, out_dir)
+    pairs = trainer.state.global_step * config.prompts_per_step
+    return TrainingResult(history, seconds, pairs, {"pairs_sampled": pairs})
+
+
+METHOD = Method(
+    name="online_dpo",
+    title="Online DPO",
+    summary="DPO on fresh pairs of the policy's own answers, judged by the reward model",
+    config_class=OnlineDPOConfig,
+    needs=frozenset({REWARD_MODEL, PROMPTS}),
+    curves=(Curve("online_dpo/reward", "Reward-model score (normalized)"), Curve("online_dpo/loss", "DPO loss"),
+            Curve("online_dpo/margin", "Implicit reward margin (chosen − rejected)")),
+    trainer=train,
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(METHOD, argv)
+
+
+if __name__ == "__main__":
+    main()

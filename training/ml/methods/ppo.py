@@ -1,0 +1,178 @@
+"""PPO with TRL's `trl.experimental.ppo.PPOTrainer` (trl 1.9.2), as InstructGPT ran it:
+the policy is a LoRA adapter on the base model, the reward is a published reward model
+with its normalization folded into the score head, the value model starts as a copy of
+that reward model (Ouyang et al. 2022), a KL penalty keeps the policy near the reference
+(the base by default), and an answer that never ends is penalized.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from training.ml.configs import require
+from training.ml.loading import (
+    load_tokenizer,
+    pick_device,
+    reference_policy,
+    save_policy,
+    seed_everything,
+    trainable_policy,
+)
+from training.ml.methods.base import PROMPTS, REWARD_MODEL, Curve, Method, TrainingInputs, TrainingResult
+from training.ml.methods.cli import run_cli
+from training.ml.progress import StepReport, report_steps
+from training.ml.reward import normalized_reward_model
+from training.ml.tokens import prompt_input_ids
+
+# TRL's log keys, under the names our pages use.
+METRIC_NAMES = {
+    "objective/scores": "ppo/reward",
+    "objective/rlhf_reward": "ppo/rlhf_reward",
+    "objective/kl": "ppo/kl",
+    "objective/entropy": "ppo/entropy",
+    "objective/non_score_reward": "ppo/kl_penalty",
+    "policy/clipfrac_avg": "ppo/clip_fraction",
+    "policy/approxkl_avg": "ppo/approx_kl",
+    "loss/policy_avg": "ppo/policy_loss",
+    "loss/value_avg": "ppo/value_loss",
+    "val/num_eos_tokens": "ppo/eos_count",
+    "eps": "ppo/episodes_per_second",
+    "episode": "ppo/episode",
+}
+
+
+@dataclass
+class PPOConfig:
+    """How one PPO update runs; saved with the policy version it produced."""
+
+    batch_size: int = 8
+    """Rollouts per PPO update."""
+    num_mini_batches: int = 1
+    """Minibatches each rollout batch is split into for the updates."""
+    ppo_epochs: int = 4
+    """Optimization passes over each rollout batch."""
+    total_episodes: int | None = None
+    """Rollouts in the update; empty means one per prompt (at least one batch)."""
+    response_length: int = 64
+    """New tokens per rollout."""
+    temperature: float = 0.7
+    """Sampling temperature of the rollouts."""
+    learning_rate: float = 3e-5
+    """For the LoRA adapter and the value model."""
+    kl_coef: float = 0.05
+    """Weight of the KL penalty to the reference policy."""
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    """TRL's KL estimator: k1 (plain) or k3 (lower variance)."""
+    missing_eos_penalty: float = 1.0
+    """Subtracted from the score of a rollout that never ends."""
+    cliprange: float = 0.2
+    """PPO's policy ratio clip."""
+    vf_coef: float = 0.1
+    """Weight of the value loss."""
+    lora_r: int = 16
+    """Rank of a new policy adapter (a continued adapter keeps its own)."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator."""
+    reference: Literal["initial", "previous"] = "initial"
+    """KL reference: the base model, or the version this update starts from."""
+    seed: int = 0
+    """Seeds sampling and initialization."""
+
+    def validate(self) -> None:
+        require(self.batch_size >= 1 and self.num_mini_batches >= 1 and self.ppo_epochs >= 1,
+                "batch_size, num_mini_batches and ppo_epochs must be at least 1")
+        require(self.batch_size % self.num_mini_batches == 0, "batch_size must be a multiple of num_mini_batches")
+        require(self.total_episodes is None or self.total_episodes >= 1, "total_episodes must be at least 1")
+        require(self.response_length >= 1, "response_length must be at least 1")
+        require(self.temperature > 0, "temperature must be above 0")
+        require(self.learning_rate > 0, "learning_rate must be above 0")
+        require(self.kl_coef >= 0 and self.missing_eos_penalty >= 0, "kl_coef and missing_eos_penalty must be ≥ 0")
+        require(0 < self.cliprange < 1, "cliprange must be between 0 and 1")
+        require(self.lora_r >= 1 and self.lora_alpha >= 1, "lora_r and lora_alpha must be at least 1")
+
+
+def train(inputs: TrainingInputs, out_dir: Path, config: PPOConfig,
+          on_step: StepReport | None = None) -> TrainingResult:
+    """One PPO update from `inputs.start`; writes the adapter into `out_dir` (callers
+    publish it by renaming)."""
+    from datasets import Dataset
+    from trl.experimental.ppo import PPOConfig as TRLPPOConfig
+    from trl.experimental.ppo import PPOTrainer
+
+    seed_everything(config.seed)
+    device = pick_device()
+    tokenizer = load_tokenizer(inputs.start.base_model_dir)  # left padding, pad distinct from EOS
+    policy, peft_config = trainable_policy(inputs.start, config.lora_r, config.lora_alpha, device)
+    reward_model = normalized_reward_model(inputs.reward_model, device)
+    value_model = copy.deepcopy(reward_model).train()
+    dataset = Dataset.from_dict({"input_ids": [prompt_input_ids(tokenizer, p) for p in inputs.prompts]})
+    episodes = config.total_episodes or max(len(inputs.prompts), config.batch_size)
+    work_dir = out_dir.with_name(out_dir.name + ".trainer")
+
+    args = TRLPPOConfig(
+        output_dir=str(work_dir),
+        per_device_train_batch_size=config.batch_size,
+        local_rollout_forward_batch_size=config.batch_size,
+        num_mini_batches=config.num_mini_batches,
+        num_ppo_epochs=config.ppo_epochs,
+        total_episodes=episodes,
+        response_length=config.response_length,
+        temperature=config.temperature,
+        learning_rate=config.learning_rate,
+        kl_coef=config.kl_coef,
+        kl_estimator=config.kl_estimator,
+        missing_eos_penalty=config.missing_eos_penalty,
+        cliprange=config.cliprange,
+        vf_coef=config.vf_coef,
+        stop_token="eos",
+        seed=config.seed,
+        num_sample_generations=0,
+        save_strategy="no",
+        report_to=[],
+        logging_steps=1,
+        use_cpu=device.type == "cpu",
+        bf16=False,
+    )
+    history: list[dict] = []
+    report = report_steps(history, on_step, lambda key: METRIC_NAMES.get(key, f"ppo/{key}"))
+    trainer = PPOTrainer(
+        args=args, processing_class=tokenizer, model=policy,
+        ref_model=reference_policy(inputs.start, config.reference, device),
+        reward_model=reward_model, value_model=value_model, train_dataset=dataset,
+        callbacks=[report], peft_config=peft_config,
+    )
+    started = time.monotonic()
+    try:
+        trainer.train()
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    seconds = time.monotonic() - started
+    save_policy(trainer.policy_model, tokenizer, out_dir)
+    rollouts = trainer.state.episode
+    return TrainingResult(history, seconds, rollouts, {"generated_tokens": rollouts * config.response_length})
+
+
+METHOD = Method(
+    name="ppo",
+    title="PPO",
+    summary="proximal policy optimization against the reward model, with a value model and a KL penalty",
+    config_class=PPOConfig,
+    needs=frozenset({REWARD_MODEL, PROMPTS}),
+    curves=(Curve("ppo/reward", "Reward-model score (normalized)"),
+            Curve("ppo/kl", "KL to the reference (nats per response)"),
+            Curve("ppo/entropy", "Entropy (nats per response)")),
+    trainer=train,
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(METHOD, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""RLOO (REINFORCE leave-one-out, Ahmadian et al. 2024) with TRL's `RLOOTrainer`: sample
+several answers per prompt, score them with the reward model, and push each answer's
+log-probability by its reward minus the mean reward of the other answers to the same
+prompt. No value model: about half of PPO's memory. The reward is our reward model,
+normalized and scored on the tokens the policy produced (training/ml/reward_function.py),
+with a KL penalty to the reference.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from training.ml.configs import require
+from training.ml.loading import load_tokenizer, pick_device, save_policy, seed_everything, trainable_policy
+from training.ml.methods.base import (
+    PROMPTS,
+    REWARD_MODEL,
+    Curve,
+    Method,
+    TrainingInputs,
+    TrainingResult,
+    adopt_reference,
+    renamed,
+    trainer_arguments,
+)
+from training.ml.methods.cli import run_cli
+from training.ml.progress import StepReport, report_steps
+from training.ml.reward_function import RewardModelFunction
+
+METRIC_NAMES = {"reward": "reward", "kl": "kl", "entropy": "entropy", "completions/mean_length": "length",
+                "completions/clipped_ratio": "cut_off_share"}
+
+
+@dataclass
+class RLOOConfig:
+    """How one RLOO update runs; saved with the policy version it produced."""
+
+    num_generations: int = 4
+    """Answers sampled per prompt; each is baselined by the mean reward of the others."""
+    batch_size: int = 8
+    """Answers per optimizer step (a multiple of num_generations)."""
+    epochs: float = 1.0
+    """Passes over the update's prompts."""
+    max_completion_length: int = 64
+    """New tokens per answer."""
+    temperature: float = 0.7
+    """Sampling temperature of the answers."""
+    learning_rate: float = 3e-5
+    """For the LoRA adapter."""
+    beta: float = 0.05
+    """Weight of the KL penalty to the reference policy."""
+    missing_eos_penalty: float = 1.0
+    """Subtracted from the reward of an answer that never ends."""
+    lora_r: int = 16
+    """Rank of a new policy adapter (a continued adapter keeps its own)."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator."""
+    reference: Literal["initial", "previous"] = "initial"
+    """KL reference: the base model, or the version this update starts from."""
+    seed: int = 0
+    """Seeds sampling and initialization."""
+
+    def validate(self) -> None:
+        require(self.num_generations >= 2, "num_generations must be at least 2 (the baseline needs another answer)")
+        require(self.batch_size >= self.num_generations and self.batch_size % self.num_generations == 0,
+                "batch_size must be a multiple of num_generations")
+        require(self.epochs > 0 and self.max_completion_length >= 1, "epochs and max_completion_length must be > 0")
+        require(self.temperature > 0 and self.learning_rate > 0, "temperature and learning_rate must be above 0")
+        require(self.beta >= 0 and self.missing_eos_penalty >= 0, "beta and missing_eos_penalty must be ≥ 0")
+        require(self.lora_r >= 1 and self.lora_alpha >= 1, "lora_r and lora_alpha must be at least 1")
+
+
+def train(inputs: TrainingInputs, out_dir: Path, config: RLOOConfig,
+          on_step: StepReport | None = None) -> TrainingResult:
+    from datasets import Dataset
+    from trl import RLOOConfig as TRLConfig
+    from trl import RLOOTrainer
+
+    seed_everything(config.seed)
+    device = pick_device()
+    tokenizer = load_tokenizer(inputs.start.base_model_dir)
+    policy, peft_config = trainable_policy(inputs.start, config.lora_r, config.lora_alpha, device)
+    reward = RewardModelFunction(inputs.reward_model, tokenizer, config.missing_eos_penalty, device)
+    work_dir = out_dir.with_name(out_dir.name + ".trainer")
+    args = TRLConfig(
+        **trainer_arguments(work_dir, config.seed, device),
+        per_device_train_batch_size=config.batch_size, num_generations=config.num_generations,
+        num_train_epochs=config.epochs, max_completion_length=config.max_completion_length,
+        temperature=config.temperature, learning_rate=config.learning_rate, beta=config.beta,
+    )
+    history: list[dict] = []
+    trainer = RLOOTrainer(
+        model=policy, reward_funcs=reward, args=args, processing_class=tokenizer, peft_config=peft_config,
+        train_dataset=Dataset.from_dict({"prompt": list(inputs.prompts)}),
+        callbacks=[report_steps(history, on_step, renamed("rloo", METRIC_NAMES))],
+    )
+    adopt_reference(trainer, config.reference)
+    started = time.monotonic()
+    try:
+        trainer.train()
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    seconds = time.monotonic() - started
+    save_policy(trainer.model, tokenizer, out_dir)
+    answers = trainer.state.global_step * config.batch_size
+    return TrainingResult(history, seconds, answers, {"answers_sampled": answers})
+
+
+METHOD = Method(
+    name="rloo",
+    title="RLOO",
+    summary="REINFORCE with a leave-one-out baseline against the reward model; no value model",
+    config_class=RLOOConfig,
+    needs=frozenset({REWARD_MODEL, PROMPTS}),
+    curves=(Curve("rloo/reward", "Reward-model score (normalized)"), Curve("rloo/kl", "KL to the reference"),
+            Curve("rloo/entropy", "Entropy")),
+    trainer=train,
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(METHOD, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Supervised fine-tuning on the chosen answers of the run's preference pairs (the
+LIMA-style baseline: no reward model, no rejected answers, no sampling). Of each
+comparison, the answers people preferred and never rejected are the targets: the
+chosen one of a pairwise label, the best of a ranking.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from training.ml.configs import require
+from training.ml.loading import seed_everything
+from training.ml.methods.base import PAIRS, Curve, Method, TrainingInputs, TrainingResult
+from training.ml.methods.cli import run_cli
+from training.ml.methods.supervised import Example, fine_tune
+from training.ml.progress import StepReport
+from training.ml.reward import PreferencePair
+
+
+@dataclass
+class SFTChosenConfig:
+    """How one fine-tuning on chosen answers runs; saved with the version it produced."""
+
+    batch_size: int = 8
+    """Answers per optimizer step."""
+    epochs: float = 1.0
+    """Passes over the answers."""
+    learning_rate: float = 1e-4
+    """For the LoRA adapter."""
+    max_length: int = 512
+    """Prompt plus answer tokens; longer answers are cut at the end."""
+    lora_r: int = 16
+    """Rank of a new policy adapter (a continued adapter keeps its own)."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator."""
+    seed: int = 0
+    """Seeds data order and initialization."""
+
+    def validate(self) -> None:
+        require(self.batch_size >= 1 and self.epochs > 0 and self.learning_rate > 0,
+                "batch_size, epochs and learning_rate must be above 0")
+        require(self.max_length >= 16, "max_length must be at least 16")
+        require(self.lora_r >= 1 and self.lora_alpha >= 1, "lora_r and lora_alpha must be at least 1")
+
+
+def chosen_answers(pairs: Sequence[PreferencePair]) -> list[Example]:
+    """Per comparison (a pair's group), each answer that was chosen at least once and
+    never rejected; one example per distinct (prompt, answer). Two people who disagree
+    on a comparison leave it with no target."""
+    chosen: dict[int, list[PreferencePair]] = defaultdict(list)
+    rejected: dict[int, set[str]] = defaultdict(set)
+    for pair in pairs:
+        chosen[pair.group].append(pair)
+        rejected[pair.group].add(pair.rejected)
+    examples, seen = [], set()
+    for group, group_pairs in chosen.items():
+        for pair in group_pairs:
+            key = (json.dumps(pair.prompt, sort_keys=True), pair.chosen)
+            if pair.chosen not in rejected[group] and key not in seen:
+                seen.add(key)
+                examples.append((pair.prompt, pair.chosen, pair.chosen_ended, pair.chosen_ids))
+    return examples
+
+
+def train(inputs: TrainingInputs, out_dir: Path, config: SFTChosenConfig,
+          on_step: StepReport | None = None) -> TrainingResult:
+    seed_everything(config.seed)
+    examples = chosen_answers(inputs.pairs)
+    history, seconds = fine_tune(
+        inputs.start, examples, out_dir, method="sft_chosen", batch_size=config.batch_size, epochs=config.epochs,
+        learning_rate=config.learning_rate, max_length=config.max_length, lora_r=config.lora_r,
+        lora_alpha=config.lora_alpha, seed=config.seed, on_step=on_step,
+    )
+    return TrainingResult(history, seconds, len(examples), {"answers": len(examples), "pairs": len(inputs.pairs)})
+
+
+METHOD = Method(
+    name="sft_chosen",
+    title="SFT on chosen",
+    summary="supervised fine-tuning on the answers people preferred; no reward model, no sampling",
+    config_class=SFTChosenConfig,
+    needs=frozenset({PAIRS}),
+    curves=(Curve("sft_chosen/loss", "Loss on the chosen answers"),
+            Curve("sft_chosen/token_accuracy", "Next-token accuracy on the chosen answers")),
+    trainer=train,
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(METHOD, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Policy updates: a run's method turns its labels (or its reward model) into the next
+policy version. One job kind for every method: the job pins the method, its complete
+config, the version it starts from, and the inputs the method declares (which prompts,
+which reward model, labels up to which id, the seed), so changing the run's settings
+never changes a queued job and any version can be rebuilt from its record."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+from django.contrib.auth.models import AbstractBaseUser
+
+from labeling.models import Prompt
+from training.ml.configs import config_to_dict
+from training.ml.loading import PolicyStart
+from training.ml.methods import PAIRS, PROMPTS, REWARD_MODEL, TrainingInputs, method_named
+from training.ml.reward import RewardModelRef
+from training.models import Job, PolicyVersion, RewardModelVersion, Round, Run
+from training.services.artifacts import publish_artifact
+from training.services.evaluation import evaluation_prompts
+from training.services.jobs import job_type
+from training.services.reward_models import last_label_id, preference_labels, preference_pairs
+
+log = logging.getLogger(__name__)
+
+
+class PolicyUpdateError(ValueError):
+    """A policy update cannot be set up; the message says what is missing."""
+
+
+def update_prompts(run: Run, count: int, seed: int) -> list[Prompt]:
+    """A random sample of the prompts for one update, leaving out the run's evaluation
+    prompts (versions are compared on answers no method trained on)."""
+    evaluation_prompts(run)  # chosen before the first update, so no version ever trains on them
+    ids = list(Prompt.objects.exclude(evaluations__run=run).values_list("pk", flat=True))
+    chosen = random.Random(seed).sample(ids, min(count, len(ids)))
+    by_id = Prompt.objects.in_bulk(chosen)
+    return [by_id[i] for i in chosen]
+
+
+def create_policy_update_job(
+    run: Run, start: PolicyVersion, reward_model: RewardModelVersion | None, round_: Round | None = None,
+    requested_by: AbstractBaseUser | None = None, method: str | None = None, method_config: dict | None = None,
+) -> Job:
+    """A job pinned to everything it will use. The method and config are the run's
+    unless given (a bake-off trains several methods from one start)."""
+    chosen = method_named(method or run.method)
+    config = chosen.config(run.method_config if method_config is None else method_config)
+    if REWARD_MODEL in chosen.needs and reward_model is None:
+        raise PolicyUpdateError(f"{chosen.title} needs a reward model and the run has none yet: train one first")
+    if PAIRS in chosen.needs and not preference_labels(run).exists():
+        raise PolicyUpdateError(f"{chosen.title} learns from preference pairs and the run has none yet")
+    job = Job.objects.create(kind=Job.Kind.POLICY_UPDATE, run=run, round=round_, requested_by=requested_by)
+    inputs = {"start_version": start.number, "seed": job.pk}
+    if REWARD_MODEL in chosen.needs:
+        inputs["reward_model"] = reward_model.number
+    if PROMPTS in chosen.needs:
+        prompts = update_prompts(run, run.update_prompts, seed=job.pk)
+        if not prompts:
+            raise PolicyUpdateError("there are no prompts to sample from")
+        inputs["prompt_ids"] = [p.pk for p in prompts]
+    if PAIRS in chosen.needs:
+        inputs["last_label_id"] = last_label_id()
+    job.params = {"method": chosen.name, "config": {**config_to_dict(config), "seed": job.pk}, "inputs": inputs}
+    job.save(update_fields=["params"])
+    return job
+
+
+def training_inputs(job: Job) -> TrainingInputs:
+    """What the job pinned, loaded: the start, and the prompts, pairs and reward model
+    its method declares."""
+    method = method_named(job.params["method"])
+    pinned = job.params["inputs"]
+    start = PolicyVersion.objects.get(number=pinned["start_version"])
+    inputs = TrainingInputs(PolicyStart(Path(start.base_model_dir), Path(start.adapter_dir) if start.adapter_dir
+                                        else None))
+    if PROMPTS in method.needs:
+        by_id = Prompt.objects.in_bulk(pinned["prompt_ids"])
+        inputs.prompts = [by_id[i].messages for i in pinned["prompt_ids"] if i in by_id]
+    if PAIRS in method.needs:
+        inputs.pairs = preference_pairs(preference_labels(job.run).filter(pk__lte=pinned["last_label_id"]))
+    if REWARD_MODEL in method.needs:
+        judge = RewardModelVersion.objects.get(number=pinned["reward_model"])
+        inputs.reward_model = RewardModelRef(Path(judge.base_model_dir), Path(judge.weights_dir), judge.reward_mean,
+                                             judge.reward_std)
+    return inputs
+
+
+@job_type(Job.Kind.POLICY_UPDATE, queue="gpu")
+def run_policy_update_job(job: Job) -> PolicyVersion | None:
+    """Train the job's method from its start version and publish the adapter as the
+    next policy version of the run (a sibling of any other child of the start)."""
+    try:
+        method = method_named(job.params["method"])
+        config = method.config(job.params["config"])
+        start = PolicyVersion.objects.get(number=job.params["inputs"]["start_version"])
+        inputs = training_inputs(job)
+        trained = {}
+
+        def write(out_dir: Path):
+            trained["result"] = method.train(inputs, out_dir, config,
+                                             on_step=lambda step, total, metrics: job.report_progress(step, total,
+                                                                                                     metrics))
+            return trained["result"]
+
+        version = publish_artifact(
+            "policy", job, PolicyVersion, write,
+            manifest=lambda result: {"method": method.name, "config": config_to_dict(config),
+                                     "base_model_dir": start.base_model_dir, "inputs": job.params["inputs"]},
+            create_row=lambda number, folder, result: PolicyVersion.objects.create(
+                number=number, run=job.run, parent=start, method=method.name, base_model_dir=start.base_model_dir,
+                adapter_dir=str(folder), config=config_to_dict(config), inputs=job.params["inputs"], job=job,
+                metrics={"history": result.history, "seconds": result.seconds, "examples": result.examples,
+                         "summary": result.summary},
+            ),
+        )
+    except Exception as error:
+        log.exception("policy-update job %s failed", job.pk)
+        job.mark_failed(f"{type(error).__name__}: {error}")
+        return None
+    job.mark_succeeded({"policy_version": version.number, "method": method.name,
+                        "reward_model": job.params["inputs"].get("reward_model"),
+                        "seconds": round(trained["result"].seconds, 1)})
+    return version

@@ -1,0 +1,32 @@
+"""Sampling from a policy version with the deployment's sampling settings, for the jobs
+that need answers (comparisons, evaluation). The model code is training/ml/generation.py."""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+from training.ml.generation import SamplingConfig, iter_sample_batches
+from training.ml.loading import load_policy
+from training.models import PolicyVersion
+
+
+def sampling_config(seed: int) -> SamplingConfig:
+    """What a job pins when it is created (so settings changed later do not change it)."""
+    return SamplingConfig(
+        max_new_tokens=settings.PREFLOOP_MAX_NEW_TOKENS,
+        temperature=settings.PREFLOOP_TEMPERATURE,
+        batch_size=settings.PREFLOOP_GENERATION_BATCH_SIZE,
+        seed=seed,
+    )
+
+
+def sample_completions(policy: PolicyVersion, conversations: list[list[dict]], samples: int, config: SamplingConfig,
+                       on_batch=None) -> list:
+    """`samples` completions of each conversation from a policy version, in order."""
+    model, tokenizer = load_policy(policy.base_model_dir, policy.adapter_dir or None)
+    done: list = []
+    for batch in iter_sample_batches(model, tokenizer, conversations, samples, config):
+        done.extend(batch)
+        if on_batch is not None:
+            on_batch(len(done))
+    return done
