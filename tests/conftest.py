@@ -34,6 +34,15 @@ celery_app.conf.broker_url = os.environ["REDIS_URL"]
 ARTIFACT_DIR = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """PBKDF2 costs ~0.3 s per user created or signed in, most of many tests' time; the
+    default hasher stays listed so the legacy database's accounts still sign in. (The
+    worker processes hash nothing.)"""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher",
+                                 "django.contrib.auth.hashers.PBKDF2PasswordHasher"]
+
+
 @pytest.fixture(scope="session")
 def gguf_tokenizer():
     from training.ml.base_model import load_gguf_tokenizer, smollm2_gguf_path

@@ -24,10 +24,11 @@ from training.models import EvaluationPrompt, EvaluationSample, Job, PolicyVersi
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-PROMPTS = 128
+PROMPTS = 96
 EVALUATION_PROMPTS = 16  # held out of comparisons and PPO (PREFLOOP_EVAL_PROMPTS)
 LABELED_PROMPTS = PROMPTS - EVALUATION_PROMPTS
 INITIAL_PASSES = 6
+COMPARISON_PROMPTS = 32  # per round
 
 
 @pytest.fixture
@@ -54,27 +55,27 @@ def half_time_keyword(texts: list[str]) -> str:
     return min(counts, key=lambda word: abs(counts[word] / len(texts) - 0.5))
 
 
-def mean_reward(scorer, policy: PolicyVersion, prompts: list[Prompt]) -> float:
-    """The reward model's mean score of a policy's samples on fixed prompts and seed."""
+def policy_samples(policy: PolicyVersion, prompts: list[Prompt]) -> list[tuple]:
+    """Two answers per prompt from a version, at a fixed seed: (messages, text, ended, token ids)."""
     model, tokenizer = load_policy(policy.base_model_dir, policy.adapter_dir or None)
     config = SamplingConfig(max_new_tokens=16, temperature=0.7, batch_size=64, seed=1234)
     pairs = [pair for batch in iter_sample_batches(model, tokenizer, [p.messages for p in prompts], 2, config)
              for pair in batch]
-    samples = [(prompt.messages, s.text, s.ended, s.token_ids) for prompt, pair in zip(prompts, pairs, strict=True)
-               for s in pair]
+    return [(prompt.messages, s.text, s.ended, s.token_ids) for prompt, pair in zip(prompts, pairs, strict=True)
+            for s in pair]
+
+
+def mean_reward(scorer, samples: list[tuple]) -> float:
+    """The reward model's mean score of a policy's samples."""
     return scorer.score(samples).mean().item()
 
 
-def oracle_rate(oracle: str, policy: PolicyVersion, prompts: list[Prompt]) -> float:
+def oracle_rate(oracle: str, samples: list[tuple]) -> float:
     """The oracle's own view: how often the policy's samples say its keyword."""
     from labeling.oracles import oracle_named
 
     score = oracle_named(oracle)
-    model, tokenizer = load_policy(policy.base_model_dir, policy.adapter_dir or None)
-    config = SamplingConfig(max_new_tokens=16, temperature=0.7, batch_size=64, seed=1234)
-    texts = [s.text for batch in iter_sample_batches(model, tokenizer, [p.messages for p in prompts], 2, config)
-             for pair in batch for s in pair]
-    return round(sum(score(t) > 0 for t in texts) / len(texts), 3)
+    return round(sum(score(text) > 0 for _, text, _, _ in samples) / len(samples), 3)
 
 
 def test_two_full_rounds_close_the_loop(tmp_path, steerable_policy_dir, people, settings):
@@ -83,11 +84,11 @@ def test_two_full_rounds_close_the_loop(tmp_path, steerable_policy_dir, people, 
     settings.PREFLOOP_GENERATION_BATCH_SIZE, settings.PREFLOOP_OVERLAP_SHARE = 32, 0.0
     log_path = tmp_path / "worker.log"
     run = services.create_run("loop", str(steerable_policy_dir))  # PPO, the rlhf recipe
-    run.update_prompts, run.comparison_prompts, run.reward_auto_train_labels = PROMPTS, 64, 0
+    run.update_prompts, run.comparison_prompts, run.reward_auto_train_labels = PROMPTS, COMPARISON_PROMPTS, 0
     # Full fine-tuning learns the tiny model's keyword preference sharply (LoRA reaches
     # about 70% here); a sharp reward model is what lets a few PPO updates climb it.
-    run.reward_config.update(use_lora=False, learning_rate=0.001, epochs=2, ensemble_size=3)
-    run.method_config.update(total_episodes=512, batch_size=16, response_length=16, learning_rate=0.001)
+    run.reward_config.update(use_lora=False, learning_rate=0.001, epochs=2, ensemble_size=2)
+    run.method_config.update(total_episodes=256, batch_size=16, response_length=16, learning_rate=0.001)
     run.save()
     base = run.base_version
     prompts = [Prompt.objects.create(messages=[{"role": "user", "content": f"Question {i}?"}]) for i in range(PROMPTS)]
@@ -114,7 +115,7 @@ def test_two_full_rounds_close_the_loop(tmp_path, steerable_policy_dir, people, 
             rounds.append(round_)
             new_comparisons = Comparison.objects.filter(items__completion__policy_version=round_.policy_after)
             # new-vs-new, and new-vs-each of previous and base (one for round 1, whose previous is the base)
-            assert new_comparisons.distinct().count() == 64 * (2 if number == 1 else 3)
+            assert new_comparisons.distinct().count() == COMPARISON_PROMPTS * (2 if number == 1 else 3)
             if number == 1:
                 # Active query selection: the queue serves the new comparisons most-disagreed first.
                 queue_order = [next_comparison_for(people.annotator).pk]
@@ -127,7 +128,8 @@ def test_two_full_rounds_close_the_loop(tmp_path, steerable_policy_dir, people, 
     assert [r.reward_model.number for r in rounds] == [1, 2]
     assert rounds[1].reward_model.label_count > rounds[0].reward_model.label_count
     # All initial comparisons, and round 1's but the one leased to the annotator.
-    assert Label.objects.filter(origin=Label.Origin.SIMULATED).count() == LABELED_PROMPTS * INITIAL_PASSES + 127
+    assert Label.objects.filter(origin=Label.Origin.SIMULATED).count() == (
+        LABELED_PROMPTS * INITIAL_PASSES + COMPARISON_PROMPTS * 2 - 1)
 
     # Each round ended with an evaluation: every version answered the same 16 prompts
     # once, and the latest reward model scored all of the answers.
@@ -152,10 +154,11 @@ def test_two_full_rounds_close_the_loop(tmp_path, steerable_policy_dir, people, 
     first, second = rounds
     v0, v1, v2 = (PolicyVersion.objects.get(number=n) for n in (0, 1, 2))
     first_scorer, latest_scorer = services.load_scorer(first.reward_model), services.load_scorer(second.reward_model)
-    round1 = mean_reward(first_scorer, v0, prompts), mean_reward(first_scorer, v1, prompts)
-    loop = mean_reward(latest_scorer, v0, prompts), mean_reward(latest_scorer, v2, prompts)
-    round2 = mean_reward(latest_scorer, v1, prompts), loop[1]
-    keyword_rate = {v.number: oracle_rate(oracle, v, prompts) for v in (v0, v1, v2)}
+    samples = {v.number: policy_samples(v, prompts) for v in (v0, v1, v2)}
+    round1 = mean_reward(first_scorer, samples[0]), mean_reward(first_scorer, samples[1])
+    loop = mean_reward(latest_scorer, samples[0]), mean_reward(latest_scorer, samples[2])
+    round2 = mean_reward(latest_scorer, samples[1]), loop[1]
+    keyword_rate = {number: oracle_rate(oracle, texts) for number, texts in samples.items()}
     print(f"round 1 under RM1: {round1[0]:.3f} -> {round1[1]:.3f}; round 2 under RM2: {round2[0]:.3f} -> "
           f"{round2[1]:.3f}; v0 -> v2 under RM2: {loop[0]:.3f} -> {loop[1]:.3f}; oracle {oracle!r} rate "
           f"{keyword_rate}; reward-model accuracy {first.reward_model.heldout_accuracy:.2f}, "

@@ -6,9 +6,10 @@ The oracle prefers answers that contain a keyword the base policy says about hal
 time (the most informative case). A reward model is trained once on the oracle's
 judgements of base-policy samples; the pair methods (DPO, SFT on chosen) learn from the
 same judgements stored as labels. Settings are small and learning rates high so each
-method finishes in well under a minute; on two seeds each, the smallest gain seen in
-the keyword rate was +0.16 (0.45 → 0.61), so the +0.08 asserted here leaves room for
-noise while a method that did nothing, or pushed the wrong way, fails.
+method finishes in well under a minute; in one run of these settings the smallest gain in
+the keyword rate was PPO's +0.15 (0.43 → 0.58), the others +0.19 to +0.38, so the +0.08
+asserted here leaves room for noise while a method that did nothing, or pushed the wrong
+way, fails.
 """
 
 from __future__ import annotations
@@ -36,14 +37,14 @@ from training.models import Job, PolicyVersion, RewardModelVersion
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 
-PROMPTS = [[{"role": "user", "content": f"Question {i}?"}] for i in range(96)]
+PROMPTS = [[{"role": "user", "content": f"Question {i}?"}] for i in range(64)]
 SAMPLES_PER_PROMPT = 4
 TOKENS = 16
 MIN_GAIN = 0.08
 
 # Small and fast on the tiny model; learning rates far above real-model defaults.
 TEST_CONFIGS = {
-    "ppo": {"batch_size": 16, "response_length": TOKENS, "learning_rate": 2e-3, "total_episodes": 128},
+    "ppo": {"batch_size": 16, "response_length": TOKENS, "learning_rate": 2e-3, "total_episodes": 192},
     "rloo": {"batch_size": 16, "max_completion_length": TOKENS, "learning_rate": 1e-3},
     "grpo": {"batch_size": 16, "max_completion_length": TOKENS, "learning_rate": 1e-3},
     "online_dpo": {"prompts_per_step": 8, "max_new_tokens": TOKENS, "learning_rate": 1e-3, "epochs": 2},
@@ -56,7 +57,7 @@ TEST_CONFIGS = {
 def keyword_rate(word: str, model_dir, adapter_dir=None) -> float:
     """Share of the policy's answers (fixed prompts and seed) that contain the keyword."""
     model, tokenizer = load_policy(model_dir, adapter_dir)
-    config = SamplingConfig(max_new_tokens=TOKENS, temperature=0.7, batch_size=96, seed=1234)
+    config = SamplingConfig(max_new_tokens=TOKENS, temperature=0.7, batch_size=64, seed=1234)
     texts = [s.text for batch in iter_sample_batches(model, tokenizer, PROMPTS, SAMPLES_PER_PROMPT, config)
              for group in batch for s in group]
     return sum(word in text.split() for text in texts) / len(texts)
@@ -69,7 +70,7 @@ def oracle_world(tmp_path_factory, gguf_tokenizer):
     root = tmp_path_factory.mktemp("oracle-world")
     policy_dir = build_tiny_model(root / "policy", gguf_tokenizer, output_scale=22)
     model, tokenizer = load_policy(policy_dir)
-    config = SamplingConfig(max_new_tokens=TOKENS, temperature=0.7, batch_size=96, seed=1)
+    config = SamplingConfig(max_new_tokens=TOKENS, temperature=0.7, batch_size=64, seed=1)
     groups = [group for batch in iter_sample_batches(model, tokenizer, PROMPTS, SAMPLES_PER_PROMPT, config)
               for group in batch]
     counts = Counter(word for group in groups for s in group for word in set(s.text.split()))

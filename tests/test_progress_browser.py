@@ -36,10 +36,10 @@ def test_dashboard_follows_a_running_job_and_draws_the_charts(browser, live_serv
         # The history's round jobs reach the broker as they are created and are finished
         # by hand; the worker later finds them finished and leaves them be.
         progress_world.build(people, base_policy, settings, tmp_path)
-        for i in range(150):
+        for i in range(40):
             Prompt.objects.create(messages=[{"role": "user", "content": f"Say something about {i}."}])
         with running_celery_worker("gpu", env, log_path):
-            job = services.request_generation(base_run, base_policy, prompt_count=150,
+            job = services.request_generation(base_run, base_policy, prompt_count=40,
                                               requested_by=people.researcher)
             wait_for(lambda: Job.objects.get(pk=job.pk).step > 0, 120, "the job to start")
             problems = watch_the_dashboard(browser, live_server, job)

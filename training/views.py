@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import Count
@@ -69,67 +71,79 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
     return render(request, "training/run.html", context, status=400 if form.errors else 200)
 
 
+class FormRefused(ValueError):
+    """A form's errors, raised so that they end up where a service's refusal does."""
+
+
+def valid_data(form) -> dict:
+    if not form.is_valid():
+        raise FormRefused(form.errors.as_text())
+    return form.cleaned_data
+
+
+def act(request: HttpRequest, action: Callable[[], tuple[str, str]], *, refused: str, back: str) -> HttpResponse:
+    """The shape every training control has: do `action`, which returns (what was done,
+    where to go); a form or service refusal (services raise ValueError subclasses)
+    becomes an error message and a way back, and changes nothing."""
+    try:
+        done, url = action()
+    except ValueError as error:
+        messages.error(request, f"{refused}: {error}")
+        return redirect(back)
+    messages.success(request, done)
+    return redirect(url)
+
+
 @staff_required
 @require_POST
 def create_run(request: HttpRequest) -> HttpResponse:
-    form = CreateRunForm(request.POST)
-    if not form.is_valid():
-        messages.error(request, f"No run created: {form.errors.as_text()}")
-        return redirect("researcher")
-    data = form.cleaned_data
-    try:
+    def create():
+        data = valid_data(CreateRunForm(request.POST))
         chosen = services.RunSettings(**services.default_settings(data["method"]))
         run = services.create_run(data["name"], data["base_model_dir"], request.user, data["description"], chosen)
-    except (services.RunError, ValueError) as error:
-        messages.error(request, f"No run created: {error}")
-        return redirect("researcher")
-    messages.success(request, f"Created {run} from {run.base_model_dir}.")
-    return redirect("run_detail", run.pk)
+        return f"Created {run} from {run.base_model_dir}.", reverse("run_detail", args=[run.pk])
+
+    return act(request, create, refused="No run created", back=reverse("researcher"))
 
 
 @staff_required
 @require_POST
 def branch_run(request: HttpRequest, number: int) -> HttpResponse:
     version = get_object_or_404(PolicyVersion, number=number)
-    form = BranchRunForm(request.POST)
-    try:
-        if not form.is_valid():
-            raise services.RunError(form.errors.as_text())
-        run = services.branch_run(version, form.cleaned_data["name"], request.user)
-    except services.RunError as error:
-        messages.error(request, f"No branch created: {error}")
-        return redirect("version_detail", number)
-    messages.success(request, f"Created {run}, starting from v{version.number}.")
-    return redirect("run_detail", run.pk)
+
+    def branch():
+        run = services.branch_run(version, valid_data(BranchRunForm(request.POST))["name"], request.user)
+        return f"Created {run}, starting from v{version.number}.", reverse("run_detail", args=[run.pk])
+
+    return act(request, branch, refused="No branch created", back=reverse("version_detail", args=[number]))
 
 
 @staff_required
 @require_POST
 def start_round(request: HttpRequest, run_id: int) -> HttpResponse:
     run = get_object_or_404(Run, pk=run_id)
-    form = StartRoundForm(request.POST)
-    recipe = form.cleaned_data["recipe"] if form.is_valid() else None
-    try:
-        round_ = services.start_round(run, recipe or None, requested_by=request.user)
-    except services.RoundError as error:
-        messages.error(request, f"Not started: {error}")
-    else:
-        messages.success(request, f"Started {round_} of {run.name} ({round_.recipe_title}).")
-    return redirect("run_detail", run.pk)
+    here = reverse("run_detail", args=[run.pk])
+
+    def start():
+        round_ = services.start_round(run, valid_data(StartRoundForm(request.POST))["recipe"] or None,
+                                      requested_by=request.user)
+        return f"Started {round_} of {run.name} ({round_.recipe_title}).", here
+
+    return act(request, start, refused="Not started", back=here)
 
 
 @staff_required
 @require_POST
 def generate_comparisons(request: HttpRequest, run_id: int) -> HttpResponse:
     run = get_object_or_404(Run, pk=run_id)
-    form = GenerateComparisonsForm(run, request.POST)
-    if not form.is_valid():
-        messages.error(request, f"Not started: {form.errors.as_text()}")
-        return redirect("run_detail", run.pk)
-    data = form.cleaned_data
-    job = services.request_generation(run, data["policy"], data["prompt_count"], request.user, data["samples"])
-    messages.success(request, f"Queued generation job #{job.pk} on the gpu queue.")
-    return redirect("run_detail", run.pk)
+    here = reverse("run_detail", args=[run.pk])
+
+    def generate():
+        data = valid_data(GenerateComparisonsForm(run, request.POST))
+        job = services.request_generation(run, data["policy"], data["prompt_count"], request.user, data["samples"])
+        return f"Queued generation job #{job.pk} on the gpu queue.", here
+
+    return act(request, generate, refused="Not started", back=here)
 
 
 @staff_required

@@ -3,14 +3,22 @@ entry (see training/ml/methods/__init__.py)."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.ml.configs import config_from_dict
-from training.ml.loading import PolicyStart
+from training.ml.configs import config_from_dict, require
+from training.ml.loading import (
+    PolicyStart,
+    load_tokenizer,
+    pick_device,
+    save_policy,
+    seed_everything,
+    trainable_policy,
+)
 from training.ml.progress import StepReport
 from training.ml.reward import PreferencePair, RewardModelRef
 
@@ -77,6 +85,52 @@ class Method:
         result = self.trainer(inputs, out_dir, config, on_step)
         result.seconds = result.seconds or time.monotonic() - started
         return result
+
+
+@dataclass
+class TrainerSetup:
+    """What every TRL-based method builds before its trainer: the seeded, device-placed
+    policy to train and where the trainer may write its scratch files."""
+
+    device: Any
+    tokenizer: Any
+    """Left padding, pad distinct from EOS (training/ml/loading.py)."""
+    policy: Any
+    peft_config: Any
+    """A new LoRA config when starting from the base; None when continuing an adapter."""
+    work_dir: Path
+    """The trainer's output_dir, beside out_dir and removed after training."""
+    arguments: dict
+    """TRL arguments every trainer here shares (see trainer_arguments)."""
+
+
+def set_up(start: PolicyStart, out_dir: Path, *, seed: int, lora_r: int, lora_alpha: int) -> TrainerSetup:
+    seed_everything(seed)
+    device = pick_device()
+    tokenizer = load_tokenizer(start.base_model_dir)
+    policy, peft_config = trainable_policy(start, lora_r, lora_alpha, device)
+    work_dir = out_dir.with_name(out_dir.name + ".trainer")
+    return TrainerSetup(device, tokenizer, policy, peft_config, work_dir, trainer_arguments(work_dir, seed, device))
+
+
+def train_and_save(trainer, setup: TrainerSetup, out_dir: Path, policy=None) -> float:
+    """Train, drop the trainer's scratch files whatever happens, write the adapter into
+    out_dir (callers publish it by renaming). Returns the training's wall seconds.
+    `policy` is the trained model when the trainer does not call it `model` (PPO)."""
+    started = time.monotonic()
+    try:
+        trainer.train()
+    finally:
+        shutil.rmtree(setup.work_dir, ignore_errors=True)
+    seconds = time.monotonic() - started
+    save_policy(policy if policy is not None else trainer.model, setup.tokenizer, out_dir)
+    return seconds
+
+
+def require_adapter_fields(config) -> None:
+    """The fields every method's config ends with (lora_r, lora_alpha). Each config
+    keeps its own copy of them so that it reads top to bottom, as cleanrl's do."""
+    require(config.lora_r >= 1 and config.lora_alpha >= 1, "lora_r and lora_alpha must be at least 1")
 
 
 def trainer_arguments(work_dir: Path, seed: int, device) -> dict:

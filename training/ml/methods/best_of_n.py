@@ -17,7 +17,15 @@ import torch
 from training.ml.configs import require
 from training.ml.generation import Sample, SamplingConfig, iter_sample_batches
 from training.ml.loading import load_policy, pick_device, seed_everything
-from training.ml.methods.base import PROMPTS, REWARD_MODEL, Curve, Method, TrainingInputs, TrainingResult
+from training.ml.methods.base import (
+    PROMPTS,
+    REWARD_MODEL,
+    Curve,
+    Method,
+    TrainingInputs,
+    TrainingResult,
+    require_adapter_fields,
+)
 from training.ml.methods.cli import run_cli
 from training.ml.methods.supervised import Example, fine_tune
 from training.ml.progress import StepReport
@@ -60,7 +68,7 @@ class BestOfNConfig:
         require(self.batch_size >= 1 and self.epochs > 0 and self.learning_rate > 0,
                 "batch_size, epochs and learning_rate must be above 0")
         require(self.max_length > self.max_new_tokens, "max_length must exceed max_new_tokens")
-        require(self.lora_r >= 1 and self.lora_alpha >= 1, "lora_r and lora_alpha must be at least 1")
+        require_adapter_fields(self)
 
 
 @dataclass(frozen=True)
@@ -110,11 +118,7 @@ def train(inputs: TrainingInputs, out_dir: Path, config: BestOfNConfig,
     kept = best_answers(samples, scores, config.min_score)
     examples: list[Example] = [(inputs.prompts[c.prompt_index], c.sample.text, c.sample.ended, c.sample.token_ids)
                                for c in kept]
-    history, seconds = fine_tune(
-        inputs.start, examples, out_dir, method="best_of_n", batch_size=config.batch_size, epochs=config.epochs,
-        learning_rate=config.learning_rate, max_length=config.max_length, lora_r=config.lora_r,
-        lora_alpha=config.lora_alpha, seed=config.seed, on_step=on_step,
-    )
+    history, seconds = fine_tune(inputs.start, examples, out_dir, config, method="best_of_n", on_step=on_step)
     all_scores = torch.tensor([s for group in scores for s in group])
     summary = {"sampled": int(all_scores.numel()), "kept": len(kept),
                "mean_score_sampled": float(all_scores.mean()) if all_scores.numel() else None,

@@ -6,14 +6,11 @@ strongly the reference holds it back.
 
 from __future__ import annotations
 
-import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from training.ml.configs import require
-from training.ml.loading import load_tokenizer, pick_device, save_policy, seed_everything, trainable_policy
 from training.ml.methods.base import (
     PAIRS,
     Curve,
@@ -22,7 +19,9 @@ from training.ml.methods.base import (
     TrainingResult,
     adopt_reference,
     renamed,
-    trainer_arguments,
+    require_adapter_fields,
+    set_up,
+    train_and_save,
 )
 from training.ml.methods.cli import run_cli
 from training.ml.progress import StepReport, report_steps
@@ -65,7 +64,7 @@ class DPOConfig:
         require(self.learning_rate > 0 and self.beta > 0, "learning_rate and beta must be above 0")
         require(0 <= self.label_smoothing < 0.5, "label_smoothing must be in [0, 0.5)")
         require(self.max_length >= 16, "max_length must be at least 16")
-        require(self.lora_r >= 1 and self.lora_alpha >= 1, "lora_r and lora_alpha must be at least 1")
+        require_adapter_fields(self)
 
 
 def preference_rows(tokenizer, pairs: list[PreferencePair]) -> dict[str, list]:
@@ -96,31 +95,21 @@ def train(inputs: TrainingInputs, out_dir: Path, config: DPOConfig,
     from datasets import Dataset
     from trl import DPOConfig as TRLConfig
 
-    seed_everything(config.seed)
-    device = pick_device()
-    tokenizer = load_tokenizer(inputs.start.base_model_dir)
-    policy, peft_config = trainable_policy(inputs.start, config.lora_r, config.lora_alpha, device)
-    work_dir = out_dir.with_name(out_dir.name + ".trainer")
+    setup = set_up(inputs.start, out_dir, seed=config.seed, lora_r=config.lora_r, lora_alpha=config.lora_alpha)
     args = TRLConfig(
-        **trainer_arguments(work_dir, config.seed, device),
+        **setup.arguments,
         per_device_train_batch_size=config.batch_size, num_train_epochs=config.epochs,
         learning_rate=config.learning_rate, beta=config.beta, loss_type=[config.loss_type],
         label_smoothing=config.label_smoothing, max_length=config.max_length,
     )
     history: list[dict] = []
     trainer = pretokenized_dpo_trainer()(
-        model=policy, ref_model=None, args=args, processing_class=tokenizer, peft_config=peft_config,
-        train_dataset=Dataset.from_dict(preference_rows(tokenizer, list(inputs.pairs))),
+        model=setup.policy, ref_model=None, args=args, processing_class=setup.tokenizer, peft_config=setup.peft_config,
+        train_dataset=Dataset.from_dict(preference_rows(setup.tokenizer, list(inputs.pairs))),
         callbacks=[report_steps(history, on_step, renamed("dpo", METRIC_NAMES))],
     )
     adopt_reference(trainer, config.reference)
-    started = time.monotonic()
-    try:
-        trainer.train()
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
-    seconds = time.monotonic() - started
-    save_policy(trainer.model, tokenizer, out_dir)
+    seconds = train_and_save(trainer, setup, out_dir)
     return TrainingResult(history, seconds, len(inputs.pairs), {"pairs": len(inputs.pairs)})
 
 

@@ -8,14 +8,11 @@ a KL penalty to the reference (TRL's default is none; DeepSeekMath used 0.04).
 
 from __future__ import annotations
 
-import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from training.ml.configs import require
-from training.ml.loading import load_tokenizer, pick_device, save_policy, seed_everything, trainable_policy
 from training.ml.methods.base import (
     PROMPTS,
     REWARD_MODEL,
@@ -25,7 +22,9 @@ from training.ml.methods.base import (
     TrainingResult,
     adopt_reference,
     renamed,
-    trainer_arguments,
+    require_adapter_fields,
+    set_up,
+    train_and_save,
 )
 from training.ml.methods.cli import run_cli
 from training.ml.progress import StepReport, report_steps
@@ -75,7 +74,7 @@ class GRPOConfig:
         require(self.epochs > 0 and self.max_completion_length >= 1, "epochs and max_completion_length must be > 0")
         require(self.temperature > 0 and self.learning_rate > 0, "temperature and learning_rate must be above 0")
         require(self.beta >= 0 and self.missing_eos_penalty >= 0, "beta and missing_eos_penalty must be ≥ 0")
-        require(self.lora_r >= 1 and self.lora_alpha >= 1, "lora_r and lora_alpha must be at least 1")
+        require_adapter_fields(self)
 
 
 def train(inputs: TrainingInputs, out_dir: Path, config: GRPOConfig,
@@ -84,14 +83,10 @@ def train(inputs: TrainingInputs, out_dir: Path, config: GRPOConfig,
     from trl import GRPOConfig as TRLConfig
     from trl import GRPOTrainer
 
-    seed_everything(config.seed)
-    device = pick_device()
-    tokenizer = load_tokenizer(inputs.start.base_model_dir)
-    policy, peft_config = trainable_policy(inputs.start, config.lora_r, config.lora_alpha, device)
-    reward = RewardModelFunction(inputs.reward_model, tokenizer, config.missing_eos_penalty, device)
-    work_dir = out_dir.with_name(out_dir.name + ".trainer")
+    setup = set_up(inputs.start, out_dir, seed=config.seed, lora_r=config.lora_r, lora_alpha=config.lora_alpha)
+    reward = RewardModelFunction(inputs.reward_model, setup.tokenizer, config.missing_eos_penalty, setup.device)
     args = TRLConfig(
-        **trainer_arguments(work_dir, config.seed, device),
+        **setup.arguments,
         per_device_train_batch_size=config.batch_size, num_generations=config.num_generations,
         num_train_epochs=config.epochs, max_completion_length=config.max_completion_length,
         temperature=config.temperature, learning_rate=config.learning_rate, beta=config.beta,
@@ -99,18 +94,13 @@ def train(inputs: TrainingInputs, out_dir: Path, config: GRPOConfig,
     )
     history: list[dict] = []
     trainer = GRPOTrainer(
-        model=policy, reward_funcs=reward, args=args, processing_class=tokenizer, peft_config=peft_config,
+        model=setup.policy, reward_funcs=reward, args=args, processing_class=setup.tokenizer,
+        peft_config=setup.peft_config,
         train_dataset=Dataset.from_dict({"prompt": list(inputs.prompts)}),
         callbacks=[report_steps(history, on_step, renamed("grpo", METRIC_NAMES))],
     )
     adopt_reference(trainer, config.reference)
-    started = time.monotonic()
-    try:
-        trainer.train()
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
-    seconds = time.monotonic() - started
-    save_policy(trainer.model, tokenizer, out_dir)
+    seconds = train_and_save(trainer, setup, out_dir)
     answers = trainer.state.global_step * config.batch_size
     return TrainingResult(history, seconds, answers, {"answers_sampled": answers})
 

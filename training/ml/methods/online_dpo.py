@@ -10,8 +10,6 @@ add noise (seen with a 0/1 reward on the tiny test model).
 
 from __future__ import annotations
 
-import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,7 +17,6 @@ from typing import Literal
 import torch
 
 from training.ml.configs import require
-from training.ml.loading import load_tokenizer, pick_device, save_policy, seed_everything, trainable_policy
 from training.ml.methods.base import (
     PROMPTS,
     REWARD_MODEL,
@@ -28,7 +25,9 @@ from training.ml.methods.base import (
     TrainingInputs,
     TrainingResult,
     renamed,
-    trainer_arguments,
+    require_adapter_fields,
+    set_up,
+    train_and_save,
 )
 from training.ml.methods.cli import run_cli
 from training.ml.progress import StepReport, report_steps
@@ -75,7 +74,7 @@ class OnlineDPOConfig:
                 "max_new_tokens must be at least 1 and below max_length")
         require(self.temperature > 0 and self.learning_rate > 0, "temperature and learning_rate must be above 0")
         require(self.beta > 0 and self.missing_eos_penalty >= 0, "beta must be above 0, missing_eos_penalty ≥ 0")
-        require(self.lora_r >= 1 and self.lora_alpha >= 1, "lora_r and lora_alpha must be at least 1")
+        require_adapter_fields(self)
 
 
 def reference_model(inputs: TrainingInputs, config: OnlineDPOConfig, device):
@@ -95,14 +94,10 @@ def train(inputs: TrainingInputs, out_dir: Path, config: OnlineDPOConfig,
     from trl.experimental.online_dpo import OnlineDPOConfig as TRLConfig
     from trl.experimental.online_dpo import OnlineDPOTrainer
 
-    seed_everything(config.seed)
-    device = pick_device()
-    tokenizer = load_tokenizer(inputs.start.base_model_dir)
-    policy, peft_config = trainable_policy(inputs.start, config.lora_r, config.lora_alpha, device)
-    reward = RewardModelFunction(inputs.reward_model, tokenizer, 0.0, device)  # TRL applies the EOS penalty
-    work_dir = out_dir.with_name(out_dir.name + ".trainer")
+    setup = set_up(inputs.start, out_dir, seed=config.seed, lora_r=config.lora_r, lora_alpha=config.lora_alpha)
+    reward = RewardModelFunction(inputs.reward_model, setup.tokenizer, 0.0, setup.device)  # TRL applies the EOS penalty
     args = TRLConfig(
-        **trainer_arguments(work_dir, config.seed, device),
+        **setup.arguments,
         per_device_train_batch_size=config.prompts_per_step, num_train_epochs=config.epochs,
         max_new_tokens=config.max_new_tokens, max_length=config.max_length, temperature=config.temperature,
         learning_rate=config.learning_rate, beta=config.beta, loss_type=config.loss_type,
@@ -110,18 +105,12 @@ def train(inputs: TrainingInputs, out_dir: Path, config: OnlineDPOConfig,
     )
     history: list[dict] = []
     trainer = OnlineDPOTrainer(
-        model=policy, ref_model=reference_model(inputs, config, device), reward_funcs=reward, args=args,
-        processing_class=tokenizer, peft_config=peft_config,
+        model=setup.policy, ref_model=reference_model(inputs, config, setup.device), reward_funcs=reward, args=args,
+        processing_class=setup.tokenizer, peft_config=setup.peft_config,
         train_dataset=Dataset.from_dict({"prompt": list(inputs.prompts)}),
         callbacks=[report_steps(history, on_step, renamed("online_dpo", METRIC_NAMES))],
     )
-    started = time.monotonic()
-    try:
-        trainer.train()
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
-    seconds = time.monotonic() - started
-    save_policy(trainer.model, tokenizer, out_dir)
+    seconds = train_and_save(trainer, setup, out_dir)
     pairs = trainer.state.global_step * config.prompts_per_step
     return TrainingResult(history, seconds, pairs, {"pairs_sampled": pairs})
 

@@ -8,22 +8,23 @@ that reward model (Ouyang et al. 2022), a KL penalty keeps the policy near the r
 from __future__ import annotations
 
 import copy
-import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from training.ml.configs import require
-from training.ml.loading import (
-    load_tokenizer,
-    pick_device,
-    reference_policy,
-    save_policy,
-    seed_everything,
-    trainable_policy,
+from training.ml.loading import reference_policy
+from training.ml.methods.base import (
+    PROMPTS,
+    REWARD_MODEL,
+    Curve,
+    Method,
+    TrainingInputs,
+    TrainingResult,
+    require_adapter_fields,
+    set_up,
+    train_and_save,
 )
-from training.ml.methods.base import PROMPTS, REWARD_MODEL, Curve, Method, TrainingInputs, TrainingResult
 from training.ml.methods.cli import run_cli
 from training.ml.progress import StepReport, report_steps
 from training.ml.reward import normalized_reward_model
@@ -93,7 +94,7 @@ class PPOConfig:
         require(self.learning_rate > 0, "learning_rate must be above 0")
         require(self.kl_coef >= 0 and self.missing_eos_penalty >= 0, "kl_coef and missing_eos_penalty must be ≥ 0")
         require(0 < self.cliprange < 1, "cliprange must be between 0 and 1")
-        require(self.lora_r >= 1 and self.lora_alpha >= 1, "lora_r and lora_alpha must be at least 1")
+        require_adapter_fields(self)
 
 
 def train(inputs: TrainingInputs, out_dir: Path, config: PPOConfig,
@@ -104,18 +105,15 @@ def train(inputs: TrainingInputs, out_dir: Path, config: PPOConfig,
     from trl.experimental.ppo import PPOConfig as TRLPPOConfig
     from trl.experimental.ppo import PPOTrainer
 
-    seed_everything(config.seed)
-    device = pick_device()
-    tokenizer = load_tokenizer(inputs.start.base_model_dir)  # left padding, pad distinct from EOS
-    policy, peft_config = trainable_policy(inputs.start, config.lora_r, config.lora_alpha, device)
+    setup = set_up(inputs.start, out_dir, seed=config.seed, lora_r=config.lora_r, lora_alpha=config.lora_alpha)
+    device, tokenizer = setup.device, setup.tokenizer
     reward_model = normalized_reward_model(inputs.reward_model, device)
     value_model = copy.deepcopy(reward_model).train()
     dataset = Dataset.from_dict({"input_ids": [prompt_input_ids(tokenizer, p) for p in inputs.prompts]})
     episodes = config.total_episodes or max(len(inputs.prompts), config.batch_size)
-    work_dir = out_dir.with_name(out_dir.name + ".trainer")
 
     args = TRLPPOConfig(
-        output_dir=str(work_dir),
+        output_dir=str(setup.work_dir),
         per_device_train_batch_size=config.batch_size,
         local_rollout_forward_batch_size=config.batch_size,
         num_mini_batches=config.num_mini_batches,
@@ -141,18 +139,12 @@ def train(inputs: TrainingInputs, out_dir: Path, config: PPOConfig,
     history: list[dict] = []
     report = report_steps(history, on_step, lambda key: METRIC_NAMES.get(key, f"ppo/{key}"))
     trainer = PPOTrainer(
-        args=args, processing_class=tokenizer, model=policy,
+        args=args, processing_class=tokenizer, model=setup.policy,
         ref_model=reference_policy(inputs.start, config.reference, device),
         reward_model=reward_model, value_model=value_model, train_dataset=dataset,
-        callbacks=[report], peft_config=peft_config,
+        callbacks=[report], peft_config=setup.peft_config,
     )
-    started = time.monotonic()
-    try:
-        trainer.train()
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
-    seconds = time.monotonic() - started
-    save_policy(trainer.policy_model, tokenizer, out_dir)
+    seconds = train_and_save(trainer, setup, out_dir, policy=trainer.policy_model)
     rollouts = trainer.state.episode
     return TrainingResult(history, seconds, rollouts, {"generated_tokens": rollouts * config.response_length})
 

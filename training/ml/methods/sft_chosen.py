@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from training.ml.configs import require
-from training.ml.loading import seed_everything
-from training.ml.methods.base import PAIRS, Curve, Method, TrainingInputs, TrainingResult
+from training.ml.methods.base import PAIRS, Curve, Method, TrainingInputs, TrainingResult, require_adapter_fields
 from training.ml.methods.cli import run_cli
 from training.ml.methods.supervised import Example, fine_tune
 from training.ml.progress import StepReport
@@ -44,7 +43,7 @@ class SFTChosenConfig:
         require(self.batch_size >= 1 and self.epochs > 0 and self.learning_rate > 0,
                 "batch_size, epochs and learning_rate must be above 0")
         require(self.max_length >= 16, "max_length must be at least 16")
-        require(self.lora_r >= 1 and self.lora_alpha >= 1, "lora_r and lora_alpha must be at least 1")
+        require_adapter_fields(self)
 
 
 def chosen_answers(pairs: Sequence[PreferencePair]) -> list[Example]:
@@ -68,13 +67,8 @@ def chosen_answers(pairs: Sequence[PreferencePair]) -> list[Example]:
 
 def train(inputs: TrainingInputs, out_dir: Path, config: SFTChosenConfig,
           on_step: StepReport | None = None) -> TrainingResult:
-    seed_everything(config.seed)
     examples = chosen_answers(inputs.pairs)
-    history, seconds = fine_tune(
-        inputs.start, examples, out_dir, method="sft_chosen", batch_size=config.batch_size, epochs=config.epochs,
-        learning_rate=config.learning_rate, max_length=config.max_length, lora_r=config.lora_r,
-        lora_alpha=config.lora_alpha, seed=config.seed, on_step=on_step,
-    )
+    history, seconds = fine_tune(inputs.start, examples, out_dir, config, method="sft_chosen", on_step=on_step)
     return TrainingResult(history, seconds, len(examples), {"answers": len(examples), "pairs": len(inputs.pairs)})
 
 

@@ -5,13 +5,11 @@ would teach the policy token splits it never produces."""
 
 from __future__ import annotations
 
-import shutil
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from training.ml.loading import PolicyStart, load_tokenizer, pick_device, save_policy, trainable_policy
-from training.ml.methods.base import renamed, trainer_arguments
+from training.ml.loading import PolicyStart
+from training.ml.methods.base import renamed, set_up, train_and_save
 from training.ml.progress import StepReport, report_steps
 from training.ml.tokens import answer_input_ids, prompt_input_ids
 
@@ -32,34 +30,25 @@ def tokenized_examples(tokenizer, examples: Sequence[Example]) -> dict[str, list
     return rows
 
 
-def fine_tune(start: PolicyStart, examples: Sequence[Example], out_dir: Path, *, method: str, batch_size: int,
-              epochs: float, learning_rate: float, max_length: int, lora_r: int, lora_alpha: int, seed: int,
+def fine_tune(start: PolicyStart, examples: Sequence[Example], out_dir: Path, config, *, method: str,
               on_step: StepReport | None) -> tuple[list[dict], float]:
-    """Train the policy on the examples and write its adapter; returns (history, seconds)."""
+    """Train the policy on the examples and write its adapter; returns (history, seconds).
+    `config` is the calling method's: its batch_size, epochs, learning_rate, max_length,
+    lora_r, lora_alpha and seed apply."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     if not examples:
         raise ValueError("there is no answer to fine-tune on")
-    device = pick_device()
-    tokenizer = load_tokenizer(start.base_model_dir)
-    policy, peft_config = trainable_policy(start, lora_r, lora_alpha, device)
-    work_dir = out_dir.with_name(out_dir.name + ".trainer")
+    setup = set_up(start, out_dir, seed=config.seed, lora_r=config.lora_r, lora_alpha=config.lora_alpha)
     args = SFTConfig(
-        **trainer_arguments(work_dir, seed, device), per_device_train_batch_size=batch_size,
-        num_train_epochs=epochs, learning_rate=learning_rate, max_length=max_length,
+        **setup.arguments, per_device_train_batch_size=config.batch_size,
+        num_train_epochs=config.epochs, learning_rate=config.learning_rate, max_length=config.max_length,
         completion_only_loss=True,  # the prompt is given, not learned
     )
-    dataset = Dataset.from_dict(tokenized_examples(tokenizer, examples))
+    dataset = Dataset.from_dict(tokenized_examples(setup.tokenizer, examples))
     history: list[dict] = []
-    trainer = SFTTrainer(model=policy, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config, callbacks=[report_steps(history, on_step, renamed(method,
-                                                                                                    METRIC_NAMES))])
-    started = time.monotonic()
-    try:
-        trainer.train()
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
-    seconds = time.monotonic() - started
-    save_policy(trainer.model, tokenizer, out_dir)
-    return history, seconds
+    trainer = SFTTrainer(model=setup.policy, args=args, train_dataset=dataset, processing_class=setup.tokenizer,
+                         peft_config=setup.peft_config,
+                         callbacks=[report_steps(history, on_step, renamed(method, METRIC_NAMES))])
+    return history, train_and_save(trainer, setup, out_dir)
