@@ -94,6 +94,27 @@ def test_model_output_with_html_shows_as_text_and_runs_nothing(annotator_page, m
     page.screenshot(path=str(ARTIFACT_DIR / "xss-as-text.png"), full_page=True)
 
 
+def test_hostile_model_output_neither_breaks_the_page_nor_spills_out_of_its_card(annotator_page, make_comparison):
+    """Nested list markers that crashed the renderer, a right-to-left override that
+    flipped what people read, a table 2,000 columns wide, and a megabyte of text."""
+    page = annotator_page
+    wide_table = "|" + "column|" * 2000 + "\n|" + "-|" * 2000 + "\n|" + "cell|" * 2000
+    make_comparison(prompt="- " * 500 + "deep prompt",
+                    texts=("I agree \u202eyas ton did I\u202c." + "\n\n" + wide_table, "word " * 200_000))
+    page.reload()
+    expect(page.locator("#prompt")).to_contain_text("deep prompt")
+    expect(page.locator("#completions")).to_contain_text("[U+202E]yas ton did I[U+202C]")
+    expect(page.locator("#completions")).to_contain_text("Showing the first 100,000 of 1,000,000 characters")
+    width = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+    assert width[0] <= width[1], f"the page is {width[0]} px wide in a {width[1]} px window"
+    first, second = (page.locator(".completion").nth(i).bounding_box() for i in range(2))
+    assert first["x"] + first["width"] <= second["x"]  # the table scrolls inside its own card
+    ARTIFACT_DIR.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACT_DIR / "hostile-output.png"))
+    page.keyboard.press("1")  # and the comparison can still be labeled
+    expect(page.locator("#labeled-count")).to_have_text("1")
+
+
 def test_narrow_screens_stack_the_completions(browser, annotator_page, make_comparison):
     page = annotator_page
     make_comparison(prompt="Narrow", texts=("left text", "right text"))
