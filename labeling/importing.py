@@ -14,6 +14,9 @@ from django.db import transaction
 from labeling.models import Prompt, conversation_hash
 
 ROLES = {"system", "user", "assistant"}
+# Hashes per duplicate-check query: far below SQLite's 32,766 and PostgreSQL's 65,535
+# bound parameters, whatever the file's size.
+HASHES_PER_QUERY = 500
 
 
 class PromptFileError(ValueError):
@@ -57,7 +60,9 @@ def decode_utf8(data: bytes) -> str:
 
 def parse_jsonl(text: str) -> list[ParsedPrompt]:
     prompts = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" only: splitlines() would also break at U+2028 and the like, which
+    # JSON allows raw inside strings, and then count lines differently from an editor.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -79,6 +84,7 @@ def messages_from_record(record: dict, line: int) -> list[dict]:
             raise PromptFileError(f"line {line}: 'prompt' must be a string")
         if not prompt.strip():
             raise PromptFileError(f"line {line}: empty prompt")
+        refuse_nul(prompt, line)
         return [{"role": "user", "content": prompt.strip()}]
     raise PromptFileError(f"line {line}: missing field 'prompt' (or 'messages')")
 
@@ -94,21 +100,32 @@ def checked_messages(messages: object, line: int) -> list[dict]:
             )
         if not turn["content"].strip():
             raise PromptFileError(f"line {line}: empty prompt (a message has no content)")
+        refuse_nul(turn["content"], line)
         checked.append({"role": turn["role"], "content": turn["content"].strip()})
     if checked[-1]["role"] != "user":
         raise PromptFileError(f"line {line}: the last message must be the user's turn to answer")
     return checked
 
 
+def refuse_nul(text: str, line: int) -> None:
+    """PostgreSQL cannot store NUL in text; SQLite can. One rule for both: refused."""
+    if "\x00" in text:
+        raise PromptFileError(f"line {line}: the text contains a NUL character")
+
+
 def category_from(record: dict, line: int) -> str:
     category = record.get("category", "")
     if not isinstance(category, str) or len(category) > 64:
         raise PromptFileError(f"line {line}: 'category' must be a string of at most 64 characters")
+    refuse_nul(category, line)
     return category
 
 
 def parse_csv(text: str) -> list[ParsedPrompt]:
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    """Strict CSV: a quote that opens a field must close it and be followed by a comma or
+    the end of the line. (Python's default lets a stray quote swallow the rest of the
+    file into one prompt.) Problems are reported at the line where their row starts."""
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
     try:
         header = reader.fieldnames or []
     except csv.Error as error:
@@ -116,17 +133,23 @@ def parse_csv(text: str) -> list[ParsedPrompt]:
     if "prompt" not in header:
         raise PromptFileError("line 1: the header has no 'prompt' column")
     prompts = []
+    row_start = reader.line_num + 1
     try:
         for row in reader:
-            prompt = (row.get("prompt") or "").strip()
+            if None in row or any(value is None for value in row.values()):
+                raise PromptFileError(f"line {row_start}: {len(header)} columns expected (check its quotes)")
+            prompt = row["prompt"].strip()
             if not prompt:
-                raise PromptFileError(f"line {reader.line_num}: empty prompt")
+                raise PromptFileError(f"line {row_start}: empty prompt")
+            refuse_nul(prompt, row_start)
             category = (row.get("category") or "").strip()
             if len(category) > 64:
-                raise PromptFileError(f"line {reader.line_num}: 'category' is longer than 64 characters")
+                raise PromptFileError(f"line {row_start}: 'category' is longer than 64 characters")
+            refuse_nul(category, row_start)
             prompts.append(ParsedPrompt([{"role": "user", "content": prompt}], category))
+            row_start = reader.line_num + 1
     except csv.Error as error:
-        raise PromptFileError(f"line {reader.line_num}: unreadable CSV ({error})") from None
+        raise PromptFileError(f"line {row_start}: unreadable CSV ({error})") from None
     return prompts
 
 
@@ -137,7 +160,11 @@ def import_prompts(prompts: list[ParsedPrompt], source: str) -> ImportResult:
     by_hash: dict[str, ParsedPrompt] = {}
     for prompt in prompts:
         by_hash.setdefault(conversation_hash(prompt.messages), prompt)
-    existing = set(Prompt.objects.filter(content_hash__in=by_hash).values_list("content_hash", flat=True))
+    hashes = list(by_hash)
+    existing = set()
+    for start in range(0, len(hashes), HASHES_PER_QUERY):
+        chunk = hashes[start:start + HASHES_PER_QUERY]
+        existing.update(Prompt.objects.filter(content_hash__in=chunk).values_list("content_hash", flat=True))
     new = [
         Prompt(messages=p.messages, content_hash=h, category=p.category, source=source[:255])
         for h, p in by_hash.items()

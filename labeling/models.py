@@ -200,6 +200,7 @@ class Assignment(models.Model):
     annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments")
     expires_at = models.DateTimeField()
     created_at = models.DateTimeField(default=timezone.now)
+    returned = models.BooleanField(default=False, help_text="Given back by an undo; answered before another undo.")
 
     class Meta:
         constraints = [

@@ -21,7 +21,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from labeling.models import Assignment, Comparison, ComparisonItem, Completion, Label, Prompt
-from labeling.signals import label_submitted
+from labeling.signals import label_submitted, label_undo_requested
 
 MAX_ACTIVE_SECONDS = 3600.0
 MAX_RATIONALE_CHARS = 2000
@@ -31,6 +31,14 @@ MAX_LEASE_ATTEMPTS = 5
 
 class LabelError(ValueError):
     """A label that cannot be stored as sent; the message says why."""
+
+
+class LeaseError(LabelError):
+    """A person's label for a comparison the queue did not give them (or gave away)."""
+
+
+class UndoRefused(ValueError):
+    """An undo the rules do not allow; the message says which rule."""
 
 
 @dataclass(frozen=True)
@@ -125,7 +133,8 @@ def next_comparison_for(annotator: AbstractBaseUser) -> Comparison | None:
     Assignment.objects.update_or_create(
         comparison=comparison,
         annotator=annotator,
-        defaults={"expires_at": now + timedelta(seconds=settings.PREFLOOP_LEASE_SECONDS), "created_at": now},
+        defaults={"expires_at": now + timedelta(seconds=settings.PREFLOOP_LEASE_SECONDS), "created_at": now,
+                  "returned": False},
     )
     return comparison
 
@@ -139,6 +148,19 @@ def has_room_for_another_annotator(comparison: Comparison, annotator: AbstractBa
     )
     labeled, needed = Comparison.objects.values_list("label_count", "labels_needed").get(pk=comparison.pk)
     return labeled + leased < needed
+
+
+def check_lease(comparison: Comparison, annotator: AbstractBaseUser, now) -> None:
+    """A person labels what the queue gave them: a live lease they hold. An expired lease
+    is still honoured when nobody took the comparison meanwhile and it still wants a
+    label (a slow annotator loses nothing); otherwise the label is refused."""
+    lease = Assignment.objects.filter(comparison=comparison, annotator=annotator).first()
+    if lease is None:
+        raise LeaseError(f"comparison {comparison.pk} was not given to you; take the next one from the queue")
+    if lease.expires_at > now:
+        return
+    if not has_room_for_another_annotator(comparison, annotator, now):
+        raise LeaseError(f"your lease on comparison {comparison.pk} expired and it went to someone else")
 
 
 def validate_label(label: LabelInput, completion_count: int) -> LabelInput:
@@ -169,16 +191,33 @@ def validate_label(label: LabelInput, completion_count: int) -> LabelInput:
 
 
 def submit_label(
-    annotator: AbstractBaseUser, label: LabelInput, origin: str = Label.Origin.HUMAN
+    annotator: AbstractBaseUser, label: LabelInput, origin: str = Label.Origin.HUMAN, *,
+    require_lease: bool | None = None,
 ) -> tuple[Label, bool]:
     """Store one label. A second submission for the same comparison by the same annotator
     (a double click, a retried request) stores nothing and returns the first label with
-    created=False."""
+    created=False. A person's label must come from the queue (see check_lease); simulated
+    and imported labels need no lease unless `require_lease` says so."""
+    if require_lease is None:
+        require_lease = origin == Label.Origin.HUMAN
     with transaction.atomic():
         comparison = Comparison.objects.filter(pk=label.comparison_id).annotate(k=Count("items")).first()
         if comparison is None:
             raise LabelError(f"comparison {label.comparison_id} does not exist")
         clean = validate_label(label, comparison.k)
+        earlier = Label.objects.filter(comparison=comparison, annotator=annotator).first()
+        if earlier is not None:
+            return earlier, False
+        if require_lease:
+            try:
+                check_lease(comparison, annotator, timezone.now())
+            except LeaseError:
+                # A concurrent submit of the same label may have committed (and dropped
+                # the lease) since the check above: that is a duplicate, not a refusal.
+                earlier = Label.objects.filter(comparison=comparison, annotator=annotator).first()
+                if earlier is None:
+                    raise
+                return earlier, False
         try:
             with transaction.atomic():
                 stored = Label.objects.create(
@@ -205,10 +244,24 @@ def submit_label(
 @transaction.atomic
 def undo_last_label(annotator: AbstractBaseUser) -> Comparison | None:
     """Delete the annotator's most recent label and lease its comparison back to them, so
-    it is what they see next. None when they have nothing to undo."""
+    it is what they see next. None when they have nothing to undo; UndoRefused when the
+    rules below forbid it.
+
+    The rules, so that undo mends a slip and never rewrites history: only the latest
+    label, only within PREFLOOP_UNDO_SECONDS of giving it, one undo at a time (the
+    comparison given back has to be answered again first), and never a label something
+    already used (a published reward model trained on it)."""
+    now = timezone.now()
+    if Assignment.objects.filter(annotator=annotator, returned=True, expires_at__gt=now).exists():
+        raise UndoRefused("answer the comparison you took back first; undo goes back one label only")
     last = Label.objects.select_for_update().filter(annotator=annotator).order_by("-created_at", "-id").first()
     if last is None:
         return None
+    if last.created_at < now - timedelta(seconds=settings.PREFLOOP_UNDO_SECONDS):
+        raise UndoRefused(f"your last label is older than {settings.PREFLOOP_UNDO_SECONDS} seconds; it stays")
+    reasons = [reason for _, reason in label_undo_requested.send(sender=Label, label=last) if reason]
+    if reasons:
+        raise UndoRefused(f"your last label stays: {'; '.join(reasons)}")
     comparison = last.comparison
     deleted, _ = Label.objects.filter(pk=last.pk).delete()
     # Two undos at once lock the same row; the second finds it gone and changes nothing.
@@ -216,7 +269,6 @@ def undo_last_label(annotator: AbstractBaseUser) -> Comparison | None:
         Comparison.objects.filter(pk=comparison.pk).update(label_count=F("label_count") - 1)
     if not deleted:
         return None
-    now = timezone.now()
     # Older than any other lease they hold, so next_comparison_for serves it first.
     Assignment.objects.update_or_create(
         comparison=comparison,
@@ -224,6 +276,7 @@ def undo_last_label(annotator: AbstractBaseUser) -> Comparison | None:
         defaults={
             "expires_at": now + timedelta(seconds=settings.PREFLOOP_LEASE_SECONDS),
             "created_at": now - timedelta(days=1),
+            "returned": True,
         },
     )
     return comparison

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 from django.conf import settings
 from django.contrib import messages
@@ -49,8 +50,9 @@ def queue_state(request: HttpRequest, comparison, **extra) -> JsonResponse:
 
 
 @login_required
-@require_GET
+@require_POST
 def next_comparison(request: HttpRequest) -> JsonResponse:
+    """A POST: it takes (or renews) a lease on the comparison it returns."""
     return queue_state(request, services.next_comparison_for(request.user))
 
 
@@ -60,6 +62,8 @@ def submit_label(request: HttpRequest) -> JsonResponse:
     try:
         label_input = parse_label(request.body)
         label, created = services.submit_label(request.user, label_input)
+    except services.LeaseError as error:
+        return JsonResponse({"error": str(error)}, status=409)
     except services.LabelError as error:
         return JsonResponse({"error": str(error)}, status=400)
     return JsonResponse({"label_id": label.pk, "duplicate": not created})
@@ -68,24 +72,46 @@ def submit_label(request: HttpRequest) -> JsonResponse:
 @login_required
 @require_POST
 def undo_label(request: HttpRequest) -> JsonResponse:
-    undone = services.undo_last_label(request.user)
+    try:
+        undone = services.undo_last_label(request.user)
+    except services.UndoRefused as error:
+        return JsonResponse({"error": str(error)}, status=409)
     if undone is None:
         return queue_state(request, services.next_comparison_for(request.user), undone=False)
     return queue_state(request, undone, undone=True)
 
 
+def refuse_constant(name: str):
+    raise ValueError(f"{name} is not a number a label can hold")
+
+
+def finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a number a label can hold")
+    return value
+
+
 def parse_label(body: bytes) -> services.LabelInput:
+    """A label from a request body, or LabelError: never a 500, whatever the bytes."""
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_constant=refuse_constant, parse_float=finite_float)  # NaN, Infinity, 1e400
+        if not isinstance(data, dict):
+            raise TypeError("the body must be a JSON object")
+        rationale = str(data.get("rationale") or "")
+        if "\x00" in rationale:
+            raise ValueError("the rationale contains a NUL character")
         return services.LabelInput(
             comparison_id=int(data["comparison_id"]),
             choice=str(data["choice"]),
             ranking=[int(p) for p in data["ranking"]] if data.get("ranking") is not None else None,
             strength=int(data["strength"]) if data.get("strength") is not None else None,
-            rationale=str(data.get("rationale") or ""),
+            rationale=rationale,
             active_seconds=float(data.get("active_seconds") or 0.0),
         )
-    except (ValueError, KeyError, TypeError) as error:
+    except RecursionError:
+        raise services.LabelError("malformed label: nested too deeply") from None
+    except (ValueError, KeyError, TypeError, OverflowError) as error:
         raise services.LabelError(f"malformed label: {error}") from None
 
 

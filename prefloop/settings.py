@@ -4,6 +4,7 @@ parsed with the typed helpers below so a bad value fails at start-up, not mid-re
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -103,14 +104,46 @@ VAR_DIR = Path(env_str("PREFLOOP_VAR_DIR", str(BASE_DIR / "var")))
 
 DEBUG = env_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = [h for h in env_str("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h]
+
+
+def local_secret_key(path: Path) -> str:
+    """This installation's own key, made once and kept in var/ (readable by its owner
+    only). Never a key written in the source: a proxy that forwards `Host: 127.0.0.1`
+    would otherwise serve real users with sessions signed by a public key."""
+    from django.core.management.utils import get_random_secret_key
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as file:
+        file.write(get_random_secret_key())
+    return path.read_text().strip()
+
+
 SECRET_KEY = env_str("DJANGO_SECRET_KEY", "")
 if not SECRET_KEY:
-    # A fixed key is fine only while the app answers on this machine alone: serving any
-    # real host name without DJANGO_SECRET_KEY would sign sessions with a public key.
+    # Several web machines must share one key, so a real host name needs it set.
     if any(host not in {"127.0.0.1", "localhost", "::1"} for host in ALLOWED_HOSTS):
         raise ImproperlyConfigured("set DJANGO_SECRET_KEY when DJANGO_ALLOWED_HOSTS names a real host")
-    SECRET_KEY = "insecure-local-only-key-set-DJANGO_SECRET_KEY-in-production"
+    SECRET_KEY = local_secret_key(VAR_DIR / "secret-key")
 CSRF_TRUSTED_ORIGINS = [o for o in env_str("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+
+# --- Served over HTTPS (production): see README "Deploying". Off by default because the
+# demo answers plain HTTP on 127.0.0.1.
+HTTPS = env_bool("PREFLOOP_HTTPS", False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SECURE_SSL_REDIRECT = HTTPS
+SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 31_536_000 if HTTPS else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", HTTPS)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", False)
+# Behind a TLS-terminating proxy that sets X-Forwarded-Proto (and strips it from clients).
+if env_bool("DJANGO_TRUST_FORWARDED_PROTO", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    # The same proxy appends the client's address to X-Forwarded-For: login throttling
+    # counts that address, not the proxy's.
+    AXES_IPWARE_META_PRECEDENCE_ORDER = ["HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"]
+    AXES_IPWARE_PROXY_COUNT = 1
 
 INSTALLED_APPS = [
     "prefloop.apps.PrefLoopAdminConfig",
@@ -121,6 +154,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "labeling",
     "training",
+    "axes",  # login throttling; after the apps so its admin pages sit with the others
 ]
 
 MIDDLEWARE = [
@@ -133,7 +167,19 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # turns a locked-out login into the lockout page
 ]
+
+# --- Login throttling (django-axes): after PREFLOOP_LOGIN_FAILURES wrong passwords for
+# one account from one address, that pair is locked out for PREFLOOP_LOGIN_COOLOFF_MINUTES
+# (admin login included). Per pair, so nobody can lock a colleague out from elsewhere.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("PREFLOOP_LOGIN_FAILURES", 5, minimum=1)
+AXES_COOLOFF_MINUTES = env_int("PREFLOOP_LOGIN_COOLOFF_MINUTES", 15, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=AXES_COOLOFF_MINUTES)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 
 ROOT_URLCONF = "prefloop.urls"
 WSGI_APPLICATION = "prefloop.wsgi.application"
@@ -221,6 +267,8 @@ PREFLOOP_BASE_MODEL_DIR = Path(
 PREFLOOP_ARTIFACT_DIR = VAR_DIR / "artifacts"
 # How long an annotator holds a comparison before it goes back to the queue.
 PREFLOOP_LEASE_SECONDS = env_int("PREFLOOP_LEASE_SECONDS", 600, minimum=10)
+# How long after giving a label its annotator may still undo it (one label back only).
+PREFLOOP_UNDO_SECONDS = env_int("PREFLOOP_UNDO_SECONDS", 300, minimum=0)
 # Share of new comparisons that several annotators label, to measure agreement.
 PREFLOOP_OVERLAP_SHARE = env_float("PREFLOOP_OVERLAP_SHARE", 0.1, 0.0, 1.0)
 PREFLOOP_OVERLAP_ANNOTATORS = env_int("PREFLOOP_OVERLAP_ANNOTATORS", 2, minimum=2)

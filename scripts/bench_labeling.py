@@ -1,7 +1,7 @@
 """Labeling throughput benchmark (`make bench`).
 
 Seeds a fresh SQLite database under var/bench/, starts gunicorn as in production and lets N
-simulated annotators loop over GET /label/api/next and POST /label/api/submit for a fixed
+simulated annotators loop over POST /label/api/next and POST /label/api/submit for a fixed
 time. Reports labels/s, requests/s and latency percentiles, then checks the database: every
 acknowledged label is stored exactly once and no comparison was labeled by two annotators.
 The results replace the "Labeling throughput" section of docs/benchmarks.md; the exit status
@@ -176,7 +176,7 @@ class Annotator(threading.Thread):
 
     def run(self) -> None:
         while time.monotonic() < self.deadline:
-            state = self.call("next", "/label/api/next")
+            state = self.call("next", "/label/api/next", b"{}")  # a POST: it takes a lease
             if state is None or state["comparison"] is None:  # an error (counted in call) or an empty queue
                 if state is not None:
                     self.stats.tally("empty queue")

@@ -29,7 +29,7 @@ pages = {url: researcher.get(url) for url in (
     "/researcher/", f"/runs/{run.pk}/", "/progress/", "/progress/rounds/1/", "/progress/versions/0/",
     "/progress/versions/1/", "/export/labels.jsonl?raw=1", "/admin/training/run/", "/admin/labeling/label/")}
 pages["/me/"] = annotator.get("/me/")
-pages["/label/api/next"] = annotator.get("/label/api/next")
+pages["/label/api/next"] = annotator.post("/label/api/next")  # a POST: it takes a lease
 progress = pages["/progress/"]
 raw = b"".join(pages["/export/labels.jsonl?raw=1"].streaming_content).decode().splitlines()
 print(json.dumps({

@@ -41,7 +41,8 @@ def judge_cross_version(annotator, comparison, prefers: int | None, origin: str 
     else:
         left = comparison.ordered_completions()[0]
         choice = "a" if left.policy_version.number == prefers else "b"
-    labeling.submit_label(annotator, LabelInput(comparison.pk, choice, active_seconds=5.0), origin=origin)
+    labeling.submit_label(annotator, LabelInput(comparison.pk, choice, active_seconds=5.0), origin=origin,
+                          require_lease=False)
 
 
 def build(people, base_policy, settings, tmp_path) -> SimpleNamespace:
@@ -62,7 +63,7 @@ def build(people, base_policy, settings, tmp_path) -> SimpleNamespace:
     seed_answers = [Completion.objects.create(prompt=seed_prompt, policy_version=base_policy, text=t)
                     for t in ("one", "two")]
     seed = create_comparison(run, seed_prompt, seed_answers, source="initial", rng=random.Random(1))
-    labeling.submit_label(robot, LabelInput(seed.pk, "a"), origin=Label.Origin.SIMULATED)
+    labeling.submit_label(robot, LabelInput(seed.pk, "a"), origin=Label.Origin.SIMULATED, require_lease=False)
 
     # Round 1 walks its stages; the policy-update stage publishes v1 (PPO) with its curves.
     round_ = services.start_round(run, "direct", requested_by=people.researcher)

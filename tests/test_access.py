@@ -35,7 +35,7 @@ STAFF_ONLY = [
     ("post", "/progress/versions/0/branch"),
     ("get", "/progress/workers.json"),
 ]
-EVERY_PAGE = STAFF_ONLY[2:] + [("get", "/label/"), ("get", "/label/api/next"), ("post", "/label/api/undo"),
+EVERY_PAGE = STAFF_ONLY[2:] + [("get", "/label/"), ("post", "/label/api/next"), ("post", "/label/api/undo"),
                                ("get", "/me/")]
 
 
@@ -61,9 +61,10 @@ def test_researcher_reaches_staff_pages(client, people, base_policy):
 
 def test_annotator_payload_hides_policy_versions_and_other_labels(client, people, make_comparison):
     comparison = make_comparison(labels_needed=2)
+    services.next_comparison_for(people.outsider)
     services.submit_label(people.outsider, LabelInput(comparison.pk, "a", rationale="otto's secret reasoning"))
     client.force_login(people.annotator)
-    body = client.get(reverse("label_next")).content.decode()
+    body = client.post(reverse("label_next")).content.decode()
     payload = json.loads(body)
     assert payload["comparison"]["id"] == comparison.pk
     assert "policy" not in body and "version" not in body
@@ -73,6 +74,7 @@ def test_annotator_payload_hides_policy_versions_and_other_labels(client, people
 
 def test_undo_only_touches_ones_own_labels(client, people, make_comparison):
     comparison = make_comparison()
+    services.next_comparison_for(people.outsider)
     services.submit_label(people.outsider, LabelInput(comparison.pk, "a"))
     client.force_login(people.annotator)
     client.post(reverse("label_undo"), "{}", content_type="application/json")
@@ -82,6 +84,7 @@ def test_undo_only_touches_ones_own_labels(client, people, make_comparison):
 def test_submit_api_stores_once_and_reports_duplicates(client, people, make_comparison):
     comparison = make_comparison()
     client.force_login(people.annotator)
+    assert client.post(reverse("label_next")).json()["comparison"]["id"] == comparison.pk
     body = json.dumps({"comparison_id": comparison.pk, "choice": "b", "strength": 2, "active_seconds": 4.2})
     first = client.post(reverse("label_submit"), body, content_type="application/json").json()
     second = client.post(reverse("label_submit"), body, content_type="application/json").json()

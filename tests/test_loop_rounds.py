@@ -24,7 +24,7 @@ def loop_world(base_run, base_policy, people, make_comparison, tmp_path):
     base_run.save()
     for i in range(3):
         Prompt.objects.create(messages=[{"role": "user", "content": f"loop prompt {i}"}])
-    labeling.submit_label(people.outsider, LabelInput(make_comparison().pk, "a"))
+    labeling.submit_label(people.outsider, LabelInput(make_comparison().pk, "a"), require_lease=False)
     RewardModelVersion.objects.create(number=1, run=base_run, base_model_dir=base_policy.base_model_dir,
                                       weights_dir=str(tmp_path / "rm1"), label_count=10)
     return base_run
@@ -116,7 +116,7 @@ def test_a_failed_stage_fails_the_round_and_nothing_follows(loop_world):
 def test_one_round_per_run_and_what_a_method_needs_is_checked_first(base_run, people, make_comparison):
     with pytest.raises(services.RoundError, match="no labels with a preference"):
         services.start_round(base_run, "rlhf")
-    labeling.submit_label(people.annotator, LabelInput(make_comparison().pk, "a"))
+    labeling.submit_label(people.annotator, LabelInput(make_comparison().pk, "a"), require_lease=False)
     with pytest.raises(services.RoundError, match="needs a reward model"):
         services.start_round(base_run, "direct")  # PPO without a reward model and no stage that trains one
     services.start_round(base_run, "rlhf")
@@ -160,11 +160,11 @@ def test_the_auto_loop_starts_rounds_after_n_labels_unless_stopped(loop_world, p
     comparisons = [make_comparison() for _ in range(3)]
     for comparison in comparisons[:2]:
         with django_capture_on_commit_callbacks(execute=True):
-            labeling.submit_label(people.annotator, LabelInput(comparison.pk, "a"))
+            labeling.submit_label(people.annotator, LabelInput(comparison.pk, "a"), require_lease=False)
     assert not Round.objects.exists()  # stopped: no automatic round
     services.resume_runs([loop_world])
     with django_capture_on_commit_callbacks(execute=True):
-        labeling.submit_label(people.annotator, LabelInput(comparisons[2].pk, "b"))
+        labeling.submit_label(people.annotator, LabelInput(comparisons[2].pk, "b"), require_lease=False)
     round_ = Round.objects.get()
     assert (round_.run, round_.recipe, round_.trigger) == (loop_world, "rlhf", "3 new labels")
     assert not Job.objects.filter(kind=Job.Kind.TRAIN_REWARD, round=None).exists()  # the round trains it

@@ -113,3 +113,52 @@ def test_upload_form_refuses_an_oversized_file(client, people, settings):
     response = client.post(reverse("import_prompts"), {"file": upload})
     assert b"the limit is 50 bytes" in response.content
     assert Prompt.objects.count() == 0
+
+
+# Files that used to half-work (issue 12).
+
+def test_a_file_with_more_prompts_than_the_database_takes_parameters_imports(db):
+    """The duplicate check used to send every hash in one query: past 32,766 prompts
+    stock SQLite refused it (PostgreSQL past 65,535). This SQLite allows 250,000, so the
+    test lowers the connection's limit to stock's."""
+    import sqlite3
+
+    from django.db import connection
+
+    connection.ensure_connection()
+    if connection.vendor == "sqlite":
+        connection.connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 32_766)
+    data = jsonl(*({"prompt": f"Prompt number {i}"} for i in range(40_000)))
+    assert import_prompt_file("big.jsonl", data, 10 * LIMIT).created == 40_000
+    again = import_prompt_file("big.jsonl", data, 10 * LIMIT)
+    assert (again.created, again.duplicates) == (0, 40_000)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        # A stray quote used to merge the rest of the file into one prompt.
+        (b'prompt\none\n"two\nthree\nfour\n', r"line 3: unreadable CSV"),
+        (b'prompt\none\n"two" and more\nthree\n', r"line 3: unreadable CSV"),
+        (b'category,prompt\na,one\nb\n', r"line 3: 2 columns expected"),
+        (b'prompt\none\ntwo\n' + b"x" * 140_000 + b"\n", r"line 4: unreadable CSV \(field larger"),
+        (b'prompt\none\n"multi\nline"\nnul \x00 here\n', r"line 5: the text contains a NUL character"),
+    ],
+)
+def test_csv_problems_are_reported_at_the_line_they_start(db, data, message):
+    with pytest.raises(PromptFileError, match=message):
+        import_prompt_file("p.csv", data, LIMIT)
+    assert Prompt.objects.count() == 0
+
+
+def test_a_literal_quote_inside_a_field_is_kept():
+    parsed = parse_prompt_file("p.csv", b'prompt\nsay "hi" twice\n"quoted, with ""escaped"" quotes"\n', LIMIT)
+    assert [p.messages[-1]["content"] for p in parsed] == ['say "hi" twice', 'quoted, with "escaped" quotes']
+
+
+def test_jsonl_counts_lines_as_editors_do_and_refuses_nul(db):
+    parsed = parse_prompt_file("p.jsonl", '{"prompt": "one"}\n{"prompt": "two\u2028still two"}\n'.encode(), LIMIT)
+    assert [p.messages[-1]["content"] for p in parsed] == ["one", "two\u2028still two"]
+    with pytest.raises(PromptFileError, match="line 2: the text contains a NUL character"):
+        import_prompt_file("p.jsonl", jsonl({"prompt": "ok"}, {"prompt": "nul \u0000"}), LIMIT)
+    assert Prompt.objects.count() == 0

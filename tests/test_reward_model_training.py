@@ -43,7 +43,8 @@ def marker_labels(rm_settings, people, make_comparison):
             comparison = make_comparison(texts=(pair.chosen, pair.rejected), prompt=pair.prompt[0]["content"],
                                          seed=pair.group)
             left = comparison.ordered_completions()[0].text
-            labeling.submit_label(people.annotator, LabelInput(comparison.pk, "a" if left == pair.chosen else "b"))
+            labeling.submit_label(people.annotator, LabelInput(comparison.pk, "a" if left == pair.chosen else "b"),
+                                  require_lease=False)
 
     return label
 
@@ -54,10 +55,10 @@ def test_labels_become_pairs_ties_and_skips_left_out_rankings_expanded(people, m
     kinds = {}
     for choice in ("a", "b", "tie", "both_bad", "skip"):
         comparison = make_comparison(texts=(f"{choice} 1", f"{choice} 2"))
-        labeling.submit_label(people.annotator, LabelInput(comparison.pk, choice))
+        labeling.submit_label(people.annotator, LabelInput(comparison.pk, choice), require_lease=False)
         kinds[comparison.pk] = choice
     ranked = make_comparison(texts=("r1", "r2", "r3", "r4"))
-    labeling.submit_label(people.annotator, LabelInput(ranked.pk, "ranking", ranking=[3, 1, 0, 2]))
+    labeling.submit_label(people.annotator, LabelInput(ranked.pk, "ranking", ranking=[3, 1, 0, 2]), require_lease=False)
 
     pairs = preference_pairs(Label.objects.all())
     assert sorted(kinds[p.group] for p in pairs if p.group in kinds) == ["a", "b"]
@@ -134,7 +135,7 @@ def test_two_triggers_make_one_job_and_a_second_training_waits_for_the_first(rm_
                                                                              make_comparison):
     first = services.request_reward_training(base_run, requested_by=people.researcher)
     pinned = first.params["last_label_id"]
-    labeling.submit_label(people.annotator, LabelInput(make_comparison().pk, "a"))
+    labeling.submit_label(people.annotator, LabelInput(make_comparison().pk, "a"), require_lease=False)
     again = services.request_reward_training(base_run)
     assert first.pk == again.pk and Job.objects.filter(kind=Job.Kind.TRAIN_REWARD).count() == 1
     assert again.params["last_label_id"] > pinned  # the same request, now covering the new label
@@ -155,17 +156,17 @@ def test_automatic_trigger_after_n_new_labels(rm_settings, people, make_comparis
     comparisons = [make_comparison() for _ in range(4)]
     for comparison, choice in zip(comparisons, ["a", "tie", "b"], strict=False):  # a tie has no preference
         with django_capture_on_commit_callbacks(execute=True):
-            labeling.submit_label(people.annotator, LabelInput(comparison.pk, choice))
+            labeling.submit_label(people.annotator, LabelInput(comparison.pk, choice), require_lease=False)
     assert not Job.objects.filter(kind=Job.Kind.TRAIN_REWARD).exists()
     with django_capture_on_commit_callbacks(execute=True):
-        labeling.submit_label(people.annotator, LabelInput(comparisons[3].pk, "a"))
+        labeling.submit_label(people.annotator, LabelInput(comparisons[3].pk, "a"), require_lease=False)
     job = Job.objects.get(kind=Job.Kind.TRAIN_REWARD)
     assert job.params["reason"] == "3 new labels"
     # The broker is down here, so that job failed to queue; more labels within the
     # minute do not pile up one failed job each.
     for comparison in [make_comparison() for _ in range(3)]:
         with django_capture_on_commit_callbacks(execute=True):
-            labeling.submit_label(people.annotator, LabelInput(comparison.pk, "a"))
+            labeling.submit_label(people.annotator, LabelInput(comparison.pk, "a"), require_lease=False)
     assert Job.objects.filter(kind=Job.Kind.TRAIN_REWARD).count() == 1
 
 

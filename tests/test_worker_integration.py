@@ -56,7 +56,8 @@ def label_marker_preferences(annotator, base_policy: PolicyVersion, count: int) 
                        for t in (pair.chosen, pair.rejected)]
         comparison = create_comparison(base_policy.run, prompt, completions, source="initial")
         left = comparison.ordered_completions()[0].text
-        labeling.submit_label(annotator, LabelInput(comparison.pk, "a" if left == pair.chosen else "b"))
+        labeling.submit_label(annotator, LabelInput(comparison.pk, "a" if left == pair.chosen else "b"),
+                              require_lease=False)
 
 
 @pytest.fixture

@@ -77,7 +77,10 @@ class FormRefused(ValueError):
 
 def valid_data(form) -> dict:
     if not form.is_valid():
-        raise FormRefused(form.errors.as_text())
+        raise FormRefused("; ".join(
+            " ".join(errors) if field == "__all__" else f"{(form.fields[field].label or field).rstrip(':')}: "
+                                                        f"{' '.join(errors)}"
+            for field, errors in form.errors.items()))
     return form.cleaned_data
 
 

@@ -23,7 +23,7 @@ from labeling.exporting import labels_for_export, ordered_completions_of
 from labeling.models import Completion, Label
 from training.ml.configs import config_from_dict, config_to_dict
 from training.ml.reward import PreferencePair, RewardScorer, RewardTrainingConfig, train_reward_model
-from training.models import Job, RewardModelVersion, Run
+from training.models import Job, PolicyVersion, RewardModelVersion, Run
 from training.services.artifacts import publish_artifact
 from training.services.jobs import enqueue_on_commit, job_type
 from training.services.runs import latest_reward_model
@@ -45,6 +45,18 @@ def labels_since_latest_reward_model(run: Run) -> int:
     latest = latest_reward_model(run)
     labels = preference_labels(run)
     return labels.filter(pk__gt=latest.last_label_id).count() if latest else labels.count()
+
+
+def reward_model_trained_on(sender, label: Label, **kwargs) -> str | None:
+    """Answers labeling's label_undo_requested: a label that a published reward model or
+    a policy version trained on pairs (DPO, SFT) learned from is history, not a slip."""
+    for version in RewardModelVersion.objects.filter(last_label_id__gte=label.pk).select_related("run"):
+        if Label.objects.filter(version.run.label_scope(), pk=label.pk).exists():
+            return f"reward model r{version.number} was trained on it"
+    for version in PolicyVersion.objects.filter(inputs__last_label_id__gte=label.pk).select_related("run"):
+        if Label.objects.filter(version.run.label_scope(), pk=label.pk).exists():
+            return f"policy v{version.number} was trained on it"
+    return None
 
 
 def last_label_id() -> int:

@@ -31,7 +31,11 @@
           body: JSON.stringify(body) };
     const response = await fetch(url, { credentials: "same-origin", ...options });
     const data = await response.json().catch(() => ({}));
-    if (!response.ok) throw new Error(data.error || `${response.status} ${response.statusText}`);
+    if (!response.ok) {
+      const error = new Error(data.error || `${response.status} ${response.statusText}`);
+      error.status = response.status;
+      throw error;
+    }
     return data;
   }
 
@@ -114,7 +118,7 @@
 
   async function loadNext() {
     try {
-      show(await request(urls.next));
+      show(await request(urls.next, {}));
     } catch (error) {
       toast(`Could not load the next comparison: ${error.message}`, true);
       emptyTimer = setTimeout(loadNext, EMPTY_POLL_MS);
@@ -140,9 +144,11 @@
     try {
       await request(urls.submit, body);
       toast(`Saved: ${CHOICE_NAMES[choice]}. Press u to undo.`);
-      show(await request(urls.next));
+      show(await request(urls.next, {}));
     } catch (error) {
       toast(`Not saved: ${error.message}`, true);
+      // 409: the comparison is no longer this person's to label; move on to the next one.
+      if (error.status === 409) loadNext();
     } finally {
       busy = false;
     }
