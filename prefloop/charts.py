@@ -11,6 +11,12 @@ LAYOUT = {"margin": {"l": 50, "r": 20, "t": 40, "b": 40}, "height": 300, "legend
 
 
 def figure(title: str, data: list[dict], **layout) -> dict:
+    """A chart; one with no points says so instead of drawing empty axes (plotly's
+    default range for an empty date axis is the year 2000)."""
+    if not any(series.get("y") or series.get("x") for series in data):
+        layout = {**layout, "xaxis": {"visible": False}, "yaxis": {"visible": False}, "shapes": [],
+                  "annotations": [{"text": "Nothing to show yet", "showarrow": False, "xref": "paper",
+                                   "yref": "paper", "x": 0.5, "y": 0.5, "font": {"size": 14, "color": "#6b7280"}}]}
     return {"data": data, "layout": {**LAYOUT, "title": {"text": title}, **layout}}
 
 

@@ -88,7 +88,7 @@ def test_two_full_rounds_close_the_loop(tmp_path, steerable_policy_dir, people, 
     # Full fine-tuning learns the tiny model's keyword preference sharply (LoRA reaches
     # about 70% here); a sharp reward model is what lets a few PPO updates climb it.
     run.reward_config.update(use_lora=False, learning_rate=0.001, epochs=2, ensemble_size=2)
-    run.method_config.update(total_episodes=256, batch_size=16, response_length=16, learning_rate=0.001)
+    run.method_config.update(total_episodes=192, batch_size=16, response_length=16, learning_rate=0.001)
     run.save()
     base = run.base_version
     prompts = [Prompt.objects.create(messages=[{"role": "user", "content": f"Question {i}?"}]) for i in range(PROMPTS)]

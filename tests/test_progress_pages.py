@@ -169,6 +169,11 @@ def test_empty_dashboard_renders(client, people, base_policy):
     response = client.get(reverse("progress"))
     assert response.status_code == 200 and response.context["rankings"] == []
     assert Round.objects.count() == 0
+    charts = response.context["charts"]
+    for name in ("labels-per-day", "labels-per-annotator", "win-rates", "reward-model-accuracy"):
+        layout = charts[name]["layout"]
+        assert layout["annotations"][0]["text"] == "Nothing to show yet", name
+        assert layout["xaxis"] == {"visible": False}, name
 
 
 def test_a_label_dated_after_today_does_not_break_the_pages(client, people, world):
