@@ -7,7 +7,7 @@ from django.core.management import call_command
 from labeling.models import Comparison, Completion, Prompt
 from training import services
 from training.ml.base_model import BaseModelError, prepare_base_model
-from training.ml.generation import SamplingConfig, decode_sample, iter_sample_batches
+from training.ml.generation import NucleusDraw, SamplingConfig, decode_sample, iter_sample_batches
 from training.ml.loading import load_policy
 from training.models import Job, PolicyVersion
 
@@ -28,6 +28,25 @@ def test_batched_sampling_returns_samples_per_prompt_in_order(tiny_model_dir):
     assert all(0 < s.num_tokens <= 6 or (s.ended and s.num_tokens == 0) for pair in samples for s in pair)
     again = [s for batch in iter_sample_batches(model, tokenizer, CONVERSATIONS, 2, config) for s in batch]
     assert again == samples  # the seed makes a run repeatable
+
+
+@pytest.mark.parametrize(("temperature", "top_k", "top_p"), [(0.7, 50, 0.95), (1.3, 6, 0.8), (1.0, 0, 0.5)])
+def test_the_draw_has_the_distribution_of_transformers_own_sampling(temperature, top_k, top_p):
+    """NucleusDraw must draw from exactly what transformers' temperature, top-k and
+    top-p warpers leave (then softmax and multinomial), only faster."""
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    torch.manual_seed(0)
+    vocab, draws = 40, 40_000
+    logits = torch.randn(1, vocab) * 2
+    hf = LogitsProcessorList([TemperatureLogitsWarper(temperature), *([TopKLogitsWarper(top_k)] if top_k else []),
+                              TopPLogitsWarper(top_p)])
+    expected = hf(None, logits.clone()).softmax(-1)[0]
+    draw = NucleusDraw(temperature, top_k, top_p)
+    tokens = torch.cat([draw(None, logits.expand(1000, vocab).clone()).argmax(-1) for _ in range(draws // 1000)])
+    observed = torch.bincount(tokens, minlength=vocab) / draws
+    assert set(observed.nonzero().flatten().tolist()) <= set(expected.nonzero().flatten().tolist())
+    assert (observed - expected).abs().max() < 0.015, (observed, expected)
 
 
 def test_decode_stops_at_eos_and_marks_ended(gguf_tokenizer):

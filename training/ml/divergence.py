@@ -44,7 +44,9 @@ def answer_log_prob(model, prompt_ids: Sequence[int], answer_ids: Sequence[int])
 def sampled_kl(policy, reference, tokenizer, prompts: Sequence[list[dict]], samples_per_prompt: int = 2,
                max_new_tokens: int = 64, seed: int = 0) -> KLEstimate:
     """KL(policy ‖ reference) in nats per answer; both models share `tokenizer`."""
-    config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0, seed=seed)
+    # The policy's own distribution, untruncated (no top-k, no top-p): the estimate is
+    # only unbiased for answers drawn from the very distribution whose log-probs it takes.
+    config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0, top_k=0, seed=seed)
     differences = []
     prompt_ids = [prompt_input_ids(tokenizer, prompt) for prompt in prompts]
     start = 0
