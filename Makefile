@@ -30,6 +30,7 @@ demo: install
 test: install
 	@bash scripts/install_system_deps.sh chromium
 	$(PY) -m pytest
+	@bash scripts/test_postgresql.sh
 
 test-fast: install
 	$(PY) -m pytest -m "not slow and not browser and not worker"
@@ -40,6 +41,7 @@ bench: install
 	$(PY) scripts/bench_ppo.py --batch-size 8 --response-length 64 --episodes 16
 	$(PY) scripts/bench_progress.py --labels 100000 --runs 5
 	$(PY) scripts/bench_methods.py --prompts 16 --response-length 48
+	$(PY) scripts/bench_sampling.py --prompts 16 --repeats 3
 
 lint: install
 	$(VENV)/bin/ruff check .

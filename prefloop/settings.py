@@ -284,6 +284,27 @@ PREFLOOP_GENERATION_BATCH_SIZE = env_int("PREFLOOP_GENERATION_BATCH_SIZE", 8, mi
 # cores fight for threads, so the demo pins this.
 PREFLOOP_TORCH_THREADS = env_int("PREFLOOP_TORCH_THREADS", 0, minimum=0)
 
+# --- Jobs that converge by themselves (training/services/job_recovery.py)
+# A running job's worker writes a heartbeat this often; after PREFLOOP_WORKER_LOST_SECONDS
+# of silence the job sweep takes its worker for dead and sends the job again, until it
+# has been started PREFLOOP_JOB_MAX_ATTEMPTS times, then fails it with the reason.
+PREFLOOP_HEARTBEAT_SECONDS = env_int("PREFLOOP_HEARTBEAT_SECONDS", 10, minimum=1)
+PREFLOOP_WORKER_LOST_SECONDS = env_int("PREFLOOP_WORKER_LOST_SECONDS", 90, minimum=2)
+PREFLOOP_JOB_MAX_ATTEMPTS = env_int("PREFLOOP_JOB_MAX_ATTEMPTS", 3, minimum=1)
+# A pending job whose message the broker no longer holds (redis lost it) is sent again
+# once it has waited this long (the grace covers a message a worker is just taking).
+PREFLOOP_JOB_RESEND_SECONDS = env_int("PREFLOOP_JOB_RESEND_SECONDS", 60, minimum=0)
+# How often Celery beat runs the sweep (one `celery beat` process per deployment).
+PREFLOOP_SWEEP_SECONDS = env_int("PREFLOOP_SWEEP_SECONDS", 30, minimum=1)
+CELERY_BEAT_SCHEDULE = {
+    "sweep-jobs": {
+        "task": "training.tasks.sweep_jobs",
+        "schedule": float(PREFLOOP_SWEEP_SECONDS),
+        # A sweep that waited out an outage in the queue is stale; the next one is due.
+        "options": {"queue": "default", "expires": float(PREFLOOP_SWEEP_SECONDS)},
+    },
+}
+
 # --- Reward models
 # Train a new version automatically once this many new labels (with a preference) have
 # arrived since the last one; 0 turns the automatic trigger off.

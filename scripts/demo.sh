@@ -35,7 +35,9 @@ trap stop_all INT TERM EXIT
 if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
   echo "Using the redis-server already running on port $REDIS_PORT."
 else
-  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$PWD/var/redis" >var/log/redis.log 2>&1 &
+  # An append-only file, so a redis that is killed or restarted keeps the queued jobs.
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$PWD/var/redis" --appendonly yes \
+    --appendfsync everysec >var/log/redis.log 2>&1 &
   redis_pid=$!
   for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 fi
@@ -49,6 +51,10 @@ pids+=($!)
 $CELERY -A prefloop worker -Q train -c 1 -n train@%h --loglevel INFO >var/log/worker-train.log 2>&1 &
 pids+=($!)
 $CELERY -A prefloop worker -Q default -c 2 -n default@%h --loglevel INFO >var/log/worker-default.log 2>&1 &
+pids+=($!)
+# One beat per deployment: it sends the job sweep (training/services/job_recovery.py)
+# to the default queue every PREFLOOP_SWEEP_SECONDS.
+$CELERY -A prefloop beat -s var/celerybeat-schedule --loglevel INFO >var/log/beat.log 2>&1 &
 pids+=($!)
 
 $PY manage.py queue_initial_comparisons --prompts 16

@@ -92,6 +92,20 @@ def tiny_run(db, tiny_model_dir):
 
 
 @pytest.fixture
+def tiny_base(base_run, tiny_model_dir, settings):
+    """The default run on the tiny model, sampling short answers and training its reward
+    model quickly. Jobs pin these where they are requested (this process), so the
+    worker's environment does not set them."""
+    from tests.test_reward_model_training import use_model
+
+    settings.PREFLOOP_MAX_NEW_TOKENS = 8
+    use_model(base_run, tiny_model_dir)
+    base_run.reward_config.update(learning_rate=0.003, epochs=2, ensemble_size=2)
+    base_run.save()
+    return base_run.base_version
+
+
+@pytest.fixture
 def make_comparison(base_policy):
     """make_comparison(texts=("left", "right"), prompt="...", **comparison_fields)"""
     from labeling.models import Completion, Prompt

@@ -60,7 +60,8 @@ def running_celery_worker(queues: str, env: dict[str, str], log_path: Path, pool
     log = log_path.open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "prefloop", "worker", "-Q", queues, "-c", "1", "--pool", pool,
-         "-n", f"test-{os.getpid()}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle"],
+         "-n", f"test-{os.getpid()}-{queues.replace(',', '-')}@%h", "--loglevel", "INFO", "--without-gossip",
+         "--without-mingle"],
         cwd=PROJECT_DIR, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
     )
     try:

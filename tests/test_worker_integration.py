@@ -16,7 +16,6 @@ from labeling.models import Comparison, Prompt
 from labeling.services import LabelInput, next_comparison_for
 from tests.processes import running_celery_worker, running_redis, wait_for
 from tests.test_reward_model_ml import marker_pairs
-from tests.test_reward_model_training import use_model
 from training import services
 from training.models import Job, PolicyVersion, RewardModelVersion, Run
 
@@ -58,18 +57,6 @@ def label_marker_preferences(annotator, base_policy: PolicyVersion, count: int) 
         left = comparison.ordered_completions()[0].text
         labeling.submit_label(annotator, LabelInput(comparison.pk, "a" if left == pair.chosen else "b"),
                               require_lease=False)
-
-
-@pytest.fixture
-def tiny_base(base_run, tiny_model_dir, settings) -> PolicyVersion:
-    """The default run on the tiny model, sampling short answers and training its reward
-    model quickly. Jobs pin these where they are requested (this process), so the
-    worker's environment does not set them."""
-    settings.PREFLOOP_MAX_NEW_TOKENS = 8
-    use_model(base_run, tiny_model_dir)
-    base_run.reward_config.update(learning_rate=0.003, epochs=2, ensemble_size=2)
-    base_run.save()
-    return base_run.base_version
 
 
 @pytest.fixture
@@ -123,8 +110,8 @@ def test_a_worker_killed_mid_training_publishes_nothing_and_the_job_is_retried(r
     """acks_late + reject_on_worker_lost: the message goes back to the queue, the job
     starts again from the last published version, and no half model is ever visible."""
     log_path = tmp_path / "worker.log"
-    label_marker_preferences(people.annotator, tiny_base, 60)
-    tiny_base.run.reward_config["epochs"] = 60
+    label_marker_preferences(people.annotator, tiny_base, 40)
+    tiny_base.run.reward_config["epochs"] = 25
     tiny_base.run.save()
     env = worker_env(tiny_model_dir, tmp_path / "var")
 
@@ -133,7 +120,7 @@ def test_a_worker_killed_mid_training_publishes_nothing_and_the_job_is_retried(r
 
         def training_underway():
             job.refresh_from_db()
-            return job.status == Job.Status.RUNNING and job.step >= 10
+            return job.status == Job.Status.RUNNING and job.step >= 5
 
         wait_for(training_underway, 120, "training to get going", interval=0.2)
         children = subprocess.run(["pgrep", "-P", str(worker.pid)], capture_output=True, text=True).stdout.split()

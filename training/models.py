@@ -218,6 +218,10 @@ class Job(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0, help_text="Starts, counting restarts after a crash.")
     error = models.TextField(blank=True)
     celery_task_id = models.CharField(max_length=64, blank=True)
+    queued_at = models.DateTimeField(null=True, blank=True, help_text="When its message was last sent to the broker.")
+    worker = models.CharField(max_length=200, blank=True, help_text="host:pid of the process running it.")
+    heartbeat_at = models.DateTimeField(
+        null=True, blank=True, help_text="Last sign of life from that process; the job sweep acts on silence.")
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     round = models.ForeignKey(Round, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
     created_at = models.DateTimeField(default=timezone.now)
@@ -258,15 +262,37 @@ class Job(models.Model):
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
 
-    def mark_running(self) -> None:
-        """Pending to running; running again counts as a restart after a worker died."""
+    def mark_running(self, worker: str = "") -> bool:
+        """Pending to running; running again counts as a restart after a worker died.
+        A compare-and-swap on (status, attempts): of two deliveries of one message that
+        race, exactly one starts the job; the other gets False."""
         if self.status not in (self.Status.PENDING, self.Status.RUNNING):
             raise ValueError(f"job {self.pk} is {self.status}; it cannot run")
-        self.status = self.Status.RUNNING
-        self.started_at = timezone.now()
-        self.attempts += 1
-        self.step = 0
-        self.save(update_fields=["status", "started_at", "attempts", "step"])
+        now = timezone.now()
+        changes = {"status": self.Status.RUNNING, "started_at": now, "attempts": self.attempts + 1, "step": 0,
+                   "worker": worker, "heartbeat_at": now}
+        won = Job.objects.filter(pk=self.pk, status=self.status, attempts=self.attempts).update(**changes)
+        if won:
+            for field, value in changes.items():
+                setattr(self, field, value)
+        return bool(won)
+
+    def silent_seconds(self, now=None) -> float | None:
+        """Seconds since a running job's worker last gave a sign of life (None when the
+        job is not running)."""
+        if self.status != self.Status.RUNNING:
+            return None
+        last = self.heartbeat_at or self.started_at or self.created_at
+        return max(((now or timezone.now()) - last).total_seconds(), 0.0)
+
+    @property
+    def status_text(self) -> str:
+        """The status as a person should read it: a running job whose worker has gone
+        quiet says so (the job sweep sends it again or fails it; see job_recovery)."""
+        silent = self.silent_seconds()
+        if silent is not None and silent > 3 * settings.PREFLOOP_HEARTBEAT_SECONDS:
+            return f"running? no word from its worker for {silent:.0f} s"
+        return self.status
 
     def report_progress(self, step: int, total_steps: int, metrics: dict | None = None) -> None:
         self.step, self.total_steps = step, total_steps

@@ -163,7 +163,8 @@ def train_reward_model(request: HttpRequest, run_id: int) -> HttpResponse:
 def job_status(request: HttpRequest, job_id: int) -> JsonResponse:
     job = get_object_or_404(Job, pk=job_id)
     return JsonResponse(
-        {"id": job.pk, "status": job.status, "step": job.step, "total_steps": job.total_steps,
+        {"id": job.pk, "status": job.status, "status_text": job.status_text, "step": job.step,
+         "total_steps": job.total_steps,
          "progress": job.progress, "eta_seconds": job.eta_seconds, "error": job.error}
     )
 

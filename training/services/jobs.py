@@ -11,11 +11,17 @@ anything else that waits on jobs, without this module importing it.
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import threading
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from django.db import transaction
+from django.conf import settings
+from django.db import connection, transaction
 from django.dispatch import Signal
+from django.utils import timezone
 
 from training.models import Job
 
@@ -28,16 +34,36 @@ job_finished = Signal()
 for the same job: a redelivered task announces it again; receivers are idempotent)."""
 
 
+def this_worker() -> str:
+    """host:pid of this process, as written on the jobs it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def worker_is_alive(job: Job) -> bool:
+    """Whether the process that runs a running job is still there: a recent heartbeat,
+    and on this host the kernel still knows its pid (a worker whose child was killed
+    gets the message back at once, long before the heartbeat goes stale)."""
+    host, _, pid = job.worker.rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # it exists, under another user
+    return (job.silent_seconds() or 0.0) < settings.PREFLOOP_WORKER_LOST_SECONDS
+
+
 def claim_job(job: Job) -> bool:
-    """The default claim: a pending job starts; a running one starts again (its worker
-    died and the broker handed the message out again)."""
+    """The default claim: a pending job starts; a running one starts again if its
+    worker died (the broker handed the message out again). Exactly one of two racing
+    deliveries wins (Job.mark_running is a compare-and-swap)."""
     job.refresh_from_db()
     if job.is_finished:
         return False
     if job.status == Job.Status.RUNNING:
-        log.warning("job %s was running when its worker died; starting it again", job.pk)
-    job.mark_running()
-    return True
+        log.warning("job %s was running when its worker (%s) died; starting it again", job.pk, job.worker)
+    return job.mark_running(this_worker())
 
 
 @dataclass(frozen=True)
@@ -68,24 +94,64 @@ def announce_finished(job: Job) -> None:
         job_finished.send(sender=Job, job=job)
 
 
-def enqueue_on_commit(job: Job) -> None:
-    """Send the job to its queue once its row is committed. If the broker is unreachable
-    the job is marked failed with that reason instead of waiting forever as pending."""
+def send_job(job: Job) -> None:
+    """Send the job's message to its queue now (kombu's error if the broker is
+    unreachable). The task id and the time are kept, so the job sweep can tell a message
+    the broker lost from one that waits its turn."""
     from prefloop.celery import app
 
-    queue = JOB_TYPES[job.kind].queue
+    result = app.send_task(RUN_JOB_TASK, args=[job.pk], queue=JOB_TYPES[job.kind].queue)
+    job.celery_task_id, job.queued_at = result.id or "", timezone.now()
+    Job.objects.filter(pk=job.pk).update(celery_task_id=job.celery_task_id, queued_at=job.queued_at)
+
+
+def enqueue_on_commit(job: Job) -> None:
+    """Send the job to its queue once its row is committed. If the broker is unreachable
+    the job is marked failed with that reason instead of waiting forever as pending (an
+    automatic trigger lost that way is requested again by the job sweep)."""
 
     def send() -> None:
         try:
-            result = app.send_task(RUN_JOB_TASK, args=[job.pk], queue=queue)
+            send_job(job)
         except Exception as error:  # kombu raises several types for an unreachable broker
             log.exception("could not enqueue job %s", job.pk)
             job.mark_failed(f"could not reach the task queue: {error}")
             announce_finished(job)  # a round waiting on it fails too
-            return
-        Job.objects.filter(pk=job.pk).update(celery_task_id=result.id or "")
 
     transaction.on_commit(send)
+
+
+@contextmanager
+def heartbeat(job: Job, interval: float | None = None):
+    """While the body runs, a thread writes the job's heartbeat every `interval`
+    seconds, so a worker that dies (SIGKILL, power loss) is noticed by its silence. Only
+    the attempt this process started is touched: once the sweep sent the job again, a
+    stray old worker no longer speaks for it."""
+    if connection.in_atomic_block:
+        # The caller's transaction is open (a test, a script): no other process sees this
+        # job running, so none can take it for dead, and on SQLite the thread's writes
+        # would only wait on the caller's lock.
+        yield
+        return
+    interval = interval or settings.PREFLOOP_HEARTBEAT_SECONDS
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            try:
+                Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts).update(
+                    heartbeat_at=timezone.now())
+            except Exception:  # a locked or unreachable database: the next beat tries again
+                log.exception("heartbeat of job %s failed", job.pk)
+        connection.close()  # this thread's own connection
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-job-{job.pk}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)  # a beat stuck on a locked database need not hold up the job's end
 
 
 def run_job_now(job: Job) -> Job:
@@ -97,7 +163,8 @@ def run_job_now(job: Job) -> Job:
         if not job.is_finished:
             job.mark_failed("another job of this kind is running for this run; try again when it is done")
     else:
-        job_kind.run(job)
+        with heartbeat(job):  # or the job sweep would take this process for dead
+            job_kind.run(job)
     job.refresh_from_db()
     announce_finished(job)
     return job

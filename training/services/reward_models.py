@@ -25,7 +25,7 @@ from training.ml.configs import config_from_dict, config_to_dict
 from training.ml.reward import PreferencePair, RewardScorer, RewardTrainingConfig, train_reward_model
 from training.models import Job, PolicyVersion, RewardModelVersion, Run
 from training.services.artifacts import publish_artifact
-from training.services.jobs import enqueue_on_commit, job_type
+from training.services.jobs import enqueue_on_commit, job_type, this_worker
 from training.services.runs import latest_reward_model
 
 log = logging.getLogger(__name__)
@@ -137,8 +137,7 @@ def claim_reward_training(job: Job) -> bool:
             return False
         if job.status == Job.Status.RUNNING:
             log.warning("reward-model job %s was running when its worker died; starting it again", job.pk)
-        job.mark_running()
-    return True
+        return job.mark_running(this_worker())
 
 
 def preference_pairs(labels) -> list[PreferencePair]:

@@ -105,7 +105,8 @@
     for (const radio of document.querySelectorAll('input[name="strength"]')) radio.checked = false;
     $("rationale").value = "";
     activeMs = 0;
-    lastTick = Date.now();
+    // Reading starts when the comparison appears, however long it took to arrive.
+    lastTick = lastActivity = Date.now();
     window.scrollTo(0, 0);
   }
 

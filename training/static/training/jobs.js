@@ -14,7 +14,7 @@ setInterval(async () => {
     if (!response.ok) continue;
     const job = await response.json();
     row.className = `job-${job.status}`;
-    row.querySelector(".job-status").textContent = job.status;
+    row.querySelector(".job-status").textContent = job.status_text;
     row.querySelector("progress").value = job.progress;
     row.querySelector(".job-steps").textContent = `${job.step}/${job.total_steps}`;
     row.querySelector(".job-eta").textContent = job.eta_seconds === null ? "–" : formatSeconds(job.eta_seconds);
