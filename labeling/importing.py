@@ -69,6 +69,8 @@ def parse_jsonl(text: str) -> list[ParsedPrompt]:
             record = json.loads(line)
         except json.JSONDecodeError as error:
             raise PromptFileError(f"line {number}: invalid JSON ({error.msg})") from None
+        except RecursionError:  # thousands of nested brackets
+            raise PromptFileError(f"line {number}: JSON nested too deeply") from None
         if not isinstance(record, dict):
             raise PromptFileError(f"line {number}: expected a JSON object")
         prompts.append(ParsedPrompt(messages_from_record(record, number), category_from(record, number)))

@@ -52,6 +52,8 @@ def test_csv_with_prompt_column_and_quoted_newlines():
         ("p.csv", b"text\nhello\n", r"line 1: the header has no 'prompt' column"),
         ("p.csv", b"prompt\nhello\n\"\"\n", r"line 3: empty prompt"),
         ("p.txt", b"hello", r"use a .jsonl or .csv file"),
+        ("p.jsonl", b'{"prompt": "ok"}\n{"prompt": ' + b"[" * 50_000 + b"]" * 50_000 + b"}\n",
+         r"line 2: JSON nested too deeply"),
     ],
 )
 def test_bad_files_name_the_problem_and_import_nothing(db, filename, data, message):
