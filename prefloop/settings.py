@@ -265,6 +265,8 @@ PREFLOOP_BASE_MODEL_DIR = Path(
     env_str("PREFLOOP_BASE_MODEL_DIR", "") or VAR_DIR / "models" / "smollm2-135m-instruct"
 )
 PREFLOOP_ARTIFACT_DIR = VAR_DIR / "artifacts"
+# Exported models (plain Hugging Face directories, adapters), built once per version.
+PREFLOOP_EXPORT_DIR = VAR_DIR / "exports"
 # How long an annotator holds a comparison before it goes back to the queue.
 PREFLOOP_LEASE_SECONDS = env_int("PREFLOOP_LEASE_SECONDS", 600, minimum=10)
 # How long after giving a label its annotator may still undo it (one label back only).

@@ -33,6 +33,7 @@ STAFF_ONLY = [
     ("get", "/progress/rounds/1/"),
     ("get", "/progress/versions/0/"),
     ("post", "/progress/versions/0/branch"),
+    ("get", "/progress/versions/0/download?format=merged"),
     ("get", "/progress/workers.json"),
 ]
 EVERY_PAGE = STAFF_ONLY[2:] + [("get", "/label/"), ("post", "/label/api/next"), ("post", "/label/api/undo"),

@@ -84,6 +84,7 @@ def test_the_jobs_table_says_when_a_running_jobs_worker_has_gone_quiet(base_run,
     status = client.get(reverse("job_status", args=[quiet.pk])).json()
 
     assert "no word from its worker for 45 s" in page
+    assert "{#" not in page and "#}" not in page  # no template comment leaks into the page
     assert status["status"] == "running" and status["status_text"].startswith("running? no word")
     assert client.get(reverse("job_status", args=[fine.pk])).json()["status_text"] == "running"
 

@@ -20,5 +20,6 @@ urlpatterns = [
     path("progress/rounds/<int:number>/", views.round_detail, name="round_detail"),
     path("progress/versions/<int:number>/", views.version_detail, name="version_detail"),
     path("progress/versions/<int:number>/branch", views.branch_run, name="branch_run"),
+    path("progress/versions/<int:number>/download", views.download_policy, name="download_policy"),
     path("progress/workers.json", views.workers, name="workers"),
 ]

@@ -5,7 +5,7 @@ from collections.abc import Callable
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import Count
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -21,9 +21,11 @@ from training.forms import (
     StartRoundForm,
     StopLoopForm,
 )
+from training.ml.export import iter_tar
 from training.ml.methods import METHODS
 from training.models import Job, PolicyVersion, Round, Run
 from training.recipes import RECIPES
+from training.services.exports import policy_export
 from training.services.workers import worker_status
 
 
@@ -226,6 +228,24 @@ def round_detail(request: HttpRequest, number: int) -> HttpResponse:
 def version_detail(request: HttpRequest, number: int) -> HttpResponse:
     version = get_object_or_404(PolicyVersion.objects.select_related("parent", "run"), number=number)
     return render(request, "training/version.html", {**reports.version_page(version), "branch_form": BranchRunForm()})
+
+
+@staff_required
+@require_GET
+def download_policy(request: HttpRequest, number: int) -> HttpResponse:
+    """The version as a streamed tar: `?format=merged` (a plain Hugging Face model
+    directory) or `?format=adapter` (its LoRA adapter). Built once, then served from
+    var/exports/ (the first download of a merged version waits for the merge)."""
+    version = get_object_or_404(PolicyVersion, number=number)
+    form = request.GET.get("format", "merged")
+    try:
+        folder = policy_export(version, form)
+    except ValueError as error:
+        return HttpResponse(f"{error}\n", status=400, content_type="text/plain")
+    name = f"prefloop-v{version.number}-{form}"
+    response = StreamingHttpResponse(iter_tar(folder, name), content_type="application/x-tar")
+    response["Content-Disposition"] = f'attachment; filename="{name}.tar"'
+    return response
 
 
 @staff_required

@@ -1,0 +1,111 @@
+"""Exporting what PrefLoop trained so that it runs without PrefLoop.
+
+A policy version exports either as its LoRA adapter (small; load it on the base with
+peft) or merged into a plain Hugging Face model directory: safetensors weights, the
+tokenizer with its chat template, the generation config, so that
+`AutoModelForCausalLM.from_pretrained(dir)` loads and generates with nothing else. A
+reward model exports merged into an `AutoModelForSequenceClassification` directory whose
+config carries the normalization the app scores with (`prefloop_reward_mean` and
+`prefloop_reward_std`: normalized reward = (logit - mean) / std).
+
+Plain functions, no Django; `python -m training.ml.export --help` runs them by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+EXPORT_FORMATS = ("merged", "adapter")
+MANIFEST = "prefloop_export.json"
+
+
+def export_policy(base_model_dir: Path | str, adapter_dir: Path | str | None, out_dir: Path, form: str,
+                  about: dict | None = None) -> Path:
+    """Write the policy into `out_dir` (which must not exist) as `form` ("merged" or
+    "adapter"); `about` (version, run, method...) goes into prefloop_export.json."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    if form not in EXPORT_FORMATS:
+        raise ValueError(f"export format must be one of {EXPORT_FORMATS}, not {form!r}")
+    if form == "adapter" and not adapter_dir:
+        raise ValueError("the base version has no adapter; export it merged")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True)
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)  # as the base ships it: its pad and chat template
+    if form == "adapter":
+        for item in Path(adapter_dir).iterdir():
+            if item.is_file():
+                shutil.copy2(item, out_dir / item.name)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
+        if adapter_dir:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+        model.save_pretrained(out_dir, safe_serialization=True)
+        try:
+            GenerationConfig.from_pretrained(base_model_dir).save_pretrained(out_dir)
+        except OSError:  # the base has none: the model's own defaults were saved above
+            pass
+    tokenizer.save_pretrained(out_dir)
+    manifest = {"format": form, "base_model_dir": str(base_model_dir), **(about or {})}
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return out_dir
+
+
+def export_reward_model(base_model_dir: Path | str, weights_dir: Path | str, out_dir: Path, mean: float, std: float,
+                        about: dict | None = None) -> Path:
+    """Write a reward model version merged into a plain sequence-classification
+    directory, its normalization in config.json."""
+    from training.ml.reward import load_reward_model
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True)
+    model, tokenizer = load_reward_model(base_model_dir, weights_dir, torch.device("cpu"))
+    model.config.prefloop_reward_mean, model.config.prefloop_reward_std = float(mean), float(std)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    manifest = {"format": "merged", "kind": "reward_model", "base_model_dir": str(base_model_dir),
+                "normalized_reward": "(logits[0] - prefloop_reward_mean) / prefloop_reward_std", **(about or {})}
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return out_dir
+
+
+def iter_tar(folder: Path, arcname: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    """An uncompressed tar of `folder` (safetensors hardly compress), produced piece by
+    piece (a header, the file in chunks, its padding) so a web response streams a
+    model of any size without holding it in memory."""
+    folder = Path(folder)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        stat = path.stat()
+        info = tarfile.TarInfo(f"{arcname}/{path.relative_to(folder).as_posix()}")
+        info.size, info.mtime, info.mode = stat.st_size, int(stat.st_mtime), 0o644
+        yield info.tobuf(format=tarfile.PAX_FORMAT)
+        with path.open("rb") as file:
+            while block := file.read(chunk_size):
+                yield block
+        if info.size % tarfile.BLOCKSIZE:
+            yield tarfile.NUL * (tarfile.BLOCKSIZE - info.size % tarfile.BLOCKSIZE)
+    yield tarfile.NUL * (2 * tarfile.BLOCKSIZE)  # the end-of-archive marker
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Export a PrefLoop policy as a plain Hugging Face model.")
+    parser.add_argument("--base", required=True, help="base model directory")
+    parser.add_argument("--adapter", help="the version's adapter directory (none for the base itself)")
+    parser.add_argument("--out", required=True, type=Path, help="output directory (must not exist)")
+    parser.add_argument("--format", choices=EXPORT_FORMATS, default="merged")
+    args = parser.parse_args()
+    export_policy(args.base, args.adapter, args.out, args.format)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
