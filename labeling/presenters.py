@@ -9,8 +9,11 @@ from labeling.rendering import render_untrusted_markdown
 
 def comparison_for_annotator(comparison: Comparison) -> dict:
     prompt = comparison.prompt
+    run = comparison.run
     return {
         "id": comparison.pk,
+        # Which run the label is for, and its guidelines (sanitized like model output).
+        "run": {"name": run.name, "guidelines_html": render_untrusted_markdown(run.guidelines)},
         "history": [
             {"role": turn["role"], "html": render_untrusted_markdown(turn["content"])} for turn in prompt.history
         ],

@@ -26,6 +26,7 @@ STAFF_ONLY = [
     ("post", "/runs/1/generate"),
     ("post", "/runs/1/train-reward-model"),
     ("post", "/runs/1/pause"),
+    ("post", "/runs/1/guidelines"),
     ("post", "/runs/1/evaluate"),
     ("post", "/loop/resume"),
     ("get", "/jobs/1.json"),

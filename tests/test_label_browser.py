@@ -76,19 +76,25 @@ def test_annotator_labels_three_comparisons_with_the_keyboard_and_one_undo(annot
     assert all(0 < label.active_seconds < 60 for label in labels.values())
 
 
-def test_model_output_with_html_shows_as_text_and_runs_nothing(annotator_page, make_comparison):
+def test_model_output_with_html_shows_as_text_and_runs_nothing(annotator_page, make_comparison, base_run):
     page = annotator_page
     attack_left = '<script>window.__xss = "script"</script>Hello'
     attack_right = '<img src=x onerror="window.__xss = \'img\'"> and [link](javascript:window.__xss=1)'
     make_comparison(prompt="Be nice <b onmouseover=\"window.__xss='prompt'\">bold</b>",
                     texts=(attack_left, attack_right))
+    base_run.guidelines = "Prefer **short** answers. <img src=x onerror=\"window.__xss='guidelines'\">"
+    base_run.save()
     page.reload()
+    # The run's name and its guidelines, open for the first comparison of a run.
+    expect(page.locator("#run-name")).to_have_text(base_run.name)
+    expect(page.locator("#guidelines")).to_have_attribute("open", "")
+    expect(page.locator("#guidelines-text strong")).to_have_text("short")
     expect(page.locator("#completions")).to_contain_text('<script>window.__xss = "script"</script>Hello')
     expect(page.locator("#completions")).to_contain_text("<img src=x onerror=")
     page.hover("#prompt")
     page.wait_for_timeout(300)
     assert page.evaluate("window.__xss") is None
-    assert page.locator("#completions img, #completions script, #prompt b").count() == 0
+    assert page.locator("#completions img, #completions script, #prompt b, #guidelines img").count() == 0
     assert page.locator("a[href^='javascript']").count() == 0
     ARTIFACT_DIR.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACT_DIR / "xss-as-text.png"), full_page=True)

@@ -133,6 +133,12 @@ class CreateRunForm(forms.Form):
         return str(path.resolve())
 
 
+class GuidelinesForm(forms.Form):
+    guidelines = forms.CharField(
+        required=False, strip=False, widget=forms.Textarea(attrs={"rows": 8, "cols": 80}),
+        help_text="Markdown, shown above each comparison of this run on the labeling page (no HTML runs).")
+
+
 class BranchRunForm(forms.Form):
     name = forms.CharField(max_length=100, help_text="Name of the new run.")
 

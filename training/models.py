@@ -53,6 +53,8 @@ class Run(models.Model):
                                   related_name="+")
     paused_at = models.DateTimeField(null=True, blank=True)
     pause_reason = models.CharField(max_length=500, blank=True)
+    guidelines = models.TextField(
+        blank=True, help_text="Labeling guidelines (Markdown, rendered like model output) shown with its comparisons.")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="+")
     created_at = models.DateTimeField(default=timezone.now)

@@ -12,6 +12,7 @@ urlpatterns = [
     path("runs/<int:run_id>/generate", views.generate_comparisons, name="generate_comparisons"),
     path("runs/<int:run_id>/train-reward-model", views.train_reward_model, name="train_reward_model"),
     path("runs/<int:run_id>/pause", views.pause_run, name="pause_run"),
+    path("runs/<int:run_id>/guidelines", views.save_guidelines, name="save_guidelines"),
     path("runs/<int:run_id>/evaluate", views.evaluate, name="evaluate"),
     path("loop/stop", views.stop_loop, name="stop_loop"),
     path("loop/resume", views.resume, name="resume_loop"),

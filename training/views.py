@@ -11,12 +11,14 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from labeling.models import Comparison, Label, Prompt
+from labeling.rendering import render_untrusted_markdown
 from prefloop.access import staff_required
 from training import reports, services
 from training.forms import (
     BranchRunForm,
     CreateRunForm,
     GenerateComparisonsForm,
+    GuidelinesForm,
     RunSettingsForm,
     StartRoundForm,
     StopLoopForm,
@@ -69,6 +71,8 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         "labels_since_reward_model": services.labels_since_latest_reward_model(run),
         "rounds": run.rounds.select_related("policy_before", "policy_after", "reward_model")[:20],
         "jobs": recent_jobs([run]), "branches": run.branches.all(),
+        "guidelines_form": GuidelinesForm(initial={"guidelines": run.guidelines}),
+        "guidelines_html": render_untrusted_markdown(run.guidelines),
     }
     return render(request, "training/run.html", context, status=400 if form.errors else 200)
 
@@ -179,6 +183,19 @@ def stop_loop(request: HttpRequest) -> HttpResponse:
     services.pause_runs(request.user, form.cleaned_data["reason"] if form.is_valid() else "")
     messages.warning(request, "The loop is stopped: no new round starts until a researcher resumes it.")
     return redirect(request.POST.get("next") if request.POST.get("next") in ("/label/", "/researcher/") else "home")
+
+
+@staff_required
+@require_POST
+def save_guidelines(request: HttpRequest, run_id: int) -> HttpResponse:
+    run = get_object_or_404(Run, pk=run_id)
+    back = reverse("run_detail", args=[run.pk])
+
+    def save():
+        services.set_guidelines(run, valid_data(GuidelinesForm(request.POST))["guidelines"])
+        return f"Guidelines of {run.name} saved; annotators see them from their next comparison.", back
+
+    return act(request, save, refused="Guidelines not saved", back=back)
 
 
 @staff_required

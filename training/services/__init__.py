@@ -48,6 +48,7 @@ from training.services.runs import (
     latest_reward_model,
     pause_runs,
     run_named,
+    set_guidelines,
     settings_of,
     update_run_settings,
 )
@@ -94,5 +95,6 @@ __all__ = [
     "running_round",
     "settings_of",
     "start_round",
+    "set_guidelines",
     "update_run_settings",
 ]

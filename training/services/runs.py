@@ -175,6 +175,22 @@ def update_run_settings(run: Run, new: RunSettings) -> Run:
     return locked
 
 
+GUIDELINES_MAX_CHARS = 20_000
+
+
+def set_guidelines(run: Run, text: str) -> Run:
+    """Save a run's labeling guidelines (Markdown; the labeling page renders them like
+    model output, so no HTML runs). RunError for text that cannot be stored anywhere."""
+    text = text.replace("\r\n", "\n").strip()
+    if "\x00" in text:
+        raise RunError("the guidelines contain a NUL character")
+    if len(text) > GUIDELINES_MAX_CHARS:
+        raise RunError(f"the guidelines are {len(text):,} characters; the limit is {GUIDELINES_MAX_CHARS:,}")
+    run.guidelines = text
+    run.save(update_fields=["guidelines"])
+    return run
+
+
 def latest_reward_model(run: Run) -> RewardModelVersion | None:
     """The run's newest reward model, or (for a branch that has none yet) the one it
     inherited."""

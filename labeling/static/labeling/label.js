@@ -87,6 +87,13 @@
       history.append(block);
     }
     $("prompt").innerHTML = current.prompt_html; // sanitized server-side
+    const run = current.run;
+    const guidelines = $("guidelines");
+    if (guidelines.dataset.run !== run.name) guidelines.open = Boolean(run.guidelines_html); // a new run: show its rules
+    guidelines.dataset.run = run.name;
+    $("run-name").textContent = run.name;
+    $("guidelines-hint").hidden = !run.guidelines_html;
+    $("guidelines-text").innerHTML = run.guidelines_html; // sanitized server-side
     const container = $("completions");
     container.replaceChildren();
     const k = current.completions.length;
