@@ -7,6 +7,7 @@ Celery worker; the rest check the rules on the database."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -234,3 +235,52 @@ def test_an_automatic_trigger_lost_to_an_outage_fires_when_the_broker_returns(tm
         assert report.triggered == [again.pk] and again.params["reason"] == "20 new labels"
         assert queued_task_ids({"train"}) == {again.celery_task_id}
         assert sweep_jobs().triggered == []  # one is waiting now
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sweep_requests_again_only_a_trigger_that_never_reached_the_broker(base_run, people, make_comparison):
+    """A reward-model job that ran and failed (say, out of disk) is not retried every
+    minute by the sweep; one that never reached the broker is."""
+    from labeling import services as labeling
+    from labeling.services import LabelInput
+
+    base_run.reward_auto_train_labels = 2
+    base_run.save()
+    for _ in range(2):  # the broker is down here: the automatic trigger fails to send
+        labeling.submit_label(people.annotator, LabelInput(make_comparison().pk, "a"), require_lease=False)
+    never_sent = Job.objects.get(kind=Job.Kind.TRAIN_REWARD)
+    assert never_sent.status == Job.Status.FAILED and never_sent.result == {"never_sent": True}
+    Job.objects.filter(pk=never_sent.pk).update(created_at=timezone.now() - timedelta(minutes=2))
+
+    again = sweep_jobs().triggered
+    assert len(again) == 1 and again[0] != never_sent.pk
+
+    Job.objects.filter(pk=again[0]).update(result={}, error="RuntimeError: no space left on device",
+                                           created_at=timezone.now() - timedelta(minutes=2))  # it ran and failed
+    assert sweep_jobs().triggered == []
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_a_pending_jobs_message_held_by_a_dead_worker_is_sent_again(tmp_path, base_run, settings):
+    """A countdown retry held unacknowledged by a worker that then died stays in redis's
+    unacked hash until the visibility timeout (hours): past the retry interval it no
+    longer counts as held."""
+    settings.PREFLOOP_JOB_RESEND_SECONDS, settings.PREFLOOP_RM_WAIT_SECONDS = 0, 15
+    with running_redis(os.environ["REDIS_URL"], tmp_path):
+        import redis
+
+        client = redis.Redis.from_url(os.environ["REDIS_URL"])
+        job = Job.objects.create(kind=Job.Kind.TRAIN_REWARD, run=base_run, celery_task_id="held-by-someone",
+                                 queued_at=timezone.now() - timedelta(minutes=5), params={"last_label_id": 0})
+        message = json.dumps([{"headers": {"id": "held-by-someone"}, "properties": {}}, "", "train"])
+        client.hset("unacked", "tag-1", message)
+        client.zadd("unacked_index", {"tag-1": time.time() - 5})  # a live worker's retry, 5 s ago
+        assert sweep_jobs().resent == []
+
+        client.zadd("unacked_index", {"tag-1": time.time() - 600})  # its worker died 10 minutes ago
+        client.hset("unacked", "junk", "not json")  # another app's data must not stop the sweep
+        client.zadd("unacked_index", {"junk": time.time()})
+        assert sweep_jobs().resent == [job.pk]
+        job.refresh_from_db()
+        assert job.celery_task_id != "held-by-someone" and job.celery_task_id in queued_task_ids({"train"})

@@ -43,12 +43,15 @@ def policy_export(version: PolicyVersion, form: str) -> Path:
         raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}")
     about = {"kind": "policy", "version": version.number, "run": version.run.name, "method": version.method,
              "parent": version.parent.number if version.parent else None, "config": version.config}
-    return build_once(exports_dir() / f"policy-v{version.number}-{form}", lambda out: export_policy(
+    # The publication time in the name: a database reset must not serve an old model.
+    folder = exports_dir() / f"policy-v{version.number}-{form}-{version.created_at:%Y%m%d%H%M%S}"
+    return build_once(folder, lambda out: export_policy(
         version.base_model_dir, version.adapter_dir or None, out, form, about))
 
 
 def reward_model_export(version: RewardModelVersion) -> Path:
     about = {"version": version.number, "run": version.run.name, "label_count": version.label_count,
              "heldout_accuracy": version.heldout_accuracy}
-    return build_once(exports_dir() / f"reward-model-r{version.number}", lambda out: export_reward_model(
+    folder = exports_dir() / f"reward-model-r{version.number}-{version.created_at:%Y%m%d%H%M%S}"
+    return build_once(folder, lambda out: export_reward_model(
         version.base_model_dir, version.weights_dir, out, version.reward_mean, version.reward_std, about))

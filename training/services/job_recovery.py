@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 
@@ -52,27 +53,39 @@ class SweepReport:
         return asdict(self)
 
 
-def queued_task_ids(queues: set[str]) -> set[str]:
-    """Task ids of every message redis holds for these queues: waiting in a queue (at
-    any priority) or delivered to a worker and not yet acknowledged (running, prefetched,
-    or held for a countdown retry). Specific to kombu's redis transport, the broker
-    PrefLoop runs on."""
+def queued_task_ids(queues: set[str], unacked_within: float | None = None) -> set[str]:
+    """Task ids of the messages redis holds for these queues: waiting in a queue (at any
+    priority), or delivered to a worker and not yet acknowledged less than
+    `unacked_within` seconds ago. For a pending job the only such delivery is a
+    countdown retry held by a live worker, renewed every PREFLOOP_RM_WAIT_SECONDS; one
+    older than that was held by a worker that died, and redis would hand it back only
+    after its visibility timeout (hours). Specific to kombu's redis transport, the
+    broker PrefLoop runs on."""
     from prefloop.celery import app
 
     with app.connection_for_write() as connection:
         connection.ensure_connection(max_retries=1, timeout=2)
         channel = connection.default_channel
         client = channel.client
-        raw = [client.hvals(channel.unacked_key)]
+        since = 0 if unacked_within is None else time.time() - unacked_within
+        fresh = {tag.decode() if isinstance(tag, bytes) else tag
+                 for tag in client.zrangebyscore(channel.unacked_index_key, since, "+inf")}
+        raw = [payload for tag, payload in client.hgetall(channel.unacked_key).items()
+               if (tag.decode() if isinstance(tag, bytes) else tag) in fresh]
         for queue in queues:
-            raw.append(client.lrange(queue, 0, -1))
-            raw.extend(client.lrange(f"{queue}{channel.sep}{step}", 0, -1) for step in channel.priority_steps if step)
+            raw.extend(client.lrange(queue, 0, -1))
+            for step in channel.priority_steps:
+                if step:
+                    raw.extend(client.lrange(f"{queue}{channel.sep}{step}", 0, -1))
     ids = set()
-    for payload in (item for chunk in raw for item in chunk):
-        message = json.loads(payload)
-        if isinstance(message, list):  # unacked entries are [message, exchange, routing key]
-            message = message[0]
-        ids.add(message.get("headers", {}).get("id") or message.get("properties", {}).get("correlation_id"))
+    for payload in raw:
+        try:
+            message = json.loads(payload)
+            if isinstance(message, list):  # unacked entries are [message, exchange, routing key]
+                message = message[0]
+            ids.add(message.get("headers", {}).get("id") or message.get("properties", {}).get("correlation_id"))
+        except (ValueError, TypeError, AttributeError, IndexError):  # not a kombu message: not ours
+            continue
     return ids - {None}
 
 
@@ -128,7 +141,8 @@ def resend_lost_messages(report: SweepReport, now) -> None:
     if not pending:
         return
     try:
-        held = queued_task_ids({JOB_TYPES[job.kind].queue for job in pending})
+        held = queued_task_ids({JOB_TYPES[job.kind].queue for job in pending},
+                               unacked_within=settings.PREFLOOP_RM_WAIT_SECONDS + settings.PREFLOOP_JOB_RESEND_SECONDS)
     except Exception as error:  # broker down: nothing can be sent now anyway
         report.broker_error = f"{type(error).__name__}: {error}"
         return
@@ -146,15 +160,22 @@ def resend_lost_messages(report: SweepReport, now) -> None:
 
 def request_lost_triggers(report: SweepReport) -> None:
     """Runs whose reward model keeps itself fresh (the automatic trigger on, no
-    automatic loop, not paused: see rounds.react_to_new_label) and that have no
-    reward-model job pending or running get the trigger checked again: if enough labels
-    wait, it fires now. A round the automatic loop lost to an outage failed visibly and
-    is not restarted by itself."""
+    automatic loop, not paused: see rounds.react_to_new_label), whose latest
+    reward-model job never reached the broker (`never_sent`, set by enqueue_on_commit)
+    and that have no reward-model job pending or running get the trigger checked again:
+    if enough labels wait, it fires now. A job that ran and failed is not requested
+    again, or a training that always fails would be retried every minute forever. A
+    round the automatic loop lost to an outage failed visibly and is not restarted by
+    itself."""
     from training.services.reward_models import maybe_request_reward_training
 
-    busy = Job.objects.filter(kind=Job.Kind.TRAIN_REWARD, status__in=[Job.Status.PENDING, Job.Status.RUNNING])
+    training = Job.objects.filter(kind=Job.Kind.TRAIN_REWARD)
+    busy = training.filter(status__in=[Job.Status.PENDING, Job.Status.RUNNING])
     for run in Run.objects.filter(reward_auto_train_labels__gt=0, auto_loop=False, paused=False).exclude(
             pk__in=busy.values("run_id")):
+        latest = training.filter(run=run).order_by("-pk").first()
+        if latest is None or not latest.result.get("never_sent"):
+            continue
         job = maybe_request_reward_training(run)
         if job is not None:
             report.triggered.append(job.pk)

@@ -115,6 +115,8 @@ def enqueue_on_commit(job: Job) -> None:
             send_job(job)
         except Exception as error:  # kombu raises several types for an unreachable broker
             log.exception("could not enqueue job %s", job.pk)
+            job.result = {**job.result, "never_sent": True}  # the job sweep may request it again
+            job.save(update_fields=["result"])
             job.mark_failed(f"could not reach the task queue: {error}")
             announce_finished(job)  # a round waiting on it fails too
 
@@ -143,6 +145,7 @@ def heartbeat(job: Job, interval: float | None = None):
                     heartbeat_at=timezone.now())
             except Exception:  # a locked or unreachable database: the next beat tries again
                 log.exception("heartbeat of job %s failed", job.pk)
+                connection.close()  # on a fresh connection: a broken one would fail every beat
         connection.close()  # this thread's own connection
 
     thread = threading.Thread(target=beat, name=f"heartbeat-job-{job.pk}", daemon=True)
