@@ -151,3 +151,31 @@ def test_a_reward_model_exports_as_a_plain_classifier_with_its_normalization(tin
     with torch.inference_mode():
         assert torch.allclose(exported.eval()(**ids).logits, inside(**ids).logits, atol=1e-5)
     assert not (Path(folder) / "adapter_config.json").exists()
+
+
+def test_two_requests_for_one_export_build_it_once_and_a_killed_build_is_cleaned_up(tmp_path):
+    from threading import Barrier, Thread
+
+    from training.services.exports import build_once
+
+    final = tmp_path / "exports" / "policy-v7-merged"
+    final.parent.mkdir()
+    (final.parent / ".policy-v7-merged.deadbeef.partial").mkdir()  # left by a build that was killed
+    builds, start = [], Barrier(2)
+
+    def build(out: Path):
+        builds.append(out)
+        out.mkdir()
+        (out / "model.safetensors").write_text("weights")
+
+    def request():
+        start.wait()
+        assert build_once(final, build) == final
+
+    threads = [Thread(target=request) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(builds) == 1 and (final / "model.safetensors").read_text() == "weights"
+    assert not list(final.parent.glob("*.partial"))

@@ -4,6 +4,7 @@ The model code is training/ml/export.py."""
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import uuid
 from pathlib import Path
@@ -20,20 +21,25 @@ def exports_dir() -> Path:
 
 def build_once(final: Path, build) -> Path:
     """`final`, built by `build(path)` into a scratch folder and renamed into place, so
-    a half-written export is never served; two builders racing keep the first."""
+    a half-written export is never served. A lock file makes a second request for the
+    same export wait for the first build instead of merging the model again (on a
+    shared PREFLOOP_VAR_DIR the lock holds across machines only where the file system
+    supports flock)."""
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    scratch = final.with_name(f".{final.name}.{uuid.uuid4().hex}.partial")
-    try:
-        build(scratch)
+    with open(final.with_name(f".{final.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if final.is_dir():  # built while this request waited
+            return final
+        for leftover in final.parent.glob(f".{final.name}.*.partial"):  # a build killed midway
+            shutil.rmtree(leftover, ignore_errors=True)
+        scratch = final.with_name(f".{final.name}.{uuid.uuid4().hex}.partial")
         try:
+            build(scratch)
             scratch.rename(final)
-        except OSError:  # another request finished first
-            if not final.is_dir():
-                raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     return final
 
 
