@@ -210,3 +210,64 @@ class Assignment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.annotator} holds {self.comparison} until {self.expires_at:%H:%M:%S}"
+
+
+class PreferenceDataset(models.Model):
+    """Preference pairs someone else collected (TRL formats, HH-RLHF, UltraFeedback),
+    imported as a whole under a name. Its pairs have origin "imported": they are not
+    labels, so they never count as people anywhere; a run chooses whether its reward
+    model and its pair-learning methods train on them (training.RunDataset). A dataset
+    is usable only once its import finished: a failed import leaves no pairs behind."""
+
+    class Status(models.TextChoices):
+        IMPORTING = "importing"
+        READY = "ready"
+        FAILED = "failed"
+
+    name = models.CharField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    source_filename = models.CharField(max_length=255, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.IMPORTING)
+    error = models.TextField(blank=True, help_text="Why the import failed, naming the line.")
+    pair_count = models.PositiveIntegerField(default=0)
+    skipped_identical = models.PositiveIntegerField(default=0, help_text="Lines whose two answers were the same.")
+    formats = models.JSONField(default=list, blank=True, help_text="The file formats its lines were in.")
+    strength_cutpoints = models.JSONField(
+        default=list, blank=True,
+        help_text="Score gaps separating strength 1, 2 and 3 (terciles of the file's gaps); empty without scores.")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["pk"]
+
+    def __str__(self) -> str:
+        return f"dataset {self.name}"
+
+    @property
+    def is_ready(self) -> bool:
+        return self.status == self.Status.READY
+
+
+class ImportedPair(models.Model):
+    """One (chosen, rejected) judgement from an imported dataset."""
+
+    origin = "imported"
+
+    dataset = models.ForeignKey(PreferenceDataset, on_delete=models.CASCADE, related_name="pairs")
+    line = models.PositiveIntegerField(help_text="Line of the imported file.")
+    prompt = models.JSONField(help_text='The conversation answered: [{"role": "user", "content": "..."}, ...]')
+    chosen = models.TextField()
+    rejected = models.TextField()
+    score_chosen = models.FloatField(null=True, blank=True)
+    score_rejected = models.FloatField(null=True, blank=True)
+    strength = models.PositiveSmallIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(3)],
+        help_text="From the score gap, like a label's strength; empty without scores.")
+
+    class Meta:
+        ordering = ["pk"]
+
+    def __str__(self) -> str:
+        return f"pair {self.pk} of {self.dataset}"

@@ -278,6 +278,10 @@ PREFLOOP_OVERLAP_ANNOTATORS = env_int("PREFLOOP_OVERLAP_ANNOTATORS", 2, minimum=
 PREFLOOP_IDLE_SECONDS = env_int("PREFLOOP_IDLE_SECONDS", 30, minimum=1)
 # Upload limit for prompt files.
 PREFLOOP_MAX_IMPORT_BYTES = env_int("PREFLOOP_MAX_IMPORT_BYTES", 10 * 1024 * 1024, minimum=1)
+# Uploaded preference datasets wait here for their import job (shared storage, like the
+# artifacts, when the workers run on other machines); the limit is per file.
+PREFLOOP_UPLOAD_DIR = VAR_DIR / "uploads"
+PREFLOOP_MAX_DATASET_BYTES = env_int("PREFLOOP_MAX_DATASET_BYTES", 2 * 1024 ** 3, minimum=1)
 # Sampling for new comparisons.
 PREFLOOP_MAX_NEW_TOKENS = env_int("PREFLOOP_MAX_NEW_TOKENS", 96, minimum=1)
 PREFLOOP_TEMPERATURE = env_float("PREFLOOP_TEMPERATURE", 0.8, 0.0, 5.0)

@@ -32,7 +32,7 @@ trap stop EXIT
 
 echo "PostgreSQL job: $("$bin/postgres" --version) on port $port"
 DATABASE_URL="postgres://prefloop@127.0.0.1:$port/postgres" $PY -m pytest -p no:cacheprovider \
-  -m "not slow and not browser and not worker" \
-  tests/test_prompt_import.py tests/test_label_rules.py tests/test_label_queue.py \
+  -m "(not slow or database_scale) and not browser and not worker" \
+  tests/test_prompt_import.py tests/test_preference_datasets.py tests/test_label_rules.py tests/test_label_queue.py \
   tests/test_queue_concurrency.py tests/test_preference_export.py tests/test_runs.py \
   tests/test_loop_rounds.py tests/test_job_recovery.py tests/test_access.py

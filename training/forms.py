@@ -160,3 +160,26 @@ class GenerateComparisonsForm(forms.Form):
 
 class StopLoopForm(forms.Form):
     reason = forms.CharField(max_length=500, required=False)
+
+
+class DatasetUploadForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="How runs will refer to it; unique.")
+    description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    file = forms.FileField(help_text="JSONL: TRL standard or conversational (with or without an explicit prompt), "
+                                     "or Anthropic HH-RLHF; optional score_chosen / score_rejected.")
+
+
+class RunDatasetForm(forms.Form):
+    """Which imported dataset a run trains on, for what, and how much of it."""
+
+    dataset = forms.ModelChoiceField(queryset=None, help_text="Ready datasets.")
+    weight = forms.FloatField(initial=1.0, min_value=0.001, max_value=10.0,
+                              help_text="Share of its pairs each training uses: 0.25 a random quarter, 2 each twice.")
+    for_reward_model = forms.BooleanField(required=False, initial=True, label="Reward model")
+    for_methods = forms.BooleanField(required=False, initial=True, label="DPO / SFT methods")
+
+    def __init__(self, *args, **kwargs):
+        from labeling.models import PreferenceDataset
+
+        super().__init__(*args, **kwargs)
+        self.fields["dataset"].queryset = PreferenceDataset.objects.filter(status=PreferenceDataset.Status.READY)

@@ -133,6 +133,8 @@ class RewardModelVersion(models.Model):
     reward_std = models.FloatField(default=1.0, help_text="Raw reward std on initial-policy completions.")
     config = models.JSONField(default=dict, blank=True)
     metrics = models.JSONField(default=list, blank=True, help_text="Per-step training metrics.")
+    datasets = models.JSONField(default=list, blank=True,
+                                help_text="Imported datasets it also trained on: id, name, weight, pairs.")
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -199,6 +201,7 @@ class Job(models.Model):
         TRAIN_REWARD = "train_reward", "Train reward model"
         POLICY_UPDATE = "policy_update", "Update the policy"
         EVALUATE = "evaluate", "Evaluate policies"
+        IMPORT_DATASET = "import_dataset", "Import a preference dataset"
 
     class Status(models.TextChoices):
         PENDING = "pending"
@@ -210,7 +213,8 @@ class Job(models.Model):
     FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 
     kind = models.CharField(max_length=32, choices=Kind.choices)
-    run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="jobs")
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.PROTECT, related_name="jobs",
+                            help_text="Empty for work that belongs to no run (importing a dataset).")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     params = models.JSONField(default=dict, blank=True, help_text="Everything the job needs, pinned at creation.")
     step = models.PositiveIntegerField(default=0)
@@ -366,3 +370,26 @@ class RewardScore(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["reward_model", "completion"], name="one_score_per_reward_model"),
         ]
+
+
+class RunDataset(models.Model):
+    """An imported preference dataset a run trains on, besides its own labels: its
+    reward model (preference-model pre-training, Askell et al. 2021 / Bai et al. 2022,
+    before the first human label), its pair-learning methods (DPO, SFT on chosen), or
+    both. The weight scales how many of the dataset's pairs a training uses (0.25: a
+    random quarter; 2: each pair twice), so a team can turn an outside dataset down as
+    its own labels grow, and drop it by removing the row. Jobs pin the choice."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="datasets")
+    dataset = models.ForeignKey("labeling.PreferenceDataset", on_delete=models.PROTECT, related_name="runs")
+    weight = models.FloatField(default=1.0)
+    for_reward_model = models.BooleanField(default=True)
+    for_methods = models.BooleanField(default=True, help_text="DPO, SFT on chosen and other pair-learning methods.")
+    added_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["pk"]
+        constraints = [models.UniqueConstraint(fields=["run", "dataset"], name="dataset_once_per_run")]
+
+    def __str__(self) -> str:
+        return f"{self.dataset} in {self.run} (weight {self.weight:g})"

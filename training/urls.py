@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from training import views
+from training import dataset_views, views
 
 urlpatterns = [
     path("researcher/", views.researcher, name="researcher"),
@@ -14,6 +14,10 @@ urlpatterns = [
     path("runs/<int:run_id>/pause", views.pause_run, name="pause_run"),
     path("runs/<int:run_id>/guidelines", views.save_guidelines, name="save_guidelines"),
     path("runs/<int:run_id>/evaluate", views.evaluate, name="evaluate"),
+    path("runs/<int:run_id>/datasets", dataset_views.run_datasets, name="run_datasets"),
+    path("datasets/", dataset_views.datasets, name="datasets"),
+    path("datasets/<int:dataset_id>/", dataset_views.dataset_detail, name="dataset_detail"),
+    path("datasets/<int:dataset_id>/download", dataset_views.download_dataset, name="download_dataset"),
     path("loop/stop", views.stop_loop, name="stop_loop"),
     path("loop/resume", views.resume, name="resume_loop"),
     path("jobs/<int:job_id>.json", views.job_status, name="job_status"),

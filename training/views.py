@@ -19,6 +19,7 @@ from training.forms import (
     CreateRunForm,
     GenerateComparisonsForm,
     GuidelinesForm,
+    RunDatasetForm,
     RunSettingsForm,
     StartRoundForm,
     StopLoopForm,
@@ -73,6 +74,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         "jobs": recent_jobs([run]), "branches": run.branches.all(),
         "guidelines_form": GuidelinesForm(initial={"guidelines": run.guidelines}),
         "guidelines_html": render_untrusted_markdown(run.guidelines),
+        "run_datasets": run.datasets.select_related("dataset"), "dataset_form": RunDatasetForm(),
     }
     return render(request, "training/run.html", context, status=400 if form.errors else 200)
 

@@ -5,6 +5,13 @@ every job type (training/services/jobs.py)."""
 
 from __future__ import annotations
 
+from training.services.datasets import (
+    DatasetError,
+    run_dataset_import_job,
+    start_dataset_import,
+    stop_using_dataset,
+    use_dataset,
+)
 from training.services.evaluation import (
     create_evaluation_job,
     evaluation_prompts,
@@ -54,6 +61,11 @@ from training.services.runs import (
 )
 
 __all__ = [
+    "DatasetError",
+    "run_dataset_import_job",
+    "start_dataset_import",
+    "stop_using_dataset",
+    "use_dataset",
     "JOB_TYPES",
     "PolicyUpdateError",
     "RoundError",

@@ -19,6 +19,7 @@ from training.ml.methods import PAIRS, PROMPTS, REWARD_MODEL, TrainingInputs, me
 from training.ml.reward import RewardModelRef
 from training.models import Job, PolicyVersion, RewardModelVersion, Round, Run
 from training.services.artifacts import publish_artifact
+from training.services.datasets import FOR_METHODS, dataset_pairs, pinned_datasets
 from training.services.evaluation import evaluation_prompts
 from training.services.jobs import job_type
 from training.services.reward_models import last_label_id, preference_labels, preference_pairs
@@ -50,7 +51,8 @@ def create_policy_update_job(
     config = chosen.config(run.method_config if method_config is None else method_config)
     if REWARD_MODEL in chosen.needs and reward_model is None:
         raise PolicyUpdateError(f"{chosen.title} needs a reward model and the run has none yet: train one first")
-    if PAIRS in chosen.needs and not preference_labels(run).exists():
+    datasets = pinned_datasets(run, FOR_METHODS) if PAIRS in chosen.needs else []
+    if PAIRS in chosen.needs and not datasets and not preference_labels(run).exists():
         raise PolicyUpdateError(f"{chosen.title} learns from preference pairs and the run has none yet")
     job = Job.objects.create(kind=Job.Kind.POLICY_UPDATE, run=run, round=round_, requested_by=requested_by)
     inputs = {"start_version": start.number, "seed": job.pk}
@@ -63,6 +65,7 @@ def create_policy_update_job(
         inputs["prompt_ids"] = [p.pk for p in prompts]
     if PAIRS in chosen.needs:
         inputs["last_label_id"] = last_label_id()
+        inputs["datasets"] = datasets
     job.params = {"method": chosen.name, "config": {**config_to_dict(config), "seed": job.pk}, "inputs": inputs}
     job.save(update_fields=["params"])
     return job
@@ -80,7 +83,8 @@ def training_inputs(job: Job) -> TrainingInputs:
         by_id = Prompt.objects.in_bulk(pinned["prompt_ids"])
         inputs.prompts = [by_id[i].messages for i in pinned["prompt_ids"] if i in by_id]
     if PAIRS in method.needs:
-        inputs.pairs = preference_pairs(preference_labels(job.run).filter(pk__lte=pinned["last_label_id"]))
+        imported, _ = dataset_pairs(pinned.get("datasets", []), seed=pinned["seed"])
+        inputs.pairs = preference_pairs(preference_labels(job.run).filter(pk__lte=pinned["last_label_id"])) + imported
     if REWARD_MODEL in method.needs:
         judge = RewardModelVersion.objects.get(number=pinned["reward_model"])
         inputs.reward_model = RewardModelRef(Path(judge.base_model_dir), Path(judge.weights_dir), judge.reward_mean,

@@ -25,6 +25,7 @@ from training.ml.configs import config_from_dict, config_to_dict
 from training.ml.reward import PreferencePair, RewardScorer, RewardTrainingConfig, train_reward_model
 from training.models import Job, PolicyVersion, RewardModelVersion, Run
 from training.services.artifacts import publish_artifact
+from training.services.datasets import FOR_REWARD_MODEL, dataset_pairs, has_dataset_pairs, pinned_datasets
 from training.services.jobs import enqueue_on_commit, job_type, this_worker
 from training.services.runs import latest_reward_model
 
@@ -38,6 +39,11 @@ AUTO_REQUEST_INTERVAL_SECONDS = 60
 def preference_labels(run: Run):
     """Labels with a preference that the run learns from."""
     return Label.objects.filter(run.label_scope(), choice__in=PREFERENCE_CHOICES)
+
+
+def has_reward_training_data(run: Run) -> bool:
+    """Labels with a preference, or an imported dataset chosen for the reward model."""
+    return preference_labels(run).exists() or has_dataset_pairs(run, FOR_REWARD_MODEL)
 
 
 def labels_since_latest_reward_model(run: Run) -> int:
@@ -68,7 +74,8 @@ def create_reward_training_job(run: Run, requested_by: AbstractBaseUser | None =
     """A pending reward-model job pinned to the run's reward config, its seed and every
     label so far. IntegrityError if one is already waiting (see request_reward_training)."""
     job = Job.objects.create(kind=Job.Kind.TRAIN_REWARD, run=run, requested_by=requested_by, round=round_,
-                             params={"reason": reason, "last_label_id": last_label_id()})
+                             params={"reason": reason, "last_label_id": last_label_id(),
+                                     "datasets": pinned_datasets(run, FOR_REWARD_MODEL)})
     job.params["config"] = {**config_to_dict(reward_training_config(run)), "seed": job.pk}
     job.save(update_fields=["params"])
     return job
@@ -95,7 +102,8 @@ def request_reward_training(
         waiting = Job.objects.select_for_update().get(pk=existing.pk)
         if waiting.status == Job.Status.PENDING:
             waiting.params = {**waiting.params, "last_label_id": max(waiting.params["last_label_id"],
-                                                                     last_label_id())}
+                                                                     last_label_id()),
+                              "datasets": pinned_datasets(run, FOR_REWARD_MODEL)}
             if round_ is not None and waiting.round_id is None:
                 waiting.round = round_
             waiting.save(update_fields=["params", "round"])
@@ -178,9 +186,10 @@ def run_reward_training_job(job: Job) -> RewardModelVersion | None:
     trained = {}  # the training result, for the job's summary
 
     def write(out_dir: Path):
-        pairs = preference_pairs(labels)
+        imported, trained["datasets"] = dataset_pairs(job.params.get("datasets", []), seed=config.seed)
+        pairs = preference_pairs(labels) + imported
         if not pairs:
-            raise ValueError("there are no labels with a preference to train on yet")
+            raise ValueError("there are no labels with a preference (nor dataset pairs) to train on yet")
         warm_start = Path(parent.weights_dir) if parent and parent.base_model_dir == run.base_model_dir else None
         result = train_reward_model(
             pairs, Path(run.base_model_dir), out_dir, config, warm_start_dir=warm_start,
@@ -196,7 +205,7 @@ def run_reward_training_job(job: Job) -> RewardModelVersion | None:
             label_count=labels.count(), last_label_id=bound, train_pairs=result.train_pairs,
             heldout_pairs=result.heldout_pairs, heldout_accuracy=result.heldout_accuracy,
             reward_mean=result.reward_mean, reward_std=result.reward_std, config=config_to_dict(config),
-            metrics=result.history,
+            metrics=result.history, datasets=trained["datasets"],
         )
 
     try:
@@ -204,7 +213,7 @@ def run_reward_training_job(job: Job) -> RewardModelVersion | None:
             "reward_model", job, RewardModelVersion, write,
             manifest=lambda result: {"base_model_dir": run.base_model_dir, "config": config_to_dict(config),
                                      "reward_mean": result.reward_mean, "reward_std": result.reward_std,
-                                     "last_label_id": bound},
+                                     "last_label_id": bound, "datasets": trained["datasets"]},
             create_row=create_row,
         )
     except Exception as error:

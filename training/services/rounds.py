@@ -20,8 +20,9 @@ from labeling.models import Prompt
 from training.ml.methods import PAIRS, REWARD_MODEL, method_named
 from training.models import Job, Round, Run
 from training.recipes import DONE, recipe_named
+from training.services.datasets import FOR_METHODS, has_dataset_pairs
 from training.services.policy_updates import PolicyUpdateError
-from training.services.reward_models import maybe_request_reward_training, preference_labels
+from training.services.reward_models import has_reward_training_data, maybe_request_reward_training, preference_labels
 from training.services.runs import latest_reward_model
 from training.services.stages import STAGES
 
@@ -42,8 +43,12 @@ def check_round_can_start(run: Run, stages: tuple[str, ...]) -> None:
     trains_reward_model = REWARD_MODEL in stages
     if REWARD_MODEL in method.needs and not trains_reward_model and latest_reward_model(run) is None:
         raise RoundError(f"{method.title} needs a reward model and there is none yet: run an RLHF round, or train one")
-    if (PAIRS in method.needs or trains_reward_model) and not preference_labels(run).exists():
-        raise RoundError("there are no labels with a preference yet: label some comparisons first")
+    if PAIRS in method.needs and not (preference_labels(run).exists() or has_dataset_pairs(run, FOR_METHODS)):
+        raise RoundError("there are no labels with a preference yet: label some comparisons first (or choose an "
+                         "imported dataset for the methods)")
+    if trains_reward_model and not has_reward_training_data(run):
+        raise RoundError("there are no labels with a preference yet: label some comparisons first (or choose an "
+                         "imported dataset for the reward model)")
     if run.head_id is None:
         raise RoundError(f"{run} has no head version")
 
