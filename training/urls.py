@@ -14,6 +14,7 @@ urlpatterns = [
     path("runs/<int:run_id>/pause", views.pause_run, name="pause_run"),
     path("runs/<int:run_id>/guidelines", views.save_guidelines, name="save_guidelines"),
     path("runs/<int:run_id>/evaluate", views.evaluate, name="evaluate"),
+    path("runs/<int:run_id>/import-completions", views.import_completions, name="import_completions"),
     path("loop/stop", views.stop_loop, name="stop_loop"),
     path("loop/resume", views.resume, name="resume_loop"),
     path("jobs/<int:job_id>.json", views.job_status, name="job_status"),

@@ -12,7 +12,9 @@ from training.services.evaluation import (
     request_evaluation,
     run_evaluation_job,
 )
+from training.services.external_completions import ImportResult, import_external_completions
 from training.services.generation import (
+    create_answers_versus_job,
     create_generation_job,
     prompts_needing_samples,
     request_generation,
@@ -55,6 +57,7 @@ from training.services.runs import (
 
 __all__ = [
     "JOB_TYPES",
+    "ImportResult",
     "PolicyUpdateError",
     "RoundError",
     "RunError",
@@ -63,6 +66,7 @@ __all__ = [
     "announce_finished",
     "branch_run",
     "claim_reward_training",
+    "create_answers_versus_job",
     "create_evaluation_job",
     "create_generation_job",
     "create_policy_update_job",
@@ -73,6 +77,7 @@ __all__ = [
     "enqueue_on_commit",
     "ensure_default_run",
     "evaluation_prompts",
+    "import_external_completions",
     "job_finished",
     "labels_since_latest_reward_model",
     "latest_reward_model",
