@@ -63,7 +63,7 @@ def bradley_terry(rankings: list[dict]) -> dict:
                      "x": [plain_text(s.player) for s in ordered], "y": [s.score for s in ordered],
                      "error_y": {"type": "data", "symmetric": False, "array": [s.high - s.score for s in ordered],
                                  "arrayminus": [s.score - s.low for s in ordered]}})
-    return figure("Bradley–Terry strength vs the run's base (log-odds, 95% interval)", data,
+    return figure("Bradley–Terry strength vs the run's base, or its anchor (log-odds, 95% interval)", data,
                   shapes=[chance_line(0.0)])
 
 

@@ -102,13 +102,16 @@ def player_games(run: Run) -> tuple[list[PlayerGame], set[str]]:
 def run_ranking(run: Run) -> dict | None:
     """One Bradley–Terry fit over the run's versions and the outside systems its people
     judged them against, anchored on the run's base (or, when the base never played, the
-    first system by name); None before any such judgement."""
+    first system by name, else the oldest version); None before any such judgement."""
     games, systems = player_games(run)
     if not games:
         return None
     players = {name for game in games for name in game[:2]}
     base = f"v{run.base_version.number}" if run.base_version_id else None
-    anchor = base if base in players else min(systems or players)
+    if base in players:
+        anchor = base
+    else:  # a branch's games may not reach its base
+        anchor = min(systems) if systems else min(players, key=lambda player: int(player.lstrip("v")))
     return {"run": run, "games": len(games), "anchor": anchor, "systems": systems,
             "strengths": fit_bradley_terry(games, anchor=anchor)}
 
