@@ -52,16 +52,25 @@ def win_rates(rows: list[dict]) -> dict:
 
 
 def bradley_terry(rankings: list[dict]) -> dict:
-    """One series per run: each version's strength against the run's base."""
+    """One series per run: each player's strength against the run's anchor (its base),
+    versions by number, then outside systems by name."""
     data = []
     for ranking in rankings:
-        ordered = sorted(ranking["strengths"], key=lambda s: int(s.player.lstrip("v")))
-        data.append({"type": "scatter", "mode": "markers", "name": ranking["run"].name,
-                     "x": [s.player for s in ordered], "y": [s.score for s in ordered],
+        systems = ranking.get("systems", set())
+        ordered = sorted(ranking["strengths"], key=lambda s: (1, s.player, 0) if s.player in systems
+                         else (0, "", int(s.player.lstrip("v"))))
+        data.append({"type": "scatter", "mode": "markers", "name": plain_text(ranking["run"].name),
+                     "x": [plain_text(s.player) for s in ordered], "y": [s.score for s in ordered],
                      "error_y": {"type": "data", "symmetric": False, "array": [s.high - s.score for s in ordered],
                                  "arrayminus": [s.score - s.low for s in ordered]}})
-    return figure("Bradley–Terry strength vs the run's base (log-odds, 95% interval)", data,
+    return figure("Bradley–Terry strength vs the run's base, or its anchor (log-odds, 95% interval)", data,
                   shapes=[chance_line(0.0)])
+
+
+def plain_text(text: str) -> str:
+    """Text that Plotly shows as written: it reads a few HTML tags (<a href>, <b>, <br>...)
+    in labels, so names from outside (system names) have their markup escaped."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def chance_line(y: float) -> dict:

@@ -158,6 +158,22 @@ class GenerateComparisonsForm(forms.Form):
         self.fields["policy"].initial = run.head_id
 
 
+class ExternalCompletionsForm(forms.Form):
+    file = forms.FileField(help_text='JSONL: {"prompt": ..., "answers": {"system name": "answer", ...}} per line.')
+    against_version = forms.ModelChoiceField(
+        queryset=PolicyVersion.objects.none(), required=False, empty_label="none: compare the systems only",
+        label="Also answered by",
+        help_text="A version of the run that answers the same prompts (on the gpu queue); its answers are "
+                  "compared with the systems'.",
+    )
+
+    def __init__(self, run: Run, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["against_version"].queryset = PolicyVersion.objects.filter(
+            pk__in=[v.pk for v in lineage_versions(run)])
+        self.fields["against_version"].initial = run.head_id
+
+
 class StopLoopForm(forms.Form):
     reason = forms.CharField(max_length=500, required=False)
 

@@ -1,8 +1,9 @@
 """What the loop did, read from the database for the progress pages: per run (or several
 runs side by side) the timeline, reward-model accuracy, each method's own curves, win
 rates of policy versions (from people, on cross-version comparisons, and from the run's
-reward model, on its evaluation prompts), a Bradley–Terry ranking, and the evaluation
-answers side by side.
+reward model, on its evaluation prompts), a Bradley–Terry ranking of the run's versions
+and of the outside systems whose answers were imported into it (Arena-style), and the
+evaluation answers side by side.
 
 Human numbers count people only: labels whose origin is not "human" are left out. The
 maths lives in `training.ml.rating` and `labeling.agreement`; this module gathers rows.
@@ -39,6 +40,15 @@ OUTCOME_OF_CHOICE = {Label.Choice.A: 1.0, Label.Choice.B: 0.0, Label.Choice.TIE:
 Game = tuple[int, int, float]
 """(version number, other version number, outcome for the first: 1 won, 0.5 tie, 0 lost)"""
 
+PlayerGame = tuple[str, str, float]
+"""(player, other player, outcome for the first), a player being a policy version (`v3`)
+or an outside system (its name; the import refuses names like `v3`)."""
+
+# Comparisons between different players: a version against another, and the imported
+# ones (outside systems against each other or against a version). The other sources
+# compare one version's own samples and rank nothing.
+RANKED_SOURCES = (Comparison.Source.CROSS_VERSION, Comparison.Source.IMPORTED)
+
 
 def version_games(runs: Iterable[Run] | None = None) -> list[Game]:
     """Every human judgement between two different policy versions, on cross-version
@@ -53,15 +63,57 @@ def version_games(runs: Iterable[Run] | None = None) -> list[Game]:
     for comparison_id, position, number in items.values_list("comparison_id", "position",
                                                              "completion__policy_version__number"):
         versions_at[comparison_id][position] = number
-    games: list[Game] = []
+    return judged_games(versions_at, labels)
+
+
+def judged_games(players_at: dict[int, dict], labels) -> list[tuple]:
+    """The games people's `labels` state between the players at each comparison's
+    positions (`players_at[comparison][position]`; None for no player): one per label,
+    one per pair of a K-way ranking; a player never plays itself."""
+    games = []
     for comparison_id, choice, ranking in labels.values_list("comparison_id", "choice", "ranking"):
-        at = versions_at[comparison_id]
+        at = players_at[comparison_id]
         if choice == Label.Choice.RANKING:
-            judged = [(at[better], at[worse], 1.0) for better, worse in combinations(ranking, 2)]
+            judged = [(at.get(better), at.get(worse), 1.0) for better, worse in combinations(ranking, 2)]
         else:
-            judged = [(at[0], at[1], OUTCOME_OF_CHOICE[choice])]
+            judged = [(at.get(0), at.get(1), OUTCOME_OF_CHOICE[choice])]
         games.extend(g for g in judged if g[0] is not None and g[1] is not None and g[0] != g[1])
     return games
+
+
+def player_games(run: Run) -> tuple[list[PlayerGame], set[str]]:
+    """People's judgements on the run's comparisons between two different players (its
+    lineage's versions and outside systems), and the names of the systems among them."""
+    lineage = {v.number for v in lineage_versions(run)}
+    players_at: dict[int, dict[int, str | None]] = defaultdict(dict)
+    systems: set[str] = set()
+    items = ComparisonItem.objects.filter(comparison__run=run, comparison__source__in=RANKED_SOURCES)
+    for comparison_id, position, number, system in items.values_list(
+            "comparison_id", "position", "completion__policy_version__number", "completion__external_source"):
+        if number is None:
+            systems.add(system)
+        players_at[comparison_id][position] = system if number is None else (
+            f"v{number}" if number in lineage else None)
+    labels = human_labels().filter(comparison__run=run, comparison__source__in=RANKED_SOURCES)
+    games = judged_games(players_at, labels)
+    return games, systems & {name for game in games for name in game[:2]}
+
+
+def run_ranking(run: Run) -> dict | None:
+    """One Bradley–Terry fit over the run's versions and the outside systems its people
+    judged them against, anchored on the run's base (or, when the base never played, the
+    first system by name, else the oldest version); None before any such judgement."""
+    games, systems = player_games(run)
+    if not games:
+        return None
+    players = {name for game in games for name in game[:2]}
+    base = f"v{run.base_version.number}" if run.base_version_id else None
+    if base in players:
+        anchor = base
+    else:  # a branch's games may not reach its base
+        anchor = min(systems) if systems else min(players, key=lambda player: int(player.lstrip("v")))
+    return {"run": run, "games": len(games), "anchor": anchor, "systems": systems,
+            "strengths": fit_bradley_terry(games, anchor=anchor)}
 
 
 def head_to_head(games: list[Game], version: int, other: int) -> WinRate:
@@ -225,13 +277,7 @@ def dashboard(runs: list[Run]) -> dict:
     games = version_games(runs)
     judges = {run.pk: reward_model_view(run) for run in runs}
     rows = win_rate_rows(sorted(versions, key=lambda v: v.number), games, judges)
-    rankings = []
-    for run in runs:
-        lineage = {v.number for v in lineage_versions(run)}
-        run_games = [g for g in games if g[0] in lineage and g[1] in lineage]
-        if run_games:
-            rankings.append({"run": run, "games": len(run_games),
-                             "strengths": bradley_terry_ranking(run_games, run.base_version.number)})
+    rankings = [ranking for ranking in map(run_ranking, runs) if ranking is not None]
     overlapped = judgements_by_comparison(human_labels())
     annotators = annotator_table(overlapped)
     curves = method_curves(sorted(versions, key=lambda v: v.number))

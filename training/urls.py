@@ -18,6 +18,7 @@ urlpatterns = [
     path("datasets/", dataset_views.datasets, name="datasets"),
     path("datasets/<int:dataset_id>/", dataset_views.dataset_detail, name="dataset_detail"),
     path("datasets/<int:dataset_id>/download", dataset_views.download_dataset, name="download_dataset"),
+    path("runs/<int:run_id>/import-completions", views.import_completions, name="import_completions"),
     path("loop/stop", views.stop_loop, name="stop_loop"),
     path("loop/resume", views.resume, name="resume_loop"),
     path("jobs/<int:job_id>.json", views.job_status, name="job_status"),

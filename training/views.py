@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import Count
@@ -17,6 +18,7 @@ from training import reports, services
 from training.forms import (
     BranchRunForm,
     CreateRunForm,
+    ExternalCompletionsForm,
     GenerateComparisonsForm,
     GuidelinesForm,
     RunDatasetForm,
@@ -72,6 +74,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         "labels_since_reward_model": services.labels_since_latest_reward_model(run),
         "rounds": run.rounds.select_related("policy_before", "policy_after", "reward_model")[:20],
         "jobs": recent_jobs([run]), "branches": run.branches.all(),
+        "external_form": ExternalCompletionsForm(run),
         "guidelines_form": GuidelinesForm(initial={"guidelines": run.guidelines}),
         "guidelines_html": render_untrusted_markdown(run.guidelines),
         "run_datasets": run.datasets.select_related("dataset"), "dataset_form": RunDatasetForm(),
@@ -155,6 +158,26 @@ def generate_comparisons(request: HttpRequest, run_id: int) -> HttpResponse:
         return f"Queued generation job #{job.pk} on the gpu queue.", here
 
     return act(request, generate, refused="Not started", back=here)
+
+
+@staff_required
+@require_POST
+def import_completions(request: HttpRequest, run_id: int) -> HttpResponse:
+    """Answers of outside systems, as blind comparisons of the run (all or nothing)."""
+    run = get_object_or_404(Run, pk=run_id)
+    here = reverse("run_detail", args=[run.pk])
+
+    def import_file():
+        data = valid_data(ExternalCompletionsForm(run, request.POST, request.FILES))
+        upload = data["file"]
+        # One byte past the limit, so an oversized file is reported, not truncated.
+        content = upload.read(settings.PREFLOOP_MAX_IMPORT_BYTES + 1)
+        result = services.import_external_completions(run, upload.name, content,
+                                                      against_version=data["against_version"],
+                                                      requested_by=request.user)
+        return result.summary(), here
+
+    return act(request, import_file, refused="Nothing was imported", back=here)
 
 
 @staff_required

@@ -19,7 +19,9 @@ from training.services.evaluation import (
     request_evaluation,
     run_evaluation_job,
 )
+from training.services.external_completions import ImportResult, import_external_completions
 from training.services.generation import (
+    create_answers_versus_job,
     create_generation_job,
     prompts_needing_samples,
     request_generation,
@@ -67,6 +69,7 @@ __all__ = [
     "stop_using_dataset",
     "use_dataset",
     "JOB_TYPES",
+    "ImportResult",
     "PolicyUpdateError",
     "RoundError",
     "RunError",
@@ -75,6 +78,7 @@ __all__ = [
     "announce_finished",
     "branch_run",
     "claim_reward_training",
+    "create_answers_versus_job",
     "create_evaluation_job",
     "create_generation_job",
     "create_policy_update_job",
@@ -85,6 +89,7 @@ __all__ = [
     "enqueue_on_commit",
     "ensure_default_run",
     "evaluation_prompts",
+    "import_external_completions",
     "job_finished",
     "labels_since_latest_reward_model",
     "latest_reward_model",

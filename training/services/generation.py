@@ -50,13 +50,30 @@ def create_generation_job(
     so a job redelivered after a crash works on the same ones), the sampling settings,
     the query selection and the reward model that orders the queue."""
     prompts = prompts_needing_samples(run, policy, prompt_count, seed=seed)
+    return pinned_generation_job(run, policy, [p.pk for p in prompts], samples, requested_by, versus=versus,
+                                 round_=round_)
+
+
+def create_answers_versus_job(run: Run, policy: PolicyVersion, opponents: dict[int, list[int]],
+                              requested_by: AbstractBaseUser | None = None) -> Job:
+    """A generation job in which `policy` answers each prompt of `opponents` (prompt id
+    → completion ids, e.g. answers of outside systems) once, and each of those
+    completions is compared with its answer, so the version is ranked with them."""
+    return pinned_generation_job(run, policy, list(opponents), 1, requested_by,
+                                 opponents={str(prompt_id): ids for prompt_id, ids in opponents.items()})
+
+
+def pinned_generation_job(run: Run, policy: PolicyVersion, prompt_ids: list[int], samples: int,
+                          requested_by: AbstractBaseUser | None, *, versus=(), round_=None,
+                          opponents: dict[str, list[int]] | None = None) -> Job:
     judge = latest_reward_model(run)
     job = Job.objects.create(
         kind=Job.Kind.GENERATE, run=run, round=round_, requested_by=requested_by,
-        total_steps=len(prompts) * (1 + len(versus)),
-        params={"policy_version": policy.number, "versus": list(versus), "prompt_ids": [p.pk for p in prompts],
+        total_steps=len(prompt_ids) * (1 + len(versus)),
+        params={"policy_version": policy.number, "versus": list(versus), "prompt_ids": list(prompt_ids),
                 "samples": samples, "selection": run.query_selection,
-                "reward_model": judge.number if judge else None},
+                "reward_model": judge.number if judge else None,
+                **({"opponents": opponents} if opponents else {})},
     )
     job.params["sampling"] = sampling_config(seed=job.pk).to_dict()
     job.save(update_fields=["params"])
@@ -95,8 +112,10 @@ def run_generation_job(job: Job) -> None:
     """Sample completions for the job's prompts and queue them as comparisons of its
     run. With `versus` set (earlier version numbers), each prompt also gets a comparison
     of the new policy's first sample against each of those versions, so people measure
-    progress. Priorities come from query selection; every comparison of the job is
-    stored at once, in one transaction."""
+    progress. With `opponents` set (prompt id → completion ids), the first sample of
+    each prompt is also compared with each of those stored completions (answers of
+    outside systems, imported). Priorities come from query selection; every comparison
+    of the job is stored at once, in one transaction."""
     try:
         params = job.params
         policy = PolicyVersion.objects.get(number=params["policy_version"])
@@ -119,13 +138,21 @@ def run_generation_job(job: Job) -> None:
                 on_batch=lambda n, start=done_before: job.report_progress(start + n, total),
             )
 
+        opponents = {int(prompt_id): ids for prompt_id, ids in (params.get("opponents") or {}).items()}
+        rivals = Completion.objects.in_bulk([i for ids in opponents.values() for i in ids])
+
         source = Comparison.Source.INITIAL if policy.is_base else Comparison.Source.POLICY
-        candidates = []  # (prompt, [(policy, sample), ...], source)
+        candidates = []  # (prompt, [(policy, sample or stored completion), ...], source)
         for index, prompt in enumerate(prompts):
-            candidates.append((prompt, [(policy, s) for s in new[index]], source))
+            if len(new[index]) > 1:
+                candidates.append((prompt, [(policy, s) for s in new[index]], source))
             for other in versus:
                 pair = [(policy, new[index][0]), (other, old[other.number][index][0])]
                 candidates.append((prompt, pair, Comparison.Source.CROSS_VERSION))
+            for rival_id in opponents.get(prompt.pk, []):
+                if rival_id in rivals:
+                    pair = [(policy, new[index][0]), (None, rivals[rival_id])]
+                    candidates.append((prompt, pair, Comparison.Source.IMPORTED))
         judge_number = params.get("reward_model")
         judge = RewardModelVersion.objects.get(number=judge_number) if judge_number is not None else None
         priorities = query_priorities([(p, [s for _, s in shown]) for p, shown, _ in candidates],
@@ -145,6 +172,9 @@ def store_comparisons(job: Job, candidates, priorities: list[float], config: Sam
     for (prompt, shown, source), priority in zip(candidates, priorities, strict=True):
         completions = []
         for policy, sample in shown:
+            if isinstance(sample, Completion):  # stored already (an outside system's answer)
+                completions.append(sample)
+                continue
             if id(sample) not in rows:
                 rows[id(sample)] = Completion.objects.create(
                     prompt=prompt, policy_version=policy, text=sample.text, ended=sample.ended,
