@@ -15,6 +15,9 @@ from api.services import user_for_key
 class PersonToken(HttpBearer):
     """Any signed-up person's token: annotators and researchers."""
 
+    # Shown in the docs' "Authorize" dialog; researchers paste their key in both boxes.
+    openapi_description = "Any person's key from /account/tokens (the label endpoints)."
+
     def authenticate(self, request: HttpRequest, token: str) -> AbstractBaseUser | None:
         user = user_for_key(token)
         if user is not None:
@@ -27,6 +30,8 @@ class PersonToken(HttpBearer):
 
 class StaffToken(PersonToken):
     """A researcher's token (Django staff, as on the web pages: prefloop/access.py)."""
+
+    openapi_description = "A researcher's (staff) key from /account/tokens (every other endpoint)."
 
     def check_role(self, user: AbstractBaseUser) -> None:
         if not user.is_staff:
