@@ -240,6 +240,9 @@ def test_create_run(client, keys, base_run, tmp_path):
     unknown = client.post(f"{PREFIX}/runs", {**body, "name": "fourth", "method": "magic"},
                           content_type="application/json", **bearer(keys.staff))
     assert unknown.status_code == 422 and "unknown method" in unknown.json()["error"]
+    nul = client.post(f"{PREFIX}/runs", {**body, "name": "fifth", "description": "a\x00b"},
+                      content_type="application/json", **bearer(keys.staff))
+    assert nul.status_code == 422 and "NUL" in nul.json()["error"]
 
 
 def test_start_a_round_then_poll_its_job_and_the_round(client, keys, people, base_run, make_comparison):

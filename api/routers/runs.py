@@ -44,6 +44,14 @@ class RunIn(Schema):
     method: str = Field("ppo", description=f"one of {', '.join(METHODS)}")
     description: str = Field("", max_length=2000)
 
+    @field_validator("name", "base_model_dir", "description")
+    @classmethod
+    def refuse_nul(cls, value: str) -> str:
+        # As Django's form fields do: PostgreSQL cannot store NUL in text.
+        if "\x00" in value:
+            raise ValueError("contains a NUL character")
+        return value
+
     @field_validator("method")
     @classmethod
     def known_method(cls, value: str) -> str:
