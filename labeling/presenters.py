@@ -23,3 +23,18 @@ def comparison_for_annotator(comparison: Comparison) -> dict:
             for position, completion in enumerate(comparison.ordered_completions())
         ],
     }
+
+
+def comparison_as_text(comparison: Comparison) -> dict:
+    """The same comparison for the REST API: raw text for scripts (served as JSON, never
+    rendered), with the same things left out."""
+    run = comparison.run
+    return {
+        "id": comparison.pk,
+        "run": {"name": run.name, "guidelines": run.guidelines},
+        "messages": comparison.prompt.messages,
+        "completions": [
+            {"position": position, "text": completion.text}
+            for position, completion in enumerate(comparison.ordered_completions())
+        ],
+    }

@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import json
-import math
-
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -15,6 +12,7 @@ from labeling import exporting, services, statistics
 from labeling.forms import PromptImportForm
 from labeling.importing import PromptFileError, import_prompt_file
 from labeling.presenters import comparison_for_annotator
+from labeling.schemas import label_from_json
 from prefloop.access import staff_required
 from prefloop.charts import labels_per_day
 
@@ -60,7 +58,7 @@ def next_comparison(request: HttpRequest) -> JsonResponse:
 @require_POST
 def submit_label(request: HttpRequest) -> JsonResponse:
     try:
-        label_input = parse_label(request.body)
+        label_input = label_from_json(request.body)
         label, created = services.submit_label(request.user, label_input)
     except services.LeaseError as error:
         return JsonResponse({"error": str(error)}, status=409)
@@ -79,40 +77,6 @@ def undo_label(request: HttpRequest) -> JsonResponse:
     if undone is None:
         return queue_state(request, services.next_comparison_for(request.user), undone=False)
     return queue_state(request, undone, undone=True)
-
-
-def refuse_constant(name: str):
-    raise ValueError(f"{name} is not a number a label can hold")
-
-
-def finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} is not a number a label can hold")
-    return value
-
-
-def parse_label(body: bytes) -> services.LabelInput:
-    """A label from a request body, or LabelError: never a 500, whatever the bytes."""
-    try:
-        data = json.loads(body, parse_constant=refuse_constant, parse_float=finite_float)  # NaN, Infinity, 1e400
-        if not isinstance(data, dict):
-            raise TypeError("the body must be a JSON object")
-        rationale = str(data.get("rationale") or "")
-        if "\x00" in rationale:
-            raise ValueError("the rationale contains a NUL character")
-        return services.LabelInput(
-            comparison_id=int(data["comparison_id"]),
-            choice=str(data["choice"]),
-            ranking=[int(p) for p in data["ranking"]] if data.get("ranking") is not None else None,
-            strength=int(data["strength"]) if data.get("strength") is not None else None,
-            rationale=rationale,
-            active_seconds=float(data.get("active_seconds") or 0.0),
-        )
-    except RecursionError:
-        raise services.LabelError("malformed label: nested too deeply") from None
-    except (ValueError, KeyError, TypeError, OverflowError) as error:
-        raise services.LabelError(f"malformed label: {error}") from None
 
 
 @staff_required

@@ -154,6 +154,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "labeling",
     "training",
+    "api",
+    "ninja",  # its templates and static files: the API docs load Swagger UI from us, not a CDN
     "axes",  # login throttling; after the apps so its admin pages sit with the others
 ]
 

@@ -1,0 +1,107 @@
+"""Runs: list them, create one, start a round of one. Researchers only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.shortcuts import get_object_or_404
+from ninja import Router, Schema
+from pydantic import Field, field_validator
+
+from api.auth import staff_token
+from api.routers.rounds import RoundOut, round_with_versions
+from api.schemas import Error
+from training import services
+from training.ml.base_model import is_hf_model_dir
+from training.ml.methods import METHODS, method_named
+from training.models import Run
+from training.recipes import RECIPES, recipe_named
+
+router = Router(tags=["runs and rounds"], auth=staff_token)
+
+
+class RunOut(Schema):
+    id: int
+    name: str
+    description: str
+    method: str
+    recipe: str
+    base_model_dir: str
+    head: int | None
+    paused: bool
+
+    @staticmethod
+    def resolve_head(run: Run) -> int | None:
+        return run.head.number if run.head_id else None
+
+
+class RunIn(Schema):
+    """A new run from a base model, with the deployment's default settings for `method`
+    (edit them on the run's page)."""
+
+    name: str = Field(min_length=1, max_length=100)
+    base_model_dir: str = Field(max_length=1000, description="a local Hugging Face model directory on the server")
+    method: str = Field("ppo", description=f"one of {', '.join(METHODS)}")
+    description: str = Field("", max_length=2000)
+
+    @field_validator("name", "base_model_dir", "description")
+    @classmethod
+    def refuse_nul(cls, value: str) -> str:
+        # As Django's form fields do: PostgreSQL cannot store NUL in text.
+        if "\x00" in value:
+            raise ValueError("contains a NUL character")
+        return value
+
+    @field_validator("method")
+    @classmethod
+    def known_method(cls, value: str) -> str:
+        method_named(value)  # ValueError names the methods
+        return value
+
+    @field_validator("base_model_dir")
+    @classmethod
+    def model_directory(cls, value: str) -> str:
+        # Caught here rather than by the first job, minutes later on a worker (as the form does).
+        path = Path(value).expanduser()
+        if not is_hf_model_dir(path):
+            raise ValueError(f"{path} is not a Hugging Face model directory (no config.json there)")
+        return str(path.resolve())
+
+
+class RoundIn(Schema):
+    recipe: str | None = Field(None, description=f"one of {', '.join(RECIPES)}; the run's own by default")
+
+    @field_validator("recipe")
+    @classmethod
+    def known_recipe(cls, value: str | None) -> str | None:
+        if value:
+            recipe_named(value)
+        return value or None
+
+
+@router.get("", response=list[RunOut], summary="List runs")
+def list_runs(request):
+    return Run.objects.select_related("head").order_by("pk")
+
+
+@router.post("", response={201: RunOut, 400: Error}, summary="Create a run")
+def create_run(request, new: RunIn):
+    try:
+        run = services.create_run(new.name, new.base_model_dir, request.auth, new.description,
+                                  services.RunSettings(**services.default_settings(new.method)))
+    except ValueError as error:  # RunError, or settings the method refuses
+        return 400, {"error": str(error)}
+    return 201, run
+
+
+@router.post("/{run_id}/rounds", response={201: RoundOut, 400: Error, 404: Error}, summary="Start a round")
+def start_round(request, run_id: int, round_in: RoundIn):
+    """Queues the first stage's job at once; poll `job_ids[-1]` at /jobs/{id}, or the
+    round at /rounds/{number}. 400 when the round cannot start (one is running, no labels
+    yet, no reward model for a method that needs one)."""
+    run = get_object_or_404(Run, pk=run_id)
+    try:
+        round_ = services.start_round(run, round_in.recipe, requested_by=request.auth)
+    except ValueError as error:  # services refuse with ValueError subclasses (RoundError, ...)
+        return 400, {"error": str(error)}
+    return 201, round_with_versions().get(pk=round_.pk)
