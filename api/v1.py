@@ -12,7 +12,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI, Router, Swagger
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
-from api.routers import exports, jobs, labels, prompts, rounds, runs
+from api.routers import datasets, exports, jobs, labels, prompts, rounds, runs
 
 ROUTERS: list[tuple[str, Router]] = [
     ("/labels", labels.router),
@@ -21,6 +21,7 @@ ROUTERS: list[tuple[str, Router]] = [
     ("/runs", runs.router),
     ("/rounds", rounds.router),
     ("/jobs", jobs.router),
+    ("/datasets", datasets.router),
 ]
 
 DESCRIPTION = """Scripts and training pipelines talk to PrefLoop here. Send a personal

@@ -358,6 +358,14 @@ def flush(batch: list[ImportedPair]) -> int:
 EXPORT_FORMATS = ("conversational", "standard")
 
 
+def check_export(dataset: PreferenceDataset, layout: str) -> None:
+    """Refuse (ValueError) an export that would stop midway, before anything is sent."""
+    if layout not in EXPORT_FORMATS:
+        raise ValueError(f"unknown format {layout!r}; use one of {', '.join(EXPORT_FORMATS)}")
+    if layout == "standard" and any(len(p) != 1 for p in dataset.pairs.values_list("prompt", flat=True).iterator()):
+        raise ValueError("this dataset has multi-turn prompts: export it as conversational")
+
+
 def export_rows(dataset: PreferenceDataset, layout: str = "conversational") -> Iterator[dict]:
     """The dataset's pairs as TRL rows with an explicit prompt, streamed in id order.
     `standard` writes plain strings and needs one-turn prompts (a multi-turn prompt has

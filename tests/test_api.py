@@ -345,3 +345,63 @@ def test_staff_revoke_tokens_in_the_admin(client, people):
     token.refresh_from_db()
     assert token.revoked_at is not None
     assert client.post(f"{PREFIX}/labels/next", **bearer(key)).status_code == 401
+
+
+def test_import_a_dataset_poll_its_job_train_a_run_on_it_and_download_it(client, keys, base_run, settings, tmp_path):
+    settings.PREFLOOP_UPLOAD_DIR = tmp_path / "uploads"
+    from labeling.models import PreferenceDataset
+    from training import services
+    from training.models import RunDataset
+
+    rows = [{"prompt": "Colour?", "chosen": "Teal.", "rejected": "No.", "score_chosen": 9, "score_rejected": 2},
+            {"prompt": "Sum?", "chosen": "Four.", "rejected": "Five.", "score_chosen": 8, "score_rejected": 7}]
+    file = SimpleUploadedFile("pairs.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+    response = client.post(f"{PREFIX}/datasets", {"name": "uf", "file": file}, **bearer(keys.staff))
+    assert response.status_code == 202, response.content
+    body = response.json()
+    assert body["dataset"]["status"] == "importing"
+    services.run_job_now(Job.objects.get(pk=body["job_id"]))
+    assert client.get(f"{PREFIX}/jobs/{body['job_id']}", **bearer(keys.staff)).json()["status"] == "succeeded"
+    dataset = client.get(f"{PREFIX}/datasets/{body['dataset']['id']}", **bearer(keys.staff)).json()
+    assert (dataset["status"], dataset["pair_count"], dataset["formats"]) == ("ready", 2, ["standard"])
+
+    response = client.put(f"{PREFIX}/datasets/{dataset['id']}/runs/{base_run.pk}", {"weight": 0.5},
+                          content_type="application/json", **bearer(keys.staff))
+    assert response.status_code == 200 and response.json()["weight"] == 0.5
+    assert RunDataset.objects.get().for_methods
+    assert client.put(f"{PREFIX}/datasets/{dataset['id']}/runs/{base_run.pk}", {"weight": 20},
+                      content_type="application/json", **bearer(keys.staff)).status_code == 422
+
+    download = client.get(f"{PREFIX}/datasets/{dataset['id']}/pairs?format=standard", **bearer(keys.staff))
+    assert [json.loads(line) for line in b"".join(download.streaming_content).decode().splitlines()] == [
+        {**r, "score_chosen": float(r["score_chosen"]), "score_rejected": float(r["score_rejected"])} for r in rows]
+    assert client.get(f"{PREFIX}/datasets/{dataset['id']}/pairs?format=csv",
+                      **bearer(keys.staff)).status_code == 400
+    assert client.delete(f"{PREFIX}/datasets/{dataset['id']}/runs/{base_run.pk}",
+                         **bearer(keys.staff)).status_code == 204
+    assert not RunDataset.objects.exists()
+
+    bad = SimpleUploadedFile("bad.jsonl", b'{"prompt": "x", "chosen": "a", "rejected": "b"}\n{"chosen": 1}\n')
+    body = client.post(f"{PREFIX}/datasets", {"name": "bad", "file": bad}, **bearer(keys.staff)).json()
+    services.run_job_now(Job.objects.get(pk=body["job_id"]))
+    failed = client.get(f"{PREFIX}/datasets/{body['dataset']['id']}", **bearer(keys.staff)).json()
+    assert failed["status"] == "failed" and failed["error"].startswith("line 2: missing field 'rejected'")
+    assert PreferenceDataset.objects.get(name="bad").pairs.count() == 0
+    taken = client.post(f"{PREFIX}/datasets", {"name": "uf", "file": SimpleUploadedFile("x.jsonl", b"{}")},
+                        **bearer(keys.staff))
+    assert taken.status_code == 400 and "already exists" in taken.json()["error"]
+
+
+def test_import_outside_systems_answers_as_comparisons(client, keys, base_run):
+    from labeling.models import Comparison
+
+    lines = [{"prompt": f"Question {i}?", "answers": {"model-a": f"A{i}", "model-b": f"B{i}", "model-c": f"C{i}"}}
+             for i in range(2)]
+    file = SimpleUploadedFile("answers.jsonl", "".join(json.dumps(line) + "\n" for line in lines).encode())
+    response = client.post(f"{PREFIX}/runs/{base_run.pk}/completions", {"file": file}, **bearer(keys.staff))
+    assert response.status_code == 201, response.content
+    assert response.json()["comparisons_created"] == 6 == Comparison.objects.filter(run=base_run).count()
+    bad = SimpleUploadedFile("bad.jsonl", b'{"prompt": "x", "answers": {"only-one": "a"}}\n')
+    response = client.post(f"{PREFIX}/runs/{base_run.pk}/completions", {"file": bad}, **bearer(keys.staff))
+    assert response.status_code == 400 and "line 1" in response.json()["error"]
+    assert Comparison.objects.count() == 6

@@ -10,7 +10,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from labeling.exporting import jsonl_lines
 from labeling.models import PreferenceDataset
-from labeling.preference_datasets import EXPORT_FORMATS, export_rows
+from labeling.preference_datasets import EXPORT_FORMATS, check_export, export_rows
 from prefloop.access import staff_required
 from training import services
 from training.forms import DatasetUploadForm, RunDatasetForm
@@ -54,12 +54,10 @@ def dataset_detail(request: HttpRequest, dataset_id: int) -> HttpResponse:
 def download_dataset(request: HttpRequest, dataset_id: int) -> HttpResponse:
     dataset = get_object_or_404(PreferenceDataset, pk=dataset_id, status=PreferenceDataset.Status.READY)
     layout = request.GET.get("format", "conversational")
-    if layout not in EXPORT_FORMATS:
-        return HttpResponse(f"format must be one of {', '.join(EXPORT_FORMATS)}", status=400,
-                            content_type="text/plain")
-    if layout == "standard" and any(len(p) != 1 for p in dataset.pairs.values_list("prompt", flat=True).iterator()):
-        return HttpResponse("this dataset has multi-turn prompts: download it as conversational", status=400,
-                            content_type="text/plain")
+    try:
+        check_export(dataset, layout)
+    except ValueError as error:
+        return HttpResponse(str(error), status=400, content_type="text/plain")
     response = StreamingHttpResponse(jsonl_lines(export_rows(dataset, layout)), content_type="application/jsonl")
     response["Content-Disposition"] = f'attachment; filename="dataset-{dataset.pk}-{layout}.jsonl"'
     return response

@@ -7,6 +7,7 @@ from datetime import datetime
 
 from django.shortcuts import get_object_or_404
 from ninja import Router, Schema
+from pydantic import Field
 
 from api.auth import staff_token
 from api.schemas import Error
@@ -18,7 +19,7 @@ router = Router(tags=["jobs"], auth=staff_token)
 class JobOut(Schema):
     id: int
     kind: str
-    run_id: int
+    run_id: int | None = Field(description="empty for work of no run (importing a dataset)")
     round_number: int | None
     status: str
     status_text: str

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from django.conf import settings
 from django.shortcuts import get_object_or_404
-from ninja import Router, Schema
+from ninja import File, Form, Router, Schema
+from ninja.files import UploadedFile
 from pydantic import Field, field_validator
 
 from api.auth import staff_token
@@ -14,7 +16,7 @@ from api.schemas import Error
 from training import services
 from training.ml.base_model import is_hf_model_dir
 from training.ml.methods import METHODS, method_named
-from training.models import Run
+from training.models import PolicyVersion, Run
 from training.recipes import RECIPES, recipe_named
 
 router = Router(tags=["runs and rounds"], auth=staff_token)
@@ -105,3 +107,40 @@ def start_round(request, run_id: int, round_in: RoundIn):
     except ValueError as error:  # services refuse with ValueError subclasses (RoundError, ...)
         return 400, {"error": str(error)}
     return 201, round_with_versions().get(pk=round_.pk)
+
+
+class CompletionsImportOut(Schema):
+    summary: str
+    prompts_created: int
+    prompts_present: int
+    completions_created: int
+    comparisons_created: int
+    comparisons_present: int
+    job_id: int | None = Field(description="the generation job in which the policy version answers, if asked")
+
+
+@router.post("/{run_id}/completions", response={201: CompletionsImportOut, 400: Error, 404: Error},
+             summary="Import outside systems' answers as comparisons")
+def import_completions(request, run_id: int, file: File[UploadedFile], against_version: Form[int | None] = None):
+    """A multipart upload `file`: JSONL, a prompt (`prompt` or `messages`) per line with
+    `answers` ({system: text}, two or more) or one `system` and `answer` per line. Every
+    pair of systems on a prompt becomes a blind comparison in the run's queue; with
+    `against_version` (a version number of the run) that version also answers each prompt
+    and meets every system. All or nothing; the error names the line. The progress page
+    ranks the systems and versions together."""
+    run = get_object_or_404(Run, pk=run_id)
+    version = None
+    if against_version is not None:
+        version = PolicyVersion.objects.filter(number=against_version).first()
+        if version is None:
+            return 400, {"error": f"there is no version v{against_version}"}
+    data = file.read(settings.PREFLOOP_MAX_IMPORT_BYTES + 1)  # one byte past the limit: reported, not cut
+    try:
+        result = services.import_external_completions(run, file.name or "", data, against_version=version,
+                                                      requested_by=request.auth)
+    except ValueError as error:
+        return 400, {"error": f"Nothing was imported: {error}"}
+    return 201, {"summary": result.summary(), "prompts_created": result.prompts_created,
+                 "prompts_present": result.prompts_present, "completions_created": result.completions_created,
+                 "comparisons_created": result.comparisons_created, "comparisons_present": result.comparisons_present,
+                 "job_id": result.job.pk if result.job else None}
