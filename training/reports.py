@@ -29,7 +29,7 @@ from labeling.statistics import (
 from prefloop import charts as prefloop_charts
 from training import charts
 from training.ml.methods import METHODS
-from training.ml.rating import Strength, WinRate, fit_bradley_terry, win_rate
+from training.ml.rating import WinRate, fit_bradley_terry, win_rate
 from training.models import EvaluationSample, PolicyVersion, RewardModelVersion, RewardScore, Round, Run
 from training.services.evaluation import lineage_versions
 
@@ -128,13 +128,6 @@ def head_to_head(games: list[Game], version: int, other: int) -> WinRate:
             continue
         wins, ties, losses = wins + (mine == 1.0), ties + (mine == 0.5), losses + (mine == 0.0)
     return win_rate(wins, ties, losses)
-
-
-def bradley_terry_ranking(games: list[Game], anchor: int) -> list[Strength]:
-    """Versions ranked by strength (log-odds of beating the anchor, the run's base) with
-    95% intervals; the fit uses every comparison at once, so versions never compared
-    directly are still placed through the ones in between."""
-    return fit_bradley_terry([(f"v{a}", f"v{b}", outcome) for a, b, outcome in games], anchor=f"v{anchor}")
 
 
 @dataclass(frozen=True)
