@@ -293,7 +293,9 @@ def test_a_bad_upload_fails_its_job_naming_the_line(client, people, settings, tm
     assert job.status == "failed" and "line 2: missing field 'chosen'" in job.error
     page = client.get(reverse("dataset_detail", args=[PreferenceDataset.objects.get().pk])).content.decode()
     assert "line 2: missing field" in page and not ImportedPair.objects.exists()
-    assert upload(client, "broken", FILES["standard"]).status_code == 400  # the name is taken
+    assert upload(client, "broken", FILES["standard"]).status_code == 302  # the fixed file takes the failed one's name
+    assert PreferenceDataset.objects.get(name="broken").status == "importing"
+    assert upload(client, "broken", FILES["standard"]).status_code == 400  # now the name is taken
 
 
 def test_annotators_cannot_reach_datasets(client, people, base_run):

@@ -199,3 +199,4 @@ class RunDatasetForm(forms.Form):
 
         super().__init__(*args, **kwargs)
         self.fields["dataset"].queryset = PreferenceDataset.objects.filter(status=PreferenceDataset.Status.READY)
+        self.fields["dataset"].label_from_instance = lambda dataset: f"{dataset.name} ({dataset.pair_count} pairs)"

@@ -49,6 +49,8 @@ def start_dataset_import(name: str, upload: IO[bytes], filename: str, descriptio
     name = name.strip()
     if not name:
         raise DatasetError("give the dataset a name")
+    # A failed import holds no pairs and no run uses it: its name is free for the fixed file.
+    PreferenceDataset.objects.filter(name=name, status=PreferenceDataset.Status.FAILED).delete()
     if PreferenceDataset.objects.filter(name=name).exists():
         raise DatasetError(f"a dataset named {name!r} already exists")
     folder = upload_dir()
