@@ -21,12 +21,19 @@ $PY manage.py create_demo_users
 pids=()
 redis_pid=""
 stop_all() {
-  trap - INT TERM EXIT
-  echo; echo "Stopping PrefLoop (web, workers, then redis)..."
+  trap - TERM EXIT
+  # A second Ctrl-C stops the workers at once (Celery's cold shutdown); the job they held
+  # is not acknowledged, so it runs again after the next start.
+  trap 'echo "Stopping the workers now; the jobs they held run again on the next start."
+        kill -QUIT "${pids[@]}" 2>/dev/null' INT
+  echo; echo "Stopping PrefLoop (web, workers, then redis): a worker first finishes the job in hand"
+  echo "(a reward model or a policy update can take many minutes); press Ctrl-C again to stop it now."
   # Workers finish the job in hand (warm shutdown) and acknowledge it, which needs redis:
   # so redis goes last.
   kill -TERM "${pids[@]}" 2>/dev/null || true
-  wait "${pids[@]}" 2>/dev/null || true
+  for pid in "${pids[@]}"; do  # polled, not `wait`: the second Ctrl-C must be able to act
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.5; done
+  done
   [ -n "$redis_pid" ] && kill -TERM "$redis_pid" 2>/dev/null && wait "$redis_pid" 2>/dev/null
   true
 }
