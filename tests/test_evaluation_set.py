@@ -72,3 +72,21 @@ def test_evaluate_now_twice_is_one_request(people, base_run, django_capture_on_c
         second = services.request_evaluation(base_run, people.researcher)
     assert first == second and Job.objects.filter(kind=Job.Kind.EVALUATE).count() == 1
     assert PolicyVersion.objects.count() == 1
+
+
+def test_labels_on_evaluation_prompts_never_train_the_reward_model(base_run, people, make_comparison, settings):
+    """Imported answers (or a bake-off) may put comparisons on the run's evaluation
+    prompts; the reward model that judges the versions there must not learn from them."""
+    from labeling import services as labeling
+    from labeling.services import LabelInput
+    from training.services.reward_models import preference_labels
+
+    settings.PREFLOOP_EVAL_PROMPTS = 1
+    held = make_comparison(texts=("held a", "held b"), prompt="an evaluation prompt")
+    kept = make_comparison(texts=("kept a", "kept b"), prompt="a training prompt")
+    add_prompts(6)
+    EvaluationPrompt.objects.create(run=base_run, prompt=held.prompt, position=0)
+    for comparison in (held, kept):
+        labeling.submit_label(people.annotator, LabelInput(comparison.pk, "a"), require_lease=False)
+    assert list(preference_labels(base_run).values_list("comparison_id", flat=True)) == [kept.pk]
+    assert services.labels_since_latest_reward_model(base_run) == 1

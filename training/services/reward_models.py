@@ -23,7 +23,7 @@ from labeling.exporting import labels_for_export, ordered_completions_of
 from labeling.models import Completion, Label
 from training.ml.configs import config_from_dict, config_to_dict
 from training.ml.reward import PreferencePair, RewardScorer, RewardTrainingConfig, train_reward_model
-from training.models import Job, PolicyVersion, RewardModelVersion, Run
+from training.models import EvaluationPrompt, Job, PolicyVersion, RewardModelVersion, Run
 from training.services.artifacts import publish_artifact
 from training.services.datasets import FOR_REWARD_MODEL, dataset_pairs, has_dataset_pairs, pinned_datasets
 from training.services.jobs import enqueue_on_commit, job_type, this_worker
@@ -37,8 +37,12 @@ AUTO_REQUEST_INTERVAL_SECONDS = 60
 
 
 def preference_labels(run: Run):
-    """Labels with a preference that the run learns from."""
-    return Label.objects.filter(run.label_scope(), choice__in=PREFERENCE_CHOICES)
+    """Labels with a preference that the run learns from. Labels on the run's evaluation
+    prompts are left out (imported answers or a bake-off may put comparisons there): its
+    reward model judges the versions on those prompts, so it must not have trained on
+    them."""
+    return (Label.objects.filter(run.label_scope(), choice__in=PREFERENCE_CHOICES)
+            .exclude(comparison__prompt__in=EvaluationPrompt.objects.filter(run=run).values("prompt")))
 
 
 def has_reward_training_data(run: Run) -> bool:
