@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from labeling.models import Assignment, Comparison, ComparisonItem, Completion, Label, Prompt
+from labeling.models import Assignment, Comparison, ComparisonItem, Completion, Label, PreferenceDataset, Prompt
 
 
 @admin.register(Prompt)
@@ -50,3 +50,15 @@ class AssignmentAdmin(admin.ModelAdmin):
     list_display = ("id", "comparison", "annotator", "expires_at", "created_at")
     list_select_related = ("comparison", "annotator")
     raw_id_fields = ("comparison",)
+
+
+@admin.register(PreferenceDataset)
+class PreferenceDatasetAdmin(admin.ModelAdmin):
+    """Deleting a dataset deletes its pairs; one a run still trains on cannot be deleted
+    (remove it from the run first)."""
+
+    list_display = ("name", "status", "pair_count", "skipped_identical", "skipped_ties", "source_filename",
+                    "created_by", "created_at")
+    list_filter = ("status",)
+    readonly_fields = ("status", "error", "pair_count", "skipped_identical", "skipped_ties", "formats",
+                       "strength_cutpoints", "source_filename", "created_by", "created_at")

@@ -231,6 +231,7 @@ class PreferenceDataset(models.Model):
     error = models.TextField(blank=True, help_text="Why the import failed, naming the line.")
     pair_count = models.PositiveIntegerField(default=0)
     skipped_identical = models.PositiveIntegerField(default=0, help_text="Lines whose two answers were the same.")
+    skipped_ties = models.PositiveIntegerField(default=0, help_text="Lines whose two scores were equal.")
     formats = models.JSONField(default=list, blank=True, help_text="The file formats its lines were in.")
     strength_cutpoints = models.JSONField(
         default=list, blank=True,

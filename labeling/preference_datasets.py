@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -62,6 +63,15 @@ class ParsedPair:
     def is_identical(self) -> bool:
         """Both answers the same: no preference to learn (HH-RLHF has a few)."""
         return self.chosen == self.rejected
+
+    @property
+    def is_tie(self) -> bool:
+        """Equal scores (UltraFeedback has many): no preference either."""
+        return self.score_chosen is not None and self.score_chosen == self.score_rejected
+
+    @property
+    def states_no_preference(self) -> bool:
+        return self.is_identical or self.is_tie
 
     @property
     def score_gap(self) -> float | None:
@@ -183,8 +193,8 @@ def hh_turns(transcript: str, field: str, line: int) -> list[dict]:
 def split_conversation(chosen: list[dict], rejected: list[dict], line: int) -> tuple[list[dict], str, str]:
     """The shared leading turns are the prompt (TRL's extract_prompt); what follows must
     be one assistant turn on each side."""
-    if chosen == rejected:
-        return checked_prompt(chosen[:-1], line), chosen[-1]["content"], rejected[-1]["content"]
+    if chosen == rejected:  # no preference: skipped by the caller, so the prompt is not checked
+        return chosen[:-1], chosen[-1]["content"], rejected[-1]["content"]
     split = extract_prompt({"chosen": chosen, "rejected": rejected})
     prompt = checked_prompt(split["prompt"], line)
     answers = []
@@ -204,20 +214,24 @@ def checked_prompt(turns: list[dict], line: int) -> list[dict]:
 
 
 def split_text(chosen: str, rejected: str, line: int) -> tuple[list[dict], str, str]:
-    """TRL's implicit prompt: the longest shared prefix of the two strings."""
+    """An implicit prompt in plain strings: their shared start, cut back to the last
+    space or line break in it. (TRL's extract_prompt cuts at the first differing
+    character, which is fine while prompt and answer are joined again, but here the
+    prompt becomes the user's turn: "The sky is blue" / "The sea is green" must not give
+    the prompt "The s".) The answers keep the whitespace they start with."""
     if chosen == rejected:
         raise PreferenceFileError(f"line {line}: the two answers are the same and no 'prompt' says where the "
                                   "prompt ends")
-    if not chosen[:1] or chosen[:1] != rejected[:1]:
-        # TRL's extract_prompt would look at chosen[-1] here and may cut a character.
+    shared = os.path.commonprefix([chosen, rejected])
+    cut = max(shared.rfind(" "), shared.rfind("\n"))
+    if cut <= 0 or not shared[:cut].strip():
         raise PreferenceFileError(f"line {line}: the answers share no prompt; give a 'prompt' field")
-    split = extract_prompt({"chosen": chosen, "rejected": rejected})
-    return checked_prompt([{"role": "user", "content": split["prompt"]}], line), split["chosen"], split["rejected"]
+    return checked_prompt([{"role": "user", "content": chosen[:cut]}], line), chosen[cut:], rejected[cut:]
 
 
 def extract_prompt(example: dict) -> dict:
-    # TRL's own function; imported here because importing trl takes seconds (torch), and
-    # only an import job, never a page, reaches this.
+    # TRL's own function, for message lists (whole turns); imported here because importing
+    # trl takes seconds (torch), and only an import job, never a page, reaches this.
     from trl.data_utils import extract_prompt as trl_extract_prompt
 
     return trl_extract_prompt(example)
@@ -267,6 +281,7 @@ def strength_for(gap: float | None, cutpoints: list[float]) -> int | None:
 class CheckedFile:
     pairs: int
     skipped_identical: int
+    skipped_ties: int
     formats: list[str]
     strength_cutpoints: list[float]
     lines: int
@@ -275,21 +290,22 @@ class CheckedFile:
 def check_file(path: Path, on_progress: Progress | None = None) -> CheckedFile:
     """The first pass: every line parsed and checked, nothing kept but counts and gaps."""
     total = count_lines(path)
-    pairs = identical = 0
+    pairs = identical = ties = 0
     formats: dict[str, None] = {}
     gaps: list[float] = []
     for pair in parse_pairs(report_lines(numbered_lines(path), total, 0, on_progress)):
         formats[pair.format] = None
-        if pair.is_identical:
-            identical += 1
+        identical += pair.is_identical
+        ties += pair.is_tie and not pair.is_identical
+        if pair.states_no_preference:
             continue
         pairs += 1
         if pair.score_gap is not None:
             gaps.append(pair.score_gap)
     if not pairs:
         raise PreferenceFileError("the file holds no preference pairs" + (
-            f" ({identical} lines have two identical answers)" if identical else ""))
-    return CheckedFile(pairs, identical, list(formats), strength_cutpoints(gaps), total)
+            f" ({identical} lines with identical answers, {ties} with equal scores)" if identical or ties else ""))
+    return CheckedFile(pairs, identical, ties, list(formats), strength_cutpoints(gaps), total)
 
 
 def report_lines(lines: Iterator[tuple[int, str]], total: int, offset: int,
@@ -304,28 +320,55 @@ def report_lines(lines: Iterator[tuple[int, str]], total: int, offset: int,
         on_progress(offset + total, 2 * total)
 
 
-def import_dataset(dataset: PreferenceDataset, path: Path, on_progress: Progress | None = None) -> PreferenceDataset:
+class ImportSuperseded(Exception):
+    """A newer attempt at the same import took over (the job was sent again while this
+    worker was taken for dead): this one stops and leaves the dataset to it."""
+
+
+def import_dataset(dataset: PreferenceDataset, path: Path, on_progress: Progress | None = None,
+                   still_current: Callable[[], bool] = lambda: True) -> PreferenceDataset:
     """Check the whole file, then write its pairs into the dataset and mark it ready.
-    A PreferenceFileError (or anything else) leaves the dataset failed, with no pairs."""
+    Anything that stops it (a PreferenceFileError, a database error, Ctrl-C) leaves the
+    dataset failed, with no pairs, unless a newer attempt took over (`still_current`
+    turned False): that one owns the dataset now."""
     try:
         checked = check_file(path, on_progress)
-        write_pairs(dataset, path, checked, on_progress)
-    except Exception as error:
-        ImportedPair.objects.filter(dataset=dataset).delete()
-        dataset.status, dataset.pair_count = PreferenceDataset.Status.FAILED, 0
-        dataset.error = str(error) if isinstance(error, PreferenceFileError) else f"{type(error).__name__}: {error}"
-        dataset.save(update_fields=["status", "pair_count", "error"])
+        write_pairs(dataset, path, checked, on_progress, still_current)
+    except ImportSuperseded:
+        raise
+    except BaseException as error:
+        if still_current():
+            fail_import(dataset, str(error) if isinstance(error, PreferenceFileError)
+                        else f"{type(error).__name__}: {error}")
         raise
     return dataset
 
 
-def write_pairs(dataset: PreferenceDataset, path: Path, checked: CheckedFile, on_progress: Progress | None) -> None:
+def fail_import(dataset: PreferenceDataset, reason: str) -> None:
+    """Mark an unfinished import failed and delete what it wrote (a ready dataset, which
+    runs may use, is never touched)."""
+    with transaction.atomic():
+        locked = PreferenceDataset.objects.select_for_update().filter(pk=dataset.pk).first()
+        if locked is None or locked.status == PreferenceDataset.Status.READY:
+            return
+        ImportedPair.objects.filter(dataset=dataset).delete()
+        PreferenceDataset.objects.filter(pk=dataset.pk).update(status=PreferenceDataset.Status.FAILED, pair_count=0,
+                                                               error=reason or "the import stopped")
+    dataset.refresh_from_db()
+
+
+def write_pairs(dataset: PreferenceDataset, path: Path, checked: CheckedFile, on_progress: Progress | None,
+                still_current: Callable[[], bool]) -> None:
+    def flush_if_current(batch: list[ImportedPair]) -> int:
+        if not still_current():
+            raise ImportSuperseded()
+        return flush(batch)
+
     # A retried import (its worker died midway) starts from an empty dataset.
     ImportedPair.objects.filter(dataset=dataset).delete()
     batch: list[ImportedPair] = []
-    written = 0
     for pair in parse_pairs(report_lines(numbered_lines(path), checked.lines, checked.lines, on_progress)):
-        if pair.is_identical:
+        if pair.states_no_preference:
             continue
         batch.append(ImportedPair(
             dataset=dataset, line=pair.line, prompt=pair.prompt, chosen=pair.chosen, rejected=pair.rejected,
@@ -333,16 +376,21 @@ def write_pairs(dataset: PreferenceDataset, path: Path, checked: CheckedFile, on
             strength=strength_for(pair.score_gap, checked.strength_cutpoints),
         ))
         if len(batch) == BATCH_SIZE:
-            written += flush(batch)
-    written += flush(batch)
-    if written != checked.pairs:  # the file changed between the passes
-        raise PreferenceFileError(f"the file changed while it was imported ({checked.pairs} pairs checked, "
-                                  f"{written} read)")
+            flush_if_current(batch)
+    flush_if_current(batch)
     with transaction.atomic():
+        locked = PreferenceDataset.objects.select_for_update().get(pk=dataset.pk)
+        if not still_current() or locked.status != PreferenceDataset.Status.IMPORTING:
+            raise ImportSuperseded()
+        written = ImportedPair.objects.filter(dataset=dataset).count()
+        if written != checked.pairs:  # the file changed between the passes, or two writers crossed
+            raise PreferenceFileError(f"{written} pairs were written where {checked.pairs} were checked (did the "
+                                      "file change during the import?)")
         dataset.status, dataset.error = PreferenceDataset.Status.READY, ""
         dataset.pair_count, dataset.skipped_identical = checked.pairs, checked.skipped_identical
+        dataset.skipped_ties = checked.skipped_ties
         dataset.formats, dataset.strength_cutpoints = checked.formats, checked.strength_cutpoints
-        dataset.save(update_fields=["status", "error", "pair_count", "skipped_identical", "formats",
+        dataset.save(update_fields=["status", "error", "pair_count", "skipped_identical", "skipped_ties", "formats",
                                     "strength_cutpoints"])
 
 

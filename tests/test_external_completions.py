@@ -250,6 +250,18 @@ def test_without_the_base_the_first_system_is_the_anchor(base_run, people):
     assert [s.player for s in ranking["strengths"]] == ["beta", "alpha"]
 
 
+def test_systems_no_judgement_links_to_the_anchor_are_left_off_its_scale(arena, people):
+    """gamma and delta were only ever compared with each other: the prior alone would
+    place them on v0's scale, so they are named apart instead."""
+    services.import_external_completions(arena, "other.jsonl", jsonl(
+        *({"prompt": f"Other {i}?", "answers": {"gamma": f"g{i}", "delta": f"d{i}"}} for i in range(3))))
+    for comparison in pairs_of("gamma", "delta"):
+        label(comparison, people.annotator, "gamma")
+    ranking = reports.run_ranking(arena)
+    assert [s.player for s in ranking["strengths"]] == ["alpha", "v0", "beta"]
+    assert ranking["unlinked"] == ["delta", "gamma"] and ranking["games"] == 12
+
+
 # Plotly reads <a href> and <b> in labels; the page must show all of it as text.
 HOSTILE_NAME = '<a href="javascript:alert(1)"><b>boss</b></a><img src=x onerror="alert(1)">'
 HOSTILE_ANSWER = "<script>alert('answer')</script> **bold**"

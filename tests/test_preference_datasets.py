@@ -113,7 +113,7 @@ def test_standard_export_gives_back_the_same_lines(tmp_path):
 
 
 def test_scores_become_strength_by_the_terciles_of_the_gaps(tmp_path):
-    gaps = [0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 9.0]
+    gaps = [0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 9.0]  # (a gap of 0 is a tie: skipped)
     rows = [{"prompt": f"p{i}", "chosen": "a", "rejected": "b", "score_chosen": 1.0 + gap, "score_rejected": 1.0}
             for i, gap in enumerate(gaps)]
     dataset = imported(write_lines(tmp_path / "scored.jsonl", rows))
@@ -125,10 +125,26 @@ def test_scores_become_strength_by_the_terciles_of_the_gaps(tmp_path):
     assert (out["score_chosen"], out["score_rejected"]) == (3.0, 1.0)
 
 
-def test_identical_answers_are_skipped_and_counted(tmp_path):
-    rows = [*FILES["standard"], {"chosen": HH_CHOSEN, "rejected": HH_CHOSEN}]
+def test_lines_without_a_preference_are_skipped_and_counted(tmp_path):
+    same_turn = [{"role": "assistant", "content": "Same."}]
+    rows = [*FILES["standard"], {"chosen": HH_CHOSEN, "rejected": HH_CHOSEN},
+            {"chosen": same_turn, "rejected": same_turn},  # identical, and no prompt either: still skipped
+            {"prompt": "x", "chosen": "a", "rejected": "b", "score_chosen": 7, "score_rejected": 7}]
     dataset = imported(write_lines(tmp_path / "in.jsonl", rows))
-    assert (dataset.pair_count, dataset.skipped_identical) == (2, 1)
+    assert (dataset.pair_count, dataset.skipped_identical, dataset.skipped_ties) == (2, 2, 1)
+
+
+@pytest.mark.parametrize(("chosen", "rejected", "prompt", "answers"), [
+    ("What is the sky? The sky is blue.", "What is the sky? The sea is green.", "What is the sky? The",
+     (" sky is blue.", " sea is green.")),
+    ("Say hi. Hi", "Say hi. Hi!", "Say hi.", (" Hi", " Hi!")),
+    ("Q: colour?\nA:\nTeal", "Q: colour?\nA:\nTan", "Q: colour?\nA:", ("\nTeal", "\nTan")),
+])
+def test_an_implicit_prompt_in_strings_ends_at_a_word_boundary(chosen, rejected, prompt, answers, tmp_path):
+    """TRL's extract_prompt would cut "The s" | "ky is blue.": fine when joined again, not
+    when the prompt becomes the user's turn."""
+    pair = imported(write_lines(tmp_path / "in.jsonl", [{"chosen": chosen, "rejected": rejected}])).pairs.get()
+    assert (pair.prompt[0]["content"], pair.chosen, pair.rejected) == (prompt, *answers)
 
 
 BAD_FILES = [
@@ -332,7 +348,12 @@ def test_jobs_pin_the_runs_datasets_and_their_pairs(base_run, tmp_path):
     assert Job.objects.get(pk=job.pk).params["datasets"][0]["weight"] == 0.5
 
     pairs, used = dataset_pairs(job.params["datasets"], seed=1)
-    assert len(pairs) == 20 == used[0]["pairs"] and all(p.group < 0 for p in pairs)
+    assert len(pairs) == 20 == used[0]["pairs"] and all(p.group < 0 and p.imported for p in pairs)
+    twice, _ = dataset_pairs([{**job.params["datasets"][0], "weight": 2.0}], seed=1)
+    by_group = {}
+    for pair in twice:  # copies of a pair, and pairs on one prompt, share a group: held out together
+        by_group.setdefault(pair.group, set()).add(pair.prompt[0]["content"])
+    assert len(twice) == 80 and len(by_group) == 40 and all(len(prompts) == 1 for prompts in by_group.values())
     assert {p.chosen for p in pairs} <= set(dataset.pairs.values_list("chosen", flat=True))
     with pytest.raises(services.DatasetError, match="at most 10"):
         services.use_dataset(base_run, dataset, weight=11)
@@ -370,3 +391,77 @@ def test_a_reward_model_pretrained_on_a_dataset_before_the_first_label(base_run,
     version = base_run.reward_models.get()
     assert version.label_count == 0 and version.datasets[0]["pairs"] == 120
     assert version.train_pairs + version.heldout_pairs == 120 and version.heldout_accuracy >= 0.8
+    assert version.heldout_accuracy_imported == version.heldout_accuracy  # no label held out: the imported ones
+    # The policy never answered yet: the rewards are normalized on the pairs' answers.
+    assert (version.reward_mean, version.reward_std) != (0.0, 1.0)
+
+
+def test_a_retried_import_job_finishes_what_the_dead_attempt_left(tmp_path, settings, people):
+    """The worker died after writing half the pairs: the job sent again starts over and
+    ends with each pair once; sent again after the dataset was ready, it changes nothing."""
+    settings.PREFLOOP_UPLOAD_DIR = tmp_path / "uploads"
+    rows = [{"prompt": f"p{i}", "chosen": "a", "rejected": "b"} for i in range(2500)]
+    with open(write_lines(tmp_path / "in.jsonl", rows), "rb") as upload:
+        dataset, job = services.start_dataset_import("retried", upload, "in.jsonl", requested_by=people.researcher)
+    path = Path(job.params["path"])
+    ImportedPair.objects.create(dataset=dataset, line=1, prompt=[], chosen="x", rejected="y")  # a dead attempt's
+    job.mark_running("dead-host:1")  # attempt 1 died there; the sweep sends the job again
+    services.run_job_now(job)
+    dataset.refresh_from_db()
+    assert (dataset.status, dataset.pair_count, dataset.pairs.count()) == ("ready", 2500, 2500)
+    assert not path.exists()
+
+    again = Job.objects.create(kind=Job.Kind.IMPORT_DATASET, params=job.params)
+    assert services.run_job_now(again).status == "succeeded" and dataset.pairs.count() == 2500
+
+
+def test_a_superseded_attempt_stops_and_leaves_the_dataset_to_the_newer_one(tmp_path):
+    import labeling.preference_datasets as module
+
+    rows = [{"prompt": f"p{i}", "chosen": "a", "rejected": "b"} for i in range(2500)]
+    path = write_lines(tmp_path / "in.jsonl", rows)
+    dataset = PreferenceDataset.objects.create(name="contested")
+    answers = iter([True, False])  # current for its first batch, then another attempt took over
+    with pytest.raises(module.ImportSuperseded):
+        import_dataset(dataset, path, still_current=lambda: next(answers, False))
+    dataset.refresh_from_db()
+    assert dataset.status == "importing" and dataset.pairs.count() == 1000  # left for the newer attempt
+
+
+def test_an_import_job_that_never_ran_frees_its_dataset(tmp_path, settings, people):
+    """The broker was unreachable (or the sweep gave up): the dataset is failed, holds
+    nothing, its name is free, and the upload is gone."""
+    from training.services.jobs import announce_finished
+
+    settings.PREFLOOP_UPLOAD_DIR = tmp_path / "uploads"
+    with open(write_lines(tmp_path / "in.jsonl", FILES["standard"]), "rb") as upload:
+        dataset, job = services.start_dataset_import("lost", upload, "in.jsonl")
+    job.mark_failed("could not reach the task queue: connection refused")
+    announce_finished(job)
+    dataset.refresh_from_db()
+    assert dataset.status == "failed" and "task queue" in dataset.error
+    assert not Path(job.params["path"]).exists()
+    with open(tmp_path / "in.jsonl", "rb") as upload:
+        assert services.start_dataset_import("lost", upload, "in.jsonl")[0].status == "importing"
+
+
+def test_ctrl_c_during_the_command_leaves_no_pairs(tmp_path, monkeypatch):
+    import labeling.preference_datasets as module
+
+    def interrupted(batch):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "flush", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        call_command("import_preferences", str(write_lines(tmp_path / "in.jsonl", FILES["standard"])), name="cut")
+    assert PreferenceDataset.objects.get(name="cut").status == "failed" and not ImportedPair.objects.exists()
+
+
+@pytest.mark.parametrize(("name", "message"), [("x" * 101, "longer than 100"), ("nul\x00", "NUL"), (" ", "a name")])
+def test_bad_names_are_refused_and_leave_no_file(name, message, tmp_path, settings):
+    settings.PREFLOOP_UPLOAD_DIR = tmp_path / "uploads"
+    with open(write_lines(tmp_path / "in.jsonl", FILES["standard"]), "rb") as upload:
+        with pytest.raises(services.DatasetError, match=message):
+            services.start_dataset_import(name, upload, "in.jsonl")
+    assert not PreferenceDataset.objects.exists()
+    assert not (tmp_path / "uploads").exists() or not list((tmp_path / "uploads").rglob("*.jsonl"))

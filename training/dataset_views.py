@@ -69,7 +69,9 @@ def run_datasets(request: HttpRequest, run_id: int) -> HttpResponse:
     """Add a dataset to the run's training, change its weight or use, or drop it."""
     run = get_object_or_404(Run, pk=run_id)
     if "remove" in request.POST:
-        dataset = get_object_or_404(PreferenceDataset, pk=request.POST["remove"])
+        if not request.POST["remove"].isdigit():
+            return HttpResponse("remove must be a dataset id", status=400, content_type="text/plain")
+        dataset = get_object_or_404(PreferenceDataset, pk=int(request.POST["remove"]))
         services.stop_using_dataset(run, dataset)
         messages.success(request, f"{run.name} no longer trains on {dataset.name}; queued jobs keep what they pinned.")
         return redirect("run_detail", run.pk)

@@ -128,7 +128,10 @@ class RewardModelVersion(models.Model):
     last_label_id = models.BigIntegerField(default=0, help_text="Labels with a larger id are newer than this version.")
     train_pairs = models.PositiveIntegerField(default=0)
     heldout_pairs = models.PositiveIntegerField(default=0)
-    heldout_accuracy = models.FloatField(null=True, blank=True)
+    heldout_accuracy = models.FloatField(
+        null=True, blank=True, help_text="On held-out pairs from labels (imported ones when no label is held out).")
+    heldout_accuracy_imported = models.FloatField(null=True, blank=True,
+                                                  help_text="On held-out pairs from imported datasets.")
     reward_mean = models.FloatField(default=0.0, help_text="Raw reward mean on initial-policy completions.")
     reward_std = models.FloatField(default=1.0, help_text="Raw reward std on initial-policy completions.")
     config = models.JSONField(default=dict, blank=True)

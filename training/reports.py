@@ -112,8 +112,26 @@ def run_ranking(run: Run) -> dict | None:
         anchor = base
     else:  # a branch's games may not reach its base
         anchor = min(systems) if systems else min(players, key=lambda player: int(player.lstrip("v")))
-    return {"run": run, "games": len(games), "anchor": anchor, "systems": systems,
-            "strengths": fit_bradley_terry(games, anchor=anchor)}
+    # Only players a chain of judgements links to the anchor have a place on its scale;
+    # a group judged only among itself would be placed by the prior alone.
+    linked = linked_players(games, anchor)
+    linked_games = [game for game in games if game[0] in linked]
+    return {"run": run, "games": len(linked_games), "anchor": anchor, "systems": systems & linked,
+            "unlinked": sorted(players - linked), "strengths": fit_bradley_terry(linked_games, anchor=anchor)}
+
+
+def linked_players(games: list[PlayerGame], anchor: str) -> set[str]:
+    """The anchor and every player connected to it by judged games, whoever won."""
+    neighbours: dict[str, set[str]] = defaultdict(set)
+    for first, second, _ in games:
+        neighbours[first].add(second)
+        neighbours[second].add(first)
+    linked, frontier = {anchor}, [anchor]
+    while frontier:
+        for other in neighbours[frontier.pop()] - linked:
+            linked.add(other)
+            frontier.append(other)
+    return linked
 
 
 def head_to_head(games: list[Game], version: int, other: int) -> WinRate:

@@ -77,6 +77,9 @@ class PreferencePair:
     chosen_ids: tuple[int, ...] | None = None
     """The answer's tokens as the policy generated them; None for text to tokenize."""
     rejected_ids: tuple[int, ...] | None = None
+    imported: bool = False
+    """From an imported dataset rather than a person's label here: held-out accuracy is
+    reported for the two apart, since they need not agree."""
 
 
 @dataclass
@@ -85,9 +88,12 @@ class RewardTrainingResult:
     heldout_pairs: int
     dropped_too_long: int
     heldout_accuracy: float | None
+    """On the held-out pairs from labels; on the imported ones when no label is held out."""
     reward_mean: float = 0.0
     reward_std: float = 1.0
     history: list[dict] = field(default_factory=list)
+    heldout_accuracy_imported: float | None = None
+    """On the held-out pairs from imported datasets (None without any)."""
 
 
 def is_heldout(group: int, fraction: float) -> bool:
@@ -295,11 +301,14 @@ def train_reward_model(
     model = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
     model.eval()
 
-    accuracy = None
+    accuracy = {}
     if heldout:
         chosen = score_texts(model, tokenizer, chosen_texts(heldout))
         rejected = score_texts(model, tokenizer, rejected_texts(heldout))
-        accuracy = (chosen > rejected).sum().item() / len(heldout)
+        correct = (chosen > rejected).tolist()
+        for imported in (False, True):
+            hits = [c for c, pair in zip(correct, heldout, strict=True) if pair.imported == imported]
+            accuracy[imported] = sum(hits) / len(hits) if hits else None
     mean, std = 0.0, 1.0
     if normalization_samples:
         rewards = score_texts(model, tokenizer, normalization_samples)
@@ -310,7 +319,10 @@ def train_reward_model(
         heads = fit_bootstrap_heads(chosen_features, rejected_features, model.score.weight[0].detach().cpu(),
                                     config.ensemble_size, config.seed)
         torch.save(heads, out_dir / ENSEMBLE_FILE)
-    return RewardTrainingResult(len(train), len(heldout), dropped, accuracy, mean, std, history)
+    labels_accuracy, imported_accuracy = accuracy.get(False), accuracy.get(True)
+    return RewardTrainingResult(len(train), len(heldout), dropped,
+                                labels_accuracy if labels_accuracy is not None else imported_accuracy,
+                                mean, std, history, imported_accuracy)
 
 
 def initial_model(base_model_dir: Path, tokenizer, config: RewardTrainingConfig, warm_start_dir: Path | None):

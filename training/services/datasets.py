@@ -20,8 +20,8 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 
-from labeling.models import ImportedPair, PreferenceDataset
-from labeling.preference_datasets import PreferenceFileError, import_dataset
+from labeling.models import ImportedPair, PreferenceDataset, conversation_hash
+from labeling.preference_datasets import ImportSuperseded, PreferenceFileError, fail_import, import_dataset
 from training.ml.reward import PreferencePair
 from training.models import Job, Run, RunDataset
 from training.services.jobs import enqueue_on_commit, job_type
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 FOR_REWARD_MODEL = "for_reward_model"
 FOR_METHODS = "for_methods"
 MAX_WEIGHT = 10.0
+NAME_LENGTH = 100
+ROWS_PER_QUERY = 500  # ids per IN (...): far below SQLite's and PostgreSQL's parameter limits
 
 
 class DatasetError(ValueError):
@@ -45,10 +47,9 @@ def start_dataset_import(name: str, upload: IO[bytes], filename: str, descriptio
                          requested_by: AbstractBaseUser | None = None) -> tuple[PreferenceDataset, Job]:
     """Keep the uploaded file, create the (importing) dataset and queue the job that
     checks and writes it. The file is copied in chunks: a large dataset never sits in
-    memory."""
+    memory. Nothing is left behind when this refuses."""
     name = name.strip()
-    if not name:
-        raise DatasetError("give the dataset a name")
+    check_name(name, description)
     # A failed import holds no pairs and no run uses it: its name is free for the fixed file.
     PreferenceDataset.objects.filter(name=name, status=PreferenceDataset.Status.FAILED).delete()
     if PreferenceDataset.objects.filter(name=name).exists():
@@ -56,17 +57,8 @@ def start_dataset_import(name: str, upload: IO[bytes], filename: str, descriptio
     folder = upload_dir()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{secrets.token_hex(8)}.jsonl"
-    size = 0
-    with open(path, "wb") as out:
-        while chunk := upload.read(1 << 20):
-            size += len(chunk)
-            if size > settings.PREFLOOP_MAX_DATASET_BYTES:
-                out.close()
-                path.unlink()
-                raise DatasetError(f"the file is over the limit of {settings.PREFLOOP_MAX_DATASET_BYTES} bytes "
-                                   "(PREFLOOP_MAX_DATASET_BYTES)")
-            out.write(chunk)
     try:
+        copy_upload(upload, path)
         with transaction.atomic():
             dataset = PreferenceDataset.objects.create(name=name, description=description,
                                                        source_filename=Path(filename).name[:255],
@@ -77,25 +69,81 @@ def start_dataset_import(name: str, upload: IO[bytes], filename: str, descriptio
     except IntegrityError:  # the same name, a moment earlier
         path.unlink(missing_ok=True)
         raise DatasetError(f"a dataset named {name!r} already exists") from None
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
     return dataset, job
+
+
+def check_name(name: str, description: str) -> None:
+    if not name:
+        raise DatasetError("give the dataset a name")
+    if len(name) > NAME_LENGTH:
+        raise DatasetError(f"the name is longer than {NAME_LENGTH} characters")
+    if "\x00" in name or "\x00" in description:  # PostgreSQL cannot store NUL in text
+        raise DatasetError("the name or description contains a NUL character")
+
+
+def copy_upload(upload: IO[bytes], path: Path) -> None:
+    size = 0
+    with open(path, "wb") as out:
+        while chunk := upload.read(1 << 20):
+            size += len(chunk)
+            if size > settings.PREFLOOP_MAX_DATASET_BYTES:
+                raise DatasetError(f"the file is over the limit of {settings.PREFLOOP_MAX_DATASET_BYTES} bytes "
+                                   "(PREFLOOP_MAX_DATASET_BYTES)")
+            out.write(chunk)
 
 
 @job_type(Job.Kind.IMPORT_DATASET, queue="default")
 def run_dataset_import_job(job: Job) -> PreferenceDataset | None:
-    dataset = PreferenceDataset.objects.get(pk=job.params["dataset"])
+    """Import the job's upload. A job sent again finds the dataset as its last attempt
+    left it: ready (done: nothing to redo), failed (nothing to redo either), or still
+    importing (started over; an older attempt still running stops at its next batch)."""
+    dataset = PreferenceDataset.objects.filter(pk=job.params["dataset"]).first()
     path = Path(job.params["path"])
+    if dataset is None or dataset.status != PreferenceDataset.Status.IMPORTING:
+        if dataset is not None and dataset.is_ready:
+            job.mark_succeeded({"dataset": dataset.pk, "pairs": dataset.pair_count})
+        else:
+            job.mark_failed("nothing imported: " + (dataset.error if dataset else "the dataset was deleted"))
+        path.unlink(missing_ok=True)
+        return dataset
+    attempt = job.attempts
+
+    def still_current() -> bool:
+        return Job.objects.filter(pk=job.pk, attempts=attempt, status=Job.Status.RUNNING).exists()
+
     try:
-        import_dataset(dataset, path, on_progress=lambda done, total: job.report_progress(done, total))
+        import_dataset(dataset, path, on_progress=lambda done, total: job.report_progress(done, total),
+                       still_current=still_current)
+    except ImportSuperseded:
+        log.warning("import of %s: attempt %s was superseded by a newer one", dataset, attempt)
+        return None
     except Exception as error:
         if not isinstance(error, PreferenceFileError):
             log.exception("import of %s failed", dataset)
+        dataset.refresh_from_db()
         job.mark_failed(f"nothing imported: {dataset.error}")
         path.unlink(missing_ok=True)
         return None
     job.mark_succeeded({"dataset": dataset.pk, "pairs": dataset.pair_count,
-                        "skipped_identical": dataset.skipped_identical})
+                        "skipped_identical": dataset.skipped_identical, "skipped_ties": dataset.skipped_ties})
     path.unlink(missing_ok=True)
     return dataset
+
+
+def clean_up_after_import_job(sender, job: Job, **kwargs) -> None:
+    """Answers job_finished: an import job that ended without finishing its dataset (the
+    broker was unreachable, the sweep gave up on a worker that kept dying) fails it, so
+    it holds no pairs and its name is free again, and removes the upload."""
+    if job.kind != Job.Kind.IMPORT_DATASET or job.status == Job.Status.SUCCEEDED:
+        return
+    dataset = PreferenceDataset.objects.filter(pk=job.params.get("dataset")).first()
+    if dataset is not None and dataset.status == PreferenceDataset.Status.IMPORTING:
+        fail_import(dataset, job.error or f"the import job ended {job.status}")
+    if job.params.get("path"):
+        Path(job.params["path"]).unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------ a run's datasets
@@ -143,18 +191,25 @@ def weighted_indices(count: int, weight: float, rng: random.Random) -> list[int]
 
 
 def dataset_pairs(pinned: list[dict], seed: int) -> tuple[list[PreferencePair], list[dict]]:
-    """The pairs a job's pinned datasets give, and per dataset how many it used. Each
-    pair is its own group: its id, negated, so it never meets a comparison's id."""
+    """The pairs a job's pinned datasets give, and per dataset how many it used. Pairs
+    on one prompt form one group (held out together, batched together, as a comparison's
+    pairs are): the prompt's hash, negated, so it never meets a comparison's id. Only the
+    sampled rows are read."""
     rng = random.Random(seed)
     pairs, used = [], []
     for choice in pinned:
-        rows = list(ImportedPair.objects.filter(dataset_id=choice["id"]).order_by("pk")
-                    .values_list("pk", "prompt", "chosen", "rejected", "strength"))
-        if not rows and not PreferenceDataset.objects.filter(pk=choice["id"]).exists():
+        ids = list(ImportedPair.objects.filter(dataset_id=choice["id"]).order_by("pk").values_list("pk", flat=True))
+        if not ids and not PreferenceDataset.objects.filter(pk=choice["id"], status="ready").exists():
             raise DatasetError(f"dataset {choice['name']} was deleted after this job was queued")
-        picked = weighted_indices(len(rows), choice["weight"], rng)
-        for index in picked:
-            pk, prompt, chosen, rejected, strength = rows[index]
-            pairs.append(PreferencePair(-pk, prompt, chosen, rejected, strength))
+        picked = [ids[i] for i in weighted_indices(len(ids), choice["weight"], rng)]
+        rows = {}
+        for start in range(0, len(picked), ROWS_PER_QUERY):
+            chunk = set(picked[start:start + ROWS_PER_QUERY]) - rows.keys()
+            rows.update((row[0], row) for row in ImportedPair.objects.filter(pk__in=chunk).values_list(
+                "pk", "prompt", "chosen", "rejected", "strength"))
+        for pk in picked:
+            _, prompt, chosen, rejected, strength = rows[pk]
+            group = -int(conversation_hash(prompt)[:12], 16) - 1
+            pairs.append(PreferencePair(group, prompt, chosen, rejected, strength, imported=True))
         used.append({**choice, "pairs": len(picked)})
     return pairs, used

@@ -11,6 +11,7 @@ the labels in its scope (`Run.label_scope`): its own, and a branch's inheritance
 from __future__ import annotations
 
 import logging
+import random
 from datetime import timedelta
 from pathlib import Path
 
@@ -166,15 +167,21 @@ def preference_pairs(labels) -> list[PreferencePair]:
     return pairs
 
 
-def normalization_samples(run: Run) -> list[tuple]:
+def normalization_samples(run: Run, pairs: list[PreferencePair]) -> list[tuple]:
     """Completions of the run's initial policy: rewards are shifted and scaled to mean 0,
     std 1 on them (Ziegler et al. 2019), so every version speaks the same units to the
-    policy methods."""
+    policy methods. A run trained on an imported dataset before its policy ever answered
+    has none yet: the answers of its training pairs stand in (the next version, trained
+    once comparisons exist, uses the policy's)."""
     completions = (
         Completion.objects.filter(policy_version=run.base_version).select_related("prompt").order_by("pk")
         [:NORMALIZATION_SAMPLES]
     )
-    return [c.scored_text for c in completions]
+    samples = [c.scored_text for c in completions]
+    if samples:
+        return samples
+    answers = [(p.prompt, text, True, None) for p in pairs for text in (p.chosen, p.rejected)]
+    return random.Random(0).sample(answers, min(NORMALIZATION_SAMPLES, len(answers)))
 
 
 @job_type(Job.Kind.TRAIN_REWARD, queue="train", claim=claim_reward_training)
@@ -198,7 +205,7 @@ def run_reward_training_job(job: Job) -> RewardModelVersion | None:
         result = train_reward_model(
             pairs, Path(run.base_model_dir), out_dir, config, warm_start_dir=warm_start,
             on_step=lambda step, total, metrics: job.report_progress(step, total, metrics),
-            normalization_samples=normalization_samples(run),
+            normalization_samples=normalization_samples(run, pairs),
         )
         trained["result"] = result
         return result
@@ -208,6 +215,7 @@ def run_reward_training_job(job: Job) -> RewardModelVersion | None:
             number=number, run=run, parent=parent, base_model_dir=run.base_model_dir, weights_dir=str(folder),
             label_count=labels.count(), last_label_id=bound, train_pairs=result.train_pairs,
             heldout_pairs=result.heldout_pairs, heldout_accuracy=result.heldout_accuracy,
+            heldout_accuracy_imported=result.heldout_accuracy_imported,
             reward_mean=result.reward_mean, reward_std=result.reward_std, config=config_to_dict(config),
             metrics=result.history, datasets=trained["datasets"],
         )
