@@ -10,8 +10,9 @@ class TrainingConfig(AppConfig):
         # The labeling app announces labels and the job dispatcher announces finished
         # jobs; the loop listens. Connected here so neither imports the loop.
         from labeling.signals import label_submitted, label_undo_requested
-        from training.services import jobs, reward_models, rounds
+        from training.services import bakeoffs, jobs, reward_models, rounds
 
         label_submitted.connect(rounds.react_to_new_label, dispatch_uid="training.react_to_new_label")
         label_undo_requested.connect(reward_models.reward_model_trained_on, dispatch_uid="training.label_in_use")
         jobs.job_finished.connect(rounds.advance_round, dispatch_uid="training.advance_round")
+        jobs.job_finished.connect(bakeoffs.advance_bakeoff, dispatch_uid="training.advance_bakeoff")
