@@ -115,7 +115,8 @@ def test_candidates_start_together_pinned_alike_and_leave_the_head_alone(bakeoff
     assert inputs["dpo"]["last_label_id"] == bakeoff.label_bound
     # The run's own method keeps the run's config; the others start from their defaults.
     assert candidates["ppo"].config["kl_coef"] == 0.123
-    assert candidates["dpo"].config["beta"] == 0.1 and candidates["dpo"].config == candidates["dpo"].job.params["config"]
+    assert candidates["dpo"].config["beta"] == 0.1
+    assert candidates["dpo"].config == candidates["dpo"].job.params["config"]
 
     # A label arriving later does not reach a candidate, and finishing candidates moves no head.
     labeling.submit_label(people.outsider, LabelInput(bakeoff_world.other_work[0].pk, "b"), require_lease=False)
@@ -138,6 +139,16 @@ def test_a_method_that_cannot_train_refuses_the_whole_bakeoff(base_run, base_pol
     with pytest.raises(ValueError, match="unknown method"):
         services.start_bakeoff(base_run, ["nonsense"])
     assert not BakeOff.objects.exists() and not Job.objects.exists()
+
+
+def test_the_job_sweep_leaves_an_inline_bakeoffs_waiting_jobs_to_its_process(bakeoff_world):
+    from training.services import job_recovery
+
+    bakeoff = services.start_bakeoff(bakeoff_world.run, ["ppo", "dpo"], dispatch=BakeOff.Dispatch.INLINE)
+    report = job_recovery.sweep_jobs(now=timezone.now() + timedelta(hours=1))
+    assert report.resent == [] and report.broker_error == ""  # not even the broker was asked
+    assert set(Job.objects.values_list("status", flat=True)) == {Job.Status.PENDING}
+    assert all(c.job.params["inline"] for c in bakeoff.candidates.all())
 
 
 def test_every_candidate_failing_fails_the_bakeoff(bakeoff_world):

@@ -45,7 +45,7 @@ from labeling.services import create_comparison
 from training.ml.methods import method_named
 from training.models import BakeOff, BakeOffCandidate, EvaluationSample, Job, PolicyVersion, Run
 from training.services.evaluation import create_evaluation_job
-from training.services.jobs import enqueue_on_commit, run_job_now
+from training.services.jobs import enqueue_on_commit, keep_for_this_process, run_job_now
 from training.services.policy_updates import PolicyUpdateError, create_policy_update_job
 from training.services.reward_models import last_label_id
 from training.services.runs import latest_reward_model
@@ -57,14 +57,12 @@ class BakeOffError(ValueError):
     """A bake-off cannot start, or a candidate cannot be promoted; the message says why."""
 
 
-def leave_for_the_process_that_started_it(job: Job) -> None:
-    """Inline bake-offs: `run_bakeoff_here` runs the pending jobs itself."""
-
-
-# Who runs a bake-off's jobs, by BakeOff.dispatch.
+# Who runs a bake-off's jobs, by BakeOff.dispatch: the workers, or (a command's inline
+# mode) `run_bakeoff_here` in the process that started it, the job sweep leaving those
+# jobs alone while they wait their turn.
 DISPATCHERS: dict[str, Callable[[Job], None]] = {
     BakeOff.Dispatch.QUEUE: enqueue_on_commit,
-    BakeOff.Dispatch.INLINE: leave_for_the_process_that_started_it,
+    BakeOff.Dispatch.INLINE: keep_for_this_process,
 }
 
 
