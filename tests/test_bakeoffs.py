@@ -151,6 +151,19 @@ def test_the_job_sweep_leaves_an_inline_bakeoffs_waiting_jobs_to_its_process(bak
     assert all(c.job.params["inline"] for c in bakeoff.candidates.all())
 
 
+def test_the_command_queues_the_candidates_or_says_why_not(bakeoff_world, django_capture_on_commit_callbacks):
+    from django.core.management.base import CommandError
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        call_command("start_bakeoff", "--run", bakeoff_world.run.name, "--methods", "dpo, sft_chosen", "--enqueue")
+    bakeoff = BakeOff.objects.get()
+    assert bakeoff.dispatch == BakeOff.Dispatch.QUEUE and len(callbacks) == 2  # each job sent once committed
+    assert [c.method for c in bakeoff.candidates.all()] == ["dpo", "sft_chosen"]
+    with pytest.raises(CommandError, match="unknown method"):
+        call_command("start_bakeoff", "--run", bakeoff_world.run.name, "--methods", "dpo,telepathy")
+    assert BakeOff.objects.count() == 1
+
+
 def test_every_candidate_failing_fails_the_bakeoff(bakeoff_world):
     bakeoff = services.start_bakeoff(bakeoff_world.run, ["ppo", "dpo"])
     for candidate in bakeoff.candidates.all():
