@@ -164,6 +164,35 @@ def test_the_command_queues_the_candidates_or_says_why_not(bakeoff_world, django
     assert BakeOff.objects.count() == 1
 
 
+def test_a_paused_run_holds_its_bakeoff_before_the_evaluation_until_it_resumes(bakeoff_world, people):
+    bakeoff = services.start_bakeoff(bakeoff_world.run, ["dpo"])
+    services.pause_runs(people.annotator, "looks wrong")
+    publish(bakeoff_world.run, 1, bakeoff_world.v0, "dpo")
+    finish(bakeoff.candidates.get().job, policy_version=1)
+    bakeoff.refresh_from_db()
+    assert (bakeoff.status, bakeoff.evaluation_job) == (BakeOff.Status.TRAINING, None)
+    assert bakeoff.candidates.get().version.number == 1  # recorded all the same
+    services.resume_runs([bakeoff_world.run])
+    bakeoff.refresh_from_db()
+    assert bakeoff.status == BakeOff.Status.EVALUATING and bakeoff.evaluation_job.kind == Job.Kind.EVALUATE
+
+
+def test_an_inline_bakeoff_held_by_a_pause_is_handed_to_the_workers(bakeoff_world, people, monkeypatch):
+    bakeoff = services.start_bakeoff(bakeoff_world.run, ["dpo"], dispatch=BakeOff.Dispatch.INLINE)
+    services.pause_runs(people.annotator, "looks wrong")
+
+    def train(job):  # what the worker leaves behind, without the model
+        publish(bakeoff_world.run, 1, bakeoff_world.v0, "dpo")
+        finish(job, policy_version=1)
+        return job
+
+    monkeypatch.setattr("training.services.bakeoffs.run_job_now", train)
+    with pytest.raises(services.BakeOffError, match="run is paused"):
+        services.run_bakeoff_here(bakeoff)
+    bakeoff.refresh_from_db()
+    assert (bakeoff.status, bakeoff.dispatch) == (BakeOff.Status.TRAINING, BakeOff.Dispatch.QUEUE)
+
+
 def test_every_candidate_failing_fails_the_bakeoff(bakeoff_world):
     bakeoff = services.start_bakeoff(bakeoff_world.run, ["ppo", "dpo"])
     for candidate in bakeoff.candidates.all():

@@ -16,6 +16,9 @@ a redelivered task announces again):
     failed     → every candidate failed, or the evaluation did (a failed candidate alone
                  is shown failed and the others go on)
 
+While the run is paused (the stop button), a bake-off whose candidates are done waits
+before its evaluation, as a round waits before its next stage; resuming moves it on.
+
 Candidate jobs belong to no round, so nothing moves the run's head while they train;
 only `promote_candidate` does, and it changes nothing else.
 
@@ -121,12 +124,23 @@ def advance_bakeoff(sender, job: Job, **kwargs) -> None:
     if not job.is_finished or (found := bakeoff_of(job)) is None:
         return
     with transaction.atomic():
+        # The run row first, as resume_runs takes it: a resume and a finishing job see
+        # each other's pause state, so a waiting bake-off is moved on exactly once.
+        run = Run.objects.select_for_update().get(pk=found.run_id)
         bakeoff = BakeOff.objects.select_for_update().get(pk=found.pk)
         record_candidate_versions(bakeoff)
-        if bakeoff.status == BakeOff.Status.TRAINING:
+        if bakeoff.status == BakeOff.Status.TRAINING and not run.paused:
             finish_training(bakeoff)
         elif bakeoff.status == BakeOff.Status.EVALUATING and job.pk == bakeoff.evaluation_job_id:
             finish_evaluation(bakeoff, job)
+
+
+def resume_bakeoffs(run: Run) -> None:
+    """After a paused run resumes (resume_runs holds its row lock): its bake-offs whose
+    candidates all finished while it was paused go on to their evaluation. Like a
+    round, a bake-off starts no new job while its run is paused."""
+    for bakeoff in BakeOff.objects.select_for_update().filter(run=run, status=BakeOff.Status.TRAINING):
+        finish_training(bakeoff)
 
 
 def record_candidate_versions(bakeoff: BakeOff) -> None:
@@ -235,7 +249,11 @@ def run_bakeoff_here(bakeoff: BakeOff, on_job: Callable[[Job], None] | None = No
             return bakeoff
         pending = bakeoff_jobs(bakeoff).filter(status=Job.Status.PENDING).order_by("pk").first()
         if pending is None:
-            raise BakeOffError(f"{bakeoff} waits on jobs that another process runs")
+            why = "its run is paused (the workers take it on once resumed)" if bakeoff.run.paused else \
+                "it waits on jobs that another process runs"
+            if bakeoff.run.paused:  # once resumed, nobody here runs what comes next
+                BakeOff.objects.filter(pk=bakeoff.pk).update(dispatch=BakeOff.Dispatch.QUEUE)
+            raise BakeOffError(f"{bakeoff} stopped here: {why}")
         if on_job is not None:
             on_job(pending)
         run_job_now(pending)
