@@ -97,7 +97,7 @@ def judged_bakeoff(bakeoff_world, people):
     return SimpleNamespace(**vars(bakeoff_world), bakeoff=bakeoff, v1=v1, jobs=jobs)
 
 
-def test_candidates_start_together_pinned_alike_and_leave_the_head_alone(bakeoff_world, people):
+def test_candidates_start_together_pinned_alike_and_leave_the_head_alone(bakeoff_world, people, client):
     run = bakeoff_world.run
     run.method_config = {**run.method_config, "kl_coef": 0.123}
     run.save()
@@ -131,6 +131,12 @@ def test_candidates_start_together_pinned_alike_and_leave_the_head_alone(bakeoff
     assert bakeoff.status == BakeOff.Status.EVALUATING
     assert bakeoff.evaluation_job.params["reward_model"] == 1  # the pinned judge
     assert [c.version.number for c in bakeoff.candidates.all()] == [1, 2, 3]
+    client.force_login(people.researcher)
+    page = client.get(reverse("bakeoff_detail", args=[bakeoff.pk]))
+    assert page.status_code == 200 and "Answering the evaluation prompts" in page.content.decode()
+    assert page.context["games"] == 0 and page.context["rows"][0]["strength"] is None
+    version_page = client.get(reverse("version_detail", args=[2])).content.decode()
+    assert reverse("bakeoff_detail", args=[bakeoff.pk]) in version_page and "a candidate" in version_page
 
 
 def test_a_method_that_cannot_train_refuses_the_whole_bakeoff(base_run, base_policy, people):

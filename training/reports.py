@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import combinations
 
+from django.db.models import Q
+
 from labeling.models import Comparison, ComparisonItem, Label
 from labeling.rendering import render_untrusted_markdown
 from labeling.statistics import (
@@ -127,8 +129,9 @@ def run_ranking(run: Run) -> dict | None:
             "strengths": fit_bradley_terry(games, anchor=anchor)}
 
 
-def head_to_head(games: list[Game], version: int, other: int) -> WinRate:
-    """`version`'s win rate against `other` (ties count half), with a 95% interval."""
+def head_to_head(games: list[Game] | list[PlayerGame], version: int | str, other: int | str) -> WinRate:
+    """`version`'s win rate against `other` (ties count half), with a 95% interval;
+    players named as the games name them (version numbers, or `v3` and system names)."""
     wins = ties = losses = 0
     for first, second, outcome in games:
         if (first, second) == (version, other):
@@ -330,13 +333,14 @@ def version_page(version: PolicyVersion) -> dict:
     neighbours = [run.base_version, *([version.parent] if version.parent_id else []), version]
     versions = list({v.number: v for v in neighbours if v is not None}.values())  # base, parent, this; each once
     produced_by = version.rounds_produced.first()
+    bakeoffs = BakeOff.objects.filter(Q(start=version) | Q(candidates__version=version)).distinct()
     curves = method_curves([version])
     return {
         "version": version, "run": run, "produced_by": produced_by, "win_rates": rows[0] if rows else None,
         "judge": judge, "method": METHODS.get(version.method), "config": version.config,
         "policy_metrics": summary_metrics(version), "shown_versions": versions,
         "evaluation": evaluation_grid(run, versions, judge), "charts": curves, "curve_charts": list(curves),
-        "children": list(version.children.select_related("run")),
+        "children": list(version.children.select_related("run")), "bakeoffs": list(bakeoffs),
     }
 
 
