@@ -98,6 +98,9 @@ class Comparison(models.Model):
         POLICY = "policy", "Samples of one policy version"
         CROSS_VERSION = "cross_version", "New version vs an earlier one"
         IMPORTED = "imported", "Imported"
+        # Candidates of a bake-off (and its start) on the run's evaluation prompts: they
+        # measure methods and train nothing (Run.label_scope leaves them out).
+        BAKEOFF = "bakeoff", "Bake-off candidates"
 
     run = models.ForeignKey("training.Run", on_delete=models.PROTECT, related_name="comparisons",
                             help_text="The run whose reward models and methods learn from its labels.")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from training.models import Job, PolicyVersion, RewardModelVersion, Round, Run
+from training.models import BakeOff, BakeOffCandidate, Job, PolicyVersion, RewardModelVersion, Round, Run
 
 
 @admin.register(Run)
@@ -37,3 +37,19 @@ class RewardModelVersionAdmin(admin.ModelAdmin):
     list_display = ("number", "run", "label_count", "train_pairs", "heldout_pairs", "heldout_accuracy", "created_at")
     list_filter = ("run",)
     readonly_fields = ("metrics", "config")
+
+
+class BakeOffCandidateInline(admin.TabularInline):
+    model = BakeOffCandidate
+    raw_id_fields = ("job", "version")
+    readonly_fields = ("config",)
+    extra = 0
+
+
+@admin.register(BakeOff)
+class BakeOffAdmin(admin.ModelAdmin):
+    list_display = ("id", "run", "start", "reward_model", "status", "promoted", "created_at")
+    list_filter = ("run", "status")
+    raw_id_fields = ("start", "reward_model", "evaluation_job", "promoted")
+    readonly_fields = ("comparisons",)
+    inlines = [BakeOffCandidateInline]

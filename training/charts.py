@@ -51,7 +51,10 @@ def win_rates(rows: list[dict]) -> dict:
                   shapes=[chance_line(0.5)])
 
 
-def bradley_terry(rankings: list[dict]) -> dict:
+BRADLEY_TERRY_TITLE = "Bradley–Terry strength vs the run's base, or its anchor (log-odds, 95% interval)"
+
+
+def bradley_terry(rankings: list[dict], title: str = BRADLEY_TERRY_TITLE) -> dict:
     """One series per run: each player's strength against the run's anchor (its base),
     versions by number, then outside systems by name."""
     data = []
@@ -63,8 +66,7 @@ def bradley_terry(rankings: list[dict]) -> dict:
                      "x": [plain_text(s.player) for s in ordered], "y": [s.score for s in ordered],
                      "error_y": {"type": "data", "symmetric": False, "array": [s.high - s.score for s in ordered],
                                  "arrayminus": [s.score - s.low for s in ordered]}})
-    return figure("Bradley–Terry strength vs the run's base, or its anchor (log-odds, 95% interval)", data,
-                  shapes=[chance_line(0.0)])
+    return figure(title, data, shapes=[chance_line(0.0)])
 
 
 def plain_text(text: str) -> str:

@@ -147,6 +147,13 @@ class StartRoundForm(forms.Form):
     recipe = forms.ChoiceField(choices=[("", "the run's recipe")] + RECIPE_CHOICES, required=False)
 
 
+class StartBakeOffForm(forms.Form):
+    methods = forms.MultipleChoiceField(
+        choices=METHOD_CHOICES, widget=forms.CheckboxSelectMultiple, label="Methods",
+        help_text="Each trains a candidate from the head with its default config (the run's own config for the "
+                  "run's method), on the same labels and reward model.")
+
+
 class GenerateComparisonsForm(forms.Form):
     policy = forms.ModelChoiceField(queryset=PolicyVersion.objects.none(), empty_label=None)
     prompt_count = forms.IntegerField(min_value=1, max_value=10_000, initial=16, label="Prompts")

@@ -7,6 +7,10 @@ from django.utils import timezone
 
 from training.recipes import DONE, RECIPES, STAGE_TITLES
 
+BAKEOFF_SOURCE = "bakeoff"
+"""labeling's Comparison.Source.BAKEOFF, named here so this module need not import the
+labeling app's models."""
+
 
 class Run(models.Model):
     """One lineage of policy versions and reward models with its own settings and head.
@@ -77,12 +81,15 @@ class Run(models.Model):
         return scope
 
     def label_scope(self) -> Q:
-        """A filter on labels: those this run's reward models and methods learn from."""
+        """A filter on labels: those this run's reward models and methods learn from.
+        Labels on bake-off comparisons are not among them: those compare answers to the
+        run's held-out evaluation prompts, and a judge that trained on them would no
+        longer be judging unseen prompts (see training/services/bakeoffs.py)."""
         scope = Q(pk__in=[])
         for run, bound in self.lineage():
             part = Q(comparison__run=run)
             scope |= part if bound is None else part & Q(pk__lte=bound)
-        return scope
+        return scope & ~Q(comparison__source=BAKEOFF_SOURCE)
 
 
 class PolicyVersion(models.Model):
@@ -396,3 +403,79 @@ class RunDataset(models.Model):
 
     def __str__(self) -> str:
         return f"{self.dataset} in {self.run} (weight {self.weight:g})"
+
+
+class BakeOff(models.Model):
+    """Several methods trained from one start version on the same labels and the same
+    reward model (all pinned here, identically for every candidate), then judged blind
+    by people on the run's evaluation prompts. The researcher promotes one candidate to
+    be the run's head; the others stay as branches of the lineage.
+    The state machine lives in training/services/bakeoffs.py."""
+
+    class Status(models.TextChoices):
+        TRAINING = "training", "Training the candidates"
+        EVALUATING = "evaluating", "Answering the evaluation prompts"
+        JUDGING = "judging", "Comparisons in the labeling queue"
+        FAILED = "failed", "Failed"
+
+    class Dispatch(models.TextChoices):
+        QUEUE = "queue", "Celery workers"
+        INLINE = "inline", "The process that started it"
+
+    run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="bakeoffs")
+    start = models.ForeignKey(PolicyVersion, on_delete=models.PROTECT, related_name="bakeoffs_started",
+                              help_text="The version every candidate trains from (the run's head when it started).")
+    reward_model = models.ForeignKey(RewardModelVersion, null=True, blank=True, on_delete=models.PROTECT,
+                                     related_name="bakeoffs",
+                                     help_text="Pinned for every candidate, and the judge of the evaluation answers.")
+    label_bound = models.BigIntegerField(help_text="Every candidate learns from labels up to this id.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.TRAINING)
+    dispatch = models.CharField(max_length=16, choices=Dispatch.choices, default=Dispatch.QUEUE,
+                                help_text="Who runs its jobs: the workers, or a command waiting in its own process.")
+    evaluation_job = models.ForeignKey("Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    comparisons = models.ManyToManyField("labeling.Comparison", blank=True, related_name="bakeoffs")
+    promoted = models.ForeignKey("BakeOffCandidate", null=True, blank=True, on_delete=models.SET_NULL,
+                                 related_name="+", help_text="The candidate last promoted to the run's head.")
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True,
+                                       help_text="When its comparisons were queued, or it failed.")
+
+    class Meta:
+        ordering = ["-pk"]
+
+    def __str__(self) -> str:
+        return f"bake-off {self.pk}"
+
+    @property
+    def is_settled(self) -> bool:
+        """Judging or failed: no job of it is left to run."""
+        return self.status in (self.Status.JUDGING, self.Status.FAILED)
+
+
+class BakeOffCandidate(models.Model):
+    """One method of a bake-off: its pinned config, the job that trains it, and the
+    sibling version that job publishes."""
+
+    bakeoff = models.ForeignKey(BakeOff, on_delete=models.CASCADE, related_name="candidates")
+    method = models.CharField(max_length=32)
+    config = models.JSONField(default=dict, blank=True, help_text="The method's config, as its job pinned it.")
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    version = models.ForeignKey(PolicyVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+
+    class Meta:
+        ordering = ["pk"]
+        constraints = [models.UniqueConstraint(fields=["bakeoff", "method"], name="method_once_per_bakeoff")]
+
+    def __str__(self) -> str:
+        return f"{self.method} in {self.bakeoff}"
+
+    @property
+    def compute_seconds(self) -> float | None:
+        """Wall time of its job, started to finished (the last attempt's start)."""
+        job = self.job
+        if job is None or job.started_at is None or job.finished_at is None:
+            return None
+        return (job.finished_at - job.started_at).total_seconds()

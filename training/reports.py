@@ -3,7 +3,7 @@ runs side by side) the timeline, reward-model accuracy, each method's own curves
 rates of policy versions (from people, on cross-version comparisons, and from the run's
 reward model, on its evaluation prompts), a Bradley–Terry ranking of the run's versions
 and of the outside systems whose answers were imported into it (Arena-style), and the
-evaluation answers side by side.
+evaluation answers side by side; and a bake-off's candidates, ranked by people.
 
 Human numbers count people only: labels whose origin is not "human" are left out. The
 maths lives in `training.ml.rating` and `labeling.agreement`; this module gathers rows.
@@ -16,6 +16,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import combinations
+
+from django.db.models import Q
 
 from labeling.models import Comparison, ComparisonItem, Label
 from labeling.rendering import render_untrusted_markdown
@@ -30,7 +32,15 @@ from prefloop import charts as prefloop_charts
 from training import charts
 from training.ml.methods import METHODS
 from training.ml.rating import WinRate, fit_bradley_terry, win_rate
-from training.models import EvaluationSample, PolicyVersion, RewardModelVersion, RewardScore, Round, Run
+from training.models import (
+    BakeOff,
+    EvaluationSample,
+    PolicyVersion,
+    RewardModelVersion,
+    RewardScore,
+    Round,
+    Run,
+)
 from training.services.evaluation import lineage_versions
 
 # Outcome for the first version of a judged pair: ties and "both bad" say neither is
@@ -44,19 +54,22 @@ PlayerGame = tuple[str, str, float]
 """(player, other player, outcome for the first), a player being a policy version (`v3`)
 or an outside system (its name; the import refuses names like `v3`)."""
 
-# Comparisons between different players: a version against another, and the imported
-# ones (outside systems against each other or against a version). The other sources
-# compare one version's own samples and rank nothing.
-RANKED_SOURCES = (Comparison.Source.CROSS_VERSION, Comparison.Source.IMPORTED)
+# Comparisons between different versions: rounds' cross-version ones and bake-offs'.
+VERSUS_SOURCES = (Comparison.Source.CROSS_VERSION, Comparison.Source.BAKEOFF)
+# Comparisons between different players: those, and the imported ones (outside systems
+# against each other or against a version). The other sources compare one version's
+# own samples and rank nothing.
+RANKED_SOURCES = (*VERSUS_SOURCES, Comparison.Source.IMPORTED)
 
 
 def version_games(runs: Iterable[Run] | None = None) -> list[Game]:
     """Every human judgement between two different policy versions, on cross-version
-    comparisons (of the given runs, or all). A K-way ranking gives one game per pair of
-    versions in it. Completions from outside systems are not versions and are skipped."""
+    and bake-off comparisons (of the given runs, or all). A K-way ranking gives one game
+    per pair of versions in it. Completions from outside systems are not versions and
+    are skipped."""
     versions_at: dict[int, dict[int, int | None]] = defaultdict(dict)
-    items = ComparisonItem.objects.filter(comparison__source=Comparison.Source.CROSS_VERSION)
-    labels = human_labels().filter(comparison__source=Comparison.Source.CROSS_VERSION)
+    items = ComparisonItem.objects.filter(comparison__source__in=VERSUS_SOURCES)
+    labels = human_labels().filter(comparison__source__in=VERSUS_SOURCES)
     if runs is not None:
         items = items.filter(comparison__run__in=list(runs))
         labels = labels.filter(comparison__run__in=list(runs))
@@ -134,8 +147,9 @@ def linked_players(games: list[PlayerGame], anchor: str) -> set[str]:
     return linked
 
 
-def head_to_head(games: list[Game], version: int, other: int) -> WinRate:
-    """`version`'s win rate against `other` (ties count half), with a 95% interval."""
+def head_to_head(games: list[Game] | list[PlayerGame], version: int | str, other: int | str) -> WinRate:
+    """`version`'s win rate against `other` (ties count half), with a 95% interval;
+    players named as the games name them (version numbers, or `v3` and system names)."""
     wins = ties = losses = 0
     for first, second, outcome in games:
         if (first, second) == (version, other):
@@ -337,13 +351,14 @@ def version_page(version: PolicyVersion) -> dict:
     neighbours = [run.base_version, *([version.parent] if version.parent_id else []), version]
     versions = list({v.number: v for v in neighbours if v is not None}.values())  # base, parent, this; each once
     produced_by = version.rounds_produced.first()
+    bakeoffs = BakeOff.objects.filter(Q(start=version) | Q(candidates__version=version)).distinct()
     curves = method_curves([version])
     return {
         "version": version, "run": run, "produced_by": produced_by, "win_rates": rows[0] if rows else None,
         "judge": judge, "method": METHODS.get(version.method), "config": version.config,
         "policy_metrics": summary_metrics(version), "shown_versions": versions,
         "evaluation": evaluation_grid(run, versions, judge), "charts": curves, "curve_charts": list(curves),
-        "children": list(version.children.select_related("run")),
+        "children": list(version.children.select_related("run")), "bakeoffs": list(bakeoffs),
     }
 
 
@@ -356,3 +371,70 @@ def summary_metrics(version: PolicyVersion) -> dict:
         last.update({key: value for key, value in entry.items() if key != "step" and isinstance(value, int | float)})
     examples = metrics.get("examples", metrics.get("episodes"))
     return {"seconds": metrics.get("seconds"), "examples": examples, **metrics.get("summary", {}), **last}
+
+
+def bakeoff_games(bakeoff: BakeOff) -> list[PlayerGame]:
+    """People's judgements on the bake-off's comparisons, between players named `vN`."""
+    players_at: dict[int, dict[int, str | None]] = defaultdict(dict)
+    comparisons = bakeoff.comparisons.all()
+    for comparison_id, position, number in ComparisonItem.objects.filter(comparison__in=comparisons).values_list(
+            "comparison_id", "position", "completion__policy_version__number"):
+        players_at[comparison_id][position] = None if number is None else f"v{number}"
+    return judged_games(players_at, human_labels().filter(comparison__in=comparisons))
+
+
+def reward_model_scores(run: Run, reward_model: RewardModelVersion | None,
+                        versions: list[PolicyVersion]) -> RewardModelView:
+    """One reward model's scores of the versions' answers to the run's evaluation prompts."""
+    scores: dict[int, dict[int, float]] = defaultdict(dict)
+    if reward_model is not None:
+        rows = RewardScore.objects.filter(reward_model=reward_model, completion__policy_version__in=versions,
+                                          completion__prompt__evaluations__run=run).values_list(
+            "completion__policy_version__number", "completion__prompt_id", "score")
+        for version, prompt_id, score in rows:
+            scores[version][prompt_id] = score
+    return RewardModelView(reward_model.number if reward_model else None, dict(scores))
+
+
+def last_logged_kl(version: PolicyVersion) -> float | None:
+    """The KL to the reference its method logged last (`ppo/kl`, `grpo/kl`, ...); None
+    for methods that do not measure it (DPO, SFT, best-of-N)."""
+    key = f"{version.method}/kl"
+    history = version.metrics.get("history", []) if isinstance(version.metrics, dict) else []
+    return next((entry[key] for entry in reversed(history) if isinstance(entry.get(key), int | float)), None)
+
+
+def bakeoff_page(bakeoff: BakeOff) -> dict:
+    """A bake-off: its candidates ranked by people's Bradley–Terry scores (anchored on
+    the start), each one's win rate against the start, mean reward-model score, KL to
+    the reference, compute time, and the evaluation answers side by side."""
+    run, start = bakeoff.run, bakeoff.start
+    candidates = list(bakeoff.candidates.select_related("job", "version"))
+    versions = [c.version for c in candidates if c.version_id]
+    games = bakeoff_games(bakeoff)
+    anchor = f"v{start.number}"
+    strengths = {s.player: s for s in fit_bradley_terry(games, anchor=anchor)} if games else {}
+    judge = reward_model_scores(run, bakeoff.reward_model, [start, *versions])
+    rows = []
+    for candidate in candidates:
+        version = candidate.version
+        player = f"v{version.number}" if version else None
+        rows.append({
+            "candidate": candidate, "version": version, "strength": strengths.get(player),
+            "vs_start": head_to_head(games, player, anchor) if version else None,
+            "rm_mean_score": judge.mean_score(version.number) if version else None,
+            "kl": last_logged_kl(version) if version else None, "seconds": candidate.compute_seconds,
+            "is_head": version is not None and version.pk == run.head_id,
+        })
+    rows.sort(key=lambda row: (row["strength"] is None, -(row["strength"].score if row["strength"] else 0.0)))
+    ranking = {"run": run, "strengths": list(strengths.values()), "systems": set()}
+    return {
+        "bakeoff": bakeoff, "run": run, "rows": rows, "games": len(games), "start_strength": strengths.get(anchor),
+        "start_rm_mean_score": judge.mean_score(start.number), "judge": judge,
+        "shown_versions": [start, *versions], "evaluation": evaluation_grid(run, [start, *versions], judge),
+        "charts": {"bakeoff-strengths": charts.bradley_terry(
+            [ranking] if games else [],
+            f"Bradley–Terry strength vs the start, v{start.number} (log-odds, 95% interval)")},
+        "comparisons": bakeoff.comparisons.count(),
+        "labeled": bakeoff.comparisons.filter(label_count__gt=0).count(),
+    }

@@ -23,12 +23,13 @@ from training.forms import (
     GuidelinesForm,
     RunDatasetForm,
     RunSettingsForm,
+    StartBakeOffForm,
     StartRoundForm,
     StopLoopForm,
 )
 from training.ml.export import iter_tar
 from training.ml.methods import METHODS
-from training.models import Job, PolicyVersion, Round, Run
+from training.models import BakeOff, BakeOffCandidate, Job, PolicyVersion, Round, Run
 from training.recipes import RECIPES
 from training.services.exports import policy_export
 from training.services.workers import worker_status
@@ -78,6 +79,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         "guidelines_form": GuidelinesForm(initial={"guidelines": run.guidelines}),
         "guidelines_html": render_untrusted_markdown(run.guidelines),
         "run_datasets": run.datasets.select_related("dataset"), "dataset_form": RunDatasetForm(),
+        "bakeoff_form": StartBakeOffForm(), "bakeoffs": run.bakeoffs.select_related("start")[:20],
     }
     return render(request, "training/run.html", context, status=400 if form.errors else 200)
 
@@ -144,6 +146,41 @@ def start_round(request: HttpRequest, run_id: int) -> HttpResponse:
         return f"Started {round_} of {run.name} ({round_.recipe_title}).", here
 
     return act(request, start, refused="Not started", back=here)
+
+
+@staff_required
+@require_POST
+def start_bakeoff(request: HttpRequest, run_id: int) -> HttpResponse:
+    run = get_object_or_404(Run, pk=run_id)
+
+    def start():
+        methods = valid_data(StartBakeOffForm(request.POST))["methods"]
+        bakeoff = services.start_bakeoff(run, methods, requested_by=request.user)
+        return (f"Started {bakeoff} of {run.name}: {len(methods)} candidate(s) from v{bakeoff.start.number}.",
+                reverse("bakeoff_detail", args=[bakeoff.pk]))
+
+    return act(request, start, refused="No bake-off started", back=reverse("run_detail", args=[run.pk]))
+
+
+@staff_required
+@require_GET
+def bakeoff_detail(request: HttpRequest, bakeoff_id: int) -> HttpResponse:
+    bakeoff = get_object_or_404(BakeOff.objects.select_related("run", "start", "reward_model", "promoted"),
+                                pk=bakeoff_id)
+    return render(request, "training/bakeoff.html", reports.bakeoff_page(bakeoff))
+
+
+@staff_required
+@require_POST
+def promote_candidate(request: HttpRequest, candidate_id: int) -> HttpResponse:
+    candidate = get_object_or_404(BakeOffCandidate.objects.select_related("bakeoff__run"), pk=candidate_id)
+    here = reverse("bakeoff_detail", args=[candidate.bakeoff_id])
+
+    def promote():
+        version = services.promote_candidate(candidate)
+        return f"v{version.number} ({candidate.method}) is now the head of {candidate.bakeoff.run.name}.", here
+
+    return act(request, promote, refused="Not promoted", back=here)
 
 
 @staff_required

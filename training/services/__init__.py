@@ -1,10 +1,17 @@
 """Domain functions of the training app, by responsibility: runs, generation (comparisons
 sampled from policy versions), reward models, policy updates, rounds and their stages,
-evaluation, publishing artifacts and job dispatch. Importing this package registers
+evaluation, bake-offs, publishing artifacts and job dispatch. Importing this package registers
 every job type (training/services/jobs.py)."""
 
 from __future__ import annotations
 
+from training.services.bakeoffs import (
+    BakeOffError,
+    advance_bakeoff,
+    promote_candidate,
+    run_bakeoff_here,
+    start_bakeoff,
+)
 from training.services.datasets import (
     DatasetError,
     run_dataset_import_job,
@@ -63,6 +70,11 @@ from training.services.runs import (
 )
 
 __all__ = [
+    "BakeOffError",
+    "advance_bakeoff",
+    "promote_candidate",
+    "run_bakeoff_here",
+    "start_bakeoff",
     "DatasetError",
     "run_dataset_import_job",
     "start_dataset_import",

@@ -31,7 +31,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from training.models import Job, Run
-from training.services.jobs import JOB_TYPES, announce_finished, send_job
+from training.services.jobs import INLINE, JOB_TYPES, announce_finished, send_job
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,8 @@ def restart_silent_job(job: Job, report: SweepReport) -> None:
 def resend_lost_messages(report: SweepReport, now) -> None:
     waited = now - timedelta(seconds=settings.PREFLOOP_JOB_RESEND_SECONDS)
     pending = list(Job.objects.filter(status=Job.Status.PENDING)
-                   .filter(Q(queued_at__lte=waited) | Q(queued_at__isnull=True, created_at__lte=waited)))
+                   .filter(Q(queued_at__lte=waited) | Q(queued_at__isnull=True, created_at__lte=waited))
+                   .exclude(params__has_key=INLINE))  # its own process runs it
     if not pending:
         return
     try:

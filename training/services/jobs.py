@@ -123,6 +123,17 @@ def enqueue_on_commit(job: Job) -> None:
     transaction.on_commit(send)
 
 
+INLINE = "inline"
+"""A job param: the process that created the job runs it (a command's inline mode), so
+the job sweep never sends it to the broker, however long it waits its turn there."""
+
+
+def keep_for_this_process(job: Job) -> None:
+    """Mark a pending job as one this process will run with `run_job_now`."""
+    job.params = {**job.params, INLINE: True}
+    Job.objects.filter(pk=job.pk).update(params=job.params)
+
+
 @contextmanager
 def heartbeat(job: Job, interval: float | None = None):
     """While the body runs, a thread writes the job's heartbeat every `interval`

@@ -44,9 +44,13 @@ def update_prompts(run: Run, count: int, seed: int) -> list[Prompt]:
 def create_policy_update_job(
     run: Run, start: PolicyVersion, reward_model: RewardModelVersion | None, round_: Round | None = None,
     requested_by: AbstractBaseUser | None = None, method: str | None = None, method_config: dict | None = None,
+    label_bound: int | None = None, prompt_seed: int | None = None,
 ) -> Job:
     """A job pinned to everything it will use. The method and config are the run's
-    unless given (a bake-off trains several methods from one start)."""
+    unless given (a bake-off trains several methods from one start). Labels up to
+    `label_bound` (default: every label so far) and prompts sampled with `prompt_seed`
+    (default: the job's id): a bake-off passes its own, so that every candidate learns
+    from the same labels and the same prompts."""
     chosen = method_named(method or run.method)
     config = chosen.config(run.method_config if method_config is None else method_config)
     if REWARD_MODEL in chosen.needs and reward_model is None:
@@ -59,12 +63,12 @@ def create_policy_update_job(
     if REWARD_MODEL in chosen.needs:
         inputs["reward_model"] = reward_model.number
     if PROMPTS in chosen.needs:
-        prompts = update_prompts(run, run.update_prompts, seed=job.pk)
+        prompts = update_prompts(run, run.update_prompts, seed=job.pk if prompt_seed is None else prompt_seed)
         if not prompts:
             raise PolicyUpdateError("there are no prompts to sample from")
         inputs["prompt_ids"] = [p.pk for p in prompts]
     if PAIRS in chosen.needs:
-        inputs["last_label_id"] = last_label_id()
+        inputs["last_label_id"] = last_label_id() if label_bound is None else label_bound
         inputs["datasets"] = datasets
     job.params = {"method": chosen.name, "config": {**config_to_dict(config), "seed": job.pk}, "inputs": inputs}
     job.save(update_fields=["params"])

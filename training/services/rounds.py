@@ -20,6 +20,7 @@ from labeling.models import Prompt
 from training.ml.methods import PAIRS, REWARD_MODEL, method_named
 from training.models import Job, Round, Run
 from training.recipes import DONE, recipe_named
+from training.services.bakeoffs import resume_bakeoffs
 from training.services.datasets import FOR_METHODS, has_dataset_pairs
 from training.services.policy_updates import PolicyUpdateError
 from training.services.reward_models import has_reward_training_data, maybe_request_reward_training, preference_labels
@@ -126,7 +127,7 @@ def stage_is_waiting(round_: Round) -> bool:
 
 def resume_runs(runs) -> int:
     """Staff only (the views check). Each run's round that waited at a stage boundary
-    goes on. Returns how many runs were resumed."""
+    goes on, and so does each bake-off that waited before its evaluation. Returns how many runs were resumed."""
     resumed = 0
     for run in runs:
         with transaction.atomic():
@@ -138,6 +139,7 @@ def resume_runs(runs) -> int:
             locked.paused, locked.paused_by, locked.paused_at, locked.pause_reason = False, None, None, ""
             locked.save(update_fields=["paused", "paused_by", "paused_at", "pause_reason"])
             resumed += 1
+            resume_bakeoffs(locked)
             waiting = Round.objects.select_for_update().filter(run=locked, status=Round.Status.RUNNING).first()
             if waiting is not None and stage_is_waiting(waiting):
                 try:
