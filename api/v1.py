@@ -12,7 +12,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI, Router, Swagger
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
-from api.routers import datasets, exports, jobs, labels, prompts, rounds, runs
+from api.routers import bakeoffs, datasets, exports, jobs, labels, prompts, rounds, runs
 
 ROUTERS: list[tuple[str, Router]] = [
     ("/labels", labels.router),
@@ -22,6 +22,7 @@ ROUTERS: list[tuple[str, Router]] = [
     ("/rounds", rounds.router),
     ("/jobs", jobs.router),
     ("/datasets", datasets.router),
+    ("/bakeoffs", bakeoffs.router),
 ]
 
 DESCRIPTION = """Scripts and training pipelines talk to PrefLoop here. Send a personal

@@ -432,3 +432,30 @@ def test_the_command_trains_sibling_candidates_on_the_tiny_model(tiny_base, peop
     assert EvaluationSample.objects.count() == 6 and bakeoff.comparisons.count() == 6
     run.refresh_from_db()
     assert run.head == tiny_base
+
+
+def test_the_api_starts_reads_and_promotes(judged_bakeoff, bakeoff_world, people, client):
+    from api.services import create_token
+
+    key = create_token(people.researcher, "pipeline")[1]
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {key}"}
+    body = client.get(f"/api/v1/bakeoffs/{judged_bakeoff.bakeoff.pk}", **auth).json()
+    assert body["status"] == "judging" and body["start_version"] == 0 and body["comparisons"] > 0
+    by_method = {c["method"]: c for c in body["candidates"]}
+    assert by_method["ppo"]["version"] == 1 and by_method["grpo"]["version"] is None
+
+    response = client.post(f"/api/v1/bakeoffs/candidates/{by_method['grpo']['id']}/promote", **auth)
+    assert response.status_code == 400 and "no version" in response.json()["error"]
+    response = client.post(f"/api/v1/bakeoffs/candidates/{by_method['ppo']['id']}/promote", **auth)
+    assert response.status_code == 200 and response.json()["promoted"] == by_method["ppo"]["id"]
+    bakeoff_world.run.refresh_from_db()
+    assert bakeoff_world.run.head.number == 1
+
+    started = client.post(f"/api/v1/bakeoffs/runs/{bakeoff_world.run.pk}", {"methods": ["dpo", "sft_chosen"]},
+                          content_type="application/json", **auth)
+    assert started.status_code == 201, started.content
+    assert [c["method"] for c in started.json()["candidates"]] == ["dpo", "sft_chosen"]
+    assert started.json()["start_version"] == 1
+    refused = client.post(f"/api/v1/bakeoffs/runs/{bakeoff_world.run.pk}", {"methods": ["no-such"]},
+                          content_type="application/json", **auth)
+    assert refused.status_code == 400
