@@ -167,7 +167,8 @@ def start_bakeoff(request: HttpRequest, run_id: int) -> HttpResponse:
 def bakeoff_detail(request: HttpRequest, bakeoff_id: int) -> HttpResponse:
     bakeoff = get_object_or_404(BakeOff.objects.select_related("run", "start", "reward_model", "promoted"),
                                 pk=bakeoff_id)
-    return render(request, "training/bakeoff.html", reports.bakeoff_page(bakeoff))
+    jobs = services.bakeoff_jobs(bakeoff).select_related("requested_by", "round", "run")
+    return render(request, "training/bakeoff.html", {**reports.bakeoff_page(bakeoff), "jobs": jobs})
 
 
 @staff_required

@@ -8,6 +8,7 @@ from __future__ import annotations
 from training.services.bakeoffs import (
     BakeOffError,
     advance_bakeoff,
+    bakeoff_jobs,
     promote_candidate,
     run_bakeoff_here,
     start_bakeoff,
@@ -71,6 +72,7 @@ from training.services.runs import (
 
 __all__ = [
     "BakeOffError",
+    "bakeoff_jobs",
     "advance_bakeoff",
     "promote_candidate",
     "run_bakeoff_here",
