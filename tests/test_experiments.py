@@ -41,7 +41,7 @@ noise = 0.1
 method = "ppo"
 update_prompts = 8
 reward_config = {{ learning_rate = 0.003, epochs = 1, ensemble_size = 2 }}
-method_config = {{ batch_size = 8, response_length = 8, learning_rate = 0.002, total_episodes = 16 }}
+method_config = {{ batch_size = 8, response_length = 8, learning_rate = 0.002, total_episodes = 8 }}
 """
 
 
