@@ -100,7 +100,7 @@ def run_experiment(experiment: Experiment, driver: Driver) -> Experiment:
             for arm_run in experiment.arm_runs.select_related("run"):
                 log.info("%s: %s", experiment, arm_run)
                 SCHEDULES[arm_run.schedule].walk(ArmWalk(arm_run, design, judge, driver))
-    except Exception as error:
+    except BaseException as error:  # Ctrl-C too: the page should not say "running" forever
         experiment.mark_finished(error=f"{type(error).__name__}: {error}")
         raise
     experiment.mark_finished()
