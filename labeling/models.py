@@ -16,6 +16,16 @@ def conversation_hash(messages: list[dict]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+class LabeledBy(models.TextChoices):
+    """Who labels a run's comparisons (training.Run.labeled_by). The labeling queue
+    serves people only the comparisons of runs that people label; an experiment's arms
+    are labeled by a simulated annotator with a hidden gold reward, and a person's label
+    there would leak outside judgement into a measurement."""
+
+    PEOPLE = "people", "People, through the labeling queue"
+    SIMULATOR = "simulator", "A simulated annotator only (an experiment's arm)"
+
+
 class Prompt(models.Model):
     """An instruction to complete: a conversation ending with a user turn. A plain-text
     prompt is stored as a one-message conversation so every consumer sees one shape."""

@@ -20,7 +20,7 @@ from django.db.models import Count, F, OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from labeling.models import Assignment, Comparison, ComparisonItem, Completion, Label, Prompt
+from labeling.models import Assignment, Comparison, ComparisonItem, Completion, Label, LabeledBy, Prompt
 from labeling.signals import label_submitted, label_undo_requested
 
 MAX_ACTIVE_SECONDS = 3600.0
@@ -86,8 +86,10 @@ def create_comparison(
 
 
 def open_comparisons_for(annotator: AbstractBaseUser):
-    """Comparisons that still want labels and that this annotator has not answered."""
-    return Comparison.objects.filter(label_count__lt=F("labels_needed")).exclude(labels__annotator=annotator)
+    """Comparisons that still want labels and that this annotator has not answered, of
+    runs that people label (a simulated annotator labels an experiment's arms itself)."""
+    return Comparison.objects.filter(label_count__lt=F("labels_needed"), run__labeled_by=LabeledBy.PEOPLE).exclude(
+        labels__annotator=annotator)
 
 
 @transaction.atomic

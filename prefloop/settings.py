@@ -154,6 +154,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "labeling",
     "training",
+    "experiments",
     "api",
     "ninja",  # its templates and static files: the API docs load Swagger UI from us, not a CDN
     "axes",  # login throttling; after the apps so its admin pages sit with the others

@@ -10,5 +10,6 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", include("labeling.urls")),
     path("", include("training.urls")),
+    path("", include("experiments.urls")),
     path("", include("api.urls")),
 ]

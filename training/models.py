@@ -5,6 +5,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from labeling.models import LabeledBy
 from training.recipes import DONE, RECIPES, STAGE_TITLES
 
 BAKEOFF_SOURCE = "bakeoff"
@@ -57,6 +58,9 @@ class Run(models.Model):
                                   related_name="+")
     paused_at = models.DateTimeField(null=True, blank=True)
     pause_reason = models.CharField(max_length=500, blank=True)
+    labeled_by = models.CharField(
+        max_length=16, choices=LabeledBy.choices, default=LabeledBy.PEOPLE,
+        help_text="Who labels its comparisons; the labeling queue serves people only runs that people label.")
     guidelines = models.TextField(
         blank=True, help_text="Labeling guidelines (Markdown, rendered like model output) shown with its comparisons.")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,

@@ -105,10 +105,34 @@ def send_job(job: Job) -> None:
     Job.objects.filter(pk=job.pk).update(celery_task_id=job.celery_task_id, queued_at=job.queued_at)
 
 
+_kept = threading.local()
+
+
+@contextmanager
+def jobs_kept_for_this_process():
+    """Inside this block, jobs that would be sent to the broker (a round's stages, one
+    after another) are appended to the yielded list instead, and the caller runs them
+    with `run_job_now` once the call that queued them returned. An experiment's inline
+    mode, chosen explicitly; never a fallback for a broker that is down."""
+    kept: list[Job] = []
+    outer = getattr(_kept, "jobs", None)
+    _kept.jobs = kept
+    try:
+        yield kept
+    finally:
+        _kept.jobs = outer
+
+
 def enqueue_on_commit(job: Job) -> None:
     """Send the job to its queue once its row is committed. If the broker is unreachable
     the job is marked failed with that reason instead of waiting forever as pending (an
     automatic trigger lost that way is requested again by the job sweep)."""
+    kept = getattr(_kept, "jobs", None)
+    if kept is not None:
+        # No on_commit here: the caller runs it only after the queuing call returned,
+        # and a test's outer transaction would otherwise hold it back forever.
+        kept.append(job)
+        return
 
     def send() -> None:
         try:
