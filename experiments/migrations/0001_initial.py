@@ -12,7 +12,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('labeling', '0005_preference_datasets'),
-        ('training', '0009_experiment_runs'),
+        ('training', '0011_experiment_runs'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('training', '0008_preference_datasets'),
+        ('training', '0010_bakeoffs'),
     ]
 
     operations = [
