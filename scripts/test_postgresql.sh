@@ -31,7 +31,7 @@ trap stop EXIT
   -o "-p $port -k $cluster -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
 
 echo "PostgreSQL job: $("$bin/postgres" --version) on port $port"
-DATABASE_URL="postgres://prefloop@127.0.0.1:$port/postgres" $PY -m pytest -p no:cacheprovider \
+DATABASE_URL="postgres://prefloop@127.0.0.1:$port/postgres" $PY -m pytest -p no:cacheprovider -n 2 \
   -m "(not slow or database_scale) and not browser and not worker" \
   tests/test_prompt_import.py tests/test_preference_datasets.py tests/test_label_rules.py tests/test_label_queue.py \
   tests/test_queue_concurrency.py tests/test_preference_export.py tests/test_runs.py \
