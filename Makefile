@@ -29,11 +29,11 @@ demo: install
 
 test: install
 	@bash scripts/install_system_deps.sh chromium
-	# The quick tests in two processes (they are Python-bound: about 1.5x faster on two
-	# cores); the ones that train, start workers or drive chromium one at a time, since
-	# each already keeps both cores busy.
-	$(PY) -m pytest -n 2 -m "not slow and not browser and not worker"
-	$(PY) -m pytest -m "slow or browser or worker"
+	# Two processes (one torch thread each) for the tests in this process alone; then,
+	# one at a time, the ones that start Celery workers or drive chromium, whose waits
+	# and timeouts assume the cores are theirs.
+	$(PY) -m pytest -n 2 -m "not browser and not worker"
+	$(PY) -m pytest -m "browser or worker"
 	@bash scripts/test_postgresql.sh
 
 test-fast: install

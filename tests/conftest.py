@@ -31,6 +31,13 @@ from prefloop.celery import app as celery_app  # noqa: E402
 # the same private port here.
 celery_app.conf.broker_url = os.environ["REDIS_URL"]
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs the tests that neither start workers nor drive chromium in two
+    # processes on two cores: one torch thread each, or they would fight for the cores.
+    import torch
+
+    torch.set_num_threads(1)
+
 ARTIFACT_DIR = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
