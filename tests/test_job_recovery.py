@@ -284,3 +284,13 @@ def test_a_pending_jobs_message_held_by_a_dead_worker_is_sent_again(tmp_path, ba
         assert sweep_jobs().resent == [job.pk]
         job.refresh_from_db()
         assert job.celery_task_id != "held-by-someone" and job.celery_task_id in queued_task_ids({"train"})
+
+
+def test_a_step_that_logs_nan_is_stored_as_null_not_a_failed_job(base_run):
+    """Trainers log NaN now and then; SQLite's JSON and PostgreSQL's jsonb refuse it."""
+    job = Job.objects.create(kind=Job.Kind.TRAIN_REWARD, run=base_run)
+    job.report_progress(1, 2, {"loss": float("nan"), "nested": {"kl": float("inf")}, "ok": 0.5})
+    job.mark_succeeded({"accuracy": float("-inf"), "pairs": [1.0, float("nan")]})
+    job.refresh_from_db()
+    assert job.metrics == [{"loss": None, "nested": {"kl": None}, "ok": 0.5}]
+    assert job.result == {"accuracy": None, "pairs": [1.0, None]}

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -11,6 +13,19 @@ from training.recipes import DONE, RECIPES, STAGE_TITLES
 BAKEOFF_SOURCE = "bakeoff"
 """labeling's Comparison.Source.BAKEOFF, named here so this module need not import the
 labeling app's models."""
+
+
+def json_safe(value):
+    """`value` with NaN and infinities as None: a trainer logs NaN now and then (a loss
+    over an empty batch, a std of one sample), and neither SQLite's JSON nor PostgreSQL's
+    jsonb accepts it, so one such step would fail the whole job."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
 
 
 class Run(models.Model):
@@ -318,13 +333,13 @@ class Job(models.Model):
         self.step, self.total_steps = step, total_steps
         fields = ["step", "total_steps"]
         if metrics:
-            self.metrics = [*self.metrics, metrics]
+            self.metrics = [*self.metrics, json_safe(metrics)]
             fields.append("metrics")
         self.save(update_fields=fields)
 
     def mark_succeeded(self, result: dict) -> None:
         self.status = self.Status.SUCCEEDED
-        self.result = result
+        self.result = json_safe(result)
         self.finished_at = timezone.now()
         self.save(update_fields=["status", "result", "finished_at"])
 

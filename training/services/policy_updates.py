@@ -17,7 +17,7 @@ from training.ml.configs import config_to_dict
 from training.ml.loading import PolicyStart
 from training.ml.methods import PAIRS, PROMPTS, REWARD_MODEL, TrainingInputs, method_named
 from training.ml.reward import RewardModelRef
-from training.models import Job, PolicyVersion, RewardModelVersion, Round, Run
+from training.models import Job, PolicyVersion, RewardModelVersion, Round, Run, json_safe
 from training.services.artifacts import publish_artifact
 from training.services.datasets import FOR_METHODS, dataset_pairs, pinned_datasets
 from training.services.evaluation import evaluation_prompts
@@ -120,8 +120,8 @@ def run_policy_update_job(job: Job) -> PolicyVersion | None:
             create_row=lambda number, folder, result: PolicyVersion.objects.create(
                 number=number, run=job.run, parent=start, method=method.name, base_model_dir=start.base_model_dir,
                 adapter_dir=str(folder), config=config_to_dict(config), inputs=job.params["inputs"], job=job,
-                metrics={"history": result.history, "seconds": result.seconds, "examples": result.examples,
-                         "summary": result.summary},
+                metrics=json_safe({"history": result.history, "seconds": result.seconds,
+                                   "examples": result.examples, "summary": result.summary}),
             ),
         )
     except Exception as error:

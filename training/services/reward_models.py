@@ -24,7 +24,7 @@ from labeling.exporting import labels_for_export, ordered_completions_of
 from labeling.models import Completion, Label
 from training.ml.configs import config_from_dict, config_to_dict
 from training.ml.reward import PreferencePair, RewardScorer, RewardTrainingConfig, train_reward_model
-from training.models import EvaluationPrompt, Job, PolicyVersion, RewardModelVersion, Run
+from training.models import EvaluationPrompt, Job, PolicyVersion, RewardModelVersion, Run, json_safe
 from training.services.artifacts import publish_artifact
 from training.services.datasets import FOR_REWARD_MODEL, dataset_pairs, has_dataset_pairs, pinned_datasets
 from training.services.jobs import enqueue_on_commit, job_type, this_worker
@@ -217,7 +217,7 @@ def run_reward_training_job(job: Job) -> RewardModelVersion | None:
             heldout_pairs=result.heldout_pairs, heldout_accuracy=result.heldout_accuracy,
             heldout_accuracy_imported=result.heldout_accuracy_imported,
             reward_mean=result.reward_mean, reward_std=result.reward_std, config=config_to_dict(config),
-            metrics=result.history, datasets=trained["datasets"],
+            metrics=json_safe(result.history), datasets=trained["datasets"],
         )
 
     try:
