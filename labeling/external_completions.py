@@ -17,7 +17,6 @@ create_comparison, so nothing the annotator sees tells who wrote what.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from labeling.importing import (
     PromptFileError,
     category_from,
     decode_utf8,
+    json_object,
     messages_from_record,
     refuse_nul,
 )
@@ -119,15 +119,7 @@ def json_records(text: str) -> Iterator[tuple[int, dict]]:
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise CompletionFileError(f"line {number}: invalid JSON ({error.msg})") from None
-        except RecursionError:
-            raise CompletionFileError(f"line {number}: JSON nested too deeply") from None
-        if not isinstance(record, dict):
-            raise CompletionFileError(f"line {number}: expected a JSON object")
-        yield number, record
+        yield number, json_object(line, number, CompletionFileError)
 
 
 def answers_of(record: dict, line: int) -> list[tuple[str, str]]:

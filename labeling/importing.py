@@ -65,16 +65,23 @@ def parse_jsonl(text: str) -> list[ParsedPrompt]:
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise PromptFileError(f"line {number}: invalid JSON ({error.msg})") from None
-        except RecursionError:  # thousands of nested brackets
-            raise PromptFileError(f"line {number}: JSON nested too deeply") from None
-        if not isinstance(record, dict):
-            raise PromptFileError(f"line {number}: expected a JSON object")
+        record = json_object(line, number, PromptFileError)
         prompts.append(ParsedPrompt(messages_from_record(record, number), category_from(record, number)))
     return prompts
+
+
+def json_object(line: str, number: int, error: type[ValueError]) -> dict:
+    """One JSONL line as an object, or `error` naming the line: every import reads its
+    lines with this, so they all refuse the same things the same way."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as problem:
+        raise error(f"line {number}: invalid JSON ({problem.msg})") from None
+    except RecursionError:  # thousands of nested brackets
+        raise error(f"line {number}: JSON nested too deeply") from None
+    if not isinstance(record, dict):
+        raise error(f"line {number}: expected a JSON object")
+    return record
 
 
 def messages_from_record(record: dict, line: int) -> list[dict]:

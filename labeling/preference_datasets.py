@@ -21,7 +21,6 @@ deletes what was written, so a run never sees half a file.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -31,7 +30,7 @@ from pathlib import Path
 
 from django.db import transaction
 
-from labeling.importing import PromptFileError, checked_messages
+from labeling.importing import PromptFileError, checked_messages, json_object
 from labeling.models import ImportedPair, PreferenceDataset
 
 BATCH_SIZE = 1000
@@ -106,14 +105,7 @@ def count_lines(path: Path) -> int:
 
 def parse_pairs(lines: Iterable[tuple[int, str]]) -> Iterator[ParsedPair]:
     for number, text in lines:
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise PreferenceFileError(f"line {number}: invalid JSON ({error.msg})") from None
-        except RecursionError:
-            raise PreferenceFileError(f"line {number}: JSON nested too deeply") from None
-        if not isinstance(record, dict):
-            raise PreferenceFileError(f"line {number}: expected a JSON object")
+        record = json_object(text, number, PreferenceFileError)
         try:
             yield parse_record(record, number)
         except PromptFileError as error:  # the prompt checks of labeling.importing
