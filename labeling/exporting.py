@@ -11,7 +11,7 @@ from typing import IO
 
 from django.db.models import Prefetch, QuerySet
 
-from labeling.models import ComparisonItem, Label
+from labeling.models import Comparison, ComparisonItem, Label, LabeledBy
 
 
 def labels_for_export() -> QuerySet[Label]:
@@ -21,6 +21,23 @@ def labels_for_export() -> QuerySet[Label]:
         .prefetch_related(Prefetch("comparison__items", queryset=items))
         .order_by("id")
     )
+
+
+def preference_labels() -> QuerySet[Label]:
+    """The labels the preference export turns into pairs: people's and the simulator's on
+    the runs people label, not those on bake-off comparisons (answers to a run's held-out
+    evaluation prompts: a model trained on them is no longer judged on unseen prompts),
+    nor an experiment arm's (a gold judge's simulated labels, kept apart from people's).
+    The raw export keeps every label and says where it came from."""
+    return (labels_for_export().exclude(comparison__source=Comparison.Source.BAKEOFF)
+            .exclude(comparison__run__labeled_by=LabeledBy.SIMULATOR))
+
+
+def export_rows(raw: bool, chunk_size: int = 100) -> Iterator[dict]:
+    """Every label (raw) or the preference pairs, streamed from the database."""
+    if raw:
+        return raw_rows(labels_for_export().iterator(chunk_size))
+    return preference_rows(preference_labels().iterator(chunk_size))
 
 
 def ordered_completions_of(label: Label):
@@ -58,6 +75,7 @@ def raw_rows(labels: Iterable[Label]) -> Iterator[dict]:
             "rationale": label.rationale,
             "active_seconds": label.active_seconds,
             "origin": label.origin,
+            "source": label.comparison.source,
             "run": label.comparison.run_id,
             "created_at": label.created_at.isoformat(),
         }

@@ -102,7 +102,7 @@ def import_prompts(request: HttpRequest) -> HttpResponse:
 @require_GET
 def export_labels(request: HttpRequest) -> StreamingHttpResponse:
     raw = request.GET.get("raw") == "1"
-    rows = (exporting.raw_rows if raw else exporting.preference_rows)(exporting.labels_for_export().iterator(100))
+    rows = exporting.export_rows(raw)
     stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
     response = StreamingHttpResponse(exporting.jsonl_lines(rows), content_type="application/jsonl; charset=utf-8")
     name = f"prefloop-{'labels-raw' if raw else 'preferences'}-{stamp}.jsonl"

@@ -292,6 +292,11 @@ PREFLOOP_GENERATION_BATCH_SIZE = env_int("PREFLOOP_GENERATION_BATCH_SIZE", 8, mi
 # torch threads per worker process; 0 lets torch decide. Two torch processes on two
 # cores fight for threads, so the demo pins this.
 PREFLOOP_TORCH_THREADS = env_int("PREFLOOP_TORCH_THREADS", 0, minimum=0)
+# Policy updates as several processes under `accelerate launch` (training/ml/methods/
+# launch.py): PREFLOOP_TRAIN_PROCESSES processes of DDP on this worker's GPUs (or CPUs),
+# or what an Accelerate config file says (deploy/accelerate/: DeepSpeed ZeRO-2/3, FSDP).
+PREFLOOP_TRAIN_PROCESSES = env_int("PREFLOOP_TRAIN_PROCESSES", 1, minimum=1)
+PREFLOOP_ACCELERATE_CONFIG = env_str("PREFLOOP_ACCELERATE_CONFIG", "")
 
 # --- Jobs that converge by themselves (training/services/job_recovery.py)
 # A running job's worker writes a heartbeat this often; after PREFLOOP_WORKER_LOST_SECONDS

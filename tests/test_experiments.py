@@ -182,6 +182,35 @@ def test_run_experiment_needs_exactly_one_mode_and_celery_never_falls_back(tmp_p
     assert not Experiment.objects.exists() and not Job.objects.exists()
 
 
+@pytest.mark.django_db
+def test_an_experiment_stopped_by_sigterm_is_marked_failed_with_the_job_it_was_running(tmp_path, monkeypatch):
+    import dataclasses
+    import os
+    import signal
+
+    from training.services.jobs import JOB_TYPES
+
+    make_prompts()
+    design_file = tmp_path / "design.toml"
+    design_file.write_text(TINY_DESIGN.format(model_dir=tmp_path))
+    generation = JOB_TYPES[Job.Kind.GENERATE]
+
+    def killed_midway(job):
+        os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` would, while the job works
+        raise AssertionError("the signal should have stopped the job")
+
+    monkeypatch.setitem(JOB_TYPES, Job.Kind.GENERATE, dataclasses.replace(generation, run=killed_midway))
+    handler_before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit, match="SIGTERM"):
+        call_command("run_experiment", str(design_file), "--inline")
+    assert signal.getsignal(signal.SIGTERM) is handler_before  # the command puts the handler back
+
+    experiment = Experiment.objects.get()
+    assert experiment.status == Experiment.Status.FAILED and "SIGTERM" in experiment.error
+    job = Job.objects.get()
+    assert job.status == Job.Status.FAILED and "SIGTERM" in job.error
+
+
 # End to end ------------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -171,3 +171,54 @@ def test_a_continued_version_starts_from_its_parents_adapter(oracle_world, oracl
     # The first step of the continued run already has the parent's low loss.
     first_loss = first.metrics["history"][0]["sft_chosen/loss"]
     assert second.metrics["history"][0]["sft_chosen/loss"] < first_loss
+
+
+# Half the single-process batch per process: two processes take the same optimizer steps
+# on the same global batch as one process does above.
+LAUNCHED_CONFIGS = {
+    "sft_chosen": {**TEST_CONFIGS["sft_chosen"], "batch_size": 4},
+    "rloo": {**TEST_CONFIGS["rloo"], "batch_size": 8},
+}
+
+
+@pytest.mark.parametrize("method", list(LAUNCHED_CONFIGS))
+def test_two_accelerate_processes_publish_one_version_that_moves_the_policy_like_one(method, oracle_world,
+                                                                                   oracle_run, settings):
+    """PREFLOOP_TRAIN_PROCESSES=2: the worker runs the method under `accelerate launch`
+    as two DDP processes on the CPU, follows the main process's steps, and publishes the
+    one adapter it saved, which moves the policy the oracle's way as the single-process
+    run does."""
+    settings.PREFLOOP_TRAIN_PROCESSES = 2
+    run = oracle_run.run
+    run.method, run.method_config = method, LAUNCHED_CONFIGS[method]
+    run.save()
+    job = services.run_job_now(services.create_policy_update_job(run, run.base_version, oracle_run.reward_model))
+    assert job.status == Job.Status.SUCCEEDED, job.error
+    assert job.result["processes"] == 2
+
+    version = PolicyVersion.objects.get(run=run, parent=run.base_version)  # one version, not one per process
+    assert version.metrics["launch"] == {"processes": 2}
+    history = version.metrics["history"]
+    assert history and all(math.isfinite(value) for entry in history for value in entry.values()
+                           if isinstance(value, float))
+    assert job.total_steps > 0 and job.step == job.total_steps  # the worker followed the main process
+    assert len(job.metrics) == len(history)
+    adapter = Path(version.adapter_dir)
+    assert sorted(p.name for p in adapter.parent.iterdir()) == [adapter.name]  # no launch folder left behind
+
+    after = keyword_rate(oracle_world.word, oracle_world.policy_dir, adapter)
+    print(f"{method} x2 processes: keyword rate {oracle_world.rate_before:.3f} -> {after:.3f}")
+    assert after >= oracle_world.rate_before + MIN_GAIN, (method, oracle_world.rate_before, after)
+
+
+def test_a_failed_launch_fails_the_job_with_the_processes_log_and_publishes_nothing(oracle_run, settings):
+    settings.PREFLOOP_TRAIN_PROCESSES = 2
+    run = oracle_run.run
+    run.method, run.method_config = "sft_chosen", LAUNCHED_CONFIGS["sft_chosen"]
+    run.save()
+    job = services.create_policy_update_job(run, run.base_version, None)
+    PolicyVersion.objects.filter(pk=run.base_version.pk).update(base_model_dir="/nonexistent/model")
+    job = services.run_job_now(job)
+    assert job.status == Job.Status.FAILED
+    assert "accelerate launch of sft_chosen (2 processes) exited with" in job.error and "nonexistent" in job.error
+    assert not PolicyVersion.objects.filter(run=run).exclude(pk=run.base_version.pk).exists()

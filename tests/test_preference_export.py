@@ -88,3 +88,28 @@ def test_export_loads_in_datasets_and_trains_one_reward_trainer_step(tmp_path, l
     result = trainer.train()
     assert torch.isfinite(torch.tensor(result.training_loss))
     assert any(not torch.equal(b, a) for b, a in zip(before, model.parameters(), strict=True))
+
+
+def test_bakeoff_and_experiment_labels_stay_out_of_the_preference_export(tmp_path, labeled, people, make_comparison,
+                                                                        base_policy):
+    from labeling.models import Comparison, LabeledBy
+    from training.services import create_run
+
+    on_evaluation_prompt = make_comparison(texts=("bake-one", "bake-two"))
+    Comparison.objects.filter(pk=on_evaluation_prompt.pk).update(source=Comparison.Source.BAKEOFF)
+    services.submit_label(people.annotator, LabelInput(on_evaluation_prompt.pk, "a"), require_lease=False)
+    arm = create_run("experiment arm", base_policy.run.base_model_dir)
+    arm.labeled_by = LabeledBy.SIMULATOR
+    arm.save(update_fields=["labeled_by"])
+    simulated = make_comparison(texts=("sim-one", "sim-two"))
+    Comparison.objects.filter(pk=simulated.pk).update(run=arm)
+    services.submit_label(people.annotator, LabelInput(simulated.pk, "b"), require_lease=False)
+
+    call_command("export_preferences", str(tmp_path / "prefs.jsonl"))
+    rows = [json.loads(line) for line in (tmp_path / "prefs.jsonl").read_text().splitlines()]
+    assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows] == labeled
+
+    call_command("export_preferences", str(tmp_path / "raw.jsonl"), "--raw")
+    raw = [json.loads(line) for line in (tmp_path / "raw.jsonl").read_text().splitlines()]
+    assert [(r["comparison_id"], r["source"], r["run"]) for r in raw[-2:]] == [
+        (on_evaluation_prompt.pk, "bakeoff", base_policy.run_id), (simulated.pk, "initial", arm.pk)]

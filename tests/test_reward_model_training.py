@@ -12,6 +12,7 @@ from labeling.models import Label
 from labeling.services import LabelInput
 from tests.test_reward_model_ml import marker_pairs
 from training import services
+from training.ml.reward import ENSEMBLE_FILE
 from training.models import Job, RewardModelVersion
 
 pytestmark = pytest.mark.django_db
@@ -104,16 +105,39 @@ def test_a_job_walks_pending_running_succeeded_and_publishes_a_version(marker_la
     assert (version2.number, version2.parent, version2.label_count) == (2, version, 130)
 
 
+@pytest.mark.slow
+def test_two_accelerate_processes_train_one_reward_model_that_ranks_the_oracles_pairs(marker_labels, rm_settings,
+                                                                                     base_run):
+    """PREFLOOP_TRAIN_PROCESSES=2: the reward model trains as two DDP processes under
+    `accelerate launch`; the main process alone saves, measures held-out accuracy,
+    normalizes and fits the ensemble; one version is published."""
+    rm_settings.PREFLOOP_TRAIN_PROCESSES = 2
+    base_run.reward_config.update(batch_size=4)  # per process: the global batch of 8 as in one process
+    base_run.save()
+    marker_labels(120)
+    job = services.create_reward_training_job(base_run)
+    services.claim_reward_training(job)
+    version = services.run_reward_training_job(job)
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED, job.error
+    assert job.result["processes"] == 2 and job.step == job.total_steps > 0
+    assert RewardModelVersion.objects.get() == version
+    assert version.heldout_accuracy >= 0.9 and version.reward_std > 0
+    weights = Path(version.weights_dir)
+    assert (weights / ENSEMBLE_FILE).is_file()
+    assert sorted(p.name for p in weights.parent.iterdir()) == [weights.name]  # no launch folder left
+
+
 def test_a_failed_training_publishes_nothing(marker_labels, monkeypatch, rm_settings, base_run):
     marker_labels(20)
-    import training.services.reward_models as reward_models
+    import training.ml.launch as launch
 
     def crash_after_writing(pairs, base, out_dir, config, **kwargs):
         (out_dir / "adapter_model.safetensors").parent.mkdir(parents=True)
         (out_dir / "adapter_model.safetensors").write_bytes(b"half a model")
         raise RuntimeError("out of memory in the middle of training")
 
-    monkeypatch.setattr(reward_models, "train_reward_model", crash_after_writing)
+    monkeypatch.setattr(launch, "train_reward_model", crash_after_writing)
     job = services.create_reward_training_job(base_run)
     services.claim_reward_training(job)
     assert services.run_reward_training_job(job) is None

@@ -4,8 +4,6 @@ Researchers only."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-
 from django.http import StreamingHttpResponse
 from ninja import Router
 
@@ -15,8 +13,8 @@ from labeling import exporting
 router = Router(tags=["exports"], auth=staff_token)
 
 
-def jsonl_response(rows: Callable[[Iterable], Iterator[dict]]) -> StreamingHttpResponse:
-    lines = exporting.jsonl_lines(rows(exporting.labels_for_export().iterator(100)))
+def jsonl_response(raw: bool) -> StreamingHttpResponse:
+    lines = exporting.jsonl_lines(exporting.export_rows(raw))
     return StreamingHttpResponse(lines, content_type="application/jsonl; charset=utf-8")
 
 
@@ -31,13 +29,14 @@ def jsonl_documented(description: str) -> dict:
 def export_preferences(request):
     """A (chosen, rejected) pair per line; a ranking of K completions gives its K·(K−1)/2
     pairs; ties, both-bad and skips are left out. Loads with
-    `datasets.load_dataset("json", data_files=...)`."""
-    return jsonl_response(exporting.preference_rows)
+    `datasets.load_dataset("json", data_files=...)`. Labels on bake-off comparisons (held-out
+    evaluation prompts) and experiment arms' simulated labels are not exported here."""
+    return jsonl_response(raw=False)
 
 
 @router.get("/labels", summary="Export every label",
             openapi_extra=jsonl_documented("one label per line with its comparison, completions, annotator, "
-                                           "timing and origin"))
+                                           "timing, origin and source"))
 def export_labels(request):
     """Every label, ties and skips included, with who gave it and how long it took."""
-    return jsonl_response(exporting.raw_rows)
+    return jsonl_response(raw=True)

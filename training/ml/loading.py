@@ -6,6 +6,7 @@ same way."""
 from __future__ import annotations
 
 import json
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,10 @@ class PolicyStart:
 
 
 def pick_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    """The GPU if there is one (this process's own under `accelerate launch`), else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
 
 
 def configure_torch_threads(threads: int) -> None:
@@ -100,12 +104,16 @@ def reference_policy(start: PolicyStart, reference: str, device: torch.device):
     return PeftModel.from_pretrained(base, start.adapter_dir).merge_and_unload().to(device).eval()
 
 
-def save_policy(model, tokenizer, out_dir: Path) -> None:
+def save_policy(model, tokenizer, out_dir: Path, state_dict: dict | None = None) -> None:
     """The trained LoRA adapter (not the base weights, nor a frozen reference copy a
-    trainer kept beside it) and the tokenizer it was trained with."""
+    trainer kept beside it) and the tokenizer it was trained with. `state_dict`: the
+    weights gathered from processes that each held a shard of them."""
     out_dir.mkdir(parents=True, exist_ok=True)
     adapters = getattr(model, "peft_config", {})
-    model.save_pretrained(out_dir, **({"selected_adapters": ["default"]} if len(adapters) > 1 else {}))
+    options = {"selected_adapters": ["default"]} if len(adapters) > 1 else {}
+    if state_dict is not None:
+        options["state_dict"] = state_dict
+    model.save_pretrained(out_dir, **options)
     tokenizer.save_pretrained(out_dir)
 
 

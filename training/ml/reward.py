@@ -295,7 +295,15 @@ def train_reward_model(
     trainer = make_trainer(model, tokenizer, dataset, config, out_dir.with_name(out_dir.name + ".trainer"),
                            peft_config, [report])
     dropped = len(train) - trainer.train_dataset.num_rows
+    if trainer.accelerator.distributed_type.name in ("DEEPSPEED", "FSDP"):
+        # After training the main process scores with the whole model by itself.
+        raise ValueError("reward models train in one process or under DDP; sharded weights (DeepSpeed, FSDP) "
+                         "are for policy updates: give the reward-model (train) workers no accelerate config")
     trainer.train()
+    if not trainer.accelerator.is_main_process:
+        # Under `accelerate launch` (training/ml/launch.py) the main process saves,
+        # measures, normalizes and fits the ensemble; the others are done.
+        return RewardTrainingResult(len(train), len(heldout), dropped, None, history=history)
     save_reward_model(trainer.model, tokenizer, out_dir, config)
     # Measure with the same merged model that scoring will load.
     model = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model

@@ -192,6 +192,15 @@ def heartbeat(job: Job, interval: float | None = None):
         thread.join(5)  # a beat stuck on a locked database need not hold up the job's end
 
 
+def worker_launch_config():
+    """How this worker trains (a training.ml.launch.LaunchConfig): in its own process,
+    or under `accelerate launch`. A property of the machine (its GPUs), not of the job,
+    so it is read when the job runs and recorded with what the job publishes."""
+    from training.ml.launch import LaunchConfig  # torch and TRL: only where training runs
+
+    return LaunchConfig(settings.PREFLOOP_TRAIN_PROCESSES, settings.PREFLOOP_ACCELERATE_CONFIG)
+
+
 def run_job_now(job: Job) -> Job:
     """Run a job in this process (a command's or an experiment's inline mode, chosen
     explicitly; never a fallback for a broker that is down) and announce it."""
@@ -202,7 +211,14 @@ def run_job_now(job: Job) -> Job:
             job.mark_failed("another job of this kind is running for this run; try again when it is done")
     else:
         with heartbeat(job):  # or the job sweep would take this process for dead
-            job_kind.run(job)
+            try:
+                job_kind.run(job)
+            except BaseException as error:  # Ctrl-C or SIGTERM stopping this process mid-job
+                job.refresh_from_db()
+                if not job.is_finished:
+                    job.mark_failed(f"stopped in the process running it inline ({type(error).__name__}: {error})")
+                    announce_finished(job)  # its round fails too, instead of waiting for the sweep
+                raise
     job.refresh_from_db()
     announce_finished(job)
     return job

@@ -21,7 +21,7 @@ from training.models import Job, PolicyVersion, RewardModelVersion, Round, Run, 
 from training.services.artifacts import publish_artifact
 from training.services.datasets import FOR_METHODS, dataset_pairs, pinned_datasets
 from training.services.evaluation import evaluation_prompts
-from training.services.jobs import job_type
+from training.services.jobs import job_type, worker_launch_config
 from training.services.reward_models import last_label_id, preference_labels, preference_pairs
 
 log = logging.getLogger(__name__)
@@ -105,10 +105,11 @@ def run_policy_update_job(job: Job) -> PolicyVersion | None:
         config = method.config(job.params["config"])
         start = PolicyVersion.objects.get(number=job.params["inputs"]["start_version"])
         inputs = training_inputs(job)
+        launch = worker_launch_config()
         trained = {}
 
         def write(out_dir: Path):
-            trained["result"] = method.train(inputs, out_dir, config,
+            trained["result"] = launch.train_method(method, inputs, out_dir, config,
                                              on_step=lambda step, total, metrics: job.report_progress(step, total,
                                                                                                      metrics))
             return trained["result"]
@@ -121,7 +122,8 @@ def run_policy_update_job(job: Job) -> PolicyVersion | None:
                 number=number, run=job.run, parent=start, method=method.name, base_model_dir=start.base_model_dir,
                 adapter_dir=str(folder), config=config_to_dict(config), inputs=job.params["inputs"], job=job,
                 metrics=json_safe({"history": result.history, "seconds": result.seconds,
-                                   "examples": result.examples, "summary": result.summary}),
+                                   "examples": result.examples, "summary": result.summary,
+                                   "launch": launch.describe()}),
             ),
         )
     except Exception as error:
@@ -130,5 +132,6 @@ def run_policy_update_job(job: Job) -> PolicyVersion | None:
         return None
     job.mark_succeeded({"policy_version": version.number, "method": method.name,
                         "reward_model": job.params["inputs"].get("reward_model"),
-                        "seconds": round(trained["result"].seconds, 1)})
+                        "seconds": round(trained["result"].seconds, 1), **launch.describe()})
     return version
+

@@ -23,11 +23,11 @@ from django.utils import timezone
 from labeling.exporting import labels_for_export, ordered_completions_of
 from labeling.models import Completion, Label
 from training.ml.configs import config_from_dict, config_to_dict
-from training.ml.reward import PreferencePair, RewardScorer, RewardTrainingConfig, train_reward_model
+from training.ml.reward import PreferencePair, RewardScorer, RewardTrainingConfig
 from training.models import EvaluationPrompt, Job, PolicyVersion, RewardModelVersion, Run, json_safe
 from training.services.artifacts import publish_artifact
 from training.services.datasets import FOR_REWARD_MODEL, dataset_pairs, has_dataset_pairs, pinned_datasets
-from training.services.jobs import enqueue_on_commit, job_type, this_worker
+from training.services.jobs import enqueue_on_commit, job_type, this_worker, worker_launch_config
 from training.services.runs import latest_reward_model
 
 log = logging.getLogger(__name__)
@@ -194,6 +194,7 @@ def run_reward_training_job(job: Job) -> RewardModelVersion | None:
     config = config_from_dict(RewardTrainingConfig, job.params["config"])
     bound = job.params["last_label_id"]
     labels = preference_labels(run).filter(pk__lte=bound)
+    launch = worker_launch_config()
     trained = {}  # the training result, for the job's summary
 
     def write(out_dir: Path):
@@ -202,7 +203,7 @@ def run_reward_training_job(job: Job) -> RewardModelVersion | None:
         if not pairs:
             raise ValueError("there are no labels with a preference (nor dataset pairs) to train on yet")
         warm_start = Path(parent.weights_dir) if parent and parent.base_model_dir == run.base_model_dir else None
-        result = train_reward_model(
+        result = launch.train_reward_model(
             pairs, Path(run.base_model_dir), out_dir, config, warm_start_dir=warm_start,
             on_step=lambda step, total, metrics: job.report_progress(step, total, metrics),
             normalization_samples=normalization_samples(run, pairs),
@@ -234,7 +235,8 @@ def run_reward_training_job(job: Job) -> RewardModelVersion | None:
         return None
     result = trained["result"]
     job.mark_succeeded({"version": version.number, "heldout_accuracy": result.heldout_accuracy,
-                        "train_pairs": result.train_pairs, "dropped_too_long": result.dropped_too_long})
+                        "train_pairs": result.train_pairs, "dropped_too_long": result.dropped_too_long,
+                        **launch.describe()})
     return version
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
@@ -10,6 +11,12 @@ from experiments.driving import CeleryDriver, DriverError, InlineDriver
 from experiments.results import experiment_summary
 from experiments.services import ExperimentError, create_experiment, planned_jobs, run_experiment
 from training.models import Job
+
+
+def stop_on_sigterm(signum, frame):
+    # `kill` or a supervisor stopping the command: unwind like Ctrl-C, so the experiment
+    # and the job in hand are marked failed instead of "running" forever.
+    raise SystemExit(f"stopped by {signal.Signals(signum).name}")
 
 
 class Command(BaseCommand):
@@ -46,11 +53,13 @@ class Command(BaseCommand):
         experiment = create_experiment(parsed, driver.mode, design_text=text)
         bar.total = planned_jobs(experiment)
         self.stdout.write(f"{experiment}: {bar.total} jobs, {driver.mode}; the page is /experiments/{experiment.pk}/")
+        previous_handler = signal.signal(signal.SIGTERM, stop_on_sigterm)
         try:
             run_experiment(experiment, driver)
         except (ExperimentError, DriverError, ValueError) as error:
             raise CommandError(f"{experiment} failed: {error}") from None
         finally:
+            signal.signal(signal.SIGTERM, previous_handler)
             bar.close()
         summary = experiment_summary(experiment)
         for row in summary["arms"]:

@@ -123,7 +123,18 @@ def train_and_save(trainer, setup: TrainerSetup, out_dir: Path, policy=None) -> 
     finally:
         shutil.rmtree(setup.work_dir, ignore_errors=True)
     seconds = time.monotonic() - started
-    save_policy(policy if policy is not None else trainer.model, setup.tokenizer, out_dir)
+    # Under `accelerate launch` (training/ml/launch.py) one process writes the weights and
+    # none returns before the files are complete. Sharded weights (DeepSpeed ZeRO-3, FSDP)
+    # are gathered first, which every process takes part in.
+    from accelerate.utils import DistributedType
+
+    accelerator = trainer.accelerator
+    model = policy if policy is not None else trainer.model
+    sharded = accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+    state_dict = accelerator.get_state_dict(model) if sharded else None
+    if accelerator.is_main_process:
+        save_policy(accelerator.unwrap_model(model), setup.tokenizer, out_dir, state_dict)
+    accelerator.wait_for_everyone()
     return seconds
 
 

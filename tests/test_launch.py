@@ -1,0 +1,91 @@
+"""The Accelerate launcher's own parts, without a model: the command it starts, the
+shipped configs, following the main process's progress, stopping every launched
+process, and inputs surviving the trip through the folder. The launched training itself
+is tested with the methods (tests/test_policy_methods.py) and the reward model
+(tests/test_reward_model_training.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+from accelerate.commands.config.config_args import load_config_from_file
+
+from training.ml.launch import LaunchConfig, follow_lines, pair_from_dict, stop
+from training.ml.reward import PreferencePair
+
+CONFIGS = Path(__file__).resolve().parents[1] / "deploy" / "accelerate"
+
+
+def test_one_process_trains_in_place_and_more_go_through_accelerate_launch():
+    assert not LaunchConfig().launched
+    command = LaunchConfig(processes=2).command(Path("/tmp/job"))
+    assert command[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert command[command.index("--num_processes") + 1] == "2" and "--multi_gpu" in command
+    assert command[-3:] == ["-m", "training.ml.launch", "/tmp/job"]
+    configured = LaunchConfig(config_file="deploy/accelerate/fsdp.yaml")
+    assert configured.launched and "--num_processes" not in configured.command(Path("/tmp/job"))
+    assert configured.command(Path("/tmp/job"))[3:5] == ["--config_file", "deploy/accelerate/fsdp.yaml"]
+    assert configured.describe() == {"processes": 1, "accelerate_config": "deploy/accelerate/fsdp.yaml"}
+
+
+@pytest.mark.parametrize("name, kind", [("ddp", "MULTI_GPU"), ("deepspeed-zero2", "DEEPSPEED"),
+                                        ("deepspeed-zero3", "DEEPSPEED"), ("fsdp", "FSDP")])
+def test_the_shipped_configs_load_with_accelerates_reader(name, kind):
+    config = load_config_from_file(str(CONFIGS / f"{name}.yaml"))
+    assert config.distributed_type.name == kind and config.num_processes >= 2 and not config.use_cpu
+    if kind == "DEEPSPEED":
+        assert config.deepspeed_config["zero_stage"] == int(name[-1])
+
+
+def test_progress_lines_are_followed_as_they_are_written_and_to_the_last_one(tmp_path):
+    progress = tmp_path / "progress.jsonl"
+    writer = subprocess.Popen([sys.executable, "-c", f"""
+import json, time
+for step in range(1, 4):
+    with open({str(progress)!r}, "a") as f:
+        f.write(json.dumps({{"step": step}}) + "\\n")
+    time.sleep(0.3)
+"""])
+    seen = [(line["step"], writer.poll()) for line in follow_lines(progress, writer, poll_seconds=0.05)]
+    assert [step for step, _ in seen] == [1, 2, 3]
+    assert seen[0][1] is None  # read while the writer still ran
+
+
+def test_stopping_a_launch_ends_the_processes_it_started(tmp_path):
+    pid_file = tmp_path / "child.pid"
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", f"""
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+open({str(pid_file)!r}, "w").write(str(child.pid))
+time.sleep(60)
+"""], start_new_session=True)
+    deadline = time.monotonic() + 20
+    while not pid_file.is_file() or not pid_file.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    stop(launcher)
+    assert launcher.poll() is not None
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        if Path(f"/proc/{child}/stat").read_text().split()[2] == "Z":  # exited, not yet reaped
+            return
+        time.sleep(0.05)
+    raise AssertionError("the launcher's child outlived stop()")
+
+
+def test_preference_pairs_survive_the_folder():
+    pair = PreferencePair(7, [{"role": "user", "content": "Q?"}], "yes", "no", 2, True, False, (1, 2, 3), None, True)
+    assert pair_from_dict(json.loads(json.dumps(asdict(pair)))) == pair

@@ -1,0 +1,241 @@
+"""Run training as several processes under Hugging Face Accelerate (`accelerate
+launch`): data-parallel (DDP) on the CPUs or GPUs of one machine, or DeepSpeed ZeRO /
+FSDP from an Accelerate config file (deploy/accelerate/). TRL's trainers are Accelerate
+programs already, so nothing here distributes anything: this module writes a job's
+inputs to a folder, starts `accelerate launch -m training.ml.launch FOLDER`, follows the
+progress the main process writes there, and reads its result back.
+
+Two kinds of work are launched, peers in `LAUNCHED`: a policy-update method, and a
+reward model. Under several processes the trainer's steps run on all of them; only the
+main process saves (methods/base.py:train_and_save) and, for a reward model, measures
+held-out accuracy, normalizes and fits the ensemble.
+
+Batch sizes in a config are per process: with N processes an optimizer step sees N
+times as many examples, as in Accelerate and TRL.
+
+    python -m accelerate.commands.launch --multi_gpu --num_processes 2 \\
+        -m training.ml.launch /path/to/folder    # what run_launched starts
+
+No Django: a worker's job calls `LaunchConfig.train_method` / `train_reward_model` in
+place of `Method.train` / `reward.train_reward_model`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from training.ml.configs import config_from_dict, config_to_dict
+from training.ml.loading import PolicyStart
+from training.ml.methods.base import Method, TrainingInputs, TrainingResult
+from training.ml.progress import StepReport
+from training.ml.reward import (
+    PreferencePair,
+    RewardModelRef,
+    RewardTrainingConfig,
+    RewardTrainingResult,
+    train_reward_model,
+)
+
+INPUTS_FILE, PROGRESS_FILE, RESULT_FILE, LOG_FILE = "inputs.json", "progress.jsonl", "result.json", "launch.log"
+
+
+class LaunchError(RuntimeError):
+    """The launched processes failed; the message ends with the tail of their log."""
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """How a worker trains: in its own process (the default), as `processes` processes
+    under `accelerate launch`, or as an Accelerate config file says (DeepSpeed, FSDP,
+    several machines; its num_processes wins when processes is 1)."""
+
+    processes: int = 1
+    config_file: str = ""
+
+    @property
+    def launched(self) -> bool:
+        return self.processes > 1 or bool(self.config_file)
+
+    def describe(self) -> dict:
+        return {"processes": self.processes, **({"accelerate_config": self.config_file} if self.config_file else {})}
+
+    def train_method(self, method: Method, inputs: TrainingInputs, out_dir: Path, config,
+                     on_step: StepReport | None = None) -> TrainingResult:
+        if not self.launched:
+            return method.train(inputs, out_dir, config, on_step)
+        result = run_launched(self, "method", method_payload(method, inputs, out_dir, config), out_dir, on_step)
+        return TrainingResult(**result)
+
+    def train_reward_model(self, pairs: Sequence[PreferencePair], base_model_dir: Path, out_dir: Path,
+                           config: RewardTrainingConfig, warm_start_dir: Path | None = None,
+                           on_step: StepReport | None = None,
+                           normalization_samples: Sequence[tuple] = ()) -> RewardTrainingResult:
+        if not self.launched:
+            return train_reward_model(pairs, base_model_dir, out_dir, config, warm_start_dir=warm_start_dir,
+                                      on_step=on_step, normalization_samples=normalization_samples)
+        payload = {"pairs": [asdict(pair) for pair in pairs], "base_model_dir": str(base_model_dir),
+                   "out_dir": str(out_dir), "config": config_to_dict(config),
+                   "warm_start_dir": str(warm_start_dir) if warm_start_dir else None,
+                   "normalization_samples": [list(sample) for sample in normalization_samples]}
+        return RewardTrainingResult(**run_launched(self, "reward_model", payload, out_dir, on_step))
+
+    def command(self, folder: Path) -> list[str]:
+        accelerate = [sys.executable, "-m", "accelerate.commands.launch"]
+        if self.config_file:
+            accelerate += ["--config_file", self.config_file]
+            if self.processes > 1:
+                accelerate += ["--num_processes", str(self.processes)]
+        else:
+            # The torchrun launcher; on a machine without CUDA the trainers ask
+            # Accelerate for CPU processes (use_cpu), which then talk over gloo.
+            accelerate += ["--multi_gpu", "--num_processes", str(self.processes), "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no"]
+        return [*accelerate, "-m", "training.ml.launch", str(folder)]
+
+
+# What the launched processes run, by kind ---------------------------------------------
+
+def method_payload(method: Method, inputs: TrainingInputs, out_dir: Path, config) -> dict:
+    start, reward_model = inputs.start, inputs.reward_model
+    return {
+        "method": method.name, "config": config_to_dict(config), "out_dir": str(out_dir),
+        "start": {"base_model_dir": str(start.base_model_dir),
+                  "adapter_dir": str(start.adapter_dir) if start.adapter_dir else None},
+        "prompts": [list(messages) for messages in inputs.prompts],
+        "pairs": [asdict(pair) for pair in inputs.pairs],
+        "reward_model": None if reward_model is None else {
+            "base_model_dir": str(reward_model.base_model_dir), "weights_dir": str(reward_model.weights_dir),
+            "mean": reward_model.mean, "std": reward_model.std},
+    }
+
+
+def run_method(payload: dict, on_step: StepReport | None) -> dict:
+    from training.ml.methods import method_named
+
+    method = method_named(payload["method"])
+    start = payload["start"]
+    inputs = TrainingInputs(
+        start=PolicyStart(Path(start["base_model_dir"]), Path(start["adapter_dir"]) if start["adapter_dir"] else None),
+        prompts=payload["prompts"], pairs=[pair_from_dict(p) for p in payload["pairs"]])
+    if ref := payload["reward_model"]:
+        inputs.reward_model = RewardModelRef(Path(ref["base_model_dir"]), Path(ref["weights_dir"]), ref["mean"],
+                                             ref["std"])
+    result = method.train(inputs, Path(payload["out_dir"]), method.config(payload["config"]), on_step)
+    return asdict(result)
+
+
+def run_reward_model(payload: dict, on_step: StepReport | None) -> dict:
+    samples = [(prompt, text, ended, tuple(ids) if ids is not None else None)
+               for prompt, text, ended, ids in payload["normalization_samples"]]
+    result = train_reward_model(
+        [pair_from_dict(p) for p in payload["pairs"]], Path(payload["base_model_dir"]), Path(payload["out_dir"]),
+        config_from_dict(RewardTrainingConfig, payload["config"]),
+        Path(payload["warm_start_dir"]) if payload["warm_start_dir"] else None, on_step, samples)
+    return asdict(result)
+
+
+LAUNCHED: dict[str, Callable[[dict, StepReport | None], dict]] = {
+    "method": run_method,
+    "reward_model": run_reward_model,
+}
+
+
+def pair_from_dict(values: dict) -> PreferencePair:
+    ids = {key: tuple(values[key]) if values.get(key) is not None else None for key in ("chosen_ids", "rejected_ids")}
+    return PreferencePair(**{**values, **ids})
+
+
+# The worker's side --------------------------------------------------------------------
+
+def run_launched(launch: LaunchConfig, kind: str, payload: dict, out_dir: Path,
+                 on_step: StepReport | None) -> dict:
+    """Run `kind` under `accelerate launch` and wait, passing the main process's steps
+    to `on_step`; returns the main process's result. Whatever stops this (a failure,
+    Ctrl-C, the worker's own end) stops the launched processes too."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.launch-", dir=out_dir.parent) as name:
+        folder = Path(name)
+        (folder / INPUTS_FILE).write_text(json.dumps({"kind": kind, "payload": payload}), encoding="utf-8")
+        with (folder / LOG_FILE).open("wb") as log:
+            process = subprocess.Popen(launch.command(folder), stdout=log, stderr=subprocess.STDOUT,
+                                       env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+                                       start_new_session=True)
+            try:
+                for line in follow_lines(folder / PROGRESS_FILE, process):
+                    if on_step is not None:
+                        on_step(line["step"], line["total"], line["metrics"])
+            finally:
+                stop(process)
+        if process.returncode != 0 or not (folder / RESULT_FILE).is_file():
+            tail = (folder / LOG_FILE).read_text(encoding="utf-8", errors="replace")[-3000:]
+            what = payload.get("method", kind.replace("_", " "))
+            raise LaunchError(f"accelerate launch of {what} ({launch.processes} processes) exited with "
+                              f"{process.returncode}; its log ends:\n{tail}")
+        return json.loads((folder / RESULT_FILE).read_text(encoding="utf-8"))
+
+
+def follow_lines(path: Path, process: subprocess.Popen, poll_seconds: float = 0.5) -> Iterator[dict]:
+    """The JSON lines the main process appends, as they come, until it exits."""
+    offset = 0
+    while True:
+        finished = process.poll() is not None
+        if path.is_file():
+            with path.open(encoding="utf-8") as handle:
+                handle.seek(offset)
+                while (line := handle.readline()).endswith("\n"):
+                    offset += len(line.encode("utf-8"))
+                    yield json.loads(line)
+        if finished:
+            return
+        time.sleep(poll_seconds)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """End the launcher and every process it started (its own session)."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        if process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+# The launched processes' side --------------------------------------------------------
+
+def is_main_process() -> bool:
+    """Rank 0 of the launched processes (or the only process)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    folder = Path((argv or sys.argv[1:])[0])
+    job = json.loads((folder / INPUTS_FILE).read_text(encoding="utf-8"))
+    main_process = is_main_process()
+
+    def report(step: int, total: int, metrics: dict) -> None:
+        with (folder / PROGRESS_FILE).open("a", encoding="utf-8") as progress:
+            progress.write(json.dumps({"step": step, "total": total, "metrics": metrics}) + "\n")
+
+    result = LAUNCHED[job["kind"]](job["payload"], report if main_process else None)
+    if main_process:
+        partial = folder / (RESULT_FILE + ".partial")
+        partial.write_text(json.dumps(result), encoding="utf-8")
+        partial.replace(folder / RESULT_FILE)  # the worker never reads half a result
+
+
+if __name__ == "__main__":
+    main()
