@@ -2,7 +2,8 @@
 
 Runs one PPO round twice, each in its own process so peak memory is its own:
   prefloop  — `training.ml.methods.ppo.train`, what the `gpu` worker runs (LoRA policy,
-              normalized reward head, value model copied from the reward model);
+              normalized reward head, value model a LoRA adapter and head on a frozen
+              copy of the reward model);
   trl       — the same settings written directly against `trl.experimental.ppo.PPOTrainer`.
 Reports wall time, rollout tokens/s and peak memory of each, and their ratio. On a CUDA
 machine it runs there (and says so). Results replace the "PPO round" section of
@@ -70,7 +71,9 @@ def run_prefloop(args) -> dict:
                             reward_model=RewardModelRef(BASE_MODEL_DIR, REWARD_DIR, 0.0, 1.0))
     result = ppo.train(inputs, WORK / "prefloop-policy", config)
     kl = [h["ppo/kl"] for h in result.history if "ppo/kl" in h]
-    return {"seconds": result.seconds, "episodes": result.examples, "final_kl": kl[-1] if kl else None}
+    scores = [h["ppo/reward"] for h in result.history if "ppo/reward" in h]
+    return {"seconds": result.seconds, "episodes": result.examples, "final_kl": kl[-1] if kl else None,
+            "scores": scores}
 
 
 def run_trl(args) -> dict:
@@ -103,7 +106,9 @@ def run_trl(args) -> dict:
     )
     started = time.monotonic()
     trainer.train()
-    return {"seconds": time.monotonic() - started, "episodes": trainer.state.episode, "final_kl": None}
+    scores = [h["objective/scores"] for h in trainer.state.log_history if "objective/scores" in h]
+    return {"seconds": time.monotonic() - started, "episodes": trainer.state.episode, "final_kl": None,
+            "scores": scores}
 
 
 def child(args) -> None:
@@ -143,6 +148,9 @@ def main() -> int:
 
     from benchmark_report import command_line, machine_lines, replace_section
 
+    def score_path(r: dict) -> str:
+        return " → ".join(f"{score:.3f}" for score in r["scores"]) or "–"
+
     def tokens_per_second(r: dict) -> float:
         return r["episodes"] * args.response_length / r["seconds"]
 
@@ -152,6 +160,7 @@ def main() -> int:
         ("Rollout tokens/s (episodes × new tokens / wall time)", f"{tokens_per_second(ours):.1f}",
          f"{tokens_per_second(plain):.1f}"),
         ("Peak memory of the process (GiB RSS)", f"{ours['peak_rss_gib']:.2f}", f"{plain['peak_rss_gib']:.2f}"),
+        ("Reward-model score per PPO update (mean of the batch, first → last)", score_path(ours), score_path(plain)),
     ]
     if "peak_gpu_gib" in ours:
         rows.append(("Peak GPU memory (GiB)", f"{ours['peak_gpu_gib']:.2f}", f"{plain['peak_gpu_gib']:.2f}"))
@@ -161,7 +170,10 @@ def main() -> int:
         *machine_lines(),
         f"- Settings: SmolLM2-135M-Instruct, LoRA r=16 policy, batch {args.batch_size}, "
         f"{args.response_length} new tokens, {ours['episodes']} episodes ({ours['episodes'] // args.batch_size} "
-        "PPO updates of 4 epochs), reward and value models the full 135M backbone, fp32.",
+        "PPO updates of 4 epochs), fp32. Value model: PrefLoop trains a LoRA adapter (r=16) and head on a "
+        "frozen copy of the reward model (`value_model = \"lora\"`, the default); plain TRL trains the whole "
+        "135M copy. The reward model is the base backbone with an untrained head, the same in both: the scores "
+        "show that both runs optimize it, not how well.",
         "",
         "| Metric | PrefLoop round | plain TRL PPOTrainer |", "| --- | --- | --- |",
         *(f"| {name} | {a} | {b} |" for name, a, b in rows),

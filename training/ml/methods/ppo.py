@@ -75,6 +75,11 @@ class PPOConfig:
     """PPO's policy ratio clip."""
     vf_coef: float = 0.1
     """Weight of the value loss."""
+    value_model: Literal["lora", "full"] = "lora"
+    """The value model starts as a copy of the reward model. "lora": its weights stay
+    frozen and it learns a LoRA adapter (rank lora_r) and its head, so the optimizer holds
+    no second set of 135M+ Adam states and the backward pass computes no weight gradients
+    for it; "full": every weight trains, as in TRL's examples."""
     lora_r: int = 16
     """Rank of a new policy adapter (a continued adapter keeps its own)."""
     lora_alpha: int = 32
@@ -108,7 +113,7 @@ def train(inputs: TrainingInputs, out_dir: Path, config: PPOConfig,
     setup = set_up(inputs.start, out_dir, seed=config.seed, lora_r=config.lora_r, lora_alpha=config.lora_alpha)
     device, tokenizer = setup.device, setup.tokenizer
     reward_model = normalized_reward_model(inputs.reward_model, device)
-    value_model = copy.deepcopy(reward_model).train()
+    value_model = critic(reward_model, config)
     dataset = Dataset.from_dict({"input_ids": [prompt_input_ids(tokenizer, p) for p in inputs.prompts]})
     episodes = config.total_episodes or max(len(inputs.prompts), config.batch_size)
 
@@ -147,6 +152,25 @@ def train(inputs: TrainingInputs, out_dir: Path, config: PPOConfig,
     seconds = train_and_save(trainer, setup, out_dir, policy=trainer.policy_model)
     rollouts = trainer.state.episode
     return TrainingResult(history, seconds, rollouts, {"generated_tokens": rollouts * config.response_length})
+
+
+def critic(reward_model, config: PPOConfig):
+    """The value model, initialized from the reward model (Ouyang et al. 2022) and, by
+    default, trained as a LoRA adapter plus its head. The adapter is injected into the
+    model in place (no PeftModel wrapper), because TRL reaches the value model's backbone
+    by its `base_model_prefix` attribute."""
+    value = copy.deepcopy(reward_model).train()
+    if config.value_model == "full":
+        return value
+    from peft import LoraConfig, inject_adapter_in_model
+
+    value.requires_grad_(False)
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules="all-linear",
+                      exclude_modules=["score"])
+    value = inject_adapter_in_model(lora, value)
+    for name, parameter in value.named_parameters():
+        parameter.requires_grad = "lora_" in name or name.startswith("score.")
+    return value
 
 
 METHOD = Method(
