@@ -11,8 +11,6 @@ from experiments.models import ArmRun, GoldScore, RoundResult
 from labeling.models import Comparison, Label
 from labeling.services import LabelInput, submit_label
 from labeling.simulation import oracle_annotator
-from training.ml.divergence import sampled_kl
-from training.ml.loading import load_policy
 from training.models import EvaluationSample, Job, PolicyVersion, RewardModelVersion, RewardScore
 
 
@@ -45,23 +43,12 @@ def compute_seconds(arm_run: ArmRun, up_to_round_number: int | None) -> float:
     return sum((job.finished_at - job.started_at).total_seconds() for job in jobs.filter(in_scope))
 
 
-def measure_kl(version: PolicyVersion, prompts: list[list[dict]], samples_per_prompt: int, max_new_tokens: int,
-               seed: int) -> float | None:
-    """KL(version ‖ its base) in nats per answer; 0 for the base itself, None when off."""
-    if version.is_base:
-        return 0.0
-    if samples_per_prompt <= 0 or not prompts:
-        return None
-    policy, tokenizer = load_policy(version.base_model_dir, version.adapter_dir)
-    reference, _ = load_policy(version.base_model_dir)
-    return sampled_kl(policy, reference, tokenizer, prompts, samples_per_prompt, max_new_tokens, seed).mean
-
-
 def record_result(arm_run: ArmRun, round_index: int, version: PolicyVersion,
-                  reward_model: RewardModelVersion | None, judge: GoldJudge, *, up_to_round_number: int | None,
-                  kl_samples: int, max_new_tokens: int) -> RoundResult:
+                  reward_model: RewardModelVersion | None, judge: GoldJudge, *,
+                  up_to_round_number: int | None) -> RoundResult:
     """Score the version's evaluation answers with the gold judge, read its reward
-    model's scores of the same answers, estimate KL, and store it all."""
+    model's scores of the same answers and the KL to the base its evaluation job
+    measured (with the design's kl_samples; None when 0), and store it all."""
     samples = list(EvaluationSample.objects.filter(policy_version=version, prompt__evaluations__run=arm_run.run)
                    .select_related("completion", "prompt").order_by("prompt_id"))
     if not samples:
@@ -72,7 +59,8 @@ def record_result(arm_run: ArmRun, round_index: int, version: PolicyVersion,
         scores = RewardScore.objects.filter(reward_model=reward_model, completion__in=[s.completion for s in samples])
         values = list(scores.values_list("score", flat=True))
         proxy = sum(values) / len(values) if values else None
-    kl = measure_kl(version, [s.prompt.messages for s in samples], kl_samples, max_new_tokens, seed=arm_run.seed)
+    version.refresh_from_db(fields=["kl_to_base"])
+    kl = 0.0 if version.is_base else version.kl_to_base
     result = RoundResult.objects.create(
         arm_run=arm_run, round_index=round_index, policy_version=version, reward_model=reward_model,
         gold_reward=sum(gold) / len(gold), proxy_reward=proxy, kl=kl,

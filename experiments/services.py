@@ -73,7 +73,9 @@ def create_experiment(design: Design, mode: str, design_text: str = "",
                              description=f"Arm {arm.name} ({arm.schedule}) of {experiment}, seed {seed}.")
             run.labeled_by = LabeledBy.SIMULATOR
             run.comparison_prompts = math.ceil(candidates)
-            run.save(update_fields=["labeled_by", "comparison_prompts"])
+            run.sampling = {"max_new_tokens": design.max_new_tokens, "temperature": design.temperature,
+                            "kl_samples": design.kl_samples}
+            run.save(update_fields=["labeled_by", "comparison_prompts", "sampling"])
             ArmRun.objects.create(experiment=experiment, arm=arm.name, schedule=arm.schedule, seed=seed, run=run)
     return experiment
 
@@ -94,9 +96,11 @@ def run_experiment(experiment: Experiment, driver: Driver) -> Experiment:
     experiment.mark_running()
     try:
         # Jobs pin these settings when they are created, in this process.
-        with override_settings(PREFLOOP_MAX_NEW_TOKENS=design.max_new_tokens,
-                               PREFLOOP_TEMPERATURE=design.temperature,
-                               PREFLOOP_EVAL_PROMPTS=design.evaluation_prompts, PREFLOOP_OVERLAP_SHARE=0.0):
+        # Sampling is each arm run's own (Run.sampling, set at creation), so stage jobs a
+        # Celery worker creates pin it too. These two are read here only: the evaluation
+        # prompts are chosen by the first job this process creates, and the overlap share
+        # is irrelevant to a simulated annotator who labels each comparison once.
+        with override_settings(PREFLOOP_EVAL_PROMPTS=design.evaluation_prompts, PREFLOOP_OVERLAP_SHARE=0.0):
             for arm_run in experiment.arm_runs.select_related("run"):
                 log.info("%s: %s", experiment, arm_run)
                 SCHEDULES[arm_run.schedule].walk(ArmWalk(arm_run, design, judge, driver))
@@ -139,8 +143,7 @@ class ArmWalk:
     def record(self, index: int, version: PolicyVersion, reward_model: RewardModelVersion | None,
                round_: Round | None) -> None:
         record_result(self.arm_run, index, version, reward_model, self.judge,
-                      up_to_round_number=round_.number if round_ else None, kl_samples=self.design.kl_samples,
-                      max_new_tokens=self.design.max_new_tokens)
+                      up_to_round_number=round_.number if round_ else None)
 
     def succeeded(self, job: Job) -> Job:
         if job.status != Job.Status.SUCCEEDED:

@@ -349,6 +349,9 @@ PREFLOOP_QUERY_SELECTION = env_choice("PREFLOOP_QUERY_SELECTION", "disagreement"
 # the progress pages, scored by the latest reward model); held out of comparisons and PPO,
 # and at most a quarter of the prompts.
 PREFLOOP_EVAL_PROMPTS = env_int("PREFLOOP_EVAL_PROMPTS", 16, minimum=0)
+# Answers per evaluation prompt an evaluation job samples from each new version to
+# estimate its KL to the base (shown by bake-offs and experiments); 0 turns it off.
+PREFLOOP_EVAL_KL_SAMPLES = env_int("PREFLOOP_EVAL_KL_SAMPLES", 1, minimum=0)
 # Chain full rounds by themselves once this many new labels arrived (unless stopped).
 PREFLOOP_AUTO_LOOP = env_bool("PREFLOOP_AUTO_LOOP", False)
 PREFLOOP_LOOP_MIN_LABELS = env_int("PREFLOOP_LOOP_MIN_LABELS", 32, minimum=1)

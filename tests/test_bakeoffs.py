@@ -271,6 +271,8 @@ def test_the_page_ranks_candidates_by_people_with_values_worked_out_by_hand(judg
         labeling.submit_label(robot, LabelInput(comparison.pk, "a"), origin=Label.Origin.SIMULATED,
                               require_lease=False)
 
+    PolicyVersion.objects.filter(number=2).update(kl_to_base=0.125, kl_to_base_stderr=0.01)  # dpo's, measured
+
     client.force_login(people.researcher)
     response = client.get(reverse("bakeoff_detail", args=[bakeoff.pk]))
     assert response.status_code == 200
@@ -316,10 +318,14 @@ def test_the_page_ranks_candidates_by_people_with_values_worked_out_by_hand(judg
     assert rows["dpo"]["strength"].high - b == pytest.approx(1.959964 * math.sqrt(h11 / determinant), abs=1e-6)
     assert rows["grpo"]["strength"] is None and rows["grpo"]["version"] is None
 
-    # Reward-model means (see judged_bakeoff), the KL PPO logged last, compute time.
+    # Reward-model means (see judged_bakeoff), compute time.
     assert rows["ppo"]["rm_mean_score"] == pytest.approx(0.5) and rows["dpo"]["rm_mean_score"] == pytest.approx(-0.2)
     assert page["start_rm_mean_score"] == 0.0
-    assert rows["ppo"]["kl"] == 0.04 and rows["dpo"]["kl"] is None
+    # KL: measured by the evaluation where it was (dpo), else the method's log (ppo).
+    assert rows["ppo"]["kl"] == {"value": 0.04, "stderr": None, "measured": False}
+    assert rows["dpo"]["kl"] == {"value": 0.125, "stderr": 0.01, "measured": True}
+    assert page["start_kl"]["value"] == 0.0  # the start is the base
+    assert "0.040 <span class=\"muted\">(logged)</span>" in html and "0.125 ± 0.010" in html
     assert rows["ppo"]["seconds"] == pytest.approx(90, abs=1) and "1 min 30 s" in html
     assert "RuntimeError: out of memory" in html  # the failed candidate, shown failed
 

@@ -32,7 +32,8 @@ def test_every_version_answers_the_fixed_prompts_once_and_the_latest_reward_mode
     rm_settings.PREFLOOP_MAX_NEW_TOKENS = 8
     marker_labels(40)  # 40 prompts, and labels for a reward model
     job = run_evaluation(base_run)
-    assert job.result == {"answered": 3, "scored": 0, "reward_model": None, "errors": []}  # no reward model yet
+    # no reward model yet; no trained version to measure the KL of
+    assert job.result == {"answered": 3, "scored": 0, "kl_measured": 0, "reward_model": None, "errors": []}
     chosen = list(EvaluationPrompt.objects.values_list("prompt_id", flat=True))
     assert len(chosen) == 3
     assert set(chosen) == set(Prompt.objects.order_by("content_hash").values_list("pk", flat=True)[:3])
@@ -43,7 +44,7 @@ def test_every_version_answers_the_fixed_prompts_once_and_the_latest_reward_mode
 
     job = run_evaluation(base_run)
     # v1's answers, then all six scored
-    assert job.result == {"answered": 3, "scored": 6, "reward_model": 1, "errors": []}
+    assert job.result == {"answered": 3, "scored": 6, "kl_measured": 0, "reward_model": 1, "errors": []}
     assert job.step == job.total_steps == 4
     assert EvaluationSample.objects.filter(policy_version__number=1).count() == 3
     assert RewardScore.objects.filter(reward_model=rm1).count() == 6
@@ -52,7 +53,8 @@ def test_every_version_answers_the_fixed_prompts_once_and_the_latest_reward_mode
                        .values_list("completion__text", flat=True)) for n in (0, 1)}
     assert texts[0] == texts[1]
 
-    assert run_evaluation(base_run).result == {"answered": 0, "scored": 0, "reward_model": 1, "errors": []}
+    assert run_evaluation(base_run).result == {"answered": 0, "scored": 0, "kl_measured": 0, "reward_model": 1,
+                                               "errors": []}
 
 
 @pytest.mark.django_db
@@ -65,6 +67,66 @@ def test_a_version_that_cannot_answer_is_reported_and_the_others_still_are(rm_se
     PolicyVersion.objects.create(number=1, run=base_run, parent=base_policy, base_model_dir=base_policy.base_model_dir,
                                  adapter_dir=str(tmp_path / "adapter-that-was-deleted"))
     job = run_evaluation(base_run)
-    assert job.result["answered"] == 2 and len(job.result["errors"]) == 1
-    assert job.error.startswith("v1 could not answer")
+    assert job.result["answered"] == 2 and len(job.result["errors"]) == 2  # its answers, and its KL
+    assert job.error.startswith("v1 could not answer") and "KL of v1" in job.error
     assert EvaluationSample.objects.filter(policy_version__number=0).count() == 2
+
+
+def test_each_trained_version_gets_its_kl_to_the_base_measured_once(rm_settings, base_run, base_policy,  # noqa: F811
+                                                                     tmp_path):
+    """An adapter that changes nothing (LoRA's B = 0 at initialization) is at KL 0 from
+    its base; one with random weights is not; a second evaluation measures nothing again."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    rm_settings.PREFLOOP_EVAL_PROMPTS = 2
+    rm_settings.PREFLOOP_MAX_NEW_TOKENS = 6
+    base_run.sampling = {"kl_samples": 3}
+    base_run.save(update_fields=["sampling"])
+    for i in range(8):
+        Prompt.objects.create(messages=[{"role": "user", "content": f"Evaluate me {i}"}])
+    adapters = {}
+    for name, scale in (("unchanged", 0.0), ("moved", 1.0)):
+        # On the output layer: the tiny model's near-uniform next-token distribution
+        # barely moves when only the layers inside change.
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_policy.base_model_dir),
+                               LoraConfig(r=4, target_modules=["lm_head"]))
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for parameter_name, parameter in model.named_parameters():
+                if "lora_B" in parameter_name:
+                    parameter.copy_(torch.randn_like(parameter) * scale)
+        model.save_pretrained(tmp_path / name)
+        adapters[name] = tmp_path / name
+    unchanged = PolicyVersion.objects.create(number=1, run=base_run, parent=base_policy,
+                                             base_model_dir=base_policy.base_model_dir,
+                                             adapter_dir=str(adapters["unchanged"]), method="sft_chosen")
+    moved = PolicyVersion.objects.create(number=2, run=base_run, parent=base_policy,
+                                         base_model_dir=base_policy.base_model_dir,
+                                         adapter_dir=str(adapters["moved"]), method="dpo")
+
+    job = run_evaluation(base_run)
+    assert job.params["kl_samples"] == 3 and job.result["kl_measured"] == 2
+    unchanged.refresh_from_db()
+    moved.refresh_from_db()
+    assert unchanged.kl_to_base == pytest.approx(0.0, abs=1e-4)
+    assert moved.kl_to_base > 5 and moved.kl_to_base_stderr > 0  # ~10 nats per token, exactly, at one context
+    base_policy.refresh_from_db()
+    assert base_policy.kl_to_base is None  # a base is not measured (it is 0 by definition)
+    assert run_evaluation(base_run).result["kl_measured"] == 0
+
+
+@pytest.mark.django_db
+def test_a_runs_own_sampling_settings_are_pinned_by_jobs_whoever_creates_them(base_run, base_policy, settings):
+    settings.PREFLOOP_MAX_NEW_TOKENS, settings.PREFLOOP_EVAL_KL_SAMPLES = 96, 1
+    for i in range(8):
+        Prompt.objects.create(messages=[{"role": "user", "content": f"Sample me {i}"}])
+    assert services.create_evaluation_job(base_run).params["kl_samples"] == 1
+    base_run.sampling = {"max_new_tokens": 12, "temperature": 0.3, "kl_samples": 0}
+    base_run.save(update_fields=["sampling"])
+    evaluation = services.create_evaluation_job(base_run)
+    generation = services.create_generation_job(base_run, base_policy, 2, samples=2)
+    for job in (evaluation, generation):
+        assert (job.params["sampling"]["max_new_tokens"], job.params["sampling"]["temperature"]) == (12, 0.3)
+    assert evaluation.params["kl_samples"] == 0

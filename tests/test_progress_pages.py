@@ -109,6 +109,11 @@ def test_version_page_shows_its_win_rates_and_escapes_model_output(client, peopl
     assert "&lt;script&gt;alert" in html  # shown as text
     assert "0.79 [0.51, 0.93] (9–1–2)" in html and "round 1" in html
     assert "trained by <b>PPO</b>" in html and "Run default" in html
+    assert "KL to the base: not measured yet" in html
+    world.v1.kl_to_base, world.v1.kl_to_base_stderr = 0.4567, 0.0321
+    world.v1.save(update_fields=["kl_to_base", "kl_to_base_stderr"])
+    html = client.get(reverse("version_detail", args=[1])).content.decode()
+    assert "KL to the base: 0.457 ± 0.032 nats per answer" in html
     assert client.get(reverse("version_detail", args=[0])).status_code == 200
     assert client.get(reverse("version_detail", args=[7])).status_code == 404
 

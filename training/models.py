@@ -58,6 +58,11 @@ class Run(models.Model):
     method = models.CharField(max_length=32, help_text="Policy-update method (training/ml/methods).")
     method_config = models.JSONField(default=dict, blank=True)
     reward_config = models.JSONField(default=dict, blank=True)
+    sampling = models.JSONField(
+        default=dict, blank=True,
+        help_text="This run's own sampling settings, over the deployment's (PREFLOOP_MAX_NEW_TOKENS, "
+                  "PREFLOOP_TEMPERATURE, PREFLOOP_EVAL_KL_SAMPLES): max_new_tokens, temperature, kl_samples. Every "
+                  "job pins them when it is created, in whichever process creates it (an experiment sets them).")
     recipe = models.CharField(max_length=32, default="rlhf")
     query_selection = models.CharField(max_length=16, choices=QuerySelection.choices,
                                        default=QuerySelection.DISAGREEMENT)
@@ -126,6 +131,11 @@ class PolicyVersion(models.Model):
     inputs = models.JSONField(default=dict, blank=True,
                               help_text="What it was trained on: start, reward model, prompts, labels, seed.")
     metrics = models.JSONField(default=dict, blank=True)
+    kl_to_base = models.FloatField(
+        null=True, blank=True,
+        help_text="KL(this version ‖ its base) in nats per answer, sampled on the run's evaluation prompts by an "
+                  "evaluation job (training/services/evaluation.py); 0 for a base, empty until measured.")
+    kl_to_base_stderr = models.FloatField(null=True, blank=True)
     job = models.ForeignKey("Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
 

@@ -404,6 +404,17 @@ def last_logged_kl(version: PolicyVersion) -> float | None:
     return next((entry[key] for entry in reversed(history) if isinstance(entry.get(key), int | float)), None)
 
 
+def kl_of(version: PolicyVersion) -> dict | None:
+    """The version's KL to the base as its evaluation measured it (every method alike),
+    else the last one its method logged while training; None when neither exists."""
+    if version.is_base:
+        return {"value": 0.0, "stderr": None, "measured": True}
+    if version.kl_to_base is not None:
+        return {"value": version.kl_to_base, "stderr": version.kl_to_base_stderr, "measured": True}
+    logged = last_logged_kl(version)
+    return None if logged is None else {"value": logged, "stderr": None, "measured": False}
+
+
 def bakeoff_page(bakeoff: BakeOff) -> dict:
     """A bake-off: its candidates ranked by people's Bradley–Terry scores (anchored on
     the start), each one's win rate against the start, mean reward-model score, KL to
@@ -423,14 +434,14 @@ def bakeoff_page(bakeoff: BakeOff) -> dict:
             "candidate": candidate, "version": version, "strength": strengths.get(player),
             "vs_start": head_to_head(games, player, anchor) if version else None,
             "rm_mean_score": judge.mean_score(version.number) if version else None,
-            "kl": last_logged_kl(version) if version else None, "seconds": candidate.compute_seconds,
+            "kl": kl_of(version) if version else None, "seconds": candidate.compute_seconds,
             "is_head": version is not None and version.pk == run.head_id,
         })
     rows.sort(key=lambda row: (row["strength"] is None, -(row["strength"].score if row["strength"] else 0.0)))
     ranking = {"run": run, "strengths": list(strengths.values()), "systems": set()}
     return {
         "bakeoff": bakeoff, "run": run, "rows": rows, "games": len(games), "start_strength": strengths.get(anchor),
-        "start_rm_mean_score": judge.mean_score(start.number), "judge": judge,
+        "start_rm_mean_score": judge.mean_score(start.number), "start_kl": kl_of(start), "judge": judge,
         "shown_versions": [start, *versions], "evaluation": evaluation_grid(run, [start, *versions], judge),
         "charts": {"bakeoff-strengths": charts.bradley_terry(
             [ranking] if games else [],

@@ -17,7 +17,9 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 
 from labeling.models import Completion, Prompt
+from training.ml.divergence import KLEstimate, sampled_kl
 from training.ml.generation import SamplingConfig
+from training.ml.loading import load_policy
 from training.models import (
     EvaluationPrompt,
     EvaluationSample,
@@ -31,7 +33,7 @@ from training.models import (
 from training.services.jobs import enqueue_on_commit, job_type
 from training.services.reward_models import load_scorer
 from training.services.runs import latest_reward_model
-from training.services.sampling import sample_completions, sampling_config
+from training.services.sampling import kl_samples_of, sample_completions, sampling_config
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +82,8 @@ def lineage_versions(run: Run) -> list[PolicyVersion]:
 def create_evaluation_job(run: Run, round_: Round | None = None, requested_by: AbstractBaseUser | None = None) -> Job:
     """A job pinned to its sampling settings and to the reward model that will judge."""
     judge = latest_reward_model(run)
-    params = {"sampling": sampling_config(EVALUATION_SEED).to_dict(),
-              "reward_model": judge.number if judge else None}
+    params = {"sampling": sampling_config(EVALUATION_SEED, run).to_dict(),
+              "reward_model": judge.number if judge else None, "kl_samples": kl_samples_of(run)}
     return Job.objects.create(kind=Job.Kind.EVALUATE, run=run, round=round_, requested_by=requested_by,
                               params=params)
 
@@ -117,8 +119,11 @@ def run_evaluation_job(job: Job) -> None:
                 missing.append((version, todo))
         number = job.params.get("reward_model")
         reward_model = RewardModelVersion.objects.get(number=number) if number is not None else None
-        total = sum(len(todo) for _, todo in missing) + (1 if reward_model else 0)
-        done = answered = 0
+        kl_samples = job.params.get("kl_samples", 0)
+        unmeasured = [v for v in lineage_versions(run) if v.kl_to_base is None and not v.is_base
+                      ] if kl_samples and prompts else []
+        total = sum(len(todo) for _, todo in missing) + len(unmeasured) + (1 if reward_model else 0)
+        done = answered = measured = 0
         job.report_progress(0, total)
         config = SamplingConfig(**job.params["sampling"])
         for version, todo in missing:
@@ -131,6 +136,19 @@ def run_evaluation_job(job: Job) -> None:
             else:
                 answered += store_evaluation_samples(job, version, todo, [samples[0] for samples in answers], config)
             done += len(todo)
+        config_kl = {"samples_per_prompt": kl_samples, "max_new_tokens": config.max_new_tokens, "seed": config.seed}
+        for version in unmeasured:
+            try:
+                estimate = estimate_kl_to_base(version, [p.messages for p in prompts], **config_kl)
+            except Exception as error:
+                log.exception("the KL of policy v%s could not be estimated", version.number)
+                errors.append(f"KL of v{version.number}: {type(error).__name__}: {error}")
+            else:
+                PolicyVersion.objects.filter(pk=version.pk).update(kl_to_base=estimate.mean,
+                                                                   kl_to_base_stderr=estimate.stderr)
+                measured += 1
+            done += 1
+            job.report_progress(done, total)
         scored = score_evaluation_samples(reward_model, run) if reward_model else 0
         job.report_progress(total, total)
     except Exception as error:
@@ -140,8 +158,19 @@ def run_evaluation_job(job: Job) -> None:
     if errors:
         job.error = "; ".join(errors)
         job.save(update_fields=["error"])
-    job.mark_succeeded({"answered": answered, "scored": scored, "errors": errors,
+    job.mark_succeeded({"answered": answered, "scored": scored, "kl_measured": measured, "errors": errors,
                         "reward_model": reward_model.number if reward_model else None})
+
+
+def estimate_kl_to_base(version: PolicyVersion, prompts: list[list[dict]], samples_per_prompt: int,
+                        max_new_tokens: int, seed: int) -> KLEstimate:
+    """KL(version ‖ its base model) in nats per answer, from the version's own untruncated
+    samples (training/ml/divergence.py). Every method's versions are measured the same
+    way, whether or not the method logs a KL of its own while training (DPO, SFT and
+    best-of-N do not; PPO's and GRPO's are to their own reference, per batch)."""
+    policy, tokenizer = load_policy(version.base_model_dir, version.adapter_dir)
+    reference, _ = load_policy(version.base_model_dir)
+    return sampled_kl(policy, reference, tokenizer, prompts, samples_per_prompt, max_new_tokens, seed)
 
 
 @transaction.atomic

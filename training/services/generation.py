@@ -75,7 +75,7 @@ def pinned_generation_job(run: Run, policy: PolicyVersion, prompt_ids: list[int]
                 "reward_model": judge.number if judge else None,
                 **({"opponents": opponents} if opponents else {})},
     )
-    job.params["sampling"] = sampling_config(seed=job.pk).to_dict()
+    job.params["sampling"] = sampling_config(seed=job.pk, run=run).to_dict()
     job.save(update_fields=["params"])
     return job
 

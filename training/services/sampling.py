@@ -1,4 +1,4 @@
-"""Sampling from a policy version with the deployment's sampling settings, for the jobs
+"""Sampling from a policy version with the run's or the deployment's sampling settings, for the jobs
 that need answers (comparisons, evaluation). The model code is training/ml/generation.py."""
 
 from __future__ import annotations
@@ -7,17 +7,24 @@ from django.conf import settings
 
 from training.ml.generation import SamplingConfig, iter_sample_batches
 from training.ml.loading import load_policy
-from training.models import PolicyVersion
+from training.models import PolicyVersion, Run
 
 
-def sampling_config(seed: int) -> SamplingConfig:
-    """What a job pins when it is created (so settings changed later do not change it)."""
+def sampling_config(seed: int, run: Run | None = None) -> SamplingConfig:
+    """What a job pins when it is created (so settings changed later do not change it):
+    the run's own sampling settings (Run.sampling), else the deployment's."""
+    own = run.sampling if run is not None else {}
     return SamplingConfig(
-        max_new_tokens=settings.PREFLOOP_MAX_NEW_TOKENS,
-        temperature=settings.PREFLOOP_TEMPERATURE,
+        max_new_tokens=int(own.get("max_new_tokens", settings.PREFLOOP_MAX_NEW_TOKENS)),
+        temperature=float(own.get("temperature", settings.PREFLOOP_TEMPERATURE)),
         batch_size=settings.PREFLOOP_GENERATION_BATCH_SIZE,
         seed=seed,
     )
+
+
+def kl_samples_of(run: Run) -> int:
+    """Answers per evaluation prompt for a version's KL estimate (0: none)."""
+    return int(run.sampling.get("kl_samples", settings.PREFLOOP_EVAL_KL_SAMPLES))
 
 
 def sample_completions(policy: PolicyVersion, conversations: list[list[dict]], samples: int, config: SamplingConfig,
