@@ -28,6 +28,9 @@ def test_one_process_trains_in_place_and_more_go_through_accelerate_launch():
     command = LaunchConfig(processes=2).command(Path("/tmp/job"))
     assert command[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
     assert command[command.index("--num_processes") + 1] == "2" and "--multi_gpu" in command
+    ports = {LaunchConfig(processes=2).command(Path("/tmp/job"))[command.index("--main_process_port") + 1]
+             for _ in range(3)}
+    assert len(ports) > 1  # each launch its own port, not torch's 29500 for all
     assert command[-3:] == ["-m", "training.ml.launch", "/tmp/job"]
     configured = LaunchConfig(config_file="deploy/accelerate/fsdp.yaml")
     assert configured.launched and "--num_processes" not in configured.command(Path("/tmp/job"))

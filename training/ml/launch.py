@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -97,9 +98,18 @@ class LaunchConfig:
         else:
             # The torchrun launcher; on a machine without CUDA the trainers ask
             # Accelerate for CPU processes (use_cpu), which then talk over gloo.
+            # A free port of its own: two launches at once (two workers on one machine)
+            # must not meet on torch's default 29500.
             accelerate += ["--multi_gpu", "--num_processes", str(self.processes), "--num_machines", "1",
-                           "--mixed_precision", "no", "--dynamo_backend", "no"]
+                           "--main_process_port", str(free_port()), "--mixed_precision", "no",
+                           "--dynamo_backend", "no"]
         return [*accelerate, "-m", "training.ml.launch", str(folder)]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 # What the launched processes run, by kind ---------------------------------------------
