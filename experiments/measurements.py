@@ -61,6 +61,10 @@ def record_result(arm_run: ArmRun, round_index: int, version: PolicyVersion,
         proxy = sum(values) / len(values) if values else None
     version.refresh_from_db(fields=["kl_to_base"])
     kl = 0.0 if version.is_base else version.kl_to_base
+    if kl is None and arm_run.run.sampling.get("kl_samples", 0) > 0:
+        error = Job.objects.filter(run=arm_run.run, kind=Job.Kind.EVALUATE).order_by("-pk").values_list(
+            "error", flat=True).first()
+        raise ValueError(f"{version} has no KL to its base: its evaluation job did not measure it ({error or '?'})")
     result = RoundResult.objects.create(
         arm_run=arm_run, round_index=round_index, policy_version=version, reward_model=reward_model,
         gold_reward=sum(gold) / len(gold), proxy_reward=proxy, kl=kl,

@@ -26,7 +26,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "deploy" / "accelerate"
 def test_one_process_trains_in_place_and_more_go_through_accelerate_launch():
     assert not LaunchConfig().launched
     command = LaunchConfig(processes=2).command(Path("/tmp/job"))
-    assert command[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert command[0] == sys.executable and command[3] == "accelerate.commands.launch"  # behind die-with-parent
     assert command[command.index("--num_processes") + 1] == "2" and "--multi_gpu" in command
     ports = {LaunchConfig(processes=2).command(Path("/tmp/job"))[command.index("--main_process_port") + 1]
              for _ in range(3)}
@@ -34,7 +34,7 @@ def test_one_process_trains_in_place_and_more_go_through_accelerate_launch():
     assert command[-3:] == ["-m", "training.ml.launch", "/tmp/job"]
     configured = LaunchConfig(config_file="deploy/accelerate/fsdp.yaml")
     assert configured.launched and "--num_processes" not in configured.command(Path("/tmp/job"))
-    assert configured.command(Path("/tmp/job"))[3:5] == ["--config_file", "deploy/accelerate/fsdp.yaml"]
+    assert configured.command(Path("/tmp/job"))[4:6] == ["--config_file", "deploy/accelerate/fsdp.yaml"]
     assert configured.describe() == {"processes": 1, "accelerate_config": "deploy/accelerate/fsdp.yaml"}
 
 
@@ -92,3 +92,36 @@ time.sleep(60)
 def test_preference_pairs_survive_the_folder():
     pair = PreferencePair(7, [{"role": "user", "content": "Q?"}], "yes", "no", 2, True, False, (1, 2, 3), None, True)
     assert pair_from_dict(json.loads(json.dumps(asdict(pair)))) == pair
+
+
+def test_a_launch_dies_with_the_worker_that_started_it_even_by_sigkill(tmp_path):
+    """A worker killed outright (out of memory, a hard time limit) must not leave its
+    training running on the GPUs: the launcher gets SIGTERM when its parent dies."""
+    import signal
+
+    from training.ml.launch import DIE_WITH_PARENT_THEN_RUN
+
+    (tmp_path / "sleeper.py").write_text(f"import os, time\nopen({str(tmp_path / 'pid')!r}, 'w').write("
+                                         "str(os.getpid()))\ntime.sleep(60)\n")
+    worker = subprocess.Popen([sys.executable, "-c", f"""
+import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", {DIE_WITH_PARENT_THEN_RUN!r}, "sleeper"], start_new_session=True)
+time.sleep(60)
+"""], env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    deadline = time.monotonic() + 20
+    while not (tmp_path / "pid").is_file() or not (tmp_path / "pid").read_text():
+        assert time.monotonic() < deadline and worker.poll() is None
+        time.sleep(0.05)
+    launcher = int((tmp_path / "pid").read_text())
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(5)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{launcher}/stat").read_text().split()[2] == "Z":
+                return
+        except FileNotFoundError:
+            return
+        time.sleep(0.05)
+    os.kill(launcher, signal.SIGKILL)
+    raise AssertionError("the launcher outlived its worker")

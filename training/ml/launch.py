@@ -47,6 +47,7 @@ from training.ml.reward import (
 )
 
 INPUTS_FILE, PROGRESS_FILE, RESULT_FILE, LOG_FILE = "inputs.json", "progress.jsonl", "result.json", "launch.log"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 class LaunchError(RuntimeError):
@@ -80,17 +81,22 @@ class LaunchConfig:
                            config: RewardTrainingConfig, warm_start_dir: Path | None = None,
                            on_step: StepReport | None = None,
                            normalization_samples: Sequence[tuple] = ()) -> RewardTrainingResult:
-        if not self.launched:
+        if self.processes == 1:
+            # An Accelerate config file (DeepSpeed, FSDP) is for policy updates: after
+            # training, a reward model's main process scores with the whole model alone.
             return train_reward_model(pairs, base_model_dir, out_dir, config, warm_start_dir=warm_start_dir,
                                       on_step=on_step, normalization_samples=normalization_samples)
         payload = {"pairs": [asdict(pair) for pair in pairs], "base_model_dir": str(base_model_dir),
                    "out_dir": str(out_dir), "config": config_to_dict(config),
                    "warm_start_dir": str(warm_start_dir) if warm_start_dir else None,
                    "normalization_samples": [list(sample) for sample in normalization_samples]}
-        return RewardTrainingResult(**run_launched(self, "reward_model", payload, out_dir, on_step))
+        ddp = LaunchConfig(self.processes)
+        return RewardTrainingResult(**run_launched(ddp, "reward_model", payload, out_dir, on_step))
 
     def command(self, folder: Path) -> list[str]:
-        accelerate = [sys.executable, "-m", "accelerate.commands.launch"]
+        # The launcher (torchrun's agent, in this process) ends when the worker that
+        # started it dies, however it dies; its training processes end with it (main()).
+        accelerate = [sys.executable, "-c", DIE_WITH_PARENT_THEN_RUN, "accelerate.commands.launch"]
         if self.config_file:
             accelerate += ["--config_file", self.config_file]
             if self.processes > 1:
@@ -104,6 +110,30 @@ class LaunchConfig:
                            "--main_process_port", str(free_port()), "--mixed_precision", "no",
                            "--dynamo_backend", "no"]
         return [*accelerate, "-m", "training.ml.launch", str(folder)]
+
+
+# Linux's PR_SET_PDEATHSIG (survives exec): SIGTERM when the parent dies, even by SIGKILL.
+PR_SET_PDEATHSIG = 1
+DIE_WITH_PARENT_THEN_RUN = """
+import ctypes, runpy, signal, sys
+try:
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+except (OSError, AttributeError):
+    pass
+module = sys.argv[1]
+sys.argv = [module, *sys.argv[2:]]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
+def die_with_parent() -> None:
+    """This process gets SIGTERM when its parent dies (Linux; elsewhere nothing)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 def free_port() -> int:
@@ -176,9 +206,11 @@ def run_launched(launch: LaunchConfig, kind: str, payload: dict, out_dir: Path,
         folder = Path(name)
         (folder / INPUTS_FILE).write_text(json.dumps({"kind": kind, "payload": payload}), encoding="utf-8")
         with (folder / LOG_FILE).open("wb") as log:
-            process = subprocess.Popen(launch.command(folder), stdout=log, stderr=subprocess.STDOUT,
-                                       env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
-                                       start_new_session=True)
+            # From the project's root, whatever the worker's directory: `-m training.ml.launch`.
+            env = {**os.environ, "TOKENIZERS_PARALLELISM": "false",
+                   "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+            process = subprocess.Popen(launch.command(folder), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                       cwd=PROJECT_ROOT, start_new_session=True)
             try:
                 for line in follow_lines(folder / PROGRESS_FILE, process):
                     if on_step is not None:
@@ -211,7 +243,8 @@ def follow_lines(path: Path, process: subprocess.Popen, poll_seconds: float = 0.
 
 def stop(process: subprocess.Popen) -> None:
     """End the launcher and every process it started (its own session)."""
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+    # torchrun's agent gives its processes 30 s to end after a SIGTERM before it kills them.
+    for sig, wait in ((signal.SIGTERM, 40), (signal.SIGKILL, 5)):
         if process.poll() is not None:
             return
         try:
@@ -231,21 +264,29 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def json_default(value):
+    """A logged value JSON does not know (a numpy or torch scalar): its number, else its text."""
+    return value.item() if hasattr(value, "item") else str(value)
+
+
 def main(argv: list[str] | None = None) -> None:
+    die_with_parent()  # the launcher's agent: if it dies, so does this process
     folder = Path((argv or sys.argv[1:])[0])
     job = json.loads((folder / INPUTS_FILE).read_text(encoding="utf-8"))
     main_process = is_main_process()
 
     def report(step: int, total: int, metrics: dict) -> None:
         with (folder / PROGRESS_FILE).open("a", encoding="utf-8") as progress:
-            progress.write(json.dumps({"step": step, "total": total, "metrics": metrics}) + "\n")
+            progress.write(json.dumps({"step": step, "total": total, "metrics": metrics}, default=json_default) + "\n")
 
     result = LAUNCHED[job["kind"]](job["payload"], report if main_process else None)
     if main_process:
         partial = folder / (RESULT_FILE + ".partial")
-        partial.write_text(json.dumps(result), encoding="utf-8")
+        partial.write_text(json.dumps(result, default=json_default), encoding="utf-8")
         partial.replace(folder / RESULT_FILE)  # the worker never reads half a result
 
 
 if __name__ == "__main__":
-    main()
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    record(main)()  # a failing process's traceback reaches the launcher's summary (and the job's error)

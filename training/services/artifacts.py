@@ -49,6 +49,8 @@ def publish_artifact(
     side = partial_dir(kind, job)
     work = side.with_name(side.name + ".trainer")  # trainers' scratch space
     shutil.rmtree(side, ignore_errors=True)  # left by a crashed attempt
+    for leftover in side.parent.glob(f".{side.name}.launch-*"):  # an accelerate launch's inputs (ml/launch.py)
+        shutil.rmtree(leftover, ignore_errors=True)
     try:
         produced = write(side)
         stamp = {"format_version": ARTIFACT_FORMAT_VERSION, "kind": kind, "job": job.pk, "run": job.run_id,

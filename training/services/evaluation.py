@@ -43,6 +43,10 @@ EVALUATION_SEED = 20171231
 # At most this share of the prompts is held out, so a small prompt set still leaves
 # most of its prompts to comparisons and policy updates.
 MAX_EVALUATION_SHARE = 0.25
+# Each KL estimate loads two models and samples: the newest versions first, and at most
+# this many per job, so the first evaluation of a run from before KL was measured does
+# not measure its whole history at once.
+MAX_KL_PER_JOB = 8
 
 
 def evaluation_prompts(run: Run) -> list[Prompt]:
@@ -121,7 +125,7 @@ def run_evaluation_job(job: Job) -> None:
         reward_model = RewardModelVersion.objects.get(number=number) if number is not None else None
         kl_samples = job.params.get("kl_samples", 0)
         unmeasured = [v for v in lineage_versions(run) if v.kl_to_base is None and not v.is_base
-                      ] if kl_samples and prompts else []
+                      ][::-1][:MAX_KL_PER_JOB] if kl_samples and prompts else []
         total = sum(len(todo) for _, todo in missing) + len(unmeasured) + (1 if reward_model else 0)
         done = answered = measured = 0
         job.report_progress(0, total)

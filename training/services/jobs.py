@@ -198,7 +198,10 @@ def worker_launch_config():
     so it is read when the job runs and recorded with what the job publishes."""
     from training.ml.launch import LaunchConfig  # torch and TRL: only where training runs
 
-    return LaunchConfig(settings.PREFLOOP_TRAIN_PROCESSES, settings.PREFLOOP_ACCELERATE_CONFIG)
+    config_file = settings.PREFLOOP_ACCELERATE_CONFIG
+    if config_file and not os.path.isabs(config_file):
+        config_file = os.path.join(settings.BASE_DIR, config_file)  # deploy/accelerate/... from any directory
+    return LaunchConfig(settings.PREFLOOP_TRAIN_PROCESSES, config_file)
 
 
 def run_job_now(job: Job) -> Job:
@@ -214,10 +217,14 @@ def run_job_now(job: Job) -> Job:
             try:
                 job_kind.run(job)
             except BaseException as error:  # Ctrl-C or SIGTERM stopping this process mid-job
-                job.refresh_from_db()
-                if not job.is_finished:
-                    job.mark_failed(f"stopped in the process running it inline ({type(error).__name__}: {error})")
-                    announce_finished(job)  # its round fails too, instead of waiting for the sweep
+                try:
+                    job.refresh_from_db()
+                    if not job.is_finished:
+                        job.mark_failed(f"stopped in the process running it inline ({type(error).__name__}: "
+                                        f"{error})")
+                    announce_finished(job)  # its round moves on (or fails) now, not after the sweep
+                except Exception:  # the interrupt may have broken the connection: keep the first error
+                    log.exception("could not record that job %s was stopped", job.pk)
                 raise
     job.refresh_from_db()
     announce_finished(job)

@@ -124,18 +124,35 @@ def train_and_save(trainer, setup: TrainerSetup, out_dir: Path, policy=None) -> 
         shutil.rmtree(setup.work_dir, ignore_errors=True)
     seconds = time.monotonic() - started
     # Under `accelerate launch` (training/ml/launch.py) one process writes the weights and
-    # none returns before the files are complete. Sharded weights (DeepSpeed ZeRO-3, FSDP)
-    # are gathered first, which every process takes part in.
-    from accelerate.utils import DistributedType
-
+    # none returns before the files are complete.
     accelerator = trainer.accelerator
     model = policy if policy is not None else trainer.model
-    sharded = accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
-    state_dict = accelerator.get_state_dict(model) if sharded else None
+    state_dict = gathered_state_dict(trainer, within="policy." if policy is not None else "")
     if accelerator.is_main_process:
         save_policy(accelerator.unwrap_model(model), setup.tokenizer, out_dir, state_dict)
     accelerator.wait_for_everyone()
     return seconds
+
+
+def gathered_state_dict(trainer, within: str = "") -> dict | None:
+    """Weights that DeepSpeed ZeRO-3 or FSDP spread over the processes, gathered (every
+    process takes part) from the engine the trainer trained; None when each process
+    holds them whole (one process, DDP, ZeRO-1/2). `within`: the prefix of the saved
+    model's weights in the engine (PPO trains the policy and value model as one).
+    Not run on this project's CPU machine: written to Accelerate's and DeepSpeed's docs."""
+    from accelerate.utils import DistributedType
+
+    accelerator = trainer.accelerator
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        if accelerator.state.deepspeed_plugin.zero_stage != 3:
+            return None
+    elif accelerator.distributed_type != DistributedType.FSDP:
+        return None
+    engine = getattr(trainer, "model_wrapped", None) or trainer.model
+    weights = accelerator.get_state_dict(engine)
+    if weights is None or not within:
+        return weights
+    return {key.removeprefix(within): value for key, value in weights.items() if key.startswith(within)}
 
 
 def require_adapter_fields(config) -> None:
