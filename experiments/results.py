@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from experiments import statistics
 from experiments.models import Experiment
-from prefloop.charts import figure
+from prefloop.charts import LAYOUT, figure
+
+# The legend under the axis title, not over it; the room for both, and for the right axis's numbers.
+BELOW_THE_AXIS = {"legend": {"orientation": "h", "y": -0.3}, "height": 340}
 
 
 def arm_order(experiment: Experiment) -> list[str]:
@@ -101,8 +104,10 @@ def experiment_charts(summary: dict) -> dict:
         "gold-per-round": figure("Gold (solid, 95% interval across seeds) and proxy reward (dotted) per round",
                                  per_round, xaxis={"title": {"text": "round"}, "dtick": 1},
                                  yaxis={"title": {"text": "gold reward"}},
-                                 yaxis2={"title": {"text": "proxy reward"}, "overlaying": "y", "side": "right"}),
+                                 yaxis2={"title": {"text": "proxy reward"}, "overlaying": "y", "side": "right"},
+                                 **BELOW_THE_AXIS, margin={**LAYOUT["margin"], "r": 70, "b": 80}),
         "gold-vs-kl": figure("Gold reward against KL to the base policy (over-optimization)", versus_kl,
                              xaxis={"title": {"text": "KL (nats per answer)"}},
-                             yaxis={"title": {"text": "gold reward"}}),
+                             yaxis={"title": {"text": "gold reward"}}, **BELOW_THE_AXIS,
+                             margin={**LAYOUT["margin"], "b": 80}),
     }
