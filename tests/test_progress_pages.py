@@ -114,6 +114,11 @@ def test_version_page_shows_its_win_rates_and_escapes_model_output(client, peopl
     world.v1.save(update_fields=["kl_to_base", "kl_to_base_stderr"])
     html = client.get(reverse("version_detail", args=[1])).content.decode()
     assert "KL to the base: 0.457 ± 0.032 nats per answer" in html
+    assert "accelerate launch" not in html  # trained in one process
+    world.v1.metrics = {**world.v1.metrics, "launch": {"processes": 2}}
+    world.v1.save(update_fields=["metrics"])
+    html = client.get(reverse("version_detail", args=[1])).content.decode()
+    assert 'Trained as <span id="version-launch">2 processes under <code>accelerate launch</code>' in html
     assert client.get(reverse("version_detail", args=[0])).status_code == 200
     assert client.get(reverse("version_detail", args=[7])).status_code == 404
 
