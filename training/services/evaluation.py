@@ -141,9 +141,11 @@ def run_evaluation_job(job: Job) -> None:
                 answered += store_evaluation_samples(job, version, todo, [samples[0] for samples in answers], config)
             done += len(todo)
         config_kl = {"samples_per_prompt": kl_samples, "max_new_tokens": config.max_new_tokens, "seed": config.seed}
+        references = {}  # one base model in memory for every version of it
         for version in unmeasured:
             try:
-                estimate = estimate_kl_to_base(version, [p.messages for p in prompts], **config_kl)
+                estimate = estimate_kl_to_base(version, [p.messages for p in prompts], references=references,
+                                               **config_kl)
             except Exception as error:
                 log.exception("the KL of policy v%s could not be estimated", version.number)
                 errors.append(f"KL of v{version.number}: {type(error).__name__}: {error}")
@@ -167,13 +169,16 @@ def run_evaluation_job(job: Job) -> None:
 
 
 def estimate_kl_to_base(version: PolicyVersion, prompts: list[list[dict]], samples_per_prompt: int,
-                        max_new_tokens: int, seed: int) -> KLEstimate:
+                        max_new_tokens: int, seed: int, references: dict | None = None) -> KLEstimate:
     """KL(version ‖ its base model) in nats per answer, from the version's own untruncated
     samples (training/ml/divergence.py). Every method's versions are measured the same
     way, whether or not the method logs a KL of its own while training (DPO, SFT and
     best-of-N do not; PPO's and GRPO's are to their own reference, per batch)."""
+    references = {} if references is None else references  # by base model directory, reused by the caller
     policy, tokenizer = load_policy(version.base_model_dir, version.adapter_dir)
-    reference, _ = load_policy(version.base_model_dir)
+    if version.base_model_dir not in references:
+        references[version.base_model_dir] = load_policy(version.base_model_dir)[0]
+    reference = references[version.base_model_dir]
     return sampled_kl(policy, reference, tokenizer, prompts, samples_per_prompt, max_new_tokens, seed)
 
 
