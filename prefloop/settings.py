@@ -329,6 +329,9 @@ PREFLOOP_RM_LEARNING_RATE = env_float("PREFLOOP_RM_LEARNING_RATE", 0.0, 0.0, 1.0
 PREFLOOP_RM_EPOCHS = env_float("PREFLOOP_RM_EPOCHS", 1.0, 0.01, 100.0)
 PREFLOOP_RM_BATCH_SIZE = env_int("PREFLOOP_RM_BATCH_SIZE", 8, minimum=1)
 PREFLOOP_RM_ENSEMBLE_SIZE = env_int("PREFLOOP_RM_ENSEMBLE_SIZE", 5, minimum=0)
+# Between full retrains, a version with only its score head refit on cached features
+# after this many new labels (training/ml/reward_refit.py); 0 = full retrains only.
+PREFLOOP_RM_REFIT_EVERY_LABELS = env_int("PREFLOOP_RM_REFIT_EVERY_LABELS", 1, minimum=0)
 # How long a reward-model job waits before asking again while another one trains.
 PREFLOOP_RM_WAIT_SECONDS = env_int("PREFLOOP_RM_WAIT_SECONDS", 15, minimum=1)
 

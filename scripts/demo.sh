@@ -49,13 +49,17 @@ else
   for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 
-# One process per queue: gpu (generation, policy updates, evaluation) and train (reward
-# models) hold models in memory and run one job at a time; default takes the light work.
+# One process per queue: gpu (generation, policy updates, evaluation), train (full
+# reward-model retrains) and refit (reward-model head refits, seconds each, so a new
+# label is not stuck behind a retrain) hold models in memory and run one job at a time;
+# default takes the light work.
 # The gpu worker's output (with its tqdm bars) comes to this console; the others log
 # under var/log.
 $CELERY -A prefloop worker -Q gpu -c 1 -n gpu@%h --loglevel INFO &
 pids+=($!)
 $CELERY -A prefloop worker -Q train -c 1 -n train@%h --loglevel INFO >var/log/worker-train.log 2>&1 &
+pids+=($!)
+$CELERY -A prefloop worker -Q refit -c 1 -n refit@%h --loglevel INFO >var/log/worker-refit.log 2>&1 &
 pids+=($!)
 $CELERY -A prefloop worker -Q default -c 2 -n default@%h --loglevel INFO >var/log/worker-default.log 2>&1 &
 pids+=($!)

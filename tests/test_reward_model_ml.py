@@ -113,3 +113,59 @@ def test_a_marker_preference_is_learned_to_90_percent_heldout_accuracy(tiny_mode
     warm = train_reward_model(pairs, tiny_model_dir, tmp_path / "v2", sliver, warm_start_dir=tmp_path / "v1")
     cold = train_reward_model(pairs, tiny_model_dir, tmp_path / "v2-cold", sliver)
     assert warm.heldout_accuracy >= 0.9 > cold.heldout_accuracy
+
+
+def test_a_refit_head_learns_preferences_its_starting_head_gets_wrong():
+    """fit_head (the fast path's Bradley–Terry fit on feature differences) starting
+    from a head that ranks every pair backwards ends up ranking unseen pairs right."""
+    from training.ml.reward import fit_head
+
+    generator = torch.Generator().manual_seed(0)
+    truth = torch.randn(64, generator=generator)
+
+    def oriented(count: int) -> torch.Tensor:  # chosen − rejected, the truth's way round
+        differences = torch.randn(count, 64, generator=generator)
+        return differences * torch.sign(differences @ truth).unsqueeze(1)
+
+    head = fit_head(oriented(400), init=-truth)
+    unseen = oriented(400)
+    assert (unseen @ -truth > 0).float().mean() == 0
+    assert (unseen @ head > 0).float().mean() > 0.9
+
+
+def test_the_feature_store_embeds_each_answer_once_by_its_content(tmp_path):
+    from training.ml.reward import FeatureStore, sample_key, write_features
+
+    prompt = [{"role": "user", "content": "hi"}]
+    seen = [(prompt, "one"), (prompt, "two", True, None)]
+    write_features(tmp_path / "a.pt", seen, torch.eye(2), head=torch.ones(2))
+    store = FeatureStore.read([tmp_path / "a.pt"])
+    assert sample_key((prompt, "one")) == sample_key((prompt, "one", True, None))
+    assert sample_key((prompt, "one", False)) != sample_key((prompt, "one"))  # cut at the limit: another input
+    new = [(prompt, "three"), (prompt, "one", True, None), (prompt, "three")]
+    assert store.missing(new) == [(prompt, "three")]
+    store.add([sample_key((prompt, "three"))], torch.tensor([[5.0, 6.0]]))
+    assert store.features([(prompt, "two"), (prompt, "three")]).tolist() == [[0.0, 1.0], [5.0, 6.0]]
+    assert store.head.tolist() == [1.0, 1.0]
+
+
+def test_answers_longer_than_max_length_are_remembered_not_embedded(tiny_model_dir, tmp_path):
+    """One very long answer would need tens of GB of attention to score; like TRL's
+    training, the feature store leaves it out, and remembers that across files."""
+    from training.ml.reward import (
+        FeatureStore,
+        load_reward_backbone,
+        load_reward_tokenizer,
+        write_features,
+    )
+
+    tokenizer = load_reward_tokenizer(tiny_model_dir)
+    model = load_reward_backbone(tiny_model_dir, tokenizer, torch.device("cpu")).eval()
+    prompt = [{"role": "user", "content": "Say something"}]
+    short, long = (prompt, "a short answer"), (prompt, "word " * 400)
+    store = FeatureStore(head=model.score.weight[0].detach())
+    embedded, features, too_long = store.embed(model, tokenizer, [short, long, short], max_length=64)
+    assert embedded == [short] and too_long == [long] and features.shape == (1, model.config.hidden_size)
+    assert store.scorable([PreferencePair(0, prompt, short[1], long[1])]) == []
+    write_features(tmp_path / "f.pt", embedded, features, too_long, store.head)
+    assert FeatureStore.read([tmp_path / "f.pt"]).missing([short, long]) == []

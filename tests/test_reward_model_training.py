@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from django.core.management import call_command
 
 from labeling import services as labeling
@@ -12,7 +13,7 @@ from labeling.models import Label
 from labeling.services import LabelInput
 from tests.test_reward_model_ml import marker_pairs
 from training import services
-from training.ml.reward import ENSEMBLE_FILE
+from training.ml.reward import ENSEMBLE_FILE, FEATURES_FILE
 from training.models import Job, RewardModelVersion
 
 pytestmark = pytest.mark.django_db
@@ -200,3 +201,135 @@ def test_train_reward_model_command(marker_labels, capsys):
     call_command("train_reward_model")
     assert "Published reward model v1" in capsys.readouterr().out
     assert RewardModelVersion.objects.get().label_count == 40
+
+
+@pytest.mark.slow
+def test_a_refit_embeds_only_new_answers_and_ranks_the_oracles_pairs(marker_labels, rm_settings, base_run):
+    """The fast path: after a full retrain, a refit version reuses the backbone's cached
+    features, runs only the new labels' answers through it, and publishes a version that
+    the ordinary loader scores exactly as the refit head says; the next full retrain
+    still publishes, and refits then start from it."""
+    from training.ml.reward import FEATURES_FILE, HEAD_FILE, load_reward_model, score_features
+    from training.ml.reward_refit import FeatureStore
+    from training.services.reward_models import run_reward_refit_job
+
+    marker_labels(120)
+    full = services.run_reward_training_job(claimed(services.create_reward_training_job(base_run)))
+    assert full.update == RewardModelVersion.Update.FULL and (Path(full.weights_dir) / FEATURES_FILE).is_file()
+
+    marker_labels(40, seed=7)
+    job = claimed(services.create_reward_training_job(base_run, kind=Job.Kind.REFIT_REWARD))
+    refit = run_reward_refit_job(job)
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED, job.error
+    assert (refit.update, refit.backbone, refit.parent, refit.label_count) == ("refit", full, full, 160)
+    assert job.result["embedded"] == 2 * 40  # the 40 new labels' answers; the 120 earlier ones were cached
+    assert refit.train_pairs + refit.heldout_pairs == 160 and refit.heldout_pairs >= full.heldout_pairs
+    assert refit.heldout_accuracy >= 0.8
+    folder = Path(refit.weights_dir)
+    assert (folder / HEAD_FILE).is_file() and (folder / ENSEMBLE_FILE).is_file()
+    adapter = "adapter_model.safetensors"
+    assert (folder / adapter).stat().st_ino == (Path(full.weights_dir) / adapter).stat().st_ino  # linked, not copied
+
+    # Loaded like any version, it scores with the refit head, not the backbone's.
+    from training.services.reward_models import preference_pairs
+    pairs = preference_pairs(Label.objects.all())[-10:]
+    samples = [(p.prompt, p.chosen, p.chosen_ended, p.chosen_ids) for p in pairs]
+    model, tokenizer = load_reward_model(full.base_model_dir, refit.weights_dir)
+    rewards, _ = score_features(model, tokenizer, samples)
+    store = FeatureStore.read([Path(full.weights_dir) / FEATURES_FILE, folder / FEATURES_FILE])
+    head = torch.load(folder / HEAD_FILE)
+    assert torch.allclose(rewards, store.features(samples) @ head, atol=1e-4)
+    assert not torch.allclose(head, store.head)
+    scorer = services.load_scorer(refit)
+    chosen = scorer.score([(p.prompt, p.chosen) for p in pairs])
+    rejected = scorer.score([(p.prompt, p.rejected) for p in pairs])
+    assert (chosen > rejected).float().mean() >= 0.9
+
+    # A second refit embeds nothing it has seen; a full retrain publishes and becomes the backbone.
+    again = run_reward_refit_job(claimed(services.create_reward_training_job(base_run, kind=Job.Kind.REFIT_REWARD)))
+    assert Job.objects.get(result__version=again.number).result["embedded"] == 0 and again.backbone == full
+    newer = services.run_reward_training_job(claimed(services.create_reward_training_job(base_run)))
+    assert newer.update == "full" and newer.parent == again and newer.label_count == 160
+    latest = run_reward_refit_job(claimed(services.create_reward_training_job(base_run, kind=Job.Kind.REFIT_REWARD)))
+    assert latest.backbone == newer
+
+    # A full version published while a refit runs wins: the refit publishes nothing, and
+    # a refit of the new backbone is requested in its place for the label that came after.
+    import training.services.reward_models as reward_models
+    base_run.reward_auto_train_labels = 1000
+    base_run.save()
+    marker_labels(5, seed=9)
+    refit_reward_head = reward_models.refit_reward_head
+    published = {}
+
+    def full_retrain_meanwhile(*args, **kwargs):
+        published["full"] = services.run_reward_training_job(claimed(services.create_reward_training_job(base_run)))
+        marker_labels(1, seed=11)  # after the full version's pinned label
+        return refit_reward_head(*args, **kwargs)
+
+    reward_models.refit_reward_head = full_retrain_meanwhile
+    try:
+        stale = claimed(services.create_reward_training_job(base_run, kind=Job.Kind.REFIT_REWARD))
+        assert run_reward_refit_job(stale) is None
+    finally:
+        reward_models.refit_reward_head = refit_reward_head
+    stale.refresh_from_db()
+    assert stale.status == Job.Status.CANCELLED and "was published while this refit ran" in stale.error
+    assert services.latest_reward_model(base_run) == published["full"]
+    assert not Path(stale_folder := settings_folder(rm_settings, stale)).exists(), stale_folder
+    assert Job.objects.filter(kind=Job.Kind.REFIT_REWARD, status=Job.Status.PENDING).exists()
+
+
+def settings_folder(rm_settings, job: Job) -> Path:
+    return Path(rm_settings.PREFLOOP_ARTIFACT_DIR) / "reward-models" / f"job{job.pk}.partial"
+
+
+def test_between_full_retrains_each_new_label_triggers_a_refit(rm_settings, people, make_comparison, base_run,
+                                                               django_capture_on_commit_callbacks, client, tmp_path):
+    """The automatic trigger: a full retrain every `reward_auto_train_labels` labels
+    counted from the last *full* version, and a refit after `refit_every_labels` labels
+    once a full version exists; none without one, none with refits off."""
+    base_run.reward_auto_train_labels = 3
+    base_run.save()
+
+    def label(count: int) -> None:
+        for _ in range(count):
+            with django_capture_on_commit_callbacks(execute=True):
+                labeling.submit_label(people.annotator, LabelInput(make_comparison().pk, "a"), require_lease=False)
+
+    label(2)
+    assert not Job.objects.exists()  # no backbone to refit yet, and too few labels for a full retrain
+    folder = tmp_path / "v1"
+    folder.mkdir()
+    full = RewardModelVersion.objects.create(number=1, run=base_run, base_model_dir=base_run.base_model_dir,
+                                             weights_dir=str(folder), label_count=2,
+                                             last_label_id=Label.objects.last().pk)
+    label(1)
+    assert not Job.objects.exists()  # a version without cached features (trained before refits) is no backbone
+    (folder / FEATURES_FILE).write_bytes(b"")
+    label(1)
+    refit = Job.objects.get()
+    assert (refit.kind, refit.params["reason"]) == (Job.Kind.REFIT_REWARD, "1 new label")
+    # A refit version does not reset the count towards the next full retrain.
+    RewardModelVersion.objects.create(number=2, run=base_run, base_model_dir=base_run.base_model_dir,
+                                      weights_dir="/nonexistent", label_count=4, update="refit", backbone=full,
+                                      last_label_id=Label.objects.last().pk)
+    client.force_login(people.researcher)
+    rows = [" ".join(row.split()) for row in client.get(f"/runs/{base_run.pk}/").content.decode().split("<tr>")]
+    assert any(row.startswith("<td>v2</td>") and "head refit on v1's features" in row for row in rows)
+    assert any(row.startswith("<td>v1</td>") and "full retrain" in row for row in rows)
+    Job.objects.all().delete()
+    label(2)
+    kinds = sorted(Job.objects.values_list("kind", flat=True))
+    assert kinds == [Job.Kind.REFIT_REWARD, Job.Kind.TRAIN_REWARD]  # 4 since the full version: both are due
+    base_run.reward_config["refit_every_labels"] = 0
+    base_run.save()
+    Job.objects.filter(kind=Job.Kind.REFIT_REWARD).delete()
+    label(1)
+    assert not Job.objects.filter(kind=Job.Kind.REFIT_REWARD).exists()  # refits off
+
+
+def claimed(job: Job) -> Job:
+    assert services.claim_reward_training(job)
+    return job

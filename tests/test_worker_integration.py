@@ -137,17 +137,24 @@ def test_a_worker_killed_mid_training_publishes_nothing_and_the_job_is_retried(r
 
 
 def test_the_nth_new_label_triggers_training_on_the_worker(redis, tmp_path, tiny_model_dir, people, tiny_base):
+    """The 20th label triggers a full retrain on the `train` queue; the next label, a head
+    refit on the `refit` queue that publishes a version with it."""
     tiny_base.run.reward_auto_train_labels = 20
     tiny_base.run.save()
     log_path = tmp_path / "worker.log"
-    with running_celery_worker("train", worker_env(tiny_model_dir, tmp_path / "var"), log_path):
+    with running_celery_worker("train,refit", worker_env(tiny_model_dir, tmp_path / "var"), log_path):
         label_marker_preferences(people.annotator, tiny_base, 19)
-        assert not Job.objects.filter(kind=Job.Kind.TRAIN_REWARD).exists()
+        assert not Job.objects.exists()  # no full version yet, so nothing to refit either
         label_marker_preferences(people.annotator, tiny_base, 1)
         job = Job.objects.get(kind=Job.Kind.TRAIN_REWARD)
         assert job.params["reason"] == "20 new labels"
         wait_until_finished(job, 180, log_path)
-    assert RewardModelVersion.objects.get().label_count == 20
+        label_marker_preferences(people.annotator, tiny_base, 1)
+        refit = Job.objects.get(kind=Job.Kind.REFIT_REWARD)
+        wait_until_finished(refit, 120, log_path)
+    versions = RewardModelVersion.objects.order_by("number")
+    assert [(v.update, v.label_count) for v in versions] == [("full", 20), ("refit", 21)]
+    assert refit.result["embedded"] == 2 and versions[1].backbone == versions[0]
 
 
 def wait_for_round(round_, timeout: float, log_path: Path):

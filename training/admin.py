@@ -34,7 +34,8 @@ class JobAdmin(admin.ModelAdmin):
 
 @admin.register(RewardModelVersion)
 class RewardModelVersionAdmin(admin.ModelAdmin):
-    list_display = ("number", "run", "label_count", "train_pairs", "heldout_pairs", "heldout_accuracy", "created_at")
+    list_display = ("number", "run", "update", "label_count", "train_pairs", "heldout_pairs", "heldout_accuracy",
+                    "created_at")
     list_filter = ("run",)
     readonly_fields = ("metrics", "config")
 

@@ -174,6 +174,16 @@ class RewardModelVersion(models.Model):
     metrics = models.JSONField(default=list, blank=True, help_text="Per-step training metrics.")
     datasets = models.JSONField(default=list, blank=True,
                                 help_text="Imported datasets it also trained on: id, name, weight, pairs.")
+
+    class Update(models.TextChoices):
+        FULL = "full", "Full retrain"
+        REFIT = "refit", "Head refit"
+
+    update = models.CharField(max_length=16, choices=Update.choices, default=Update.FULL,
+                              help_text="How it was made: the adapter and head trained on every pair, or only the "
+                                        "head refit on the backbone's cached features (training/ml/reward_refit.py).")
+    backbone = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="refits",
+                                 help_text="A refit's full version, whose adapter it uses.")
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -181,6 +191,11 @@ class RewardModelVersion(models.Model):
 
     def __str__(self) -> str:
         return f"reward model v{self.number}"
+
+    @property
+    def backbone_version(self) -> RewardModelVersion:
+        """The full version whose adapter this one uses (itself for a full version)."""
+        return self.backbone if self.update == self.Update.REFIT else self
 
 
 class Round(models.Model):
@@ -238,6 +253,7 @@ class Job(models.Model):
     class Kind(models.TextChoices):
         GENERATE = "generate", "Generate comparisons"
         TRAIN_REWARD = "train_reward", "Train reward model"
+        REFIT_REWARD = "refit_reward", "Refit reward-model head"
         POLICY_UPDATE = "policy_update", "Update the policy"
         EVALUATE = "evaluate", "Evaluate policies"
         IMPORT_DATASET = "import_dataset", "Import a preference dataset"
@@ -282,6 +298,11 @@ class Job(models.Model):
                 fields=["run"],
                 condition=Q(kind="train_reward", status="pending"),
                 name="one_pending_reward_training_per_run",
+            ),
+            models.UniqueConstraint(
+                fields=["run"],
+                condition=Q(kind="refit_reward", status="pending"),
+                name="one_pending_reward_refit_per_run",
             ),
         ]
 
@@ -356,6 +377,13 @@ class Job(models.Model):
     def mark_failed(self, error: str) -> None:
         self.status = self.Status.FAILED
         self.error = error
+        self.finished_at = timezone.now()
+        self.save(update_fields=["status", "error", "finished_at"])
+
+    def mark_cancelled(self, reason: str) -> None:
+        """Finished without a result, not by a fault: `reason` says why."""
+        self.status = self.Status.CANCELLED
+        self.error = reason
         self.finished_at = timezone.now()
         self.save(update_fields=["status", "error", "finished_at"])
 

@@ -256,8 +256,9 @@ def timeline(runs: list[Run]) -> list[dict]:
                                    + (f": {round_.error}" if round_.error else "")})
     for rm in RewardModelVersion.objects.filter(run__in=runs):
         accuracy = f"held-out accuracy {rm.heldout_accuracy:.3f}" if rm.heldout_accuracy is not None else "no held-out"
+        how = " (head refit)" if rm.update == RewardModelVersion.Update.REFIT else ""
         events.append({"at": rm.created_at, "kind": "reward_model", "number": rm.number,
-                       "text": f"Reward model v{rm.number} published: {rm.label_count} labels, {accuracy}"})
+                       "text": f"Reward model v{rm.number}{how} published: {rm.label_count} labels, {accuracy}"})
     for policy in PolicyVersion.objects.filter(run__in=runs).select_related("parent", "run"):
         if policy.is_base:
             text = f"Base policy v{policy.number} registered for {policy.run.name}"

@@ -68,9 +68,10 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         messages.error(request, "Settings not saved: see the errors below.")
     versions = PolicyVersion.objects.filter(pk__in=[v.pk for v in services.lineage_versions(run)]).select_related(
         "parent", "run").annotate(completion_count=Count("completions"))
+    reward_models = run.reward_models.select_related("backbone").order_by("-number")[:20]
     context = {
         "run": run, "form": form, "round_form": StartRoundForm(), "generate_form": GenerateComparisonsForm(run),
-        "versions": versions, "methods": METHODS, "reward_models": run.reward_models.order_by("-number")[:20],
+        "versions": versions, "methods": METHODS, "reward_models": reward_models,
         "latest_reward_model": services.latest_reward_model(run),
         "labels_since_reward_model": services.labels_since_latest_reward_model(run),
         "rounds": run.rounds.select_related("policy_before", "policy_after", "reward_model")[:20],

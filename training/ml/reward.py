@@ -22,6 +22,10 @@ from training.ml.tokens import ScoredText, reward_inputs, use_distinct_pad
 
 CONFIG_FILE = "prefloop_reward_config.json"
 ENSEMBLE_FILE = "ensemble_heads.pt"
+FEATURES_FILE = "features.pt"
+"""Score-head features of the answers a version embedded (training/ml/reward_refit.py)."""
+HEAD_FILE = "score_head.pt"
+"""A refit version's score head, applied over the backbone's when loading."""
 
 
 @dataclass
@@ -50,6 +54,9 @@ class RewardTrainingConfig:
     """Bootstrap Bradley–Terry heads on the reward model's features, for query selection."""
     seed: int = 0
     """Seeds data order, LoRA init and the bootstrap."""
+    refit_every_labels: int = 1
+    """Between full retrains, publish a version with only the score head refit on cached
+    features after this many new labels (seconds, not minutes); 0 = full retrains only."""
 
     @property
     def effective_learning_rate(self) -> float:
@@ -175,6 +182,9 @@ def load_reward_model(base_model_dir: Path | str, weights_dir: Path | str, devic
     else:
         model = AutoModelForSequenceClassification.from_pretrained(weights_dir, num_labels=1, dtype=torch.float32)
         model.config.pad_token_id = tokenizer.pad_token_id
+    if (weights_dir / HEAD_FILE).is_file():  # a refit version: the backbone with a new head
+        with torch.no_grad():
+            model.score.weight.copy_(torch.load(weights_dir / HEAD_FILE, weights_only=True).reshape(1, -1))
     return model.to(device or pick_device()).eval(), tokenizer
 
 
@@ -309,28 +319,151 @@ def train_reward_model(
     model = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
     model.eval()
 
-    accuracy = {}
-    if heldout:
-        chosen = score_texts(model, tokenizer, chosen_texts(heldout))
-        rejected = score_texts(model, tokenizer, rejected_texts(heldout))
-        correct = (chosen > rejected).tolist()
-        for imported in (False, True):
-            hits = [c for c, pair in zip(correct, heldout, strict=True) if pair.imported == imported]
-            accuracy[imported] = sum(hits) / len(hits) if hits else None
-    mean, std = 0.0, 1.0
-    if normalization_samples:
-        rewards = score_texts(model, tokenizer, normalization_samples)
-        mean, std = rewards.mean().item(), max(rewards.std(unbiased=False).item(), 1e-6)
-    if config.ensemble_size > 0:
-        _, chosen_features = score_features(model, tokenizer, chosen_texts(train))
-        _, rejected_features = score_features(model, tokenizer, rejected_texts(train))
-        heads = fit_bootstrap_heads(chosen_features, rejected_features, model.score.weight[0].detach().cpu(),
-                                    config.ensemble_size, config.seed)
-        torch.save(heads, out_dir / ENSEMBLE_FILE)
+    # Every answer's features, kept for the fast path (training/ml/reward_refit.py),
+    # which refits the head on them without running the backbone again.
+    store = FeatureStore(head=model.score.weight[0].detach().float().cpu(), bias=score_bias(model))
+    normalization = list(normalization_samples)
+    embedded, features, too_long = store.embed(model, tokenizer, [*chosen_texts(pairs), *rejected_texts(pairs),
+                                                                   *normalization], config.max_length)
+    write_features(out_dir / FEATURES_FILE, embedded, features, too_long, store.head, store.bias)
+    accuracy, mean, std = evaluate_head(store, store.head, train, heldout, normalization, config, out_dir)
     labels_accuracy, imported_accuracy = accuracy.get(False), accuracy.get(True)
     return RewardTrainingResult(len(train), len(heldout), dropped,
                                 labels_accuracy if labels_accuracy is not None else imported_accuracy,
                                 mean, std, history, imported_accuracy)
+
+
+def score_bias(model) -> float:
+    bias = getattr(model.score, "bias", None)
+    return float(bias.item()) if bias is not None else 0.0
+
+
+def evaluate_head(store: FeatureStore, head: torch.Tensor, train: Sequence[PreferencePair],
+                  heldout: Sequence[PreferencePair], normalization: Sequence[ScoredText],
+                  config: RewardTrainingConfig, out_dir: Path) -> tuple[dict, float, float]:
+    """What a version reports, from features alone: held-out accuracy by origin, the
+    normalization (mean, std of rewards on the initial policy's samples), and the
+    bootstrap ensemble written to `out_dir`. Pairs with an answer longer than max_length
+    are left out, as TRL leaves them out of training."""
+    heldout = store.scorable(heldout)
+    accuracy = pair_accuracy(heldout, store.rewards(chosen_texts(heldout), head),
+                             store.rewards(rejected_texts(heldout), head))
+    mean, std = 0.0, 1.0
+    normalization = [sample for sample in normalization if store.has(sample)]
+    if normalization:
+        rewards = store.rewards(normalization, head)
+        mean, std = rewards.mean().item(), max(rewards.std(unbiased=False).item(), 1e-6)
+    train = store.scorable(train)
+    if config.ensemble_size > 0 and train:
+        heads = fit_bootstrap_heads(store.features(chosen_texts(train)), store.features(rejected_texts(train)), head,
+                                    config.ensemble_size, config.seed)
+        torch.save(heads, out_dir / ENSEMBLE_FILE)
+    return accuracy, mean, std
+
+
+class FeatureStore:
+    """Score-head features by sample key: those a full version wrote, plus those of the
+    refits since (training/ml/reward_refit.py). Answers longer than max_length are
+    remembered as such and never embedded (one very long answer would need tens of GB of
+    attention), as TRL never trains on them."""
+
+    def __init__(self, head: torch.Tensor | None = None, bias: float = 0.0) -> None:
+        self.index: dict[str, int] = {}
+        self.rows: list[torch.Tensor] = []
+        self.too_long: set[str] = set()
+        self.head, self.bias = head, bias
+
+    @classmethod
+    def read(cls, files: Sequence[Path]) -> FeatureStore:
+        store = cls()
+        for path in files:
+            saved = torch.load(path, weights_only=True)
+            if saved.get("head") is not None and store.head is None:
+                store.head, store.bias = saved["head"], float(saved.get("bias", 0.0))
+            store.add(saved["keys"], saved["features"])
+            store.too_long.update(saved.get("too_long", []))
+        return store
+
+    def add(self, keys: Sequence[str], features: torch.Tensor) -> None:
+        for key, row in zip(keys, features, strict=True):
+            if key not in self.index:
+                self.index[key] = len(self.rows)
+                self.rows.append(row)
+
+    def has(self, sample: ScoredText) -> bool:
+        return sample_key(sample) in self.index
+
+    def missing(self, samples: Sequence[ScoredText]) -> list[ScoredText]:
+        """Samples neither stored nor known to be too long, each once."""
+        seen, missing = set(self.index) | self.too_long, []
+        for sample in samples:
+            key = sample_key(sample)
+            if key not in seen:
+                seen.add(key)
+                missing.append(sample)
+        return missing
+
+    def embed(self, model, tokenizer, samples: Sequence[ScoredText],
+              max_length: int) -> tuple[list[ScoredText], torch.Tensor, list[ScoredText]]:
+        """Run the missing samples within max_length tokens through the model and store
+        their features. Returns (embedded samples, their features, samples too long)."""
+        missing = self.missing(samples)
+        ids = reward_inputs(tokenizer, missing)
+        fits = [len(tokens) <= max_length for tokens in ids]
+        kept = [sample for sample, ok in zip(missing, fits, strict=True) if ok]
+        too_long = [sample for sample, ok in zip(missing, fits, strict=True) if not ok]
+        hidden = self.head.shape[-1] if self.head is not None else 0
+        features = torch.zeros(0, hidden)
+        if kept:
+            _, features = score_token_ids(model, tokenizer.pad_token_id,
+                                          [tokens for tokens, ok in zip(ids, fits, strict=True) if ok])
+        self.add([sample_key(sample) for sample in kept], features)
+        self.too_long.update(sample_key(sample) for sample in too_long)
+        return kept, features, too_long
+
+    def scorable(self, pairs: Sequence[PreferencePair]) -> list[PreferencePair]:
+        """The pairs whose two answers both have features."""
+        return [pair for pair in pairs if self.has(chosen_texts([pair])[0]) and self.has(rejected_texts([pair])[0])]
+
+    def features(self, samples: Sequence[ScoredText]) -> torch.Tensor:
+        if not samples:
+            return torch.zeros(0, self.head.shape[-1] if self.head is not None else 0)
+        return torch.stack([self.rows[self.index[sample_key(sample)]] for sample in samples])
+
+    def rewards(self, samples: Sequence[ScoredText], head: torch.Tensor) -> torch.Tensor:
+        """What the score head computes: features · head + its bias."""
+        return self.features(samples) @ head + self.bias
+
+
+def pair_accuracy(heldout: Sequence[PreferencePair], chosen: torch.Tensor, rejected: torch.Tensor) -> dict:
+    """{imported: share of pairs scored chosen > rejected} for pairs from labels (False)
+    and from imported datasets (True), None where there are none."""
+    correct = (chosen > rejected).tolist()
+    accuracy = {}
+    for imported in (False, True):
+        hits = [c for c, pair in zip(correct, heldout, strict=True) if pair.imported == imported]
+        accuracy[imported] = sum(hits) / len(hits) if hits else None
+    return accuracy
+
+
+def sample_key(sample: ScoredText) -> str:
+    """A stable key for what the reward model reads of an answer: the prompt, the text,
+    whether it ended and the generated tokens."""
+    prompt, text, *rest = sample
+    ended = rest[0] if rest else True
+    ids = rest[1] if len(rest) > 1 else None
+    payload = json.dumps([prompt, text, bool(ended), list(ids) if ids is not None else None], sort_keys=True)
+    return hashlib.sha1(payload.encode()).hexdigest()
+
+
+def write_features(path: Path, samples: Sequence[ScoredText], features: torch.Tensor,
+                   too_long: Sequence[ScoredText] = (), head: torch.Tensor | None = None, bias: float = 0.0) -> None:
+    """A version's features file: its answers' keys and score-head features, the keys of
+    answers too long to embed, and (in a full version's file) the trained head a refit
+    starts from."""
+    torch.save({"keys": [sample_key(sample) for sample in samples], "features": features.float().contiguous(),
+                "too_long": [sample_key(sample) for sample in too_long],
+                "head": None if head is None else head.float().clone(), "bias": bias}, path)
 
 
 def initial_model(base_model_dir: Path, tokenizer, config: RewardTrainingConfig, warm_start_dir: Path | None):
@@ -416,9 +549,35 @@ def score_texts(model, tokenizer, samples: Sequence[ScoredText], batch_size: int
     return score_features(model, tokenizer, samples, batch_size)[0]
 
 
+def fit_head(differences: torch.Tensor, init: torch.Tensor, steps: int = 100, l2: float = 1e-3,
+             margins: torch.Tensor | None = None) -> torch.Tensor:
+    """A Bradley–Terry linear head w (hidden,) on the pairs' feature differences
+    f_chosen − f_rejected (n, hidden): minimizes −log σ(w·d − margin), starting from
+    and pulled towards `init` (the trained head), so few pairs cannot drag it far. The
+    problem is convex, so L-BFGS solves it in a few dozen iterations whatever the
+    feature scale (Adam's fixed step could not move a large head far enough)."""
+    differences = differences.float()
+    anchor = init.float()
+    size = anchor.norm().item() ** 2
+    weight = l2 / size if size > 1e-6 else l2  # the pull, relative to the head's size
+    head = anchor.clone().requires_grad_(True)
+    optimizer = torch.optim.LBFGS([head], max_iter=steps, line_search_fn="strong_wolfe")
+    offset = margins if margins is not None else 0.0
+
+    def loss_and_gradient():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.softplus(-(differences @ head - offset)).mean() \
+            + weight * (head - anchor).square().sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(loss_and_gradient)
+    return head.detach()
+
+
 def fit_bootstrap_heads(
     chosen: torch.Tensor, rejected: torch.Tensor, init: torch.Tensor, members: int, seed: int,
-    steps: int = 200, l2: float = 1e-3,
+    steps: int = 100, l2: float = 1e-3,
 ) -> torch.Tensor:
     """Ensemble members for query selection: Bradley–Terry linear heads w_m, each fit on
     a bootstrap resample of the pairs' feature differences, starting from the trained
@@ -426,20 +585,11 @@ def fit_bootstrap_heads(
     ensemble cost one forward pass per completion; the spread of the heads measures how
     unsure the reward model's last layer is about a comparison."""
     differences = (chosen - rejected).float()  # (n, hidden)
-    scale = differences.norm(dim=1).mean().clamp_min(1e-6)
     generator = torch.Generator().manual_seed(seed)
     heads = []
     for _ in range(members):
-        sample = differences[torch.randint(len(differences), (len(differences),), generator=generator)] / scale
-        head = (init.float() * scale).clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([head], lr=0.05)
-        for _ in range(steps):
-            optimizer.zero_grad()
-            # -log sigmoid(w·(f_chosen - f_rejected)), plus a pull towards the trained head
-            loss = torch.nn.functional.softplus(-(sample @ head)).mean() + l2 * (head - init * scale).square().sum()
-            loss.backward()
-            optimizer.step()
-        heads.append(head.detach() / scale)
+        sample = differences[torch.randint(len(differences), (len(differences),), generator=generator)]
+        heads.append(fit_head(sample, init, steps, l2))
     return torch.stack(heads)
 
 

@@ -15,6 +15,7 @@ import random
 from datetime import timedelta
 from pathlib import Path
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.db.models import Max
@@ -23,7 +24,8 @@ from django.utils import timezone
 from labeling.exporting import labels_for_export, ordered_completions_of
 from labeling.models import Completion, Label
 from training.ml.configs import config_from_dict, config_to_dict
-from training.ml.reward import PreferencePair, RewardScorer, RewardTrainingConfig
+from training.ml.reward import FEATURES_FILE, PreferencePair, RewardScorer, RewardTrainingConfig
+from training.ml.reward_refit import refit_reward_head
 from training.models import EvaluationPrompt, Job, PolicyVersion, RewardModelVersion, Run, json_safe
 from training.services.artifacts import publish_artifact
 from training.services.datasets import FOR_REWARD_MODEL, dataset_pairs, has_dataset_pairs, pinned_datasets
@@ -51,11 +53,35 @@ def has_reward_training_data(run: Run) -> bool:
     return preference_labels(run).exists() or has_dataset_pairs(run, FOR_REWARD_MODEL)
 
 
+def labels_since(run: Run, version: RewardModelVersion | None) -> int:
+    """Labels with a preference in the run's scope that `version` has not seen."""
+    labels = preference_labels(run)
+    return labels.filter(pk__gt=version.last_label_id).count() if version else labels.count()
+
+
 def labels_since_latest_reward_model(run: Run) -> int:
     """Labels with a preference in the run's scope that its newest reward model has not seen."""
+    return labels_since(run, latest_reward_model(run))
+
+
+def refit_backbone(run: Run) -> RewardModelVersion | None:
+    """The full version a refit of this run starts from: that of its newest reward model,
+    when it was trained on the run's base model and kept its features (versions trained
+    before refits existed did not: the next full retrain will)."""
     latest = latest_reward_model(run)
-    labels = preference_labels(run)
-    return labels.filter(pk__gt=latest.last_label_id).count() if latest else labels.count()
+    backbone = latest.backbone_version if latest else None
+    if backbone is None or backbone.base_model_dir != run.base_model_dir:
+        return None
+    return backbone if (Path(backbone.weights_dir) / FEATURES_FILE).is_file() else None
+
+
+def refit_every_labels(run: Run) -> int:
+    """The run's refit setting; runs created before it existed follow the deployment's."""
+    return int(run.reward_config.get("refit_every_labels", settings.PREFLOOP_RM_REFIT_EVERY_LABELS))
+
+
+class Superseded(Exception):
+    """A refit whose backbone was replaced by a newer full version while it ran."""
 
 
 def reward_model_trained_on(sender, label: Label, **kwargs) -> str | None:
@@ -75,10 +101,11 @@ def last_label_id() -> int:
 
 
 def create_reward_training_job(run: Run, requested_by: AbstractBaseUser | None = None, reason: str = "manual",
-                               round_=None) -> Job:
-    """A pending reward-model job pinned to the run's reward config, its seed and every
-    label so far. IntegrityError if one is already waiting (see request_reward_training)."""
-    job = Job.objects.create(kind=Job.Kind.TRAIN_REWARD, run=run, requested_by=requested_by, round=round_,
+                               round_=None, kind: str = Job.Kind.TRAIN_REWARD) -> Job:
+    """A pending reward-model job (a full retrain, or a head refit) pinned to the run's
+    reward config, its seed and every label so far. IntegrityError if one of its kind is
+    already waiting (see request_reward_training). A refit uses its backbone's config."""
+    job = Job.objects.create(kind=kind, run=run, requested_by=requested_by, round=round_,
                              params={"reason": reason, "last_label_id": last_label_id(),
                                      "datasets": pinned_datasets(run, FOR_REWARD_MODEL)})
     job.params["config"] = {**config_to_dict(reward_training_config(run)), "seed": job.pk}
@@ -87,22 +114,23 @@ def create_reward_training_job(run: Run, requested_by: AbstractBaseUser | None =
 
 
 def request_reward_training(
-    run: Run, requested_by: AbstractBaseUser | None = None, reason: str = "manual", round_=None
+    run: Run, requested_by: AbstractBaseUser | None = None, reason: str = "manual", round_=None,
+    kind: str = Job.Kind.TRAIN_REWARD,
 ) -> Job:
-    """The run's pending reward-model job, created and queued unless one is already
-    waiting: a request made while a job waits is the same request, and extends it to the
-    labels that arrived meanwhile (the job has not started, so nothing it did changes).
-    A round adopts the waiting job as its stage. A request made while a job runs waits
-    its turn."""
-    existing = Job.objects.filter(kind=Job.Kind.TRAIN_REWARD, run=run, status=Job.Status.PENDING).first()
+    """The run's pending reward-model job of this kind (a full retrain by default, or a
+    head refit), created and queued unless one is already waiting: a request made while a
+    job waits is the same request, and extends it to the labels that arrived meanwhile
+    (the job has not started, so nothing it did changes). A round adopts the waiting job
+    as its stage. A request made while a job runs waits its turn."""
+    existing = Job.objects.filter(kind=kind, run=run, status=Job.Status.PENDING).first()
     if existing is None:
         try:
             with transaction.atomic():
-                job = create_reward_training_job(run, requested_by, reason, round_)
+                job = create_reward_training_job(run, requested_by, reason, round_, kind)
                 enqueue_on_commit(job)
             return job
         except IntegrityError:  # another request created it between our check and insert
-            existing = Job.objects.get(kind=Job.Kind.TRAIN_REWARD, run=run, status=Job.Status.PENDING)
+            existing = Job.objects.get(kind=kind, run=run, status=Job.Status.PENDING)
     with transaction.atomic():
         waiting = Job.objects.select_for_update().get(pk=existing.pk)
         if waiting.status == Job.Status.PENDING:
@@ -120,27 +148,40 @@ def reward_training_config(run: Run) -> RewardTrainingConfig:
 
 
 def maybe_request_reward_training(run: Run) -> Job | None:
-    """The automatic trigger, after each label: train once enough new labels arrived.
-    At most one automatic request a minute per run, so an unreachable broker (each
-    request then fails) costs one failed job a minute, not one per label."""
+    """The automatic trigger, after each label, with the run's `reward_auto_train_labels`
+    on: a full retrain once that many labels arrived since the last full version, and
+    between full retrains a head refit (seconds) once `refit_every_labels` arrived since
+    the newest version. Returns the full retrain's job if one was requested, else the
+    refit's. At most one automatic full request a minute per run, and no refit request
+    for a minute after a refit failed, so an unreachable broker (each request then fails)
+    or a refit that always fails costs one failed job a minute, not one per label."""
     threshold = run.reward_auto_train_labels
-    if threshold <= 0 or labels_since_latest_reward_model(run) < threshold:
+    if threshold <= 0:
         return None
     recent = timezone.now() - timedelta(seconds=AUTO_REQUEST_INTERVAL_SECONDS)
-    if Job.objects.filter(kind=Job.Kind.TRAIN_REWARD, run=run, created_at__gte=recent).exists():
-        return None
-    return request_reward_training(run, reason=f"{threshold} new labels")
+    latest = latest_reward_model(run)
+    full = None
+    if (labels_since(run, latest.backbone_version if latest else None) >= threshold
+            and not Job.objects.filter(kind=Job.Kind.TRAIN_REWARD, run=run, created_at__gte=recent).exists()):
+        full = request_reward_training(run, reason=f"{threshold} new labels")
+    every = refit_every_labels(run)
+    if (every <= 0 or refit_backbone(run) is None or labels_since_latest_reward_model(run) < every
+            or Job.objects.filter(kind=Job.Kind.REFIT_REWARD, run=run, status=Job.Status.FAILED,
+                                  finished_at__gte=recent).exists()):
+        return full
+    refit = request_reward_training(run, reason=f"{every} new label{'s' if every > 1 else ''}",
+                                    kind=Job.Kind.REFIT_REWARD)
+    return full or refit
 
 
 def claim_reward_training(job: Job) -> bool:
-    """Start the job unless another reward-model training of its run is running (then
-    the caller retries later). The job rows are locked while deciding, so two workers
-    cannot both start."""
+    """Start the job unless another reward-model job of its kind and run is running (then
+    the caller retries later; a full retrain and a refit may run side by side). The job
+    rows are locked while deciding, so two workers cannot both start."""
     with transaction.atomic():
         active = list(
             Job.objects.select_for_update()
-            .filter(kind=Job.Kind.TRAIN_REWARD, run_id=job.run_id, status__in=[Job.Status.PENDING,
-                                                                                Job.Status.RUNNING])
+            .filter(kind=job.kind, run_id=job.run_id, status__in=[Job.Status.PENDING, Job.Status.RUNNING])
             .order_by("pk")
         )
         if any(other.status == Job.Status.RUNNING and other.pk != job.pk for other in active):
@@ -202,7 +243,9 @@ def run_reward_training_job(job: Job) -> RewardModelVersion | None:
         pairs = preference_pairs(labels) + imported
         if not pairs:
             raise ValueError("there are no labels with a preference (nor dataset pairs) to train on yet")
-        warm_start = Path(parent.weights_dir) if parent and parent.base_model_dir == run.base_model_dir else None
+        # A refit shares its backbone's adapter; training continues from that.
+        warm_start = (Path(parent.backbone_version.weights_dir)
+                      if parent and parent.base_model_dir == run.base_model_dir else None)
         result = launch.train_reward_model(
             pairs, Path(run.base_model_dir), out_dir, config, warm_start_dir=warm_start,
             on_step=lambda step, total, metrics: job.report_progress(step, total, metrics),
@@ -237,6 +280,88 @@ def run_reward_training_job(job: Job) -> RewardModelVersion | None:
     job.mark_succeeded({"version": version.number, "heldout_accuracy": result.heldout_accuracy,
                         "train_pairs": result.train_pairs, "dropped_too_long": result.dropped_too_long,
                         **launch.describe()})
+    catch_up(run)
+    return version
+
+
+def catch_up(run: Run) -> None:
+    """After a full retrain (or a refit it superseded): the labels that arrived meanwhile
+    reach a refit of the new backbone now, not at the next label. Best effort: the job
+    has finished whatever happens here."""
+    try:
+        run.refresh_from_db()
+        if not run.paused and not run.auto_loop:
+            maybe_request_reward_training(run)
+    except Exception:
+        log.exception("could not request a refit after a reward-model job of %s", run)
+
+
+@job_type(Job.Kind.REFIT_REWARD, queue="refit", claim=claim_reward_training)
+def run_reward_refit_job(job: Job) -> RewardModelVersion | None:
+    """The fast path (training/ml/reward_refit.py): the run's newest backbone with its
+    score head refit on every label up to the job's pinned id, from cached features, in
+    seconds. The backbone's config (held-out share, seed, ensemble) applies, so the
+    held-out pairs are the ones the backbone never trained on."""
+    run = job.run
+    parent = latest_reward_model(run)
+    backbone = refit_backbone(run)
+    bound = job.params["last_label_id"]
+    labels = preference_labels(run).filter(pk__lte=bound)
+    trained = {}
+
+    def write(out_dir: Path):
+        if backbone is None:
+            raise ValueError("there is no fully trained reward model of this run's base model to refit yet")
+        config = config_from_dict(RewardTrainingConfig, backbone.config)
+        imported, trained["datasets"] = dataset_pairs(job.params.get("datasets", []), seed=config.seed)
+        pairs = preference_pairs(labels) + imported
+        folders = [backbone.weights_dir, *backbone.refits.order_by("number").values_list("weights_dir", flat=True)]
+        result = refit_reward_head(
+            pairs, Path(run.base_model_dir), Path(backbone.weights_dir),
+            [Path(folder) / FEATURES_FILE for folder in folders], out_dir, config,
+            normalization_samples=normalization_samples(run, pairs),
+            on_step=lambda step, total, metrics: job.report_progress(step, total, metrics),
+        )
+        trained["result"], trained["config"] = result, config
+        return result
+
+    def create_row(number: int, folder: Path, result) -> RewardModelVersion:
+        # In the publishing transaction: a full version published while this refit ran
+        # is the backbone now, and a refit of the old one must not hide it.
+        if refit_backbone(run) != backbone:
+            raise Superseded(f"reward model v{latest_reward_model(run).number}, a full retrain, was published "
+                             "while this refit ran; a refit of it was requested")
+        return RewardModelVersion.objects.create(
+            number=number, run=run, parent=parent, base_model_dir=run.base_model_dir, weights_dir=str(folder),
+            label_count=labels.count(), last_label_id=bound, train_pairs=result.train_pairs,
+            heldout_pairs=result.heldout_pairs, heldout_accuracy=result.heldout_accuracy,
+            heldout_accuracy_imported=result.heldout_accuracy_imported,
+            reward_mean=result.reward_mean, reward_std=result.reward_std,
+            config=config_to_dict(trained["config"]), metrics=json_safe(result.history),
+            datasets=trained["datasets"], update=RewardModelVersion.Update.REFIT, backbone=backbone,
+        )
+
+    try:
+        version = publish_artifact(
+            "reward_model", job, RewardModelVersion, write,
+            manifest=lambda result: {"base_model_dir": run.base_model_dir, "config": config_to_dict(trained["config"]),
+                                     "reward_mean": result.reward_mean, "reward_std": result.reward_std,
+                                     "last_label_id": bound, "datasets": trained["datasets"],
+                                     "refit_of": backbone.number},
+            create_row=create_row,
+        )
+    except Superseded as superseded:
+        job.mark_cancelled(str(superseded))
+        catch_up(run)
+        return None
+    except Exception as error:
+        log.exception("reward-model refit job %s failed", job.pk)
+        job.mark_failed(f"{type(error).__name__}: {error}")
+        return None
+    result = trained["result"]
+    job.mark_succeeded({"version": version.number, "heldout_accuracy": result.heldout_accuracy,
+                        "train_pairs": result.train_pairs, "embedded": result.embedded,
+                        "backbone": backbone.number})
     return version
 
 

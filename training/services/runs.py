@@ -58,6 +58,7 @@ def reward_defaults() -> dict:
         epochs=settings.PREFLOOP_RM_EPOCHS,
         batch_size=settings.PREFLOOP_RM_BATCH_SIZE,
         ensemble_size=settings.PREFLOOP_RM_ENSEMBLE_SIZE,
+        refit_every_labels=settings.PREFLOOP_RM_REFIT_EVERY_LABELS,
     ))
 
 
