@@ -7,7 +7,7 @@ from itertools import combinations
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 
@@ -127,7 +127,10 @@ class Comparison(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        indexes = [models.Index(fields=["-priority", "id"], name="comparison_queue_order")]
+        # The queue's order over the comparisons still open only: a request walks from
+        # the first open one, not past every comparison labeled so far.
+        indexes = [models.Index(fields=["-priority", "id"], condition=Q(label_count__lt=F("labels_needed")),
+                                name="comparison_open_queue")]
 
     def __str__(self) -> str:
         return f"comparison {self.pk}"

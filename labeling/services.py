@@ -15,7 +15,8 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
+from django.core.cache import cache
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, F, OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -101,7 +102,7 @@ def next_comparison_for(annotator: AbstractBaseUser) -> Comparison | None:
     held = (
         Assignment.objects.filter(annotator=annotator, expires_at__gt=now)
         .exclude(comparison__labels__annotator=annotator)
-        .select_related("comparison")
+        .select_related("comparison__prompt", "comparison__run")
         .order_by("created_at")
         .first()
     )
@@ -120,6 +121,7 @@ def next_comparison_for(annotator: AbstractBaseUser) -> Comparison | None:
         .annotate(leased=Coalesce(Subquery(live_leases_of_others), 0))
         .filter(labels_needed__gt=F("label_count") + F("leased"))
         .order_by("-priority", "id")
+        .select_related("prompt", "run")  # what the labeling page shows of it, in the same query
         .select_for_update(skip_locked=True, of=("self",))
     )
     passed_over: list[int] = []
@@ -127,7 +129,10 @@ def next_comparison_for(annotator: AbstractBaseUser) -> Comparison | None:
         comparison = candidates.exclude(pk__in=passed_over).first()
         if comparison is None:
             return None
-        if has_room_for_another_annotator(comparison, annotator, now):
+        # SQLite runs this transaction alone (BEGIN IMMEDIATE), so the candidate query's
+        # lease count is already current; only a database with concurrent writers needs
+        # the re-check.
+        if connection.vendor == "sqlite" or has_room_for_another_annotator(comparison, annotator, now):
             break
         passed_over.append(comparison.pk)
     else:
@@ -284,9 +289,17 @@ def undo_last_label(annotator: AbstractBaseUser) -> Comparison | None:
     return comparison
 
 
-def annotator_counts(annotator: AbstractBaseUser) -> dict[str, int]:
-    """What the annotator sees in the page header: their labels and what is left."""
-    return {
-        "labeled": Label.objects.filter(annotator=annotator).exclude(choice=Label.Choice.SKIP).count(),
-        "queue": open_comparisons_for(annotator).count(),
-    }
+def annotator_counts(annotator: AbstractBaseUser, queue_max_age: float = 0) -> dict[str, int]:
+    """What the annotator sees in the page header: their labels and what is left. The
+    queue count walks every open comparison (the most expensive query of a labeling
+    request), so a caller may accept one up to `queue_max_age` seconds old, kept in this
+    process; the labeled count is always exact."""
+    labeled = Label.objects.filter(annotator=annotator).exclude(choice=Label.Choice.SKIP).count()
+    if queue_max_age <= 0:
+        return {"labeled": labeled, "queue": open_comparisons_for(annotator).count()}
+    key = f"labeling:queue-count:{annotator.pk}"
+    queue = cache.get(key)
+    if queue is None:
+        queue = open_comparisons_for(annotator).count()
+        cache.set(key, queue, queue_max_age)
+    return {"labeled": labeled, "queue": queue}

@@ -41,7 +41,7 @@ def queue_state(request: HttpRequest, comparison, **extra) -> JsonResponse:
     return JsonResponse(
         {
             "comparison": comparison_for_annotator(comparison) if comparison else None,
-            "counts": services.annotator_counts(request.user),
+            "counts": services.annotator_counts(request.user, settings.PREFLOOP_QUEUE_COUNT_MAX_AGE),
             **extra,
         }
     )

@@ -270,6 +270,10 @@ PREFLOOP_BASE_MODEL_DIR = Path(
 PREFLOOP_ARTIFACT_DIR = VAR_DIR / "artifacts"
 # Exported models (plain Hugging Face directories, adapters), built once per version.
 PREFLOOP_EXPORT_DIR = VAR_DIR / "exports"
+# The labeling page's "in the queue for you" count may be this many seconds old (per
+# web process): it is the most expensive query of a labeling request. 0 = always exact.
+PREFLOOP_QUEUE_COUNT_MAX_AGE = env_float("PREFLOOP_QUEUE_COUNT_MAX_AGE", 2.0, 0.0, 60.0)
+
 # How long an annotator holds a comparison before it goes back to the queue.
 PREFLOOP_LEASE_SECONDS = env_int("PREFLOOP_LEASE_SECONDS", 600, minimum=10)
 # How long after giving a label its annotator may still undo it (one label back only).

@@ -192,3 +192,23 @@ def test_a_candidate_leased_by_someone_else_meanwhile_has_no_room(people, make_c
     Assignment.objects.create(comparison=comparison, annotator=people.outsider, expires_at=now + timedelta(minutes=5))
     assert not services.has_room_for_another_annotator(comparison, people.annotator, now)
     assert services.has_room_for_another_annotator(comparison, people.outsider, now)  # their own lease
+
+
+def test_the_queue_count_may_be_a_few_seconds_old_the_labeled_count_never(people, make_comparison, settings,
+                                                                          client):
+    """The labeling API's queue count is cached per annotator for
+    PREFLOOP_QUEUE_COUNT_MAX_AGE seconds (it walks every open comparison); the count of
+    their own labels is always exact."""
+    from django.core.cache import cache
+
+    cache.clear()
+    first, _ = make_comparison(), make_comparison()
+    assert services.annotator_counts(people.annotator, queue_max_age=60) == {"labeled": 0, "queue": 2}
+    assert services.next_comparison_for(people.annotator) == first
+    services.submit_label(people.annotator, LabelInput(first.pk, "a"))
+    assert services.annotator_counts(people.annotator, queue_max_age=60) == {"labeled": 1, "queue": 2}  # cached
+    assert services.annotator_counts(people.annotator) == {"labeled": 1, "queue": 1}  # exact
+    settings.PREFLOOP_QUEUE_COUNT_MAX_AGE = 0
+    client.force_login(people.annotator)
+    assert client.post("/label/api/next").json()["counts"] == {"labeled": 1, "queue": 1}
+    cache.clear()
