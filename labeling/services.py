@@ -129,10 +129,10 @@ def next_comparison_for(annotator: AbstractBaseUser) -> Comparison | None:
         comparison = candidates.exclude(pk__in=passed_over).first()
         if comparison is None:
             return None
-        # SQLite runs this transaction alone (BEGIN IMMEDIATE), so the candidate query's
-        # lease count is already current; only a database with concurrent writers needs
-        # the re-check.
-        if connection.vendor == "sqlite" or has_room_for_another_annotator(comparison, annotator, now):
+        # SQLite with BEGIN IMMEDIATE runs this transaction alone, so the candidate
+        # query's lease count is already current; a database with concurrent writers
+        # needs the re-check.
+        if serialized_writes() or has_room_for_another_annotator(comparison, annotator, now):
             break
         passed_over.append(comparison.pk)
     else:
@@ -144,6 +144,12 @@ def next_comparison_for(annotator: AbstractBaseUser) -> Comparison | None:
                   "returned": False},
     )
     return comparison
+
+
+def serialized_writes() -> bool:
+    """Whether each write transaction runs alone (SQLite opened with BEGIN IMMEDIATE or
+    EXCLUSIVE, as prefloop/settings.py configures it): the mode, not the vendor, decides."""
+    return getattr(connection, "transaction_mode", None) in ("IMMEDIATE", "EXCLUSIVE")
 
 
 def has_room_for_another_annotator(comparison: Comparison, annotator: AbstractBaseUser, now) -> bool:
@@ -242,6 +248,7 @@ def submit_label(
         if stored.counts_as_label:
             Comparison.objects.filter(pk=comparison.pk).update(label_count=F("label_count") + 1)
         Assignment.objects.filter(comparison=comparison, annotator=annotator).delete()
+        transaction.on_commit(lambda: adjust_cached_queue_count(annotator, -1))
         # robust: whatever the loop does with the news, the label is stored and acknowledged.
         run_id = comparison.run_id
         transaction.on_commit(lambda: label_submitted.send(sender=Label, run_id=run_id), robust=True)
@@ -276,6 +283,7 @@ def undo_last_label(annotator: AbstractBaseUser) -> Comparison | None:
         Comparison.objects.filter(pk=comparison.pk).update(label_count=F("label_count") - 1)
     if not deleted:
         return None
+    transaction.on_commit(lambda: adjust_cached_queue_count(annotator, +1))
     # Older than any other lease they hold, so next_comparison_for serves it first.
     Assignment.objects.update_or_create(
         comparison=comparison,
@@ -297,9 +305,22 @@ def annotator_counts(annotator: AbstractBaseUser, queue_max_age: float = 0) -> d
     labeled = Label.objects.filter(annotator=annotator).exclude(choice=Label.Choice.SKIP).count()
     if queue_max_age <= 0:
         return {"labeled": labeled, "queue": open_comparisons_for(annotator).count()}
-    key = f"labeling:queue-count:{annotator.pk}"
+    key = queue_count_key(annotator)
     queue = cache.get(key)
     if queue is None:
         queue = open_comparisons_for(annotator).count()
         cache.set(key, queue, queue_max_age)
     return {"labeled": labeled, "queue": queue}
+
+
+def queue_count_key(annotator: AbstractBaseUser) -> str:
+    return f"labeling:queue-count:{annotator.pk}"
+
+
+def adjust_cached_queue_count(annotator: AbstractBaseUser, change: int) -> None:
+    """An annotator's own label takes exactly one comparison out of their queue (an undo
+    puts it back), so a cached count stays exact for what they did themselves."""
+    try:
+        cache.incr(queue_count_key(annotator), change)
+    except ValueError:  # nothing cached in this process
+        pass

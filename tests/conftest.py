@@ -42,6 +42,17 @@ ARTIFACT_DIR = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
 @pytest.fixture(autouse=True)
+def fresh_cache():
+    """Tests reuse primary keys (rolled back), so a cached per-user value (the labeling
+    queue count) must not outlive its test."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
 def fast_password_hashing(settings):
     """PBKDF2 costs ~0.3 s per user created or signed in, most of many tests' time; the
     default hasher stays listed so the legacy database's accounts still sign in. (The
