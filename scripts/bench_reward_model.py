@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -28,46 +26,12 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "var" / "bench-rm"
 BASE_MODEL_DIR = ROOT / "var" / "models" / "smollm2-135m-instruct"
 SECTION = "## Reward model (issue 3)"
-NUMBERS = "one two three four five six seven eight nine ten twelve twenty fifty hundred".split()
-FILLER = ("Here is a clear answer. It covers the main point first, then adds a detail that helps, "
-          "and closes with a short note on what to watch out for when you try it yourself.").split()
-
-with socket.socket() as probe:
-    probe.bind(("127.0.0.1", 0))
-    REDIS_PORT = probe.getsockname()[1]
-# Before Django is imported: this process and the worker share the bench database.
-os.environ.update(
-    DATABASE_URL=f"sqlite:///{BENCH_DIR / 'bench.sqlite3'}", PREFLOOP_VAR_DIR=str(BENCH_DIR),
-    PREFLOOP_BASE_MODEL_DIR=str(BASE_MODEL_DIR), REDIS_URL=f"redis://127.0.0.1:{REDIS_PORT}/0",
-    HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", DJANGO_SETTINGS_MODULE="prefloop.settings",
-    PREFLOOP_RM_AUTO_TRAIN_LABELS="0",
-)
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 from benchmark_report import command_line, machine_lines, replace_section  # noqa: E402
+from reward_bench_data import label_comparisons, use_bench_environment  # noqa: E402
 
-
-def completion(rng: random.Random, with_number: bool) -> str:
-    """About 60 words, like the demo's completions; the oracle prefers concrete numbers."""
-    words = [rng.choice(FILLER) for _ in range(60)]
-    if with_number:
-        words.insert(rng.randint(0, 59), str(rng.randint(2, 999)))
-    return " ".join(words)
-
-
-def label_comparisons(count: int, start: int, annotator, base) -> float:
-    """Create and label `count` comparisons; returns when the last label was committed."""
-    from labeling.models import Completion, Prompt
-    from labeling.services import LabelInput, create_comparison, submit_label
-
-    rng = random.Random(start)
-    for i in range(start, start + count):
-        prompt = Prompt.objects.create(messages=[{"role": "user", "content": f"Bench question {i}: how many?"}])
-        texts = [completion(rng, True), completion(rng, False)]
-        pair = [Completion.objects.create(prompt=prompt, policy_version=base, text=t) for t in texts]
-        comparison = create_comparison(base.run, prompt, pair, source="initial", rng=rng)
-        winner = "a" if comparison.ordered_completions()[0].text == texts[0] else "b"
-        submit_label(annotator, LabelInput(comparison.pk, winner, active_seconds=5), require_lease=False)
-    return time.time()
+# Before Django is imported: this process and the worker share the bench database.
+use_bench_environment(BENCH_DIR, BASE_MODEL_DIR)
 
 
 def measure_throughput(labels: int, annotator, base) -> dict:
@@ -97,7 +61,8 @@ def measure_freshness(trigger: int, start: int, annotator, base) -> dict:
 
     before = RewardModelVersion.objects.count()
     base.run.reward_auto_train_labels = trigger
-    base.run.save(update_fields=["reward_auto_train_labels"])
+    base.run.reward_config["refit_every_labels"] = 0  # the full retrain only (refits: bench_reward_freshness.py)
+    base.run.save(update_fields=["reward_auto_train_labels", "reward_config"])
     last_label_at = label_comparisons(trigger, start, annotator, base)
     while RewardModelVersion.objects.count() == before:
         time.sleep(0.5)
