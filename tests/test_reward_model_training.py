@@ -209,13 +209,14 @@ def test_a_refit_embeds_only_new_answers_and_ranks_the_oracles_pairs(marker_labe
     features, runs only the new labels' answers through it, and publishes a version that
     the ordinary loader scores exactly as the refit head says; the next full retrain
     still publishes, and refits then start from it."""
-    from training.ml.reward import FEATURES_FILE, HEAD_FILE, load_reward_model, score_features
+    from training.ml.reward import HEAD_FILE, load_reward_model, score_features
     from training.ml.reward_refit import FeatureStore
     from training.services.reward_models import run_reward_refit_job
 
     marker_labels(120)
     full = services.run_reward_training_job(claimed(services.create_reward_training_job(base_run)))
     assert full.update == RewardModelVersion.Update.FULL and (Path(full.weights_dir) / FEATURES_FILE).is_file()
+    assert full.has_features
 
     marker_labels(40, seed=7)
     job = claimed(services.create_reward_training_job(base_run, kind=Job.Kind.REFIT_REWARD))
@@ -307,7 +308,8 @@ def test_between_full_retrains_each_new_label_triggers_a_refit(rm_settings, peop
                                              last_label_id=Label.objects.last().pk)
     label(1)
     assert not Job.objects.exists()  # a version without cached features (trained before refits) is no backbone
-    (folder / FEATURES_FILE).write_bytes(b"")
+    full.has_features = True
+    full.save(update_fields=["has_features"])
     label(1)
     refit = Job.objects.get()
     assert (refit.kind, refit.params["reason"]) == (Job.Kind.REFIT_REWARD, "1 new label")

@@ -184,6 +184,8 @@ class RewardModelVersion(models.Model):
                                         "head refit on the backbone's cached features (training/ml/reward_refit.py).")
     backbone = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="refits",
                                  help_text="A refit's full version, whose adapter it uses.")
+    has_features = models.BooleanField(
+        default=False, help_text="A full version that kept its answers' features, so refits can start from it.")
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

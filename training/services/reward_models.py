@@ -72,7 +72,7 @@ def refit_backbone(run: Run) -> RewardModelVersion | None:
     backbone = latest.backbone_version if latest else None
     if backbone is None or backbone.base_model_dir != run.base_model_dir:
         return None
-    return backbone if (Path(backbone.weights_dir) / FEATURES_FILE).is_file() else None
+    return backbone if backbone.has_features else None  # from the row: web machines need not see the artifacts
 
 
 def refit_every_labels(run: Run) -> int:
@@ -262,6 +262,7 @@ def run_reward_training_job(job: Job) -> RewardModelVersion | None:
             heldout_accuracy_imported=result.heldout_accuracy_imported,
             reward_mean=result.reward_mean, reward_std=result.reward_std, config=config_to_dict(config),
             metrics=json_safe(result.history), datasets=trained["datasets"],
+            has_features=(folder / FEATURES_FILE).is_file(),
         )
 
     try:
