@@ -13,14 +13,13 @@ from training.ml.reward import (
     PreferencePair,
     RewardScorer,
     RewardTrainingConfig,
-    ensemble_disagreement,
-    fit_bootstrap_heads,
     grouped_batches,
     is_heldout,
     last_scored_positions,
     split_heldout,
     train_reward_model,
 )
+from training.ml.reward_heads import ensemble_disagreement, fit_bootstrap_heads
 
 WORDS = "the a river stone cloud quick slow green bright table window music paper".split()
 
@@ -118,7 +117,7 @@ def test_a_marker_preference_is_learned_to_90_percent_heldout_accuracy(tiny_mode
 def test_a_refit_head_learns_preferences_its_starting_head_gets_wrong():
     """fit_head (the fast path's Bradley–Terry fit on feature differences) starting
     from a head that ranks every pair backwards ends up ranking unseen pairs right."""
-    from training.ml.reward import fit_head
+    from training.ml.reward_heads import fit_head
 
     generator = torch.Generator().manual_seed(0)
     truth = torch.randn(64, generator=generator)

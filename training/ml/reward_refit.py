@@ -49,12 +49,12 @@ from training.ml.reward import (
     RewardTrainingResult,
     chosen_texts,
     evaluate_head,
-    fit_head,
     load_reward_model,
     rejected_texts,
     split_heldout,
     write_features,
 )
+from training.ml.reward_heads import fit_head
 from training.ml.tokens import ScoredText
 
 # Files of the backbone's folder that describe the backbone itself, not the model a
