@@ -2,10 +2,13 @@
 
 Runs one PPO round twice, each in its own process so peak memory is its own:
   prefloop  — `training.ml.methods.ppo.train`, what the `gpu` worker runs (LoRA policy,
-              normalized reward head, value model a LoRA adapter and head on a frozen
-              copy of the reward model);
-  trl       — the same settings written directly against `trl.experimental.ppo.PPOTrainer`.
-Reports wall time, rollout tokens/s and peak memory of each, and their ratio. On a CUDA
+              normalized reward head, value model a head on the reward model's frozen
+              features, vocabulary logits for the answer's positions only);
+  trl       — the same settings written directly against `trl.experimental.ppo.PPOTrainer`
+              (value model a full trainable copy of the reward model).
+Reports wall time, rollout tokens/s and peak memory of each, and their ratio; then a third
+process samples the base policy and both trained policies on held-out prompts and scores
+them with the reward model, so the reward each round gained is compared too. On a CUDA
 machine it runs there (and says so). Results replace the "PPO round" section of
 docs/benchmarks.md.
 """
@@ -26,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "var" / "bench-ppo"
 BASE_MODEL_DIR = ROOT / "var" / "models" / "smollm2-135m-instruct"
 REWARD_DIR = WORK / "reward-model"
+ADAPTERS = {"prefloop": WORK / "prefloop-policy", "trl": WORK / "trl-policy"}
 SECTION = "## PPO round (issue 4)"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -69,7 +73,7 @@ def run_prefloop(args) -> dict:
                          "total_episodes": args.episodes, "learning_rate": 1e-4})
     inputs = TrainingInputs(start=PolicyStart(BASE_MODEL_DIR), prompts=prompts(args.prompts),
                             reward_model=RewardModelRef(BASE_MODEL_DIR, REWARD_DIR, 0.0, 1.0))
-    result = ppo.train(inputs, WORK / "prefloop-policy", config)
+    result = ppo.train(inputs, ADAPTERS["prefloop"], config)
     kl = [h["ppo/kl"] for h in result.history if "ppo/kl" in h]
     scores = [h["ppo/reward"] for h in result.history if "ppo/reward" in h]
     return {"seconds": result.seconds, "episodes": result.examples, "final_kl": kl[-1] if kl else None,
@@ -106,13 +110,49 @@ def run_trl(args) -> dict:
     )
     started = time.monotonic()
     trainer.train()
+    seconds = time.monotonic() - started
+    trainer.policy_model.save_pretrained(ADAPTERS["trl"])
     scores = [h["objective/scores"] for h in trainer.state.log_history if "objective/scores" in h]
-    return {"seconds": time.monotonic() - started, "episodes": trainer.state.episode, "final_kl": None,
-            "scores": scores}
+    return {"seconds": seconds, "episodes": trainer.state.episode, "final_kl": None, "scores": scores}
+
+
+def evaluate(args) -> dict:
+    """Reward-model scores of samples from the base policy and each trained one on prompts
+    no round trained on (the same prompts, sampling seed and settings for all three), and
+    each trained policy's gain over the base with a 95% bootstrap interval over prompts."""
+    import random
+
+    import torch
+
+    from training.ml.generation import SamplingConfig, iter_sample_batches
+    from training.ml.loading import load_policy
+    from training.ml.reward import RewardScorer
+
+    held_out = prompts(args.prompts + args.eval_prompts)[args.prompts:]
+    scorer = RewardScorer.load(BASE_MODEL_DIR, REWARD_DIR, 0.0, 1.0)
+    config = SamplingConfig(max_new_tokens=args.response_length, temperature=0.7, top_p=1.0, top_k=0,
+                            batch_size=8, seed=1234)
+    per_prompt = {}
+    for name, adapter in {"base": None, **ADAPTERS}.items():
+        model, tokenizer = load_policy(BASE_MODEL_DIR, adapter)
+        samples = [(held_out[i], s.text, s.ended, s.token_ids) for i, group in enumerate(
+            g for batch in iter_sample_batches(model, tokenizer, held_out, 2, config) for g in batch) for s in group]
+        rewards = scorer.score(samples)
+        per_prompt[name] = rewards.view(len(held_out), -1).mean(1).tolist()
+        del model
+    rng = random.Random(0)
+
+    def gain(name: str) -> list[float]:
+        diffs = [a - b for a, b in zip(per_prompt[name], per_prompt["base"], strict=True)]
+        draws = sorted(sum(rng.choices(diffs, k=len(diffs))) / len(diffs) for _ in range(2000))
+        return [sum(diffs) / len(diffs), draws[49], draws[1949]]
+
+    return {"mean": {name: sum(v) / len(v) for name, v in per_prompt.items()},
+            "gain": {name: gain(name) for name in ADAPTERS}, "prompts": len(held_out), "torch": torch.__version__}
 
 
 def child(args) -> None:
-    result = (run_prefloop if args.child == "prefloop" else run_trl)(args)
+    result = {"prefloop": run_prefloop, "trl": run_trl, "evaluate": evaluate}[args.child](args)
     result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     import torch
 
@@ -126,8 +166,10 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--response-length", type=int, default=64)
     parser.add_argument("--episodes", type=int, default=16, help="rollouts in the round (16 = two PPO updates)")
-    parser.add_argument("--prompts", type=int, default=64)
-    parser.add_argument("--child", choices=["prefloop", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--prompts", type=int, default=64, help="prompts the rounds draw from")
+    parser.add_argument("--eval-prompts", type=int, default=32,
+                        help="held-out prompts the trained policies are scored on")
+    parser.add_argument("--child", choices=["prefloop", "trl", "evaluate"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
@@ -136,7 +178,7 @@ def main() -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     prepare_reward_model()
     results = {}
-    for name in ("trl", "prefloop"):
+    for name in ("trl", "prefloop", "evaluate"):
         run = subprocess.run([sys.executable, __file__, "--child", name, *sys.argv[1:]], cwd=ROOT,
                              capture_output=True, text=True)
         line = next((x for x in run.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -154,13 +196,23 @@ def main() -> int:
     def tokens_per_second(r: dict) -> float:
         return r["episodes"] * args.response_length / r["seconds"]
 
-    ours, plain = results["prefloop"], results["trl"]
+    ours, plain, scored = results["prefloop"], results["trl"], results["evaluate"]
+
+    def gained(name: str) -> str:
+        mean, low, high = scored["gain"][name]
+        return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
+
     rows = [
         ("Wall time of the round (s)", f"{ours['seconds']:.1f}", f"{plain['seconds']:.1f}"),
         ("Rollout tokens/s (episodes × new tokens / wall time)", f"{tokens_per_second(ours):.1f}",
          f"{tokens_per_second(plain):.1f}"),
         ("Peak memory of the process (GiB RSS)", f"{ours['peak_rss_gib']:.2f}", f"{plain['peak_rss_gib']:.2f}"),
-        ("Reward-model score per PPO update (mean of the batch, first → last)", score_path(ours), score_path(plain)),
+        ("Reward-model score per PPO update (mean of the rollout batch, first → last)", score_path(ours),
+         score_path(plain)),
+        (f"Reward-model score on {scored['prompts']} held-out prompts (base policy: {scored['mean']['base']:.3f})",
+         f"{scored['mean']['prefloop']:.3f}", f"{scored['mean']['trl']:.3f}"),
+        ("Reward gained by the round on them (trained − base, 95% bootstrap interval over prompts)",
+         gained("prefloop"), gained("trl")),
     ]
     if "peak_gpu_gib" in ours:
         rows.append(("Peak GPU memory (GiB)", f"{ours['peak_gpu_gib']:.2f}", f"{plain['peak_gpu_gib']:.2f}"))
@@ -170,15 +222,19 @@ def main() -> int:
         *machine_lines(),
         f"- Settings: SmolLM2-135M-Instruct, LoRA r=16 policy, batch {args.batch_size}, "
         f"{args.response_length} new tokens, {ours['episodes']} episodes ({ours['episodes'] // args.batch_size} "
-        "PPO updates of 4 epochs), fp32. Value model: PrefLoop trains a LoRA adapter (r=16) and head on a "
-        "frozen copy of the reward model (`value_model = \"lora\"`, the default); plain TRL trains the whole "
-        "135M copy. The reward model is the base backbone with an untrained head, the same in both: the scores "
-        "show that both runs optimize it, not how well.",
+        "PPO updates of 4 epochs), fp32, learning rate 1e-4. Value model: PrefLoop trains a linear head on the "
+        "reward model's frozen features (`value_model = \"head\"`, the default) and computes vocabulary logits "
+        "for the answer's positions only; plain TRL trains a whole 135M copy of the reward model and computes "
+        "logits everywhere. The reward model is the base backbone with a random head, the same in both: the "
+        "scores show how far each round moved the policy up the objective it was given, not whether that "
+        "objective is a good one. Held-out scoring: 2 samples per prompt, temperature 0.7, the same seed for "
+        "all three policies.",
         "",
         "| Metric | PrefLoop round | plain TRL PPOTrainer |", "| --- | --- | --- |",
         *(f"| {name} | {a} | {b} |" for name, a, b in rows),
         "",
-        f"PrefLoop / plain TRL wall-time ratio: **{ours['seconds'] / plain['seconds']:.2f}**.",
+        f"PrefLoop / plain TRL wall-time ratio: **{ours['seconds'] / plain['seconds']:.2f}** "
+        f"(PrefLoop's round {plain['seconds'] / ours['seconds']:.2f}× as fast).",
     ])
     replace_section(SECTION, section)
     print(section)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -28,18 +27,13 @@ from labeling.models import Completion, Label, Prompt
 from labeling.services import LabelInput, create_comparison
 from labeling.simulation import oracle_annotator
 from training import services
-from training.ml.generation import SamplingConfig, iter_sample_batches
-from training.ml.loading import ARTIFACT_FILE, load_policy
+from training.ml.keyword_world import PROMPTS, TOKENS, build_keyword_world, keyword_rate
+from training.ml.loading import ARTIFACT_FILE
 from training.ml.methods import METHODS
-from training.ml.reward import PreferencePair, RewardTrainingConfig, train_reward_model
-from training.ml.tiny_model import build_tiny_model
 from training.models import Job, PolicyVersion, RewardModelVersion
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 
-PROMPTS = [[{"role": "user", "content": f"Question {i}?"}] for i in range(64)]
-SAMPLES_PER_PROMPT = 4
-TOKENS = 16
 MIN_GAIN = 0.08
 
 # Small and fast on the tiny model; learning rates far above real-model defaults.
@@ -54,45 +48,14 @@ TEST_CONFIGS = {
 }
 
 
-def keyword_rate(word: str, model_dir, adapter_dir=None) -> float:
-    """Share of the policy's answers (fixed prompts and seed) that contain the keyword."""
-    model, tokenizer = load_policy(model_dir, adapter_dir)
-    config = SamplingConfig(max_new_tokens=TOKENS, temperature=0.7, batch_size=64, seed=1234)
-    texts = [s.text for batch in iter_sample_batches(model, tokenizer, PROMPTS, SAMPLES_PER_PROMPT, config)
-             for group in batch for s in group]
-    return sum(word in text.split() for text in texts) / len(texts)
-
-
 @pytest.fixture(scope="module")
 def oracle_world(tmp_path_factory, gguf_tokenizer):
     """The steerable tiny policy, the oracle's keyword, its judgements of the policy's
     own samples, and a reward model trained on them (held-out accuracy 1.0 here)."""
-    root = tmp_path_factory.mktemp("oracle-world")
-    policy_dir = build_tiny_model(root / "policy", gguf_tokenizer, output_scale=22)
-    model, tokenizer = load_policy(policy_dir)
-    config = SamplingConfig(max_new_tokens=TOKENS, temperature=0.7, batch_size=64, seed=1)
-    groups = [group for batch in iter_sample_batches(model, tokenizer, PROMPTS, SAMPLES_PER_PROMPT, config)
-              for group in batch]
-    counts = Counter(word for group in groups for s in group for word in set(s.text.split()))
-    total = len(PROMPTS) * SAMPLES_PER_PROMPT
-    word = min(counts, key=lambda w: abs(counts[w] / total - 0.5))
-    judged = []  # (prompt index, chosen sample, rejected sample)
-    for index, group in enumerate(groups):
-        for a in range(len(group)):
-            for b in range(a + 1, len(group)):
-                has_a, has_b = word in group[a].text.split(), word in group[b].text.split()
-                if has_a != has_b:
-                    judged.append((index, *((group[a], group[b]) if has_a else (group[b], group[a]))))
-    pairs = [PreferencePair(i, PROMPTS[p], c.text, r.text, None, c.ended, r.ended, c.token_ids, r.token_ids)
-             for i, (p, c, r) in enumerate(judged)]
-    result = train_reward_model(
-        pairs, policy_dir, root / "reward-model", RewardTrainingConfig(use_lora=False, learning_rate=1e-3, epochs=3,
-                                                                       ensemble_size=0),
-        normalization_samples=[(PROMPTS[i], s.text, s.ended, s.token_ids) for i, g in enumerate(groups) for s in g],
-    )
-    assert result.heldout_accuracy is None or result.heldout_accuracy >= 0.8
-    return SimpleNamespace(policy_dir=policy_dir, word=word, judged=judged, rm_dir=root / "reward-model",
-                           rm=result, rate_before=keyword_rate(word, policy_dir))
+    world = build_keyword_world(tmp_path_factory.mktemp("oracle-world"), gguf_tokenizer)
+    assert world.rm.heldout_accuracy is None or world.rm.heldout_accuracy >= 0.8
+    return SimpleNamespace(policy_dir=world.policy_dir, word=world.word, judged=world.judged, rm_dir=world.rm_dir,
+                           rm=world.rm, rate_before=keyword_rate(world.word, world.policy_dir))
 
 
 @pytest.fixture

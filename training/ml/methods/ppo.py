@@ -7,10 +7,15 @@ that reward model (Ouyang et al. 2022), a KL penalty keeps the policy near the r
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Literal
+
+import torch
 
 from training.ml.configs import require
 from training.ml.loading import reference_policy
@@ -75,11 +80,12 @@ class PPOConfig:
     """PPO's policy ratio clip."""
     vf_coef: float = 0.1
     """Weight of the value loss."""
-    value_model: Literal["lora", "full"] = "lora"
-    """The value model starts as a copy of the reward model. "lora": its weights stay
-    frozen and it learns a LoRA adapter (rank lora_r) and its head, so the optimizer holds
-    no second set of 135M+ Adam states and the backward pass computes no weight gradients
-    for it; "full": every weight trains, as in TRL's examples."""
+    value_model: Literal["head", "lora", "full"] = "head"
+    """The value model starts from the reward model. "head": a trained linear head on the
+    reward model's own frozen last-layer features, computed once per rollout and reused by
+    every PPO epoch (no second backbone in memory, no value forward or backward through
+    one); "lora": a copy of the reward model learning a LoRA adapter (rank lora_r) and its
+    head; "full": a copy whose every weight trains, as in TRL's examples."""
     lora_r: int = 16
     """Rank of a new policy adapter (a continued adapter keeps its own)."""
     lora_alpha: int = 32
@@ -114,6 +120,7 @@ def train(inputs: TrainingInputs, out_dir: Path, config: PPOConfig,
     device, tokenizer = setup.device, setup.tokenizer
     reward_model = normalized_reward_model(inputs.reward_model, device)
     value_model = critic(reward_model, config)
+    reference = reference_policy(inputs.start, config.reference, device)
     dataset = Dataset.from_dict({"input_ids": [prompt_input_ids(tokenizer, p) for p in inputs.prompts]})
     episodes = config.total_episodes or max(len(inputs.prompts), config.batch_size)
 
@@ -145,20 +152,23 @@ def train(inputs: TrainingInputs, out_dir: Path, config: PPOConfig,
     report = report_steps(history, on_step, lambda key: METRIC_NAMES.get(key, f"ppo/{key}"))
     trainer = PPOTrainer(
         args=args, processing_class=tokenizer, model=setup.policy,
-        ref_model=reference_policy(inputs.start, config.reference, device),
-        reward_model=reward_model, value_model=value_model, train_dataset=dataset,
+        ref_model=reference, reward_model=reward_model, value_model=value_model, train_dataset=dataset,
         callbacks=[report], peft_config=setup.peft_config,
     )
-    seconds = train_and_save(trainer, setup, out_dir, policy=trainer.policy_model)
+    # TRL reads the logits of the answer's positions only (and the one before them).
+    with response_logits_only([trainer.policy_model, reference], config.response_length + 1):
+        seconds = train_and_save(trainer, setup, out_dir, policy=trainer.policy_model)
     rollouts = trainer.state.episode
     return TrainingResult(history, seconds, rollouts, {"generated_tokens": rollouts * config.response_length})
 
 
 def critic(reward_model, config: PPOConfig):
-    """The value model, initialized from the reward model (Ouyang et al. 2022) and, by
-    default, trained as a LoRA adapter plus its head. The adapter is injected into the
-    model in place (no PeftModel wrapper), because TRL reaches the value model's backbone
-    by its `base_model_prefix` attribute."""
+    """The value model, initialized from the reward model (Ouyang et al. 2022). TRL
+    reaches a value model's backbone by its `base_model_prefix` attribute and scores with
+    its `score` head, which is all a value model needs to offer; a LoRA adapter is
+    injected in place (no PeftModel wrapper) for the same reason."""
+    if config.value_model == "head":
+        return FeatureHeadCritic(reward_model, rows_kept=config.batch_size)
     value = copy.deepcopy(reward_model).train()
     if config.value_model == "full":
         return value
@@ -171,6 +181,87 @@ def critic(reward_model, config: PPOConfig):
     for name, parameter in value.named_parameters():
         parameter.requires_grad = "lora_" in name or name.startswith("score.")
     return value
+
+
+class FeatureHeadCritic(torch.nn.Module):
+    """A value model that is a linear head, initialized from the reward model's, on the
+    reward model's frozen last-layer features. The backbone is the reward model's own
+    (held, not registered, so the optimizer and Accelerate see only the head), and since
+    it never changes, the features of a rollout are computed once, when TRL values the
+    rollout, and served from memory in each PPO epoch after it."""
+
+    base_model_prefix = "features"
+
+    def __init__(self, reward_model, rows_kept: int) -> None:
+        super().__init__()
+        backbone = getattr(reward_model, reward_model.base_model_prefix)
+        self.__dict__["features"] = CachedFeatures(backbone, rows_kept)
+        self.score = copy.deepcopy(reward_model.score).requires_grad_(True)
+
+
+class CachedFeatures:
+    """A frozen backbone's last hidden states, computed without gradients and kept for
+    the last `rows_kept` sequences, keyed by their tokens and mask: TRL's PPO epochs
+    value shuffled rows of the same rollout batch the rollout valued."""
+
+    def __init__(self, backbone, rows_kept: int) -> None:
+        self.backbone, self.rows_kept = backbone, rows_kept
+        self.rows: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self.computed_rows = 0  # sequences run through the backbone (the rest came from memory)
+
+    def __call__(self, input_ids, attention_mask, position_ids=None, **_ignored):
+        parts = [t.detach().cpu().numpy() for t in (input_ids, attention_mask, position_ids) if t is not None]
+        keys = [b"|".join(part[row].tobytes() for part in parts) for row in range(len(input_ids))]
+        if all(key in self.rows for key in keys):
+            hidden = torch.stack([self.rows[key] for key in keys])
+        else:
+            with torch.no_grad():
+                output = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                       return_dict=True, output_hidden_states=True, use_cache=False)
+            hidden = output.hidden_states[-1]
+            self.computed_rows += len(keys)
+            for key, row in zip(keys, hidden, strict=True):
+                self.rows[key] = row
+                self.rows.move_to_end(key)
+            while len(self.rows) > self.rows_kept:
+                self.rows.popitem(last=False)
+        return SimpleNamespace(hidden_states=(hidden,))
+
+
+@contextlib.contextmanager
+def response_logits_only(models, count: int):
+    """While inside, a causal LM called without `logits_to_keep` (TRL's training and
+    reference forwards) computes the vocabulary logits of only its last `count`
+    positions and returns zeros before them: the prompt's positions, whose logits PPO
+    never reads, cost an LM head each (49k × 576 for SmolLM2), forward and backward.
+    Generation passes its own `logits_to_keep` and is left alone."""
+    handles = []
+    for model in models:
+        if model is None:
+            continue
+        causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+        trimmed: list[int] = []  # the length of the sequence whose logits were trimmed
+
+        def trim(module, args, kwargs, trimmed=trimmed):
+            input_ids = kwargs.get("input_ids", args[0] if args else None)
+            trimmed.clear()
+            if not kwargs.get("logits_to_keep") and input_ids is not None and input_ids.shape[1] > count:
+                kwargs["logits_to_keep"] = count
+                trimmed.append(input_ids.shape[1])
+            return args, kwargs
+
+        def pad(module, args, kwargs, output, trimmed=trimmed):
+            if trimmed and output.logits.shape[1] == count:
+                output.logits = torch.nn.functional.pad(output.logits, (0, 0, trimmed.pop() - count, 0))
+            return output
+
+        handles += [causal_lm.register_forward_pre_hook(trim, with_kwargs=True),
+                    causal_lm.register_forward_hook(pad, with_kwargs=True)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 METHOD = Method(

@@ -1,0 +1,115 @@
+"""The two places PrefLoop's PPO does less work than plain TRL (issue 13, item 2), run
+through TRL's own PPO helpers on the tiny model: they must change the cost, never the
+numbers TRL reads.
+
+- The value model is a head on the reward model's frozen features, computed once per
+  rollout sequence however many PPO epochs value it again.
+- The policy computes vocabulary logits only for the answer's positions.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from trl.experimental.ppo.ppo_trainer import PolicyAndValueWrapper, forward
+from trl.experimental.utils import get_reward
+
+from training.ml.methods.ppo import FeatureHeadCritic, PPOConfig, critic, response_logits_only
+
+pytestmark = pytest.mark.slow
+
+PAD = 0
+CONTEXT, ANSWER, ROWS = 12, 6, 4
+
+
+@pytest.fixture
+def query_responses():
+    """Left-padded prompts, then answers, the second ending early (right padding)."""
+    torch.manual_seed(0)
+    rows = torch.randint(5, 500, (ROWS, CONTEXT + ANSWER))
+    rows[1, :3] = PAD
+    rows[2, CONTEXT + 3:] = PAD
+    return rows
+
+
+@pytest.fixture
+def reward_model(tiny_model_dir):
+    torch.manual_seed(1)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    torch.nn.init.normal_(model.score.weight, std=1.0)
+    return model.eval()
+
+
+def test_the_head_critic_values_like_the_reward_model_and_runs_each_sequence_once(reward_model, query_responses):
+    value_model = critic(reward_model, PPOConfig(batch_size=ROWS))
+    assert isinstance(value_model, FeatureHeadCritic)
+    backbone_weights = {name: p.clone() for name, p in reward_model.named_parameters()}
+    # Only the head trains; the reward model's backbone is shared, not copied.
+    assert [name for name, p in value_model.named_parameters() if p.requires_grad] == ["score.weight"]
+    assert value_model.features.backbone is reward_model.model
+
+    # The rollout: TRL values the batch through the value model's backbone and head.
+    with torch.no_grad():
+        rollout_values, _, _ = get_reward(value_model, query_responses, PAD, CONTEXT)
+        expected, _, _ = get_reward(reward_model, query_responses, PAD, CONTEXT)
+    assert torch.allclose(rollout_values, expected, atol=1e-6)  # starts as the reward model
+    assert value_model.features.computed_rows == ROWS
+
+    # Four PPO epochs value shuffled rows again, with gradients into the head only.
+    optimizer = torch.optim.SGD(value_model.parameters(), lr=0.1)
+    wrapper = PolicyAndValueWrapper(AutoModelForCausalLM.from_config(reward_model.config), value_model)
+    for _epoch in range(4):
+        order = torch.randperm(ROWS)
+        _, values = forward(wrapper, query_responses[order], PAD)
+        with torch.no_grad():
+            features = forward(reward_model.model, query_responses[order], PAD).hidden_states[-1]
+            assert torch.allclose(values, value_model.score(features), atol=1e-5)
+        values[:, CONTEXT - 1:].pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert value_model.features.computed_rows == ROWS  # served from memory in every epoch
+    assert not torch.equal(value_model.score.weight, reward_model.score.weight)  # the head learned
+    assert all(torch.equal(p, backbone_weights[name]) for name, p in reward_model.named_parameters())
+
+    # A new rollout is computed, and memory holds one batch, not every batch seen.
+    with torch.no_grad():
+        get_reward(value_model, query_responses.flip(1), PAD, CONTEXT)
+    assert value_model.features.computed_rows == 2 * ROWS
+    assert len(value_model.features.rows) == ROWS
+
+
+@pytest.mark.parametrize("value_model", ["lora", "full"])
+def test_the_copied_value_models_still_train_their_backbone(reward_model, value_model):
+    value = critic(reward_model, PPOConfig(value_model=value_model))
+    trained = {name for name, p in value.named_parameters() if p.requires_grad}
+    assert "score.weight" in trained and any(name.startswith("model.layers.") for name in trained)
+    assert value.model is not reward_model.model
+
+
+def test_answer_only_logits_are_the_same_numbers_where_ppo_reads_them(tiny_model_dir, query_responses):
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    full = forward(policy, query_responses, PAD).logits
+    with response_logits_only([policy, None], ANSWER + 1):
+        trimmed = forward(policy, query_responses, PAD).logits
+        # Generation passes its own logits_to_keep and is untouched.
+        prompt = query_responses[:1, :CONTEXT]
+        generated = policy.generate(prompt, max_new_tokens=5, do_sample=False, pad_token_id=PAD)
+    assert trimmed.shape == full.shape
+    read = slice(CONTEXT - 1, -1)  # what TRL's PPO reads: the positions that predict the answer
+    assert torch.allclose(trimmed[:, read], full[:, read], atol=1e-5)
+    assert torch.count_nonzero(trimmed[:, :CONTEXT - 1]) == 0  # never computed
+    assert torch.equal(generated, policy.generate(prompt, max_new_tokens=5, do_sample=False, pad_token_id=PAD))
+    assert torch.equal(forward(policy, query_responses, PAD).logits, full)  # the hooks are gone
+
+    # Gradients of what PPO reads are the same as with the full logits.
+    def gradients(trim: bool):
+        policy.zero_grad()
+        with response_logits_only([policy], ANSWER + 1) if trim else torch.enable_grad():
+            logits = forward(policy, query_responses, PAD).logits[:, read]
+        torch.log_softmax(logits, -1)[..., 7].sum().backward()
+        return {name: p.grad.clone() for name, p in policy.named_parameters() if p.grad is not None}
+
+    with_full, with_trim = gradients(False), gradients(True)
+    assert with_full.keys() == with_trim.keys()
+    assert all(torch.allclose(with_full[name], with_trim[name], atol=1e-5) for name in with_full)
