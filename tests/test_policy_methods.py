@@ -141,6 +141,7 @@ def test_a_continued_version_starts_from_its_parents_adapter(oracle_world, oracl
 LAUNCHED_CONFIGS = {
     "sft_chosen": {**TEST_CONFIGS["sft_chosen"], "batch_size": 4},
     "rloo": {**TEST_CONFIGS["rloo"], "batch_size": 8},
+    "ppo": {**TEST_CONFIGS["ppo"], "batch_size": 8},
 }
 
 

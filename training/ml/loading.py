@@ -89,16 +89,20 @@ def trainable_policy(start: PolicyStart, lora_r: int, lora_alpha: int, device: t
                              target_modules="all-linear")
 
 
-def reference_policy(start: PolicyStart, reference: str, device: torch.device):
+def reference_policy(start: PolicyStart, reference: str, device: torch.device, separate: bool = False):
     """The KL reference. "initial" gives None: TRL then uses the policy with its adapter
-    switched off, which is the base model, without a second copy in memory. "previous"
-    merges the version this update starts from into a frozen model."""
-    if reference == "initial" or start.adapter_dir is None:
-        return None
-    if reference != "previous":
+    switched off, which is the base model, without a second copy in memory; `separate`
+    asks for a frozen copy of the base instead. "previous" merges the version this update
+    starts from into a frozen model."""
+    if reference not in ("initial", "previous"):
         raise ValueError(f"reference must be 'initial' or 'previous', not {reference!r}")
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM
+
+    if reference == "initial" or start.adapter_dir is None:
+        if not separate:
+            return None
+        return AutoModelForCausalLM.from_pretrained(start.base_model_dir, dtype=torch.float32).to(device).eval()
+    from peft import PeftModel
 
     base = AutoModelForCausalLM.from_pretrained(start.base_model_dir, dtype=torch.float32)
     return PeftModel.from_pretrained(base, start.adapter_dir).merge_and_unload().to(device).eval()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,7 +121,11 @@ def train(inputs: TrainingInputs, out_dir: Path, config: PPOConfig,
     device, tokenizer = setup.device, setup.tokenizer
     reward_model = normalized_reward_model(inputs.reward_model, device)
     value_model = critic(reward_model, config)
-    reference = reference_policy(inputs.start, config.reference, device)
+    # TRL's PPO reaches the policy through the trainer's model to switch the adapter off
+    # for the reference, which fails once Accelerate has wrapped it for several processes
+    # (trl 1.9.2): those runs keep a frozen copy of the base as the reference instead.
+    reference = reference_policy(inputs.start, config.reference, device,
+                                separate=int(os.environ.get("WORLD_SIZE", "1")) > 1)
     dataset = Dataset.from_dict({"input_ids": [prompt_input_ids(tokenizer, p) for p in inputs.prompts]})
     episodes = config.total_episodes or max(len(inputs.prompts), config.batch_size)
 
