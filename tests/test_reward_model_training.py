@@ -14,7 +14,7 @@ from labeling.services import LabelInput
 from tests.test_reward_model_ml import marker_pairs
 from training import services
 from training.ml.reward import ENSEMBLE_FILE, FEATURES_FILE
-from training.models import Job, RewardModelVersion
+from training.models import Job, RewardModelVersion, Round
 
 pytestmark = pytest.mark.django_db
 
@@ -330,6 +330,16 @@ def test_between_full_retrains_each_new_label_triggers_a_refit(rm_settings, peop
     Job.objects.filter(kind=Job.Kind.REFIT_REWARD).delete()
     label(1)
     assert not Job.objects.filter(kind=Job.Kind.REFIT_REWARD).exists()  # refits off
+
+    # With the automatic loop on, its rounds make the full retrains; a label between
+    # rounds asks for a refit only, however many labels wait.
+    base_run.reward_config["refit_every_labels"] = 1
+    base_run.auto_loop, base_run.loop_min_labels = True, 1000
+    base_run.save()
+    Job.objects.all().delete()
+    label(3)
+    assert list(Job.objects.values_list("kind", flat=True)) == [Job.Kind.REFIT_REWARD]
+    assert not Round.objects.exists()
 
 
 def claimed(job: Job) -> Job:

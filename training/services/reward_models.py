@@ -147,21 +147,22 @@ def reward_training_config(run: Run) -> RewardTrainingConfig:
     return config_from_dict(RewardTrainingConfig, run.reward_config)
 
 
-def maybe_request_reward_training(run: Run) -> Job | None:
+def maybe_request_reward_training(run: Run, full_retrains: bool = True) -> Job | None:
     """The automatic trigger, after each label, with the run's `reward_auto_train_labels`
     on: a full retrain once that many labels arrived since the last full version, and
     between full retrains a head refit (seconds) once `refit_every_labels` arrived since
     the newest version. Returns the full retrain's job if one was requested, else the
     refit's. At most one automatic full request a minute per run, and no refit request
     for a minute after a refit failed, so an unreachable broker (each request then fails)
-    or a refit that always fails costs one failed job a minute, not one per label."""
+    or a refit that always fails costs one failed job a minute, not one per label.
+    `full_retrains=False`: refits only (a run whose rounds train its reward model)."""
     threshold = run.reward_auto_train_labels
     if threshold <= 0:
         return None
     recent = timezone.now() - timedelta(seconds=AUTO_REQUEST_INTERVAL_SECONDS)
     latest = latest_reward_model(run)
     full = None
-    if (labels_since(run, latest.backbone_version if latest else None) >= threshold
+    if (full_retrains and labels_since(run, latest.backbone_version if latest else None) >= threshold
             and not Job.objects.filter(kind=Job.Kind.TRAIN_REWARD, run=run, created_at__gte=recent).exists()):
         full = request_reward_training(run, reason=f"{threshold} new labels")
     every = refit_every_labels(run)

@@ -157,16 +157,16 @@ def labels_since_last_round(run: Run) -> int:
 
 
 def react_to_new_label(sender, run_id: int, **kwargs) -> None:
-    """After each label: with the run's automatic loop on, start a round once enough new
-    labels arrived (unless one is running); otherwise just keep its reward model fresh.
-    Nothing starts by itself while the run is paused."""
+    """After each label: keep the run's reward model fresh, and with its automatic loop
+    on, start a round once enough new labels arrived (unless one is running). The loop's
+    rounds make the full retrains, so between them the label asks only for a head refit
+    (the queue's disagreement and the next update read the newest version). Nothing
+    starts by itself while the run is paused."""
     run = Run.objects.filter(pk=run_id).first()
     if run is None or run.paused:
         return
-    if not run.auto_loop:
-        maybe_request_reward_training(run)
-        return
-    if running_round(run) is not None or not Prompt.objects.exists():
+    maybe_request_reward_training(run, full_retrains=not run.auto_loop)
+    if not run.auto_loop or running_round(run) is not None or not Prompt.objects.exists():
         return
     if labels_since_last_round(run) >= run.loop_min_labels:
         try:
