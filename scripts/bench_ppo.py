@@ -225,10 +225,10 @@ def main() -> int:
         "PPO updates of 4 epochs), fp32, learning rate 1e-4. Value model: PrefLoop trains a linear head on the "
         "reward model's frozen features (`value_model = \"head\"`, the default) and computes vocabulary logits "
         "for the answer's positions only; plain TRL trains a whole 135M copy of the reward model and computes "
-        "logits everywhere. The reward model is the base backbone with a random head, the same in both: the "
-        "scores show how far each round moved the policy up the objective it was given, not whether that "
-        "objective is a good one. Held-out scoring: 2 samples per prompt, temperature 0.7, the same seed for "
-        "all three policies.",
+        "logits everywhere. The reward model is the base backbone with a random head, the same in both: an "
+        "objective to climb, not a good one. Rollout scores include PPO's missing-EOS penalty (−1 for an answer "
+        "that never ends); held-out scores are the reward model's alone. Held-out scoring: 2 samples per prompt, "
+        "temperature 0.7, the same seed for all three policies.",
         "",
         "| Metric | PrefLoop round | plain TRL PPOTrainer |", "| --- | --- | --- |",
         *(f"| {name} | {a} | {b} |" for name, a, b in rows),

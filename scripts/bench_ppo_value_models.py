@@ -95,7 +95,8 @@ def main() -> int:
         f"- Base policy: keyword rate {base_rate:.3f}, reward-model score {base_score:+.3f} (normalized) on the "
         f"world's {len(PROMPTS)} prompts × 4 samples, fixed sampling seed.",
         "",
-        "| value model | keyword-rate gain (mean ± sd over seeds) | reward-score gain | seconds per update |",
+        "| value model | keyword-rate gain (mean ± sd over seeds) | reward-score gain "
+        f"| seconds per `ppo.train` ({SETTINGS['total_episodes'] // SETTINGS['batch_size']} updates) |",
         "| --- | --- | --- | --- |",
         *rows,
         "",

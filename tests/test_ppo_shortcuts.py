@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from peft import LoraConfig, TaskType, get_peft_model
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 from trl.experimental.ppo.ppo_trainer import PolicyAndValueWrapper, forward
 from trl.experimental.utils import get_reward
 
+from training.ml.loading import PolicyStart
+from training.ml.methods import TrainingInputs, ppo
 from training.ml.methods.ppo import FeatureHeadCritic, PPOConfig, critic, response_logits_only
+from training.ml.reward import RewardModelRef
 
 pytestmark = pytest.mark.slow
 
@@ -87,19 +91,33 @@ def test_the_copied_value_models_still_train_their_backbone(reward_model, value_
     assert value.model is not reward_model.model
 
 
+class LMHeadPositions:
+    """Records how many positions each call of a model's vocabulary head computed."""
+
+    def __init__(self, vocabulary: int) -> None:
+        self.vocabulary, self.positions = vocabulary, []
+
+    def __call__(self, module, args, output) -> None:
+        if isinstance(module, torch.nn.Linear) and module.out_features == self.vocabulary:
+            self.positions.append(args[0].shape[1])
+
+
 def test_answer_only_logits_are_the_same_numbers_where_ppo_reads_them(tiny_model_dir, query_responses):
-    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    policy = get_peft_model(base, LoraConfig(task_type=TaskType.CAUSAL_LM, r=4, target_modules="all-linear"))
     full = forward(policy, query_responses, PAD).logits
-    with response_logits_only([policy, None], ANSWER + 1):
+    heads = LMHeadPositions(base.config.vocab_size)
+    with response_logits_only([policy, None], ANSWER + 1), \
+            torch.nn.modules.module.register_module_forward_hook(heads):
         trimmed = forward(policy, query_responses, PAD).logits
-        # Generation passes its own logits_to_keep and is untouched.
-        prompt = query_responses[:1, :CONTEXT]
-        generated = policy.generate(prompt, max_new_tokens=5, do_sample=False, pad_token_id=PAD)
+        policy.generate(query_responses[:1, :CONTEXT], max_new_tokens=3, do_sample=False, pad_token_id=PAD)
+    # Through the PEFT wrapper the head ran on the answer's positions only; generation
+    # keeps asking for its own one position per step.
+    assert heads.positions == [ANSWER + 1, 1, 1, 1]
     assert trimmed.shape == full.shape
     read = slice(CONTEXT - 1, -1)  # what TRL's PPO reads: the positions that predict the answer
     assert torch.allclose(trimmed[:, read], full[:, read], atol=1e-5)
     assert torch.count_nonzero(trimmed[:, :CONTEXT - 1]) == 0  # never computed
-    assert torch.equal(generated, policy.generate(prompt, max_new_tokens=5, do_sample=False, pad_token_id=PAD))
     assert torch.equal(forward(policy, query_responses, PAD).logits, full)  # the hooks are gone
 
     # Gradients of what PPO reads are the same as with the full logits.
@@ -111,5 +129,25 @@ def test_answer_only_logits_are_the_same_numbers_where_ppo_reads_them(tiny_model
         return {name: p.grad.clone() for name, p in policy.named_parameters() if p.grad is not None}
 
     with_full, with_trim = gradients(False), gradients(True)
-    assert with_full.keys() == with_trim.keys()
+    assert with_full.keys() == with_trim.keys() and with_full
     assert all(torch.allclose(with_full[name], with_trim[name], atol=1e-5) for name in with_full)
+
+
+def test_inside_trls_ppo_both_shortcuts_are_live(tiny_model_dir, reward_model, tmp_path, monkeypatch):
+    """A real PPO update on the tiny model: the value model ran each rollout sequence
+    through the reward backbone once, and the policy's vocabulary head never ran on a
+    prompt's positions."""
+    reward_model.save_pretrained(tmp_path / "reward-model")
+    critics = []
+    monkeypatch.setattr(ppo, "critic", lambda *args: critics.append(critic(*args)) or critics[-1])
+    config = PPOConfig(batch_size=4, total_episodes=8, response_length=ANSWER, ppo_epochs=2)
+    inputs = TrainingInputs(start=PolicyStart(tiny_model_dir),
+                            prompts=[[{"role": "user", "content": f"Question number {i}?"}] for i in range(4)],
+                            reward_model=RewardModelRef(tiny_model_dir, tmp_path / "reward-model", 0.0, 1.0))
+    heads = LMHeadPositions(reward_model.config.vocab_size)
+    with torch.nn.modules.module.register_module_forward_hook(heads):
+        result = ppo.train(inputs, tmp_path / "policy", config)
+
+    assert result.examples == 8 and (tmp_path / "policy" / "adapter_config.json").is_file()
+    assert critics[0].features.computed_rows == 8  # two rollouts of 4; four epochs read memory
+    assert set(heads.positions) == {1, ANSWER + 1}  # generation steps, and the answer's positions

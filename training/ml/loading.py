@@ -89,23 +89,28 @@ def trainable_policy(start: PolicyStart, lora_r: int, lora_alpha: int, device: t
                              target_modules="all-linear")
 
 
-def reference_policy(start: PolicyStart, reference: str, device: torch.device, separate: bool = False):
+def reference_policy(start: PolicyStart, reference: str, device: torch.device):
     """The KL reference. "initial" gives None: TRL then uses the policy with its adapter
-    switched off, which is the base model, without a second copy in memory; `separate`
-    asks for a frozen copy of the base instead. "previous" merges the version this update
-    starts from into a frozen model."""
-    if reference not in ("initial", "previous"):
-        raise ValueError(f"reference must be 'initial' or 'previous', not {reference!r}")
-    from transformers import AutoModelForCausalLM
-
+    switched off, which is the base model, without a second copy in memory. "previous"
+    merges the version this update starts from into a frozen model."""
     if reference == "initial" or start.adapter_dir is None:
-        if not separate:
-            return None
-        return AutoModelForCausalLM.from_pretrained(start.base_model_dir, dtype=torch.float32).to(device).eval()
+        return None
+    if reference != "previous":
+        raise ValueError(f"reference must be 'initial' or 'previous', not {reference!r}")
     from peft import PeftModel
+    from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(start.base_model_dir, dtype=torch.float32)
     return PeftModel.from_pretrained(base, start.adapter_dir).merge_and_unload().to(device).eval()
+
+
+def frozen_base_policy(base_model_dir: Path | str, device: torch.device):
+    """The base model alone, frozen: the "initial" KL reference where the policy's adapter
+    cannot be switched off for it (see training/ml/methods/ppo.py)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
+    return model.requires_grad_(False).to(device).eval()
 
 
 def save_policy(model, tokenizer, out_dir: Path, state_dict: dict | None = None) -> None:

@@ -157,20 +157,20 @@ def labels_since_last_round(run: Run) -> int:
 
 
 def react_to_new_label(sender, run_id: int, **kwargs) -> None:
-    """After each label: keep the run's reward model fresh, and with its automatic loop
-    on, start a round once enough new labels arrived (unless one is running). The loop's
-    rounds make the full retrains, so between them the label asks only for a head refit
-    (the queue's disagreement and the next update read the newest version). Nothing
+    """After each label: with the run's automatic loop on, start a round once enough new
+    labels arrived (unless one is running); otherwise keep its reward model fresh. The
+    loop's rounds make the full retrains, so between them a label asks only for a head
+    refit (the queue's disagreement and the next update read the newest version). Nothing
     starts by itself while the run is paused."""
     run = Run.objects.filter(pk=run_id).first()
     if run is None or run.paused:
         return
-    maybe_request_reward_training(run, full_retrains=not run.auto_loop)
-    if not run.auto_loop or running_round(run) is not None or not Prompt.objects.exists():
-        return
-    if labels_since_last_round(run) >= run.loop_min_labels:
+    if (run.auto_loop and running_round(run) is None and Prompt.objects.exists()
+            and labels_since_last_round(run) >= run.loop_min_labels):
         try:
             start_round(run, trigger=f"{run.loop_min_labels} new labels")
+            return  # the round trains a reward model on this label
         except RoundError as error:  # another label's trigger started it first
             log.info("automatic round of %s not started: %s", run, error)
+    maybe_request_reward_training(run, full_retrains=not run.auto_loop)
 

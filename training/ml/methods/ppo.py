@@ -1,16 +1,23 @@
 """PPO with TRL's `trl.experimental.ppo.PPOTrainer` (trl 1.9.2), as InstructGPT ran it:
 the policy is a LoRA adapter on the base model, the reward is a published reward model
-with its normalization folded into the score head, the value model starts as a copy of
-that reward model (Ouyang et al. 2022), a KL penalty keeps the policy near the reference
-(the base by default), and an answer that never ends is penalized.
+with its normalization folded into the score head, the value model starts from that
+reward model (Ouyang et al. 2022), a KL penalty keeps the policy near the reference (the
+base by default), and an answer that never ends is penalized.
+
+Two things make a round cheaper than TRL run as its examples show, without changing a
+number TRL reads (docs/benchmarks.md, "PPO round"): by default the value model is a head
+on the reward model's frozen features, computed once per rollout (`FeatureHeadCritic`),
+and the policy computes vocabulary logits only where TRL reads them
+(`response_logits_only`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import os
+import inspect
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,7 +26,7 @@ from typing import Literal
 import torch
 
 from training.ml.configs import require
-from training.ml.loading import reference_policy
+from training.ml.loading import frozen_base_policy, reference_policy
 from training.ml.methods.base import (
     PROMPTS,
     REWARD_MODEL,
@@ -121,11 +128,7 @@ def train(inputs: TrainingInputs, out_dir: Path, config: PPOConfig,
     device, tokenizer = setup.device, setup.tokenizer
     reward_model = normalized_reward_model(inputs.reward_model, device)
     value_model = critic(reward_model, config)
-    # TRL's PPO reaches the policy through the trainer's model to switch the adapter off
-    # for the reference, which fails once Accelerate has wrapped it for several processes
-    # (trl 1.9.2): those runs keep a frozen copy of the base as the reference instead.
-    reference = reference_policy(inputs.start, config.reference, device,
-                                separate=int(os.environ.get("WORLD_SIZE", "1")) > 1)
+    reference = reference_policy(inputs.start, config.reference, device)
     dataset = Dataset.from_dict({"input_ids": [prompt_input_ids(tokenizer, p) for p in inputs.prompts]})
     episodes = config.total_episodes or max(len(inputs.prompts), config.batch_size)
 
@@ -160,6 +163,13 @@ def train(inputs: TrainingInputs, out_dir: Path, config: PPOConfig,
         ref_model=reference, reward_model=reward_model, value_model=value_model, train_dataset=dataset,
         callbacks=[report], peft_config=setup.peft_config,
     )
+    if trainer.ref_model is None and isinstance(trainer.model, torch.nn.parallel.DistributedDataParallel):
+        # TRL switches the policy's adapter off for the reference through the trainer's
+        # model, which fails once DDP has wrapped it (trl 1.9.2): a frozen copy of the
+        # base is the reference instead.
+        trainer.ref_model = frozen_base_policy(inputs.start.base_model_dir, device)
+    if isinstance(value_model, FeatureHeadCritic):
+        value_model.features.rows_kept = args.local_batch_size  # one rollout batch, as TRL sized it
     # TRL reads the logits of the answer's positions only (and the one before them).
     with response_logits_only([trainer.policy_model, reference], config.response_length + 1):
         seconds = train_and_save(trainer, setup, out_dir, policy=trainer.policy_model)
@@ -167,7 +177,7 @@ def train(inputs: TrainingInputs, out_dir: Path, config: PPOConfig,
     return TrainingResult(history, seconds, rollouts, {"generated_tokens": rollouts * config.response_length})
 
 
-def critic(reward_model, config: PPOConfig):
+def critic(reward_model, config: PPOConfig) -> torch.nn.Module:
     """The value model, initialized from the reward model (Ouyang et al. 2022). TRL
     reaches a value model's backbone by its `base_model_prefix` attribute and scores with
     its `score` head, which is all a value model needs to offer; a LoRA adapter is
@@ -200,7 +210,7 @@ class FeatureHeadCritic(torch.nn.Module):
     def __init__(self, reward_model, rows_kept: int) -> None:
         super().__init__()
         backbone = getattr(reward_model, reward_model.base_model_prefix)
-        self.__dict__["features"] = CachedFeatures(backbone, rows_kept)
+        self.features = CachedFeatures(backbone, rows_kept)  # a plain object: not a submodule
         self.score = copy.deepcopy(reward_model.score).requires_grad_(True)
 
 
@@ -209,21 +219,22 @@ class CachedFeatures:
     the last `rows_kept` sequences, keyed by their tokens and mask: TRL's PPO epochs
     value shuffled rows of the same rollout batch the rollout valued."""
 
-    def __init__(self, backbone, rows_kept: int) -> None:
+    def __init__(self, backbone: torch.nn.Module, rows_kept: int) -> None:
         self.backbone, self.rows_kept = backbone, rows_kept
-        self.rows: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self.rows: OrderedDict[bytes, torch.Tensor] = OrderedDict()  # key -> (seq, hidden)
         self.computed_rows = 0  # sequences run through the backbone (the rest came from memory)
 
-    def __call__(self, input_ids, attention_mask, position_ids=None, **_ignored):
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 position_ids: torch.Tensor | None = None, **_ignored) -> SimpleNamespace:
         parts = [t.detach().cpu().numpy() for t in (input_ids, attention_mask, position_ids) if t is not None]
         keys = [b"|".join(part[row].tobytes() for part in parts) for row in range(len(input_ids))]
         if all(key in self.rows for key in keys):
-            hidden = torch.stack([self.rows[key] for key in keys])
+            hidden = torch.stack([self.rows[key] for key in keys])  # (batch, seq, hidden)
         else:
             with torch.no_grad():
                 output = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                        return_dict=True, output_hidden_states=True, use_cache=False)
-            hidden = output.hidden_states[-1]
+            hidden = output.hidden_states[-1]  # (batch, seq, hidden)
             self.computed_rows += len(keys)
             for key, row in zip(keys, hidden, strict=True):
                 self.rows[key] = row
@@ -234,7 +245,7 @@ class CachedFeatures:
 
 
 @contextlib.contextmanager
-def response_logits_only(models, count: int):
+def response_logits_only(models: Iterable[torch.nn.Module | None], count: int) -> Iterator[None]:
     """While inside, a causal LM called without `logits_to_keep` (TRL's training and
     reference forwards) computes the vocabulary logits of only its last `count`
     positions and returns zeros before them: the prompt's positions, whose logits PPO
@@ -245,12 +256,14 @@ def response_logits_only(models, count: int):
         if model is None:
             continue
         causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+        if "logits_to_keep" not in inspect.signature(causal_lm.forward).parameters:
+            continue  # a model that cannot skip them computes them all, as before
         trimmed: list[int] = []  # the length of the sequence whose logits were trimmed
 
         def trim(module, args, kwargs, trimmed=trimmed):
             input_ids = kwargs.get("input_ids", args[0] if args else None)
             trimmed.clear()
-            if not kwargs.get("logits_to_keep") and input_ids is not None and input_ids.shape[1] > count:
+            if kwargs.get("logits_to_keep") is None and input_ids is not None and input_ids.shape[1] > count:
                 kwargs["logits_to_keep"] = count
                 trimmed.append(input_ids.shape[1])
             return args, kwargs
