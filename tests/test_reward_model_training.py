@@ -345,3 +345,22 @@ def test_between_full_retrains_each_new_label_triggers_a_refit(rm_settings, peop
 def claimed(job: Job) -> Job:
     assert services.claim_reward_training(job)
     return job
+
+
+def test_the_run_page_keeps_full_retrains_listed_among_many_refits(base_run, people, client):
+    """A refit after every label makes versions by the dozen: the page lists the newest
+    five of either kind and every older full retrain, and counts the refits it left out."""
+    full = None
+    for number in range(1, 34):
+        kind = "full" if number in (1, 12, 23) else "refit"
+        version = RewardModelVersion.objects.create(
+            number=number, run=base_run, base_model_dir=base_run.base_model_dir, weights_dir=f"/nonexistent/v{number}",
+            label_count=number, update=kind, backbone=None if kind == "full" else full)
+        full = version if kind == "full" else full
+    client.force_login(people.researcher)
+    page = client.get(f"/runs/{base_run.pk}/").content.decode()
+    table = page[page.index("Made by"):page.index("</table>", page.index("Made by"))]
+    listed = [int(row.split("</td>")[0].removeprefix("<td>v")) for row in table.split("<tr>")[1:]
+              if row.startswith("<td>v")]
+    assert listed == [33, 32, 31, 30, 29, 23, 12, 1]
+    assert "and 25 older head refits, not listed" in " ".join(table.split())

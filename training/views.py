@@ -68,7 +68,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         messages.error(request, "Settings not saved: see the errors below.")
     versions = PolicyVersion.objects.filter(pk__in=[v.pk for v in services.lineage_versions(run)]).select_related(
         "parent", "run").annotate(completion_count=Count("completions"))
-    reward_models = run.reward_models.select_related("backbone").order_by("-number")[:20]
+    reward_models = services.reward_models_to_list(run)
     context = {
         "run": run, "form": form, "round_form": StartRoundForm(), "generate_form": GenerateComparisonsForm(run),
         "versions": versions, "methods": METHODS, "reward_models": reward_models,

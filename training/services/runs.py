@@ -199,6 +199,26 @@ def latest_reward_model(run: Run) -> RewardModelVersion | None:
     return own or run.inherited_reward_model
 
 
+@dataclass(frozen=True)
+class RewardModelListing:
+    versions: list[RewardModelVersion]
+    unlisted_refits: int
+    """Older head refits left out so they do not push the full retrains off the list."""
+
+
+def reward_models_to_list(run: Run, newest: int = 5, full_retrains: int = 20) -> RewardModelListing:
+    """What a run page lists of its reward models: the `newest` versions of either kind,
+    then older full retrains. A refit after every label would otherwise fill the list
+    with refits within minutes and hide every full retrain."""
+    versions = run.reward_models.select_related("backbone").order_by("-number")
+    listed = list(versions[:newest])
+    if listed:
+        listed += list(versions.filter(update=RewardModelVersion.Update.FULL,
+                                       number__lt=listed[-1].number)[:full_retrains])
+    unlisted = versions.filter(update=RewardModelVersion.Update.REFIT).exclude(pk__in=[v.pk for v in listed]).count()
+    return RewardModelListing(listed, unlisted)
+
+
 def default_run() -> Run | None:
     """The first run: the one `make demo` and the commands use unless told otherwise."""
     return Run.objects.order_by("pk").first()
