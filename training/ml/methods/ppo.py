@@ -171,7 +171,7 @@ def train(inputs: TrainingInputs, out_dir: Path, config: PPOConfig,
     if isinstance(value_model, FeatureHeadCritic):
         value_model.features.rows_kept = args.local_batch_size  # one rollout batch, as TRL sized it
     # TRL reads the logits of the answer's positions only (and the one before them).
-    with response_logits_only([trainer.policy_model, reference], config.response_length + 1):
+    with response_logits_only([trainer.policy_model, trainer.ref_model], config.response_length + 1):
         seconds = train_and_save(trainer, setup, out_dir, policy=trainer.policy_model)
     rollouts = trainer.state.episode
     return TrainingResult(history, seconds, rollouts, {"generated_tokens": rollouts * config.response_length})
