@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,7 +34,7 @@ BASE_MODEL_DIR = ROOT / "var" / "models" / "smollm2-135m-instruct"
 SECTION = "## Reward-model freshness (issue 13)"
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 from benchmark_report import command_line, machine_lines, replace_section  # noqa: E402
-from reward_bench_data import label_comparisons, oracle_pair, use_bench_environment  # noqa: E402
+from reward_bench_data import fresh_bench_run, label_comparisons, oracle_pair, use_bench_environment  # noqa: E402
 
 # Before Django is imported: this process and the worker share the bench database.
 use_bench_environment(BENCH_DIR, BASE_MODEL_DIR)
@@ -129,23 +127,10 @@ def main() -> int:
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
 
-    from training.ml.base_model import prepare_base_model
-
-    prepare_base_model(BASE_MODEL_DIR, convert_smollm2_if_missing=True)
-    shutil.rmtree(BENCH_DIR, ignore_errors=True)
-    BENCH_DIR.mkdir(parents=True)
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, check=True)
-    import django
-
-    django.setup()
-    from django.contrib.auth import get_user_model
-
+    annotator, base = fresh_bench_run(BENCH_DIR, BASE_MODEL_DIR, ROOT)
     from tests.processes import running_celery_worker, running_redis
-    from training import services
     from training.models import Job
 
-    annotator = get_user_model().objects.create_user("bench-annotator")
-    base = services.ensure_default_run().base_version
     run = base.run
     run.reward_config.update(refit_every_labels=1)
     run.save(update_fields=["reward_config"])

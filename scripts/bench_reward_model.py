@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,7 +26,7 @@ BASE_MODEL_DIR = ROOT / "var" / "models" / "smollm2-135m-instruct"
 SECTION = "## Reward model (issue 3)"
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 from benchmark_report import command_line, machine_lines, replace_section  # noqa: E402
-from reward_bench_data import label_comparisons, use_bench_environment  # noqa: E402
+from reward_bench_data import fresh_bench_run, label_comparisons, use_bench_environment  # noqa: E402
 
 # Before Django is imported: this process and the worker share the bench database.
 use_bench_environment(BENCH_DIR, BASE_MODEL_DIR)
@@ -83,21 +81,7 @@ def main() -> int:
     parser.add_argument("--trigger", type=int, default=32, help="new labels that trigger training")
     args = parser.parse_args()
 
-    from training.ml.base_model import prepare_base_model
-
-    prepare_base_model(BASE_MODEL_DIR, convert_smollm2_if_missing=True)
-    shutil.rmtree(BENCH_DIR, ignore_errors=True)
-    BENCH_DIR.mkdir(parents=True)
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, check=True)
-    import django
-
-    django.setup()
-    from django.contrib.auth import get_user_model
-
-    from training import services
-
-    annotator = get_user_model().objects.create_user("bench-annotator")
-    base = services.ensure_default_run().base_version
+    annotator, base = fresh_bench_run(BENCH_DIR, BASE_MODEL_DIR, ROOT)
     throughput = measure_throughput(args.labels, annotator, base)
     print(throughput, flush=True)
 

@@ -28,6 +28,30 @@ def use_bench_environment(bench_dir: Path, base_model_dir: Path) -> None:
     )
 
 
+def fresh_bench_run(bench_dir: Path, base_model_dir: Path, root: Path):
+    """An empty, migrated bench database with the base model prepared (after
+    use_bench_environment): its annotator and the default run's base version."""
+    import shutil
+    import subprocess
+    import sys
+
+    from training.ml.base_model import prepare_base_model
+
+    prepare_base_model(base_model_dir, convert_smollm2_if_missing=True)
+    shutil.rmtree(bench_dir, ignore_errors=True)
+    bench_dir.mkdir(parents=True)
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=root, check=True)
+    import django
+
+    django.setup()
+    from django.contrib.auth import get_user_model
+
+    from training import services
+
+    annotator = get_user_model().objects.create_user("bench-annotator")
+    return annotator, services.ensure_default_run().base_version
+
+
 def completion(rng: random.Random, with_number: bool) -> str:
     """About 60 words, like the demo's completions."""
     words = [rng.choice(FILLER) for _ in range(60)]
