@@ -41,6 +41,7 @@ test-fast: install
 
 bench: install
 	$(PY) scripts/bench_labeling.py --annotators 32 --seconds 60
+	$(PY) scripts/bench_labeling.py --annotators 64 --seconds 60 --think 2 4
 	$(PY) scripts/bench_reward_model.py --labels 256 --trigger 32
 	$(PY) scripts/bench_reward_freshness.py --sizes 250,1000,4000 --compare-at 500 --probes 5 --test-pairs 400
 	$(PY) scripts/bench_ppo.py --batch-size 8 --response-length 64 --episodes 32

@@ -17,10 +17,10 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.cache import cache
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, F, OuterRef, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import F
 from django.utils import timezone
 
+from labeling import queue_sql
 from labeling.models import Assignment, Comparison, ComparisonItem, Completion, Label, LabeledBy, Prompt
 from labeling.signals import label_submitted, label_undo_requested
 
@@ -93,57 +93,41 @@ def open_comparisons_for(annotator: AbstractBaseUser):
         labels__annotator=annotator)
 
 
-@transaction.atomic
 def next_comparison_for(annotator: AbstractBaseUser) -> Comparison | None:
     """The comparison this annotator should label now, leased to them, or None when the
     queue holds nothing for them. A live lease they already hold comes back first, so a
     reload shows the same comparison instead of taking a second one."""
-    now = timezone.now()
-    held = (
-        Assignment.objects.filter(annotator=annotator, expires_at__gt=now)
-        .exclude(comparison__labels__annotator=annotator)
-        .select_related("comparison__prompt", "comparison__run")
-        .order_by("created_at")
-        .first()
-    )
-    if held is not None:
-        return held.comparison
+    comparison_id = take_next_lease(annotator)
+    if comparison_id is None:
+        return None
+    # Read after the lease is committed: the write transaction holds only the lease.
+    return Comparison.objects.select_related("prompt", "run").filter(pk=comparison_id).first()
 
-    live_leases_of_others = (
-        Assignment.objects.filter(comparison=OuterRef("pk"), expires_at__gt=now)
-        .exclude(annotator=annotator)
-        .values("comparison")
-        .annotate(n=Count("id"))
-        .values("n")
-    )
-    candidates = (
-        open_comparisons_for(annotator)
-        .annotate(leased=Coalesce(Subquery(live_leases_of_others), 0))
-        .filter(labels_needed__gt=F("label_count") + F("leased"))
-        .order_by("-priority", "id")
-        .select_related("prompt", "run")  # what the labeling page shows of it, in the same query
-        .select_for_update(skip_locked=True, of=("self",))
-    )
+
+@transaction.atomic
+def take_next_lease(annotator: AbstractBaseUser) -> int | None:
+    """The id of the comparison next_comparison_for serves, with its lease taken."""
+    now = timezone.now()
+    held = queue_sql.held_lease(annotator.pk, now)
+    if held is not None:
+        return held
+    # SQLite with BEGIN IMMEDIATE runs this transaction alone, so the candidate query's
+    # lease count is already current. PostgreSQL runs requests concurrently: the row lock
+    # keeps two of them off one candidate, and the re-check below sees a lease that
+    # another request committed after this statement began.
+    concurrent = not serialized_writes()
     passed_over: list[int] = []
     for _ in range(MAX_LEASE_ATTEMPTS):
-        comparison = candidates.exclude(pk__in=passed_over).first()
-        if comparison is None:
+        candidate = queue_sql.first_candidate(annotator.pk, now, passed_over, lock_row=concurrent)
+        if candidate is None:
             return None
-        # SQLite with BEGIN IMMEDIATE runs this transaction alone, so the candidate
-        # query's lease count is already current; a database with concurrent writers
-        # needs the re-check.
-        if serialized_writes() or has_room_for_another_annotator(comparison, annotator, now):
+        if not concurrent or queue_sql.room_for_another_annotator(candidate, annotator.pk, now):
             break
-        passed_over.append(comparison.pk)
+        passed_over.append(candidate)
     else:
         return None
-    Assignment.objects.update_or_create(
-        comparison=comparison,
-        annotator=annotator,
-        defaults={"expires_at": now + timedelta(seconds=settings.PREFLOOP_LEASE_SECONDS), "created_at": now,
-                  "returned": False},
-    )
-    return comparison
+    queue_sql.take_lease(candidate, annotator.pk, now, now + timedelta(seconds=settings.PREFLOOP_LEASE_SECONDS))
+    return candidate
 
 
 def serialized_writes() -> bool:
@@ -153,27 +137,24 @@ def serialized_writes() -> bool:
 
 
 def has_room_for_another_annotator(comparison: Comparison, annotator: AbstractBaseUser, now) -> bool:
-    """Re-check a locked candidate in a new statement. Under PostgreSQL's READ COMMITTED
-    the candidate query counted leases as of its own start; a lease another request
-    committed just before we took the row lock is visible only to a later statement."""
-    leased = (
-        Assignment.objects.filter(comparison=comparison, expires_at__gt=now).exclude(annotator=annotator).count()
-    )
-    labeled, needed = Comparison.objects.values_list("label_count", "labels_needed").get(pk=comparison.pk)
-    return labeled + leased < needed
+    """Whether the comparison's labels plus other people's live leases are still below
+    what it needs, read in a statement of its own: under PostgreSQL's READ COMMITTED a
+    lease another request committed after an earlier statement began is visible only to
+    a later one."""
+    return queue_sql.room_for_another_annotator(comparison.pk, annotator.pk, now)
 
 
-def check_lease(comparison: Comparison, annotator: AbstractBaseUser, now) -> None:
+def check_lease(comparison_id: int, annotator: AbstractBaseUser, now) -> None:
     """A person labels what the queue gave them: a live lease they hold. An expired lease
     is still honoured when nobody took the comparison meanwhile and it still wants a
     label (a slow annotator loses nothing); otherwise the label is refused."""
-    lease = Assignment.objects.filter(comparison=comparison, annotator=annotator).first()
-    if lease is None:
-        raise LeaseError(f"comparison {comparison.pk} was not given to you; take the next one from the queue")
-    if lease.expires_at > now:
+    live = queue_sql.lease_is_live(comparison_id, annotator.pk, now)
+    if live is None:
+        raise LeaseError(f"comparison {comparison_id} was not given to you; take the next one from the queue")
+    if live:
         return
-    if not has_room_for_another_annotator(comparison, annotator, now):
-        raise LeaseError(f"your lease on comparison {comparison.pk} expired and it went to someone else")
+    if not queue_sql.room_for_another_annotator(comparison_id, annotator.pk, now):
+        raise LeaseError(f"your lease on comparison {comparison_id} expired and it went to someone else")
 
 
 def validate_label(label: LabelInput, completion_count: int) -> LabelInput:
@@ -213,44 +194,38 @@ def submit_label(
     and imported labels need no lease unless `require_lease` says so."""
     if require_lease is None:
         require_lease = origin == Label.Origin.HUMAN
+    # Reads first, outside the write transaction that every labeling request waits for:
+    # the comparison, the label's validity and an earlier label (a double click, a retry).
+    target = queue_sql.label_target(label.comparison_id)
+    if target is None:
+        raise LabelError(f"comparison {label.comparison_id} does not exist")
+    run_id, completion_count = target
+    clean = validate_label(label, completion_count)
+    earlier = Label.objects.filter(comparison_id=label.comparison_id, annotator=annotator).first()
+    if earlier is not None:
+        return earlier, False
+    stored = Label(comparison_id=label.comparison_id, annotator=annotator, choice=clean.choice, ranking=clean.ranking,
+                   strength=clean.strength, rationale=clean.rationale, active_seconds=clean.active_seconds,
+                   origin=origin)
     with transaction.atomic():
-        comparison = Comparison.objects.filter(pk=label.comparison_id).annotate(k=Count("items")).first()
-        if comparison is None:
-            raise LabelError(f"comparison {label.comparison_id} does not exist")
-        clean = validate_label(label, comparison.k)
-        earlier = Label.objects.filter(comparison=comparison, annotator=annotator).first()
-        if earlier is not None:
-            return earlier, False
         if require_lease:
             try:
-                check_lease(comparison, annotator, timezone.now())
+                check_lease(stored.comparison_id, annotator, timezone.now())
             except LeaseError:
                 # A concurrent submit of the same label may have committed (and dropped
-                # the lease) since the check above: that is a duplicate, not a refusal.
-                earlier = Label.objects.filter(comparison=comparison, annotator=annotator).first()
+                # the lease) since the read above: that is a duplicate, not a refusal.
+                earlier = Label.objects.filter(comparison_id=stored.comparison_id, annotator=annotator).first()
                 if earlier is None:
                     raise
                 return earlier, False
         try:
             with transaction.atomic():
-                stored = Label.objects.create(
-                    comparison=comparison,
-                    annotator=annotator,
-                    choice=clean.choice,
-                    ranking=clean.ranking,
-                    strength=clean.strength,
-                    rationale=clean.rationale,
-                    active_seconds=clean.active_seconds,
-                    origin=origin,
-                )
+                stored.save(force_insert=True)
         except IntegrityError:
-            return Label.objects.get(comparison=comparison, annotator=annotator), False
-        if stored.counts_as_label:
-            Comparison.objects.filter(pk=comparison.pk).update(label_count=F("label_count") + 1)
-        Assignment.objects.filter(comparison=comparison, annotator=annotator).delete()
+            return Label.objects.get(comparison_id=stored.comparison_id, annotator=annotator), False
+        queue_sql.count_label_and_drop_lease(stored.comparison_id, annotator.pk, stored.counts_as_label)
         transaction.on_commit(lambda: adjust_cached_queue_count(annotator, -1))
         # robust: whatever the loop does with the news, the label is stored and acknowledged.
-        run_id = comparison.run_id
         transaction.on_commit(lambda: label_submitted.send(sender=Label, run_id=run_id), robust=True)
     return stored, True
 
@@ -285,15 +260,8 @@ def undo_last_label(annotator: AbstractBaseUser) -> Comparison | None:
         return None
     transaction.on_commit(lambda: adjust_cached_queue_count(annotator, +1))
     # Older than any other lease they hold, so next_comparison_for serves it first.
-    Assignment.objects.update_or_create(
-        comparison=comparison,
-        annotator=annotator,
-        defaults={
-            "expires_at": now + timedelta(seconds=settings.PREFLOOP_LEASE_SECONDS),
-            "created_at": now - timedelta(days=1),
-            "returned": True,
-        },
-    )
+    queue_sql.take_lease(comparison.pk, annotator.pk, created_at=now - timedelta(days=1),
+                         expires_at=now + timedelta(seconds=settings.PREFLOOP_LEASE_SECONDS), returned=True)
     return comparison
 
 

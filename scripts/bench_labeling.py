@@ -33,7 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DB_PATH = ROOT / "var" / "bench" / "bench.sqlite3"
 SERVER_LOG = DB_PATH.with_name("server.log")
 SECTION = "## Labeling throughput (issue 2)"
+SECTION_WITH_THINK_TIME = "## Labeling with think time (issue 13 item 4)"
 WORKERS, THREADS = 2, 4  # as scripts/demo.sh runs it
+KEEP_ALIVE_SECONDS = 2  # gunicorn's default --keep-alive
 CHOICES = ("a", "b", "tie", "both_bad")
 RESEND_SHARE = 0.02  # submits sent twice, as a double click or a retried request would
 ANSWER = "**Answer {n}** to prompt {i}.\n\n- One point.\n- Another, with `code`.\n\nThat is all there is to say."
@@ -146,9 +148,10 @@ class Stats:
 class Annotator(threading.Thread):
     """One simulated person on one keep-alive connection: take the next comparison, judge it at once."""
 
-    def __init__(self, user_id: int, session_key: str, port: int, stats: Stats, deadline: float) -> None:
+    def __init__(self, user_id: int, session_key: str, port: int, stats: Stats, deadline: float,
+                 think: tuple[float, float]) -> None:
         super().__init__(daemon=True)
-        self.user_id, self.stats, self.deadline = user_id, stats, deadline
+        self.user_id, self.stats, self.deadline, self.think = user_id, stats, deadline, think
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=90)
         # Django accepts an unmasked 32-character secret as the header token.
         csrf = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(32))
@@ -175,6 +178,8 @@ class Annotator(threading.Thread):
         return None
 
     def run(self) -> None:
+        if self.think[1] > 0:  # people arrive over the first pause, not all in the same millisecond
+            time.sleep(self.rng.uniform(0, self.think[1]))
         while time.monotonic() < self.deadline:
             state = self.call("next", "/label/api/next", b"{}")  # a POST: it takes a lease
             if state is None or state["comparison"] is None:  # an error (counted in call) or an empty queue
@@ -183,6 +188,11 @@ class Annotator(threading.Thread):
                 time.sleep(0.05)
                 continue
             comparison_id = state["comparison"]["id"]
+            if self.think[1] > 0:  # reading and judging, as a person would
+                pause = self.rng.uniform(*self.think)
+                time.sleep(pause)
+                if pause >= KEEP_ALIVE_SECONDS:  # gunicorn closed the idle connection; a browser opens a new one
+                    self.conn.close()
             label = {"comparison_id": comparison_id, "choice": self.rng.choice(CHOICES), "active_seconds": 1.0}
             body = json.dumps(label).encode()
             ack = self.call("submit", "/label/api/submit", body)
@@ -247,12 +257,16 @@ def write_report(args: argparse.Namespace, stats: Stats, elapsed: float, checks:
         ("`next` answers with an empty queue", str(counts["empty queue"])),
         ('Server log: "database is locked" / tracebacks', f"{log.count('is locked')} / {log.count('Traceback')}"),
     ]
+    section = SECTION_WITH_THINK_TIME if args.think[1] > 0 else SECTION
+    make_bench = "--annotators 64 --seconds 60 --think 2 4" if args.think[1] > 0 else "--annotators 32 --seconds 60"
     lines = [
-        SECTION, "",
-        f"Command: `{command_line()}` (`make bench` runs it with `--annotators 32 --seconds 60`).", "",
+        section, "",
+        f"Command: `{command_line()}` (`make bench` runs it with `{make_bench}`).", "",
         *machine_lines(),
         f"- Settings: {args.annotators} annotators for {args.seconds:g} s ({elapsed:.1f} s measured), "
-        f"{args.comparisons} comparisons with labels_needed=1, gunicorn --workers {WORKERS} --threads {THREADS}, "
+        f"{args.comparisons} comparisons with labels_needed=1, "
+        f"think time {args.think[0]:g}–{args.think[1]:g} s per comparison, "
+        f"gunicorn --workers {WORKERS} --threads {THREADS}, "
         "fresh SQLite database (WAL, BEGIN IMMEDIATE) at var/bench/bench.sqlite3",
         "",
         "| Metric | Value |", "| --- | --- |", *(f"| {name} | {value.strip()} |" for name, value in rows), "",
@@ -260,16 +274,19 @@ def write_report(args: argparse.Namespace, stats: Stats, elapsed: float, checks:
         *(f"- {name}: {value}" for name, value in checks.items()),
         *(f"- problem: {p}" for p in stats.problems[:10]),
     ]
-    section = "\n".join(lines)
-    replace_section(SECTION, section)
-    return section
+    text = "\n".join(lines)
+    replace_section(section, text)
+    return text
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--annotators", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--comparisons", type=int, default=6000, help="more than the run can label")
+    parser.add_argument("--comparisons", type=int, default=20000, help="more than the run can label")
+    parser.add_argument("--think", type=float, nargs=2, default=(0.0, 0.0), metavar=("MIN", "MAX"),
+                        help="seconds each simulated person looks at a comparison before answering "
+                             "(uniform between MIN and MAX; 0 0 is saturation)")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free one")
     args = parser.parse_args()
 
@@ -286,7 +303,7 @@ def main() -> int:
     stats = Stats()
     with gunicorn(port):
         start = time.monotonic()
-        threads = [Annotator(uid, key, port, stats, start + args.seconds) for uid, key in sessions]
+        threads = [Annotator(uid, key, port, stats, start + args.seconds, args.think) for uid, key in sessions]
         for thread in threads:
             thread.start()
         with tqdm(total=round(args.seconds), unit="s", desc="labeling") as bar:

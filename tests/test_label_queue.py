@@ -5,13 +5,16 @@ import random
 from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from labeling import services
+from labeling import queue_sql, services
 from labeling.models import Assignment, Comparison, Label
 from labeling.services import LabelError, LabelInput
 
 pytestmark = pytest.mark.django_db
+ON_SQLITE = connection.vendor == "sqlite"
 
 
 def test_two_annotators_never_get_the_same_comparison(people, make_comparison):
@@ -216,3 +219,37 @@ def test_the_queue_count_may_be_a_few_seconds_old_the_labeled_count_never(people
     settings.PREFLOOP_QUEUE_COUNT_MAX_AGE = 0
     client.force_login(people.annotator)
     assert client.post("/label/api/next").json()["counts"] == {"labeled": 0, "queue": 1}  # the undone one is back
+
+
+@pytest.mark.skipif(not ON_SQLITE, reason="SQLite's query planner")
+def test_the_candidate_query_walks_the_open_queue_index(people, make_comparison):
+    """The hand-written candidate statement must keep the partial index's condition
+    spelled so that SQLite uses it: a rewording that loses it makes every `next` scan
+    every comparison ever labeled, and nothing else would notice."""
+    make_comparison()
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN QUERY PLAN " + queue_sql.CANDIDATE_SQL.format(skip=""),
+                       queue_sql.candidate_params(people.annotator.pk, timezone.now(), []))
+        plan = " ".join(str(row[-1]) for row in cursor.fetchall())
+    assert "USING INDEX comparison_open_queue" in plan, plan
+    assert "TEMP B-TREE" not in plan, plan  # served in index order, not sorted afterwards
+
+
+@pytest.mark.skipif(not ON_SQLITE, reason="SQLite's one write lock")
+@pytest.mark.django_db(transaction=True)
+def test_a_label_holds_the_write_lock_only_for_its_writes(people, make_comparison):
+    """Every labeling request of every web process waits for SQLite's write lock, so a
+    submit reads the comparison and any earlier label before BEGIN; inside it checks
+    the lease, stores the label, counts it and drops the lease."""
+    make_comparison()
+    comparison = services.next_comparison_for(people.annotator)
+    with CaptureQueriesContext(connection) as queries:
+        services.submit_label(people.annotator, LabelInput(comparison.pk, "a"))
+    statements = [q["sql"] for q in queries.captured_queries]
+    begin = next(i for i, sql in enumerate(statements) if sql.startswith("BEGIN"))
+    commit = statements.index("COMMIT")
+    inside = [sql.split()[0] for sql in statements[begin + 1:commit] if "SAVEPOINT" not in sql]
+    assert inside == ["SELECT", "INSERT", "UPDATE", "DELETE"], statements[begin:commit + 1]
+    assert begin >= 2  # the comparison and the earlier-label reads came first
+    comparison.refresh_from_db()
+    assert comparison.label_count == 1 and not Assignment.objects.filter(comparison=comparison).exists()
