@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from training.ml.configs import ConfigError, config_from_dict
 from training.ml.reward import (
     ENSEMBLE_FILE,
     PreferencePair,
@@ -168,3 +171,20 @@ def test_answers_longer_than_max_length_are_remembered_not_embedded(tiny_model_d
     assert store.scorable([PreferencePair(0, prompt, short[1], long[1])]) == []
     write_features(tmp_path / "f.pt", embedded, features, too_long, store.head)
     assert FeatureStore.read([tmp_path / "f.pt"]).missing([short, long]) == []
+
+
+def test_lora_targets_choose_the_layers_the_adapter_trains(tiny_model_dir, tmp_path):
+    """`lora_targets` (a run setting) reaches PEFT: attention-only trains adapters on the
+    named projections and nowhere else; an empty list is refused before any training."""
+
+
+    config = RewardTrainingConfig(lora_targets="q_proj, v_proj", epochs=0.1, ensemble_size=0, heldout_fraction=0.2)
+    train_reward_model(marker_pairs(16), tiny_model_dir, tmp_path / "attention", config)
+    adapter = json.loads((tmp_path / "attention" / "adapter_config.json").read_text())
+    assert sorted(adapter["target_modules"]) == ["q_proj", "v_proj"]
+    trained = {name.split(".lora_")[0].rsplit(".", 1)[-1] for name in load_file(
+        tmp_path / "attention" / "adapter_model.safetensors") if ".lora_" in name}
+    assert trained == {"q_proj", "v_proj"}
+    assert RewardTrainingConfig().lora_target_modules == "all-linear"
+    with pytest.raises(ConfigError, match="lora_targets"):
+        config_from_dict(RewardTrainingConfig, {"lora_targets": " , "})

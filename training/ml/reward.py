@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from training.ml.configs import require
 from training.ml.loading import pick_device
 from training.ml.progress import StepReport, report_steps
 from training.ml.reward_heads import ensemble_disagreement, fit_bootstrap_heads
@@ -39,6 +40,9 @@ class RewardTrainingConfig:
     """LoRA rank."""
     lora_alpha: int = 32
     """LoRA scaling numerator."""
+    lora_targets: str = "all-linear"
+    """Layers the LoRA adapter trains: "all-linear", or module names separated by commas
+    (e.g. "q_proj,k_proj,v_proj,o_proj" for attention only on Llama-style models)."""
     learning_rate: float | None = None
     """None picks 1e-4 with LoRA and 1e-5 for full fine-tuning (LoRA needs more to move in one epoch)."""
     epochs: float = 1.0
@@ -58,6 +62,16 @@ class RewardTrainingConfig:
     refit_every_labels: int = 1
     """Between full retrains, publish a version with only the score head refit on cached
     features after this many new labels (seconds, not minutes); 0 = full retrains only."""
+
+    def validate(self) -> None:
+        require(bool(self.lora_target_modules), 'lora_targets: name the layers, separated by commas, or "all-linear"')
+
+    @property
+    def lora_target_modules(self) -> str | list[str]:
+        """`lora_targets` as PEFT's LoraConfig takes it."""
+        if self.lora_targets.strip() == "all-linear":
+            return "all-linear"
+        return [name.strip() for name in self.lora_targets.split(",") if name.strip()]
 
     @property
     def effective_learning_rate(self) -> float:
@@ -483,7 +497,7 @@ def initial_model(base_model_dir: Path, tokenizer, config: RewardTrainingConfig,
     if warm_start_dir is not None and (warm_start_dir / "adapter_config.json").is_file():
         return PeftModel.from_pretrained(backbone, warm_start_dir, is_trainable=True), None
     lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=config.lora_r, lora_alpha=config.lora_alpha,
-                      target_modules="all-linear")
+                      target_modules=config.lora_target_modules)
     return backbone, lora
 
 
