@@ -15,6 +15,7 @@ from tests.test_reward_model_ml import marker_pairs
 from training import services
 from training.ml.reward import ENSEMBLE_FILE, FEATURES_FILE
 from training.models import Job, RewardModelVersion, Round
+from training.services import reward_models
 
 pytestmark = pytest.mark.django_db
 
@@ -340,6 +341,11 @@ def test_between_full_retrains_each_new_label_triggers_a_refit(rm_settings, peop
     label(3)
     assert list(Job.objects.values_list("kind", flat=True)) == [Job.Kind.REFIT_REWARD]
     assert not Round.objects.exists()
+    # After a reward-model job, labels that came meanwhile get their refit at once: for an
+    # automatic loop's run too, and still no full retrain.
+    Job.objects.all().delete()
+    reward_models.catch_up(base_run)
+    assert list(Job.objects.values_list("kind", flat=True)) == [Job.Kind.REFIT_REWARD]
 
 
 def claimed(job: Job) -> Job:

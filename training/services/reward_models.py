@@ -292,8 +292,8 @@ def catch_up(run: Run) -> None:
     has finished whatever happens here."""
     try:
         run.refresh_from_db()
-        if not run.paused and not run.auto_loop:
-            maybe_request_reward_training(run)
+        if not run.paused:  # an automatic loop's rounds make its full retrains; refits only then
+            maybe_request_reward_training(run, full_retrains=not run.auto_loop)
     except Exception:
         log.exception("could not request a refit after a reward-model job of %s", run)
 
