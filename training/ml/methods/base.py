@@ -118,14 +118,20 @@ def train_and_save(trainer, setup: TrainerSetup, out_dir: Path, policy=None) -> 
     out_dir (callers publish it by renaming). Returns the training's wall seconds.
     `policy` is the trained model when the trainer does not call it `model` (PPO)."""
     started = time.monotonic()
+    accelerator = trainer.accelerator
     try:
         trainer.train()
-    finally:
+    except BaseException:
         shutil.rmtree(setup.work_dir, ignore_errors=True)
+        raise
     seconds = time.monotonic() - started
-    # Under `accelerate launch` (training/ml/launch.py) one process writes the weights and
-    # none returns before the files are complete.
-    accelerator = trainer.accelerator
+    # Under `accelerate launch` (training/ml/launch.py) the processes share the scratch
+    # folder, and transformers lists its checkpoints as each one's training ends: it is
+    # removed once all are done, by one. One process writes the weights and none returns
+    # before the files are complete.
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(setup.work_dir, ignore_errors=True)
     model = policy if policy is not None else trainer.model
     state_dict = gathered_state_dict(trainer, within="policy." if policy is not None else "")
     if accelerator.is_main_process:
