@@ -115,7 +115,7 @@ def take_next_lease(annotator: AbstractBaseUser) -> int | None:
     # lease count is already current. PostgreSQL runs requests concurrently: the row lock
     # keeps two of them off one candidate, and the re-check below sees a lease that
     # another request committed after this statement began.
-    concurrent = not serialized_writes()
+    concurrent = not serialized_writes() and connection.features.has_select_for_update_skip_locked
     passed_over: list[int] = []
     for _ in range(MAX_LEASE_ATTEMPTS):
         candidate = queue_sql.first_candidate(annotator.pk, now, passed_over, lock_row=concurrent)
@@ -220,6 +220,9 @@ def submit_label(
                 return earlier, False
         try:
             with transaction.atomic():
+                # Stamped under the lock, as the label commits: a round counts labels by
+                # time, and one stamped while waiting for the lock could fall before it.
+                stored.created_at = timezone.now()
                 stored.save(force_insert=True)
         except IntegrityError:
             return Label.objects.get(comparison_id=stored.comparison_id, annotator=annotator), False

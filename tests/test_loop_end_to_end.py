@@ -97,6 +97,7 @@ def test_two_full_rounds_close_the_loop(tmp_path, steerable_policy_dir, people, 
         "PREFLOOP_VAR_DIR": str(tmp_path / "var"),
         "PREFLOOP_BASE_MODEL_DIR": str(steerable_policy_dir),
         "PREFLOOP_TORCH_THREADS": "2",
+        "PREFLOOP_OVERLAP_SHARE": "0",  # the worker makes the comparisons: one label each, as counted below
     }
     with running_redis(os.environ["REDIS_URL"], tmp_path), running_celery_worker("gpu,train,default", env, log_path):
         # Six pairs per prompt: with a keyword said half the time, half of them carry a
