@@ -171,7 +171,8 @@ def arm_dir(arm: str) -> Path:
 
 def score_pairs(model, tokenizer, heads, pairs) -> dict[str, list[float]]:
     """Outcomes of the trained head and of the bootstrap ensemble's mean."""
-    from training.ml.reward import chosen_texts, rejected_texts, score_features
+    from training.ml.reward import score_features
+    from training.ml.reward_features import chosen_texts, rejected_texts
 
     reward_c, feat_c = score_features(model, tokenizer, chosen_texts(pairs))
     reward_r, feat_r = score_features(model, tokenizer, rejected_texts(pairs))

@@ -18,10 +18,10 @@ from training.ml.reward import (
     RewardTrainingConfig,
     grouped_batches,
     is_heldout,
-    last_scored_positions,
     split_heldout,
     train_reward_model,
 )
+from training.ml.reward_features import FeatureStore, last_scored_positions, write_features
 from training.ml.reward_heads import ensemble_disagreement, fit_bootstrap_heads
 
 WORDS = "the a river stone cloud quick slow green bright table window music paper".split()
@@ -136,7 +136,7 @@ def test_a_refit_head_learns_preferences_its_starting_head_gets_wrong():
 
 
 def test_the_feature_store_embeds_each_answer_once_by_its_content(tmp_path):
-    from training.ml.reward import FeatureStore, sample_key, write_features
+    from training.ml.reward_features import sample_key
 
     prompt = [{"role": "user", "content": "hi"}]
     seen = [(prompt, "one"), (prompt, "two", True, None)]
@@ -155,10 +155,8 @@ def test_answers_longer_than_max_length_are_remembered_not_embedded(tiny_model_d
     """One very long answer would need tens of GB of attention to score; like TRL's
     training, the feature store leaves it out, and remembers that across files."""
     from training.ml.reward import (
-        FeatureStore,
         load_reward_backbone,
         load_reward_tokenizer,
-        write_features,
     )
 
     tokenizer = load_reward_tokenizer(tiny_model_dir)

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 
 import torch
 
-from training.ml.reward import RewardModelRef, load_reward_model, score_token_ids
+from training.ml.reward import RewardModelRef, load_reward_model
+from training.ml.reward_features import score_token_ids
 from training.ml.tokens import prompt_input_ids
 
 

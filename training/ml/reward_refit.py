@@ -41,19 +41,15 @@ from training.ml.progress import StepReport
 from training.ml.reward import (
     CONFIG_FILE,
     ENSEMBLE_FILE,
-    FEATURES_FILE,
     HEAD_FILE,
-    FeatureStore,
     PreferencePair,
     RewardTrainingConfig,
     RewardTrainingResult,
-    chosen_texts,
     evaluate_head,
     load_reward_model,
-    rejected_texts,
     split_heldout,
-    write_features,
 )
+from training.ml.reward_features import FEATURES_FILE, FeatureStore, chosen_texts, rejected_texts, write_features
 from training.ml.reward_heads import fit_head
 from training.ml.tokens import ScoredText
 

@@ -24,7 +24,8 @@ from django.utils import timezone
 from labeling.exporting import labels_for_export, ordered_completions_of
 from labeling.models import Completion, Label
 from training.ml.configs import config_from_dict, config_to_dict
-from training.ml.reward import FEATURES_FILE, PreferencePair, RewardScorer, RewardTrainingConfig
+from training.ml.reward import PreferencePair, RewardScorer, RewardTrainingConfig
+from training.ml.reward_features import FEATURES_FILE
 from training.ml.reward_refit import refit_reward_head
 from training.models import EvaluationPrompt, Job, PolicyVersion, RewardModelVersion, Run, json_safe
 from training.services.artifacts import publish_artifact
