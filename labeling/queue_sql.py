@@ -90,6 +90,12 @@ def room_for_another_annotator(comparison_id: int, annotator_id: int, now: datet
     return bool(row and row[0])
 
 
+def lock_comparison(comparison_id: int) -> None:
+    """Hold the comparison's row until the transaction ends (PostgreSQL): the queue
+    takes the same lock before it leases the comparison to anyone."""
+    _one(f"SELECT id FROM {COMPARISON} WHERE id = %s FOR UPDATE", [comparison_id])
+
+
 def take_lease(comparison_id: int, annotator_id: int, created_at: datetime, expires_at: datetime,
                returned: bool = False) -> None:
     """Lease the comparison to the annotator (one row per pair: a lease they already

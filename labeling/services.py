@@ -115,7 +115,7 @@ def take_next_lease(annotator: AbstractBaseUser) -> int | None:
     # lease count is already current. PostgreSQL runs requests concurrently: the row lock
     # keeps two of them off one candidate, and the re-check below sees a lease that
     # another request committed after this statement began.
-    concurrent = not serialized_writes() and connection.features.has_select_for_update_skip_locked
+    concurrent = concurrent_writes()
     passed_over: list[int] = []
     for _ in range(MAX_LEASE_ATTEMPTS):
         candidate = queue_sql.first_candidate(annotator.pk, now, passed_over, lock_row=concurrent)
@@ -128,6 +128,12 @@ def take_next_lease(annotator: AbstractBaseUser) -> int | None:
         return None
     queue_sql.take_lease(candidate, annotator.pk, now, now + timedelta(seconds=settings.PREFLOOP_LEASE_SECONDS))
     return candidate
+
+
+def concurrent_writes() -> bool:
+    """Whether write transactions run side by side and the queue hands out rows with row
+    locks (PostgreSQL's FOR UPDATE SKIP LOCKED); False where each runs alone (SQLite)."""
+    return not serialized_writes() and connection.features.has_select_for_update_skip_locked
 
 
 def serialized_writes() -> bool:
@@ -153,6 +159,10 @@ def check_lease(comparison_id: int, annotator: AbstractBaseUser, now) -> None:
         raise LeaseError(f"comparison {comparison_id} was not given to you; take the next one from the queue")
     if live:
         return
+    if concurrent_writes():
+        # The queue may be giving the comparison to someone else right now, holding its
+        # row: wait for that, so the count below, a statement of its own, sees their lease.
+        queue_sql.lock_comparison(comparison_id)
     if not queue_sql.room_for_another_annotator(comparison_id, annotator.pk, now):
         raise LeaseError(f"your lease on comparison {comparison_id} expired and it went to someone else")
 

@@ -45,3 +45,56 @@ def test_concurrent_annotators_never_share_a_comparison(django_user_model, make_
     assert len(served) == len(set(served)) == ANNOTATORS * ROUNDS
     assert Label.objects.count() == ANNOTATORS * ROUNDS
     assert all(c.label_count == 1 for c in Comparison.objects.all())
+
+
+def test_a_late_label_waits_for_a_lease_being_given_and_is_refused(django_user_model, make_comparison):
+    """An annotator whose lease expired submits while the queue is giving the comparison
+    to someone else (that request's transaction still open). The late label waits for
+    it and is refused, so the comparison never gets more labels than it needs; without
+    waiting, PostgreSQL let both in (the late check read the lease count before the
+    other lease committed)."""
+    import time
+    from datetime import timedelta
+
+    from django.db import transaction
+    from django.utils import timezone
+
+    from labeling.models import Assignment
+    from labeling.services import LeaseError
+
+    slow, quick = (django_user_model.objects.create_user(name) for name in ("slow", "quick"))
+    comparison = make_comparison(labels_needed=1)
+    assert services.next_comparison_for(slow).pk == comparison.pk
+    Assignment.objects.filter(annotator=slow).update(expires_at=timezone.now() - timedelta(seconds=1))
+    holding, release = threading.Event(), threading.Event()
+
+    def give_to_quick() -> int | None:
+        try:
+            with transaction.atomic():
+                taken = services.take_next_lease(quick)
+                holding.set()
+                release.wait(10)
+            return taken
+        finally:
+            connection.close()
+
+    def late_label() -> str:
+        holding.wait(10)
+        try:
+            services.submit_label(slow, LabelInput(comparison.pk, "a"))
+            return "stored"
+        except LeaseError as error:
+            return str(error)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(2) as pool:
+        taker, late = pool.submit(give_to_quick), pool.submit(late_label)
+        assert holding.wait(10)
+        time.sleep(0.5)  # the late label is now at its lease check
+        release.set()
+        assert taker.result() == comparison.pk
+        assert "went to someone else" in late.result()
+    services.submit_label(quick, LabelInput(comparison.pk, "a"))
+    comparison.refresh_from_db()
+    assert comparison.label_count == Label.objects.count() == 1
