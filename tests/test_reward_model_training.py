@@ -95,7 +95,8 @@ def test_a_job_walks_pending_running_succeeded_and_publishes_a_version(marker_la
     assert job.step == job.total_steps > 0 and job.progress == 1.0
     assert any("train/loss" in m for m in job.metrics)
     assert (version.number, version.label_count, version.last_label_id) == (1, 120, Label.objects.last().pk)
-    assert version.heldout_accuracy >= 0.9
+    assert version.heldout_accuracy >= 0.9 and version.heldout_accuracy_trained_head is not None
+    assert job.result["heldout_accuracy_trained_head"] == version.heldout_accuracy_trained_head
     assert Path(version.weights_dir).is_dir() and not list(Path(version.weights_dir).parent.glob("*.partial*"))
     assert services.labels_since_latest_reward_model(base_run) == 0
     assert job.params["config"]["learning_rate"] == 3e-3 and version.config["epochs"] == 2  # the run's config
@@ -362,7 +363,8 @@ def test_the_run_page_keeps_full_retrains_listed_among_many_refits(base_run, peo
         kind = "full" if number in (1, 12, 23) else "refit"
         version = RewardModelVersion.objects.create(
             number=number, run=base_run, base_model_dir=base_run.base_model_dir, weights_dir=f"/nonexistent/v{number}",
-            label_count=number, update=kind, backbone=None if kind == "full" else full)
+            label_count=number, update=kind, backbone=None if kind == "full" else full,
+            heldout_accuracy_trained_head=0.625 if number == 23 else None)
         full = version if kind == "full" else full
     client.force_login(people.researcher)
     page = client.get(f"/runs/{base_run.pk}/").content.decode()
@@ -371,3 +373,6 @@ def test_the_run_page_keeps_full_retrains_listed_among_many_refits(base_run, peo
               if row.startswith("<td>v")]
     assert listed == [33, 32, 31, 30, 29, 23, 12, 1]
     assert "and 25 older head refits, not listed" in " ".join(table.split())
+    rows = {row.split("</td>")[0].removeprefix("<td>v"): row for row in table.split("<tr>")[1:]}
+    assert "full retrain, head fitted on its features (trained head 0.625)" in rows["23"]
+    assert "head fitted" not in rows["12"]

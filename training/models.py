@@ -168,6 +168,9 @@ class RewardModelVersion(models.Model):
         null=True, blank=True, help_text="On held-out pairs from labels (imported ones when no label is held out).")
     heldout_accuracy_imported = models.FloatField(null=True, blank=True,
                                                   help_text="On held-out pairs from imported datasets.")
+    heldout_accuracy_trained_head = models.FloatField(
+        null=True, blank=True, help_text="A full retrain's held-out accuracy with the head TRL trained, before the "
+                                         "head fitted on its features replaced it (empty where none was fitted).")
     reward_mean = models.FloatField(default=0.0, help_text="Raw reward mean on initial-policy completions.")
     reward_std = models.FloatField(default=1.0, help_text="Raw reward std on initial-policy completions.")
     config = models.JSONField(default=dict, blank=True)

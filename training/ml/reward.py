@@ -23,17 +23,22 @@ from training.ml.reward_features import (
     FEATURES_FILE,
     FeatureStore,
     chosen_texts,
+    keep_last_tokens,
     rejected_texts,
     score_token_ids,
     write_features,
 )
-from training.ml.reward_heads import ensemble_disagreement, fit_bootstrap_heads
+from training.ml.reward_heads import ensemble_disagreement, fit_bootstrap_heads, fit_head
 from training.ml.tokens import ScoredText, reward_inputs, use_distinct_pad
 
 CONFIG_FILE = "prefloop_reward_config.json"
 ENSEMBLE_FILE = "ensemble_heads.pt"
 HEAD_FILE = "score_head.pt"
-"""A refit version's score head, applied over the backbone's when loading."""
+"""The score head a version publishes when it is not the one TRL trained (a head fit
+after training, or a refit), applied over the backbone's when loading."""
+
+
+TRUNCATIONS = ("drop", "left")
 
 
 @dataclass
@@ -56,7 +61,13 @@ class RewardTrainingConfig:
     batch_size: int = 8
     """Pairs per optimizer step; the pairs of one comparison share a batch."""
     max_length: int = 512
-    """Tokens per prompt+completion; TRL drops longer pairs, and the metrics count them."""
+    """Tokens per prompt+completion the model reads; what happens to longer ones is `truncation`."""
+    truncation: str = "drop"
+    """Inputs longer than max_length: "drop" leaves their pairs out of training and of
+    held-out accuracy (TRL's way; the version counts them), "left" keeps their last
+    max_length tokens (a long dialog loses its oldest turns, never the answer) in
+    training and in every scoring of this version (PPO excepted: TRL's loop hands the
+    reward model whole inputs, prompt plus at most `response_length` tokens)."""
     heldout_fraction: float = 0.1
     """Share of comparisons held out for accuracy, chosen by a stable hash of the comparison id."""
     strength_margin: float = 0.0
@@ -65,12 +76,24 @@ class RewardTrainingConfig:
     """Bootstrap Bradley–Terry heads on the reward model's features, for query selection."""
     seed: int = 0
     """Seeds data order, LoRA init and the bootstrap."""
+    fit_head_after_training: bool = True
+    """After training, fit the score head to convergence (L-BFGS, seconds) on the trained
+    backbone's features of the training pairs, starting from and pulled towards the head
+    TRL trained, and publish that head: one short epoch leaves the trained head far from
+    converged (docs/benchmarks.md, "Reward-model quality study")."""
     refit_every_labels: int = 1
     """Between full retrains, publish a version with only the score head refit on cached
     features after this many new labels (seconds, not minutes); 0 = full retrains only."""
 
     def validate(self) -> None:
         require(bool(self.lora_target_modules), 'lora_targets: name the layers, separated by commas, or "all-linear"')
+        require(self.truncation in TRUNCATIONS, f"truncation must be one of {', '.join(TRUNCATIONS)}")
+        require(self.max_length >= 16, "max_length must be at least 16")
+
+    @property
+    def keep_last(self) -> int | None:
+        """Tokens an input keeps from its end (left truncation), or None to keep it whole."""
+        return self.max_length if self.truncation == "left" else None
 
     @property
     def lora_target_modules(self) -> str | list[str]:
@@ -122,6 +145,9 @@ class RewardTrainingResult:
     history: list[dict] = field(default_factory=list)
     heldout_accuracy_imported: float | None = None
     """On the held-out pairs from imported datasets (None without any)."""
+    heldout_accuracy_trained_head: float | None = None
+    """A full retrain's held-out accuracy with the head TRL trained, before the head fit
+    (`fit_head_after_training`) replaced it; None where no head was fitted."""
 
 
 def is_heldout(group: int, fraction: float) -> bool:
@@ -203,7 +229,7 @@ def load_reward_model(base_model_dir: Path | str, weights_dir: Path | str, devic
     else:
         model = AutoModelForSequenceClassification.from_pretrained(weights_dir, num_labels=1, dtype=torch.float32)
         model.config.pad_token_id = tokenizer.pad_token_id
-    if (weights_dir / HEAD_FILE).is_file():  # a refit version: the backbone with a new head
+    if (weights_dir / HEAD_FILE).is_file():  # a head fitted after training, or a refit's
         with torch.no_grad():
             model.score.weight.copy_(torch.load(weights_dir / HEAD_FILE, weights_only=True).reshape(1, -1))
     return model.to(device or pick_device()).eval(), tokenizer
@@ -235,15 +261,17 @@ def normalized_reward_model(ref: RewardModelRef, device=None):
     return model
 
 
-def pairs_to_dataset(pairs: Sequence[PreferencePair], tokenizer, strength_margin: float):
+def pairs_to_dataset(pairs: Sequence[PreferencePair], tokenizer, strength_margin: float,
+                     keep_last: int | None = None):
     """TRL's tokenized preference format (`chosen_ids`, `rejected_ids`), ending at the
     answer's EOS like PPO's inputs (see training/ml/tokens.py), plus the group for
-    batching and, when strength is used, TRL's `margin` column."""
+    batching and, when strength is used, TRL's `margin` column. `keep_last` truncates
+    each input from the left."""
     from datasets import Dataset
 
     rows = {
-        "chosen_ids": reward_inputs(tokenizer, chosen_texts(pairs)),
-        "rejected_ids": reward_inputs(tokenizer, rejected_texts(pairs)),
+        "chosen_ids": keep_last_tokens(reward_inputs(tokenizer, chosen_texts(pairs)), keep_last),
+        "rejected_ids": keep_last_tokens(reward_inputs(tokenizer, rejected_texts(pairs)), keep_last),
         "group": [p.group for p in pairs],
     }
     if strength_margin:
@@ -311,7 +339,7 @@ def train_reward_model(
         raise ValueError("no training pairs: every labelled comparison fell in the held-out share")
     tokenizer = load_reward_tokenizer(base_model_dir)
     model, peft_config = initial_model(base_model_dir, tokenizer, config, warm_start_dir)
-    dataset = pairs_to_dataset(train, tokenizer, config.strength_margin)
+    dataset = pairs_to_dataset(train, tokenizer, config.strength_margin, config.keep_last)
 
     history: list[dict] = []
     report = report_steps(history, on_step, lambda key: f"train/{key}")
@@ -334,16 +362,39 @@ def train_reward_model(
 
     # Every answer's features, kept for the fast path (training/ml/reward_refit.py),
     # which refits the head on them without running the backbone again.
+    # The trained head stays in the features file: the anchor of this version's head fit
+    # and of every refit of it.
     store = FeatureStore(head=model.score.weight[0].detach().float().cpu(), bias=score_bias(model))
     normalization = list(normalization_samples)
     embedded, features, too_long = store.embed(model, tokenizer, [*chosen_texts(pairs), *rejected_texts(pairs),
-                                                                   *normalization], config.max_length)
+                                                                   *normalization], config.max_length,
+                                                 config.keep_last)
     write_features(out_dir / FEATURES_FILE, embedded, features, too_long, store.head, store.bias)
-    accuracy, mean, std = evaluate_head(store, store.head, train, heldout, normalization, config, out_dir)
+    head, trained_head_accuracy = store.head, None
+    fitted = store.scorable(train)
+    if config.fit_head_after_training and fitted:
+        head = fit_head_on_pairs(store, fitted, config)
+        torch.save(head.clone(), out_dir / HEAD_FILE)
+        scored = store.scorable(heldout)
+        trained = pair_accuracy(scored, store.rewards(chosen_texts(scored), store.head),
+                                store.rewards(rejected_texts(scored), store.head))
+        trained_head_accuracy = trained[False] if trained[False] is not None else trained[True]
+    accuracy, mean, std = evaluate_head(store, head, train, heldout, normalization, config, out_dir)
     labels_accuracy, imported_accuracy = accuracy.get(False), accuracy.get(True)
     return RewardTrainingResult(len(train), len(heldout), dropped,
                                 labels_accuracy if labels_accuracy is not None else imported_accuracy,
-                                mean, std, history, imported_accuracy)
+                                mean, std, history, imported_accuracy, trained_head_accuracy)
+
+
+def fit_head_on_pairs(store: FeatureStore, pairs: Sequence[PreferencePair],
+                      config: RewardTrainingConfig) -> torch.Tensor:
+    """The Bradley–Terry head fitted on the pairs' features (every answer must have
+    them: `store.scorable`), from and towards the store's trained head, with the
+    strength margins the trainer uses."""
+    margins = torch.tensor([config.strength_margin * (p.strength or 1) for p in pairs]) \
+        if config.strength_margin else None
+    return fit_head(store.features(chosen_texts(pairs)) - store.features(rejected_texts(pairs)), store.head,
+                    margins=margins)
 
 
 def score_bias(model) -> float:
@@ -357,7 +408,7 @@ def evaluate_head(store: FeatureStore, head: torch.Tensor, train: Sequence[Prefe
     """What a version reports, from features alone: held-out accuracy by origin, the
     normalization (mean, std of rewards on the initial policy's samples), and the
     bootstrap ensemble written to `out_dir`. Pairs with an answer longer than max_length
-    are left out, as TRL leaves them out of training."""
+    (truncation "drop") are left out, as TRL leaves them out of training."""
     heldout = store.scorable(heldout)
     accuracy = pair_accuracy(heldout, store.rewards(chosen_texts(heldout), head),
                              store.rewards(rejected_texts(heldout), head))
@@ -413,15 +464,26 @@ def save_reward_model(model, tokenizer, out_dir: Path, config: RewardTrainingCon
 
 
 def score_features(
-    model, tokenizer, samples: Sequence[ScoredText], batch_size: int = 16
+    model, tokenizer, samples: Sequence[ScoredText], batch_size: int = 16, keep_last: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rewards (n,) and score-head features (n, hidden) of (prompt, completion[, ended])
-    samples, tokenized as PPO hands them to the reward model."""
-    return score_token_ids(model, tokenizer.pad_token_id, reward_inputs(tokenizer, samples), batch_size)
+    samples, tokenized as PPO hands them to the reward model (the last `keep_last`
+    tokens of each, for a version trained with left truncation)."""
+    return score_token_ids(model, tokenizer.pad_token_id,
+                           keep_last_tokens(reward_inputs(tokenizer, samples), keep_last), batch_size)
 
 
-def score_texts(model, tokenizer, samples: Sequence[ScoredText], batch_size: int = 16) -> torch.Tensor:
-    return score_features(model, tokenizer, samples, batch_size)[0]
+def score_texts(model, tokenizer, samples: Sequence[ScoredText], batch_size: int = 16,
+                keep_last: int | None = None) -> torch.Tensor:
+    return score_features(model, tokenizer, samples, batch_size, keep_last)[0]
+
+
+def input_limit(weights_dir: Path | str) -> int | None:
+    """How many tokens from its end a published version reads of an input, as it was
+    trained (`RewardTrainingConfig.keep_last`); None: the whole input."""
+    path = Path(weights_dir) / CONFIG_FILE
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    return saved.get("max_length") if saved.get("truncation") == "left" else None
 
 
 @dataclass
@@ -435,17 +497,19 @@ class RewardScorer:
     mean: float
     std: float
     heads: torch.Tensor | None
+    keep_last: int | None = None
+    """Left truncation, as the version was trained (`input_limit`)."""
 
     @classmethod
     def load(cls, base_model_dir: Path, weights_dir: Path, mean: float, std: float, device=None) -> RewardScorer:
         model, tokenizer = load_reward_model(base_model_dir, weights_dir, device)
         heads_file = weights_dir / ENSEMBLE_FILE
         heads = torch.load(heads_file) if heads_file.is_file() else None
-        return cls(model, tokenizer, mean, std, heads)
+        return cls(model, tokenizer, mean, std, heads, input_limit(weights_dir))
 
     def score(self, samples: Sequence[ScoredText], batch_size: int = 16) -> torch.Tensor:
         """(n,) normalized rewards for (prompt messages, completion) samples."""
-        return (score_texts(self.model, self.tokenizer, samples, batch_size) - self.mean) / self.std
+        return (score_texts(self.model, self.tokenizer, samples, batch_size, self.keep_last) - self.mean) / self.std
 
     def disagreement(self, comparisons: Sequence[Sequence[ScoredText]]) -> list[float]:
         """One score per comparison (a list of its samples): higher means the ensemble
@@ -453,7 +517,7 @@ class RewardScorer:
         if self.heads is None:
             raise ValueError("this reward model was trained without an ensemble (ensemble_size=0)")
         flat = [sample for comparison in comparisons for sample in comparison]
-        _, features = score_features(self.model, self.tokenizer, flat)
+        _, features = score_features(self.model, self.tokenizer, flat, keep_last=self.keep_last)
         scores, start = [], 0
         for comparison in comparisons:
             scores.append(ensemble_disagreement(self.heads, features[start : start + len(comparison)]))

@@ -67,6 +67,12 @@ def score_token_ids(
     return rewards, features if features is not None else torch.zeros(0, 0)
 
 
+def keep_last_tokens(ids: Sequence[Sequence[int]], keep_last: int | None) -> list[list[int]]:
+    """Left truncation: each input's last `keep_last` tokens (the answer, and as much of
+    the dialog before it as fits); None keeps every input whole."""
+    return [list(tokens[-keep_last:]) if keep_last else list(tokens) for tokens in ids]
+
+
 def last_scored_positions(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
     """The position transformers' sequence classifiers read: the rightmost token that is
     not the pad id."""
@@ -116,12 +122,13 @@ class FeatureStore:
                 missing.append(sample)
         return missing
 
-    def embed(self, model, tokenizer, samples: Sequence[ScoredText],
-              max_length: int) -> tuple[list[ScoredText], torch.Tensor, list[ScoredText]]:
-        """Run the missing samples within max_length tokens through the model and store
-        their features. Returns (embedded samples, their features, samples too long)."""
+    def embed(self, model, tokenizer, samples: Sequence[ScoredText], max_length: int,
+              keep_last: int | None = None) -> tuple[list[ScoredText], torch.Tensor, list[ScoredText]]:
+        """Run the missing samples within max_length tokens (all of them, cut to their last
+        `keep_last` tokens, with left truncation) through the model and store their
+        features. Returns (embedded samples, their features, samples too long)."""
         missing = self.missing(samples)
-        ids = reward_inputs(tokenizer, missing)
+        ids = keep_last_tokens(reward_inputs(tokenizer, missing), keep_last)
         fits = [len(tokens) <= max_length for tokens in ids]
         kept = [sample for sample, ok in zip(missing, fits, strict=True) if ok]
         too_long = [sample for sample, ok in zip(missing, fits, strict=True) if not ok]

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 import torch
 
-from training.ml.reward import RewardModelRef, load_reward_model
-from training.ml.reward_features import score_token_ids
+from training.ml.reward import RewardModelRef, input_limit, load_reward_model
+from training.ml.reward_features import keep_last_tokens, score_token_ids
 from training.ml.tokens import prompt_input_ids
 
 
@@ -42,6 +42,7 @@ class RewardModelFunction:
         self.mean, self.std = ref.mean, ref.std
         self.missing_eos_penalty = missing_eos_penalty
         self.batch_size = batch_size
+        self.keep_last = input_limit(ref.weights_dir)  # left truncation, as the version was trained
 
     def __call__(self, prompts, completions, completion_ids, **kwargs) -> list[float]:
         inputs, ended = [], []
@@ -49,6 +50,7 @@ class RewardModelFunction:
             answer, did_end = answer_ids(ids, self.tokenizer.eos_token_id)
             inputs.append(prompt_input_ids(self.tokenizer, prompt) + answer)
             ended.append(did_end)
-        raw, _ = score_token_ids(self.model, self.tokenizer.pad_token_id, inputs, self.batch_size)
+        raw, _ = score_token_ids(self.model, self.tokenizer.pad_token_id, keep_last_tokens(inputs, self.keep_last),
+                                 self.batch_size)
         rewards = (raw - self.mean) / self.std
         return [float(r) - (0.0 if e else self.missing_eos_penalty) for r, e in zip(rewards, ended, strict=True)]

@@ -46,11 +46,11 @@ from training.ml.reward import (
     RewardTrainingConfig,
     RewardTrainingResult,
     evaluate_head,
+    fit_head_on_pairs,
     load_reward_model,
     split_heldout,
 )
 from training.ml.reward_features import FEATURES_FILE, FeatureStore, chosen_texts, rejected_texts, write_features
-from training.ml.reward_heads import fit_head
 from training.ml.tokens import ScoredText
 
 # Files of the backbone's folder that describe the backbone itself, not the model a
@@ -94,7 +94,7 @@ def refit_reward_head(
     embedded, features, too_long = [], torch.zeros(0, store.head.shape[-1]), []
     if missing:
         model, tokenizer = load_reward_model(base_model_dir, backbone_dir)
-        embedded, features, too_long = store.embed(model, tokenizer, missing, config.max_length)
+        embedded, features, too_long = store.embed(model, tokenizer, missing, config.max_length, config.keep_last)
     write_features(out_dir / FEATURES_FILE, embedded, features, too_long)
     if on_step is not None:
         on_step(1, 2, {"refit/embedded": len(embedded)})
@@ -102,10 +102,7 @@ def refit_reward_head(
     fitted = store.scorable(train)
     if not fitted:
         raise ValueError(f"every training pair has an answer longer than max_length ({config.max_length} tokens)")
-    margins = torch.tensor([config.strength_margin * (p.strength or 1) for p in fitted]) \
-        if config.strength_margin else None
-    head = fit_head(store.features(chosen_texts(fitted)) - store.features(rejected_texts(fitted)), store.head,
-                    margins=margins)
+    head = fit_head_on_pairs(store, fitted, config)
     link_folder(backbone_dir, out_dir)
     torch.save(head.clone(), out_dir / HEAD_FILE)
     accuracy, mean, std = evaluate_head(store, head, train, heldout, normalization, config, out_dir)

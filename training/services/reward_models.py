@@ -262,6 +262,7 @@ def run_reward_training_job(job: Job) -> RewardModelVersion | None:
             label_count=labels.count(), last_label_id=bound, train_pairs=result.train_pairs,
             heldout_pairs=result.heldout_pairs, heldout_accuracy=result.heldout_accuracy,
             heldout_accuracy_imported=result.heldout_accuracy_imported,
+            heldout_accuracy_trained_head=result.heldout_accuracy_trained_head,
             reward_mean=result.reward_mean, reward_std=result.reward_std, config=config_to_dict(config),
             metrics=json_safe(result.history), datasets=trained["datasets"],
             has_features=(folder / FEATURES_FILE).is_file(),
@@ -281,6 +282,7 @@ def run_reward_training_job(job: Job) -> RewardModelVersion | None:
         return None
     result = trained["result"]
     job.mark_succeeded({"version": version.number, "heldout_accuracy": result.heldout_accuracy,
+                        "heldout_accuracy_trained_head": result.heldout_accuracy_trained_head,
                         "train_pairs": result.train_pairs, "dropped_too_long": result.dropped_too_long,
                         **launch.describe()})
     catch_up(run)
