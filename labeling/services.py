@@ -265,6 +265,13 @@ def undo_last_label(annotator: AbstractBaseUser) -> Comparison | None:
     if reasons:
         raise UndoRefused(f"your last label stays: {'; '.join(reasons)}")
     comparison = last.comparison
+    if not last.counts_as_label:
+        # A skip left the comparison's place open, and someone may hold it now; a label
+        # that counted gives its own place back.
+        if concurrent_writes():
+            queue_sql.lock_comparison(comparison.pk)
+        if not queue_sql.room_for_another_annotator(comparison.pk, annotator.pk, now):
+            raise UndoRefused("your skip stays: the comparison went to someone else meanwhile")
     deleted, _ = Label.objects.filter(pk=last.pk).delete()
     # Two undos at once lock the same row; the second finds it gone and changes nothing.
     if deleted and last.counts_as_label:

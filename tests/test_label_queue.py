@@ -110,6 +110,24 @@ def test_undo_with_nothing_to_undo_returns_none(people):
     assert services.undo_last_label(people.annotator) is None
 
 
+def test_undoing_a_skip_is_refused_once_the_comparison_went_to_someone_else(people, make_comparison):
+    """A skip leaves the comparison's place open: if someone holds it now, giving it back
+    to the person who skipped would let two people label what needs one label."""
+    taken, free = make_comparison(labels_needed=1), make_comparison(labels_needed=1)
+    assert services.next_comparison_for(people.annotator) == taken
+    services.submit_label(people.annotator, LabelInput(taken.pk, "skip"))
+    assert services.next_comparison_for(people.outsider) == taken
+    with pytest.raises(services.UndoRefused, match="went to someone else"):
+        services.undo_last_label(people.annotator)
+    assert Label.objects.filter(annotator=people.annotator, choice="skip").count() == 1
+
+    # With nobody holding its place, a skip is undone like any label.
+    assert services.next_comparison_for(people.annotator) == free
+    services.submit_label(people.annotator, LabelInput(free.pk, "skip"))
+    assert services.undo_last_label(people.annotator) == free
+    assert services.next_comparison_for(people.annotator) == free
+
+
 @pytest.mark.parametrize(
     ("label", "message"),
     [

@@ -20,8 +20,9 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 
 from tests.test_reward_model_ml import marker_pairs
+from training.ml.export import MANIFEST
 from training.ml.loading import load_policy
-from training.ml.reward import RewardTrainingConfig, load_reward_model, train_reward_model
+from training.ml.reward import HEAD_FILE, RewardTrainingConfig, load_reward_model, train_reward_model
 from training.models import PolicyVersion, RewardModelVersion
 from training.services.exports import policy_export, reward_model_export
 
@@ -136,8 +137,9 @@ def test_a_reward_model_exports_as_a_plain_classifier_with_its_normalization(tin
     from transformers import AutoModelForSequenceClassification
 
     settings.PREFLOOP_EXPORT_DIR = tmp_path / "exports"
-    config = RewardTrainingConfig(learning_rate=3e-3, epochs=1, ensemble_size=0)
+    config = RewardTrainingConfig(learning_rate=3e-3, epochs=1, ensemble_size=0, truncation="left", max_length=64)
     train_reward_model(marker_pairs(16), tiny_run.base_model_dir, tmp_path / "rm", config)
+    assert (tmp_path / "rm" / HEAD_FILE).is_file()  # the head fitted after training: the export must carry it
     version = RewardModelVersion.objects.create(number=1, run=tiny_run, base_model_dir=tiny_run.base_model_dir,
                                                 weights_dir=str(tmp_path / "rm"), label_count=16,
                                                 reward_mean=0.25, reward_std=2.0)
@@ -146,6 +148,8 @@ def test_a_reward_model_exports_as_a_plain_classifier_with_its_normalization(tin
 
     exported = AutoModelForSequenceClassification.from_pretrained(folder)
     assert (exported.config.prefloop_reward_mean, exported.config.prefloop_reward_std) == (0.25, 2.0)
+    assert exported.config.prefloop_reward_keep_last_tokens == 64  # trained with left truncation
+    assert "last prefloop_reward_keep_last_tokens" in json.loads((Path(folder) / MANIFEST).read_text())["input"]
     inside, tokenizer = load_reward_model(version.base_model_dir, version.weights_dir, torch.device("cpu"))
     ids = tokenizer(["I like banana bread", "plain toast"], return_tensors="pt", padding=True)
     with torch.inference_mode():

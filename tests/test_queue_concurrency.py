@@ -53,7 +53,6 @@ def test_a_late_label_waits_for_a_lease_being_given_and_is_refused(django_user_m
     it and is refused, so the comparison never gets more labels than it needs; without
     waiting, PostgreSQL let both in (the late check read the lease count before the
     other lease committed)."""
-    import time
     from datetime import timedelta
 
     from django.db import transaction
@@ -91,10 +90,29 @@ def test_a_late_label_waits_for_a_lease_being_given_and_is_refused(django_user_m
     with ThreadPoolExecutor(2) as pool:
         taker, late = pool.submit(give_to_quick), pool.submit(late_label)
         assert holding.wait(10)
-        time.sleep(0.5)  # the late label is now at its lease check
+        wait_until_a_request_waits_for_a_lock()
         release.set()
         assert taker.result() == comparison.pk
         assert "went to someone else" in late.result()
     services.submit_label(quick, LabelInput(comparison.pk, "a"))
     comparison.refresh_from_db()
     assert comparison.label_count == Label.objects.count() == 1
+
+
+def wait_until_a_request_waits_for_a_lock(timeout: float = 10.0) -> None:
+    """PostgreSQL: until a backend waits on a lock (the late label at the comparison's
+    row with the fix, at its count update without). SQLite shows no such wait: half a
+    second is ample for the late label to reach BEGIN IMMEDIATE and wait there."""
+    import time
+
+    if connection.vendor != "postgresql":
+        time.sleep(0.5)
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+            if cursor.fetchone()[0]:
+                return
+        time.sleep(0.05)
+    raise AssertionError("the late label never waited for a lock")

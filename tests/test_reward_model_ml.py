@@ -252,6 +252,16 @@ def test_left_truncation_keeps_long_dialogs_and_scores_them_as_it_trained(tiny_m
     assert torch.allclose(scorer.score(long_samples), as_trained, atol=1e-5)
     whole, _ = score_features(scorer.model, scorer.tokenizer, long_samples)
     assert not torch.allclose(whole, as_trained, atol=1e-3)
+    # GRPO/RLOO/online DPO's reward function cuts the same way.
+    from training.ml.reward import RewardModelRef
+    from training.ml.reward_function import RewardModelFunction
+    from training.ml.tokens import answer_input_ids, prompt_input_ids
+
+    function = RewardModelFunction(RewardModelRef(tiny_model_dir, tmp_path / "left"), scorer.tokenizer)
+    answers = [answer_input_ids(scorer.tokenizer, text) for _, text in long_samples]
+    rewards = function([prompt for prompt, _ in long_samples], None, answers)
+    assert [len(prompt_input_ids(scorer.tokenizer, prompt)) > 64 for prompt, _ in long_samples] == [True] * 4
+    assert torch.allclose(torch.tensor(rewards), as_trained, atol=1e-5)
     with pytest.raises(ConfigError, match="truncation"):
         config_from_dict(RewardTrainingConfig, {"truncation": "right"})
 
@@ -263,3 +273,22 @@ def test_left_truncation_keeps_long_dialogs_and_scores_them_as_it_trained(tiny_m
     refit = refit_reward_head(pairs + new, tiny_model_dir, tmp_path / "left", [tmp_path / "left" / FEATURES_FILE],
                               tmp_path / "refit", RewardTrainingConfig(**common, truncation="left"))
     assert refit.embedded == 2 * 10 and refit.dropped_too_long == 0
+
+
+def test_ppo_warns_when_its_inputs_outrun_a_left_truncating_reward_model(tmp_path, caplog):
+    """TRL's PPO loop scores whole inputs; with a reward model that reads only the last
+    max_length tokens, the job's log says so instead of letting rewards differ silently."""
+    from training.ml.methods.ppo import warn_if_inputs_outrun_the_reward_model
+    from training.ml.reward import CONFIG_FILE, RewardModelRef
+
+    for name, truncation in (("left", "left"), ("drop", "drop")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / CONFIG_FILE).write_text(json.dumps({"max_length": 100, "truncation": truncation}))
+    prompts = [[1] * 20, [1] * 50]
+    with caplog.at_level("WARNING", logger="training.ml.methods.ppo"):
+        warn_if_inputs_outrun_the_reward_model(prompts, 40, RewardModelRef(tmp_path, tmp_path / "left"))
+        warn_if_inputs_outrun_the_reward_model(prompts, 64, RewardModelRef(tmp_path, tmp_path / "drop"))
+        assert not caplog.records  # 50 + 40 fits; a reward model that drops reads whole inputs anyway
+        warn_if_inputs_outrun_the_reward_model(prompts, 64, RewardModelRef(tmp_path, tmp_path / "left"))
+    assert len(caplog.records) == 1 and "up to 114 tokens" in caplog.records[0].getMessage()
+

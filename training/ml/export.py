@@ -6,7 +6,9 @@ tokenizer with its chat template, the generation config, so that
 `AutoModelForCausalLM.from_pretrained(dir)` loads and generates with nothing else. A
 reward model exports merged into an `AutoModelForSequenceClassification` directory whose
 config carries the normalization the app scores with (`prefloop_reward_mean` and
-`prefloop_reward_std`: normalized reward = (logit - mean) / std).
+`prefloop_reward_std`: normalized reward = (logit - mean) / std) and, for a version
+trained with left truncation, how many of an input's last tokens it reads
+(`prefloop_reward_keep_last_tokens`; None: the whole input).
 
 Plain functions, no Django; `python -m training.ml.export --help` runs them by hand.
 """
@@ -64,16 +66,22 @@ def export_reward_model(base_model_dir: Path | str, weights_dir: Path | str, out
                         about: dict | None = None) -> Path:
     """Write a reward model version merged into a plain sequence-classification
     directory, its normalization in config.json."""
-    from training.ml.reward import load_reward_model
+    from training.ml.reward import input_limit, load_reward_model
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True)
     model, tokenizer = load_reward_model(base_model_dir, weights_dir, torch.device("cpu"))
     model.config.prefloop_reward_mean, model.config.prefloop_reward_std = float(mean), float(std)
+    # A version trained with left truncation reads only an input's last tokens; scored
+    # whole, long inputs would get other rewards than the app gives them.
+    keep_last = input_limit(weights_dir)
+    model.config.prefloop_reward_keep_last_tokens = keep_last
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     manifest = {"format": "merged", "kind": "reward_model", "base_model_dir": str(base_model_dir),
-                "normalized_reward": "(logits[0] - prefloop_reward_mean) / prefloop_reward_std", **(about or {})}
+                "normalized_reward": "(logits[0] - prefloop_reward_mean) / prefloop_reward_std",
+                "input": "the last prefloop_reward_keep_last_tokens tokens of prompt + answer" if keep_last
+                else "prompt + answer, whole", **(about or {})}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return out_dir
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -40,8 +41,10 @@ from training.ml.methods.base import (
 )
 from training.ml.methods.cli import run_cli
 from training.ml.progress import StepReport, report_steps
-from training.ml.reward import normalized_reward_model
+from training.ml.reward import RewardModelRef, input_limit, normalized_reward_model
 from training.ml.tokens import prompt_input_ids
+
+log = logging.getLogger(__name__)
 
 # TRL's log keys, under the names our pages use.
 METRIC_NAMES = {
@@ -130,6 +133,7 @@ def train(inputs: TrainingInputs, out_dir: Path, config: PPOConfig,
     value_model = critic(reward_model, config)
     reference = reference_policy(inputs.start, config.reference, device)
     dataset = Dataset.from_dict({"input_ids": [prompt_input_ids(tokenizer, p) for p in inputs.prompts]})
+    warn_if_inputs_outrun_the_reward_model(dataset["input_ids"], config.response_length, inputs.reward_model)
     episodes = config.total_episodes or max(len(inputs.prompts), config.batch_size)
 
     args = TRLPPOConfig(
@@ -175,6 +179,20 @@ def train(inputs: TrainingInputs, out_dir: Path, config: PPOConfig,
         seconds = train_and_save(trainer, setup, out_dir, policy=trainer.policy_model)
     rollouts = trainer.state.episode
     return TrainingResult(history, seconds, rollouts, {"generated_tokens": rollouts * config.response_length})
+
+
+def warn_if_inputs_outrun_the_reward_model(prompts: list[list[int]], response_length: int,
+                                           reward_model: RewardModelRef) -> None:
+    """A reward model trained with left truncation reads only its inputs' last
+    max_length tokens, and every other scorer cuts inputs so; TRL's PPO loop hands it
+    whole prompt + response sequences, which it cannot be told to cut. Say so when that
+    can happen, rather than let rewards differ silently."""
+    limit = input_limit(reward_model.weights_dir)
+    longest = max((len(ids) for ids in prompts), default=0) + response_length
+    if limit is not None and longest > limit:
+        log.warning("PPO scores whole inputs of up to %d tokens with a reward model trained on their last %d "
+                    "(truncation \"left\"): rewards of the longest inputs differ from what other scorers give",
+                    longest, limit)
 
 
 def critic(reward_model, config: PPOConfig) -> torch.nn.Module:
