@@ -277,7 +277,9 @@ def report(results: list[dict], args: argparse.Namespace, pick: str) -> str:
         "two-turn dialogs about standard-library and Django functions (see the script's docstring); the "
         "splits share no function. Base: SmolLM2-135M-Instruct. Each arm changes the default in one respect."
         + (f" Each dialog first asks about 0 to {args.history_turns} other functions of the module (picked "
-           "uniformly), so many run past max_length." if args.history_turns else ""),
+           "uniformly), so many run past max_length; those earlier turns may be about functions of another "
+           "split (context only: no split judges an answer about a function another split uses)."
+           if args.history_turns else ""),
         "- Accuracy: the share of pairs where the chosen answer scores higher, with 95% bootstrap intervals. "
         "\"Ensemble\" is the mean of the version's 5 bootstrap Bradley–Terry heads on its features "
         "(what query selection uses) instead of its published head. \"Trained head\" is the head TRL "
