@@ -22,13 +22,17 @@ from training.models import Job
 pytestmark = [pytest.mark.browser, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 
+PROMPTS = 160
+
+
 def test_dashboard_follows_a_running_job_and_draws_the_charts(browser, live_server, people, base_run,  # noqa: F811
                                                               base_policy, settings, tmp_path, tiny_model_dir):
     use_model(base_run, tiny_model_dir)
     base_run.query_selection = "random"
     base_run.save()
     log_path = tmp_path / "worker.log"
-    # Slow enough to watch: one prompt per generate call, 48 tokens each (pinned by the job here).
+    # Slow enough to watch: one prompt per generate call, 48 tokens each (pinned by the job
+    # here), for 160 prompts: on a fast machine 40 were done within the page's 2 s refresh.
     settings.PREFLOOP_GENERATION_BATCH_SIZE, settings.PREFLOOP_MAX_NEW_TOKENS = 1, 48
     env = worker_env(tiny_model_dir, tmp_path / "var")
 
@@ -36,10 +40,10 @@ def test_dashboard_follows_a_running_job_and_draws_the_charts(browser, live_serv
         # The history's round jobs reach the broker as they are created and are finished
         # by hand; the worker later finds them finished and leaves them be.
         progress_world.build(people, base_policy, settings, tmp_path)
-        for i in range(40):
+        for i in range(PROMPTS):
             Prompt.objects.create(messages=[{"role": "user", "content": f"Say something about {i}."}])
         with running_celery_worker("gpu", env, log_path):
-            job = services.request_generation(base_run, base_policy, prompt_count=40,
+            job = services.request_generation(base_run, base_policy, prompt_count=PROMPTS,
                                               requested_by=people.researcher)
             wait_for(lambda: Job.objects.get(pk=job.pk).step > 0, 120, "the job to start")
             problems = watch_the_dashboard(browser, live_server, job)
