@@ -135,6 +135,7 @@ def test_run_settings_are_checked_by_the_methods_config_and_saved(client, people
     page = client.get(f"/runs/{base_run.pk}/").content.decode()
     assert 'name="method__kl_coef"' in page and "Weight of the KL penalty" in page  # the field's doc
     assert 'name="reward__epochs"' in page
+    assert '<select name="reward__truncation"' in page and 'name="reward__fit_head_after_training"' in page
 
     refused = client.post(f"/runs/{base_run.pk}/", current_values(base_run, method__kl_coef="-1",
                                                                    method__batch_size="6",
@@ -144,11 +145,13 @@ def test_run_settings_are_checked_by_the_methods_config_and_saved(client, people
     assert base_run.method_config["kl_coef"] == 0.05 and base_run.method_config["batch_size"] == 8
 
     saved = client.post(f"/runs/{base_run.pk}/", current_values(base_run, method__kl_coef="0.2", recipe="direct",
-                                                                 reward__epochs="2"))
+                                                                 reward__epochs="2", reward__truncation="left",
+                                                                 reward__fit_head_after_training=False))
     assert saved.status_code == 302
     base_run.refresh_from_db()
     assert (base_run.method_config["kl_coef"], base_run.recipe, base_run.reward_config["epochs"]) == (0.2, "direct",
                                                                                                     2.0)
+    assert (base_run.reward_config["truncation"], base_run.reward_config["fit_head_after_training"]) == ("left", False)
 
     switched = client.post(f"/runs/{base_run.pk}/", current_values(base_run, method="dpo"), follow=True)
     base_run.refresh_from_db()
