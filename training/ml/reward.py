@@ -371,15 +371,10 @@ def train_reward_model(
     if config.fit_head_after_training and fitted:
         head = fit_head_on_pairs(store, fitted, config)
         torch.save(head.clone(), out_dir / HEAD_FILE)
-        scored = store.scorable(heldout)
-        trained = pair_accuracy(scored, store.rewards(chosen_texts(scored), store.head),
-                                store.rewards(rejected_texts(scored), store.head))
-        trained_head_accuracy = trained[False] if trained[False] is not None else trained[True]
+        trained_head_accuracy = headline_accuracy(pair_accuracy(store, store.head, heldout))
     accuracy, mean, std = evaluate_head(store, head, train, heldout, normalization, config, out_dir)
-    labels_accuracy, imported_accuracy = accuracy.get(False), accuracy.get(True)
-    return RewardTrainingResult(len(train), len(heldout), dropped,
-                                labels_accuracy if labels_accuracy is not None else imported_accuracy,
-                                mean, std, history, imported_accuracy, trained_head_accuracy)
+    return RewardTrainingResult(len(train), len(heldout), dropped, headline_accuracy(accuracy),
+                                mean, std, history, accuracy[True], trained_head_accuracy)
 
 
 def fit_head_on_pairs(store: FeatureStore, pairs: Sequence[PreferencePair],
@@ -405,9 +400,7 @@ def evaluate_head(store: FeatureStore, head: torch.Tensor, train: Sequence[Prefe
     normalization (mean, std of rewards on the initial policy's samples), and the
     bootstrap ensemble written to `out_dir`. Pairs with an answer longer than max_length
     (truncation "drop") are left out, as TRL leaves them out of training."""
-    heldout = store.scorable(heldout)
-    accuracy = pair_accuracy(heldout, store.rewards(chosen_texts(heldout), head),
-                             store.rewards(rejected_texts(heldout), head))
+    accuracy = pair_accuracy(store, head, heldout)
     mean, std = 0.0, 1.0
     normalization = [sample for sample in normalization if store.has(sample)]
     if normalization:
@@ -421,15 +414,23 @@ def evaluate_head(store: FeatureStore, head: torch.Tensor, train: Sequence[Prefe
     return accuracy, mean, std
 
 
-def pair_accuracy(heldout: Sequence[PreferencePair], chosen: torch.Tensor, rejected: torch.Tensor) -> dict:
-    """{imported: share of pairs scored chosen > rejected} for pairs from labels (False)
-    and from imported datasets (True), None where there are none."""
-    correct = (chosen > rejected).tolist()
+def pair_accuracy(store: FeatureStore, head: torch.Tensor, heldout: Sequence[PreferencePair]) -> dict:
+    """{imported: share of pairs the head scores chosen > rejected} for pairs from labels
+    (False) and from imported datasets (True), None where there are none; pairs without
+    features (too long) are left out."""
+    heldout = store.scorable(heldout)
+    correct = (store.rewards(chosen_texts(heldout), head) > store.rewards(rejected_texts(heldout), head)).tolist()
     accuracy = {}
     for imported in (False, True):
         hits = [c for c, pair in zip(correct, heldout, strict=True) if pair.imported == imported]
         accuracy[imported] = sum(hits) / len(hits) if hits else None
     return accuracy
+
+
+def headline_accuracy(accuracy: dict) -> float | None:
+    """What a version reports as its held-out accuracy: on labels, or on imported pairs
+    when no label is held out."""
+    return accuracy[False] if accuracy[False] is not None else accuracy[True]
 
 
 def initial_model(base_model_dir: Path, tokenizer, config: RewardTrainingConfig, warm_start_dir: Path | None):

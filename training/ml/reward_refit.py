@@ -47,6 +47,7 @@ from training.ml.reward import (
     RewardTrainingResult,
     evaluate_head,
     fit_head_on_pairs,
+    headline_accuracy,
     load_reward_model,
     split_heldout,
 )
@@ -107,13 +108,11 @@ def refit_reward_head(
     torch.save(head.clone(), out_dir / HEAD_FILE)
     accuracy, mean, std = evaluate_head(store, head, train, heldout, normalization, config, out_dir)
     (out_dir / CONFIG_FILE).write_text(json.dumps({**config.to_dict(), "refit_of": str(backbone_dir)}, indent=2))
-    labels_accuracy, imported_accuracy = accuracy.get(False), accuracy.get(True)
     history = [{"step": 1, "refit/embedded": len(embedded), "refit/train_pairs": len(fitted)}]
     if on_step is not None:
         on_step(2, 2, history[-1])
     return RefitResult(len(train), len(heldout), len(train) - len(fitted),
-                       labels_accuracy if labels_accuracy is not None else imported_accuracy,
-                       mean, std, history, imported_accuracy, embedded=len(embedded))
+                       headline_accuracy(accuracy), mean, std, history, accuracy[True], embedded=len(embedded))
 
 
 def link_folder(source: Path, target: Path) -> None:
