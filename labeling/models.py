@@ -2,13 +2,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from itertools import combinations
+from typing import TypeVar
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
+
+T = TypeVar("T")
 
 
 def conversation_hash(messages: list[dict]) -> str:
@@ -199,14 +203,20 @@ class Label(models.Model):
     def preference_pairs(self, completions: list[Completion]) -> list[tuple[Completion, Completion]]:
         """(chosen, rejected) pairs this label implies, given the comparison's completions
         in display order. Ties, both-bad and skips state no preference and give none."""
-        if self.choice == self.Choice.A:
-            return [(completions[0], completions[1])]
-        if self.choice == self.Choice.B:
-            return [(completions[1], completions[0])]
-        if self.choice == self.Choice.RANKING:
-            ranked = [completions[position] for position in self.ranking]
-            return list(combinations(ranked, 2))  # best-first, so each pair is (better, worse)
-        return []
+        return implied_pairs(self.choice, self.ranking, completions)
+
+
+def implied_pairs(choice: str, ranking: list[int] | None, answers: Sequence[T]) -> list[tuple[T, T]]:
+    """(chosen, rejected) pairs a label's choice (and ranking) implies among the
+    comparison's answers in display order: completions, or any rows that stand for them."""
+    if choice == Label.Choice.A:
+        return [(answers[0], answers[1])]
+    if choice == Label.Choice.B:
+        return [(answers[1], answers[0])]
+    if choice == Label.Choice.RANKING:
+        ranked = [answers[position] for position in ranking]
+        return list(combinations(ranked, 2))  # best-first, so each pair is (better, worse)
+    return []
 
 
 class Assignment(models.Model):

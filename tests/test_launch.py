@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 
-from training.ml.launch import LaunchConfig, follow_lines, pair_from_dict, stop
+from training.ml.launch import LaunchConfig, LaunchError, follow_lines, pair_from_dict, run_launched, stop
 from training.ml.reward import PreferencePair
 
 CONFIGS = Path(__file__).resolve().parents[1] / "deploy" / "accelerate"
@@ -35,7 +35,27 @@ def test_one_process_trains_in_place_and_more_go_through_accelerate_launch():
     configured = LaunchConfig(config_file="deploy/accelerate/fsdp.yaml")
     assert configured.launched and "--num_processes" not in configured.command(Path("/tmp/job"))
     assert configured.command(Path("/tmp/job"))[4:6] == ["--config_file", "deploy/accelerate/fsdp.yaml"]
-    assert configured.describe() == {"processes": 1, "accelerate_config": "deploy/accelerate/fsdp.yaml"}
+
+
+def test_a_version_records_the_processes_that_trained_it():
+    fsdp = str(CONFIGS / "fsdp.yaml")
+    configured = LaunchConfig(config_file=fsdp)
+    assert configured.describe() == {"processes": 8, "accelerate_config": fsdp}  # the file's num_processes
+    resized = LaunchConfig(processes=2, config_file=fsdp)
+    assert resized.describe()["processes"] == 2 and resized.command(Path("/tmp/job"))[6:8] == ["--num_processes", "2"]
+    # Reward models ignore the file (they train in place or under DDP) and record that.
+    assert not configured.for_reward_model().launched
+    assert configured.for_reward_model().describe() == {"processes": 1}
+    assert resized.for_reward_model().describe() == {"processes": 2}
+
+
+def test_a_config_file_that_cannot_be_read_fails_the_launch_with_its_name_and_log(tmp_path):
+    missing = str(tmp_path / "no-such-fsdp.yaml")
+    expected = r"accelerate launch of sft_chosen \(.*no-such-fsdp\.yaml\) exited with"
+    with pytest.raises(LaunchError, match=expected) as failed:
+        run_launched(LaunchConfig(config_file=missing), "method", {"method": "sft_chosen"}, tmp_path / "out", None)
+    assert "its log ends:" in str(failed.value) and "no-such-fsdp.yaml" in str(failed.value).split("its log ends:")[1]
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("name, kind", [("ddp", "MULTI_GPU"), ("deepspeed-zero2", "DEEPSPEED"),

@@ -72,6 +72,34 @@ def test_labels_become_pairs_ties_and_skips_left_out_rankings_expanded(people, m
     assert (ranking_pairs[0].chosen, ranking_pairs[0].rejected) == (shown[3], shown[1])
 
 
+def test_pairs_carry_what_the_reward_model_reads_in_a_fixed_number_of_queries(people, make_comparison,
+                                                                            django_assert_max_num_queries):
+    """Every head refit builds all its labels' pairs (from rows, not model instances): what
+    the reward model reads of each answer comes along, and the queries do not grow."""
+    from labeling.models import Completion
+    from training.services.reward_models import preference_pairs
+
+    def label_more(count: int) -> None:
+        for _ in range(count):
+            comparison = make_comparison(texts=("cut off here", "a whole answer"))
+            left = comparison.ordered_completions()[0].text
+            labeling.submit_label(people.annotator, LabelInput(comparison.pk, "a" if left == "a whole answer" else "b"),
+                                  require_lease=False)
+
+    label_more(2)
+    with django_assert_max_num_queries(3):
+        few = preference_pairs(Label.objects.all())
+    label_more(6)
+    Completion.objects.filter(text="cut off here").update(ended=False, token_ids=[7, 8, 9])
+    with django_assert_max_num_queries(3):
+        pairs = preference_pairs(Label.objects.all())
+    assert len(few) == 2 and len(pairs) == 8
+    assert [pair.group for pair in pairs] == list(Label.objects.order_by("pk").values_list("comparison_id", flat=True))
+    first = pairs[0]
+    assert first.prompt == Label.objects.order_by("pk")[0].comparison.prompt.messages
+    assert (first.chosen, first.chosen_ended, first.chosen_ids) == ("a whole answer", True, None)
+    assert (first.rejected, first.rejected_ended, first.rejected_ids) == ("cut off here", False, (7, 8, 9))
+
 @pytest.mark.slow
 def test_a_job_walks_pending_running_succeeded_and_publishes_a_version(marker_labels, monkeypatch, base_run):
     marker_labels(120)

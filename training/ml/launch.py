@@ -67,8 +67,26 @@ class LaunchConfig:
     def launched(self) -> bool:
         return self.processes > 1 or bool(self.config_file)
 
+    @property
+    def process_count(self) -> int:
+        """How many processes train: `processes`, or the config file's num_processes when
+        processes is 1 (as `command` tells accelerate launch)."""
+        if self.processes > 1 or not self.config_file:
+            return self.processes
+        from accelerate.commands.config.config_args import load_config_from_file
+
+        return load_config_from_file(self.config_file).num_processes
+
     def describe(self) -> dict:
-        return {"processes": self.processes, **({"accelerate_config": self.config_file} if self.config_file else {})}
+        """What a published version records of how it was trained."""
+        return {"processes": self.process_count,
+                **({"accelerate_config": self.config_file} if self.config_file else {})}
+
+    def for_reward_model(self) -> LaunchConfig:
+        """How reward models train here: in this process or under DDP. An Accelerate
+        config file (DeepSpeed, FSDP) is for policy updates: after training, a reward
+        model's main process scores with the whole model alone."""
+        return LaunchConfig(self.processes)
 
     def train_method(self, method: Method, inputs: TrainingInputs, out_dir: Path, config,
                      on_step: StepReport | None = None) -> TrainingResult:
@@ -81,17 +99,15 @@ class LaunchConfig:
                            config: RewardTrainingConfig, warm_start_dir: Path | None = None,
                            on_step: StepReport | None = None,
                            normalization_samples: Sequence[tuple] = ()) -> RewardTrainingResult:
-        if self.processes == 1:
-            # An Accelerate config file (DeepSpeed, FSDP) is for policy updates: after
-            # training, a reward model's main process scores with the whole model alone.
+        launch = self.for_reward_model()
+        if not launch.launched:
             return train_reward_model(pairs, base_model_dir, out_dir, config, warm_start_dir=warm_start_dir,
                                       on_step=on_step, normalization_samples=normalization_samples)
         payload = {"pairs": [asdict(pair) for pair in pairs], "base_model_dir": str(base_model_dir),
                    "out_dir": str(out_dir), "config": config_to_dict(config),
                    "warm_start_dir": str(warm_start_dir) if warm_start_dir else None,
                    "normalization_samples": [list(sample) for sample in normalization_samples]}
-        ddp = LaunchConfig(self.processes)
-        return RewardTrainingResult(**run_launched(ddp, "reward_model", payload, out_dir, on_step))
+        return RewardTrainingResult(**run_launched(launch, "reward_model", payload, out_dir, on_step))
 
     def command(self, folder: Path) -> list[str]:
         # The launcher (torchrun's agent, in this process) ends when the worker that
@@ -220,7 +236,10 @@ def run_launched(launch: LaunchConfig, kind: str, payload: dict, out_dir: Path,
         if process.returncode != 0 or not (folder / RESULT_FILE).is_file():
             tail = (folder / LOG_FILE).read_text(encoding="utf-8", errors="replace")[-3000:]
             what = payload.get("method", kind.replace("_", " "))
-            raise LaunchError(f"accelerate launch of {what} ({launch.processes} processes) exited with "
+            # Not process_count: the config file may be what failed to load.
+            how = [f"{launch.processes} processes"] if launch.processes > 1 else []
+            how += [launch.config_file] if launch.config_file else []
+            raise LaunchError(f"accelerate launch of {what} ({', '.join(how)}) exited with "
                               f"{process.returncode}; its log ends:\n{tail}")
         return json.loads((folder / RESULT_FILE).read_text(encoding="utf-8"))
 

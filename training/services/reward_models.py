@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,8 +22,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from labeling.exporting import labels_for_export, ordered_completions_of
-from labeling.models import Completion, Label
+from labeling.models import Comparison, ComparisonItem, Completion, Label, implied_pairs
 from training.ml.configs import config_from_dict, config_to_dict
 from training.ml.reward import PreferencePair, RewardScorer, RewardTrainingConfig
 from training.ml.reward_features import FEATURES_FILE
@@ -197,15 +197,28 @@ def claim_reward_training(job: Job) -> bool:
 
 
 def preference_pairs(labels) -> list[PreferencePair]:
-    """The (chosen, rejected) pairs these labels imply, grouped by comparison."""
+    """The (chosen, rejected) pairs these labels imply, grouped by comparison. Read as
+    rows, three queries whatever the count, not as model instances: every head refit
+    builds all its labels' pairs, so this is the part of a refit that grows with the
+    labels (docs/benchmarks.md, "Reward-model freshness")."""
+    rows = list(labels.filter(choice__in=PREFERENCE_CHOICES).order_by("pk")
+                .values_list("comparison_id", "choice", "ranking", "strength"))
+    compared = labels.filter(choice__in=PREFERENCE_CHOICES).values("comparison_id")
+    prompts = dict(Comparison.objects.filter(pk__in=compared).values_list("pk", "prompt__messages"))
+    answers = defaultdict(list)  # comparison → (text, ended, token ids), in display order
+    for comparison_id, *answer in (ComparisonItem.objects.filter(comparison_id__in=compared)
+                                   .order_by("comparison_id", "position")
+                                   .values_list("comparison_id", "completion__text", "completion__ended",
+                                                "completion__token_ids")):
+        answers[comparison_id].append(answer)
     pairs = []
-    for label in labels_for_export().filter(pk__in=labels.values("pk"), choice__in=PREFERENCE_CHOICES):
-        for chosen, rejected in label.preference_pairs(ordered_completions_of(label)):
+    for comparison_id, choice, ranking, strength in rows:
+        for (chosen, chosen_ended, chosen_ids), (rejected, rejected_ended, rejected_ids) in implied_pairs(
+                choice, ranking, answers[comparison_id]):
             pairs.append(PreferencePair(
-                label.comparison_id, label.comparison.prompt.messages, chosen.text, rejected.text, label.strength,
-                chosen.ended, rejected.ended,
-                tuple(chosen.token_ids) if chosen.token_ids is not None else None,
-                tuple(rejected.token_ids) if rejected.token_ids is not None else None,
+                comparison_id, prompts[comparison_id], chosen, rejected, strength, chosen_ended, rejected_ended,
+                tuple(chosen_ids) if chosen_ids is not None else None,
+                tuple(rejected_ids) if rejected_ids is not None else None,
             ))
     return pairs
 
@@ -237,7 +250,7 @@ def run_reward_training_job(job: Job) -> RewardModelVersion | None:
     config = config_from_dict(RewardTrainingConfig, job.params["config"])
     bound = job.params["last_label_id"]
     labels = preference_labels(run).filter(pk__lte=bound)
-    launch = worker_launch_config()
+    launch = worker_launch_config().for_reward_model()
     trained = {}  # the training result, for the job's summary
 
     def write(out_dir: Path):
