@@ -260,6 +260,36 @@ def test_the_sweep_requests_again_only_a_trigger_that_never_reached_the_broker(b
     assert sweep_jobs().triggered == []
 
 
+@pytest.mark.parametrize("auto_loop", [False, True])
+@pytest.mark.django_db(transaction=True)
+def test_the_sweep_requests_again_a_head_refit_that_never_reached_the_broker(base_run, people, make_comparison,
+                                                                            auto_loop):
+    """Between full retrains a label asks for a head refit; lost to an outage with no
+    label after it, the labels so far would reach no version. Also for an automatic
+    loop, whose rounds make its full retrains and whose labels ask for refits."""
+    from labeling import services as labeling
+    from labeling.services import LabelInput
+    from training.models import RewardModelVersion
+
+    base_run.reward_auto_train_labels, base_run.auto_loop, base_run.loop_min_labels = 100, auto_loop, 100
+    base_run.reward_config.update(refit_every_labels=1)
+    base_run.save()
+    RewardModelVersion.objects.create(number=1, run=base_run, base_model_dir=base_run.base_model_dir,
+                                      weights_dir="x", label_count=0, last_label_id=0, reward_mean=0.0,
+                                      reward_std=1.0, has_features=True)
+    labeling.submit_label(people.annotator, LabelInput(make_comparison().pk, "a"), require_lease=False)
+    lost = Job.objects.get()  # the broker is down here: the refit's request failed
+    assert lost.kind == Job.Kind.REFIT_REWARD and lost.status == Job.Status.FAILED
+    assert lost.result == {"never_sent": True}
+    assert sweep_jobs().triggered == []  # a refit failed a moment ago: one try a minute
+    Job.objects.filter(pk=lost.pk).update(finished_at=timezone.now() - timedelta(minutes=2))
+
+    again = sweep_jobs().triggered
+    assert len(again) == 1 and again[0] != lost.pk
+    assert Job.objects.get(pk=again[0]).kind == Job.Kind.REFIT_REWARD  # no full retrain: 1 label of 100
+    assert not Job.objects.filter(kind=Job.Kind.TRAIN_REWARD).exists()
+
+
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_a_pending_jobs_message_held_by_a_dead_worker_is_sent_again(tmp_path, base_run, settings):

@@ -160,24 +160,27 @@ def resend_lost_messages(report: SweepReport, now) -> None:
 
 
 def request_lost_triggers(report: SweepReport) -> None:
-    """Runs whose reward model keeps itself fresh (the automatic trigger on, no
-    automatic loop, not paused: see rounds.react_to_new_label), whose latest
-    reward-model job never reached the broker (`never_sent`, set by enqueue_on_commit)
-    and that have no reward-model job pending or running get the trigger checked again:
-    if enough labels wait, it fires now. A job that ran and failed is not requested
-    again, or a training that always fails would be retried every minute forever. A
-    round the automatic loop lost to an outage failed visibly and is not restarted by
-    itself."""
+    """Runs whose reward model keeps itself fresh (the automatic trigger on, not paused:
+    see rounds.react_to_new_label), whose latest automatic reward-model job (a full
+    retrain or a head refit; only refits for an automatic loop, whose rounds make its
+    full retrains) never reached the broker (`never_sent`, set by enqueue_on_commit) and
+    that have no reward-model job pending or running get the trigger checked again: if
+    enough labels wait, it fires now. A job that ran and failed is not requested again,
+    or a training that always fails would be retried every minute forever. A round the
+    automatic loop lost to an outage failed visibly and is not restarted by itself."""
     from training.services.reward_models import maybe_request_reward_training
 
-    training = Job.objects.filter(kind=Job.Kind.TRAIN_REWARD)
-    busy = training.filter(status__in=[Job.Status.PENDING, Job.Status.RUNNING])
-    for run in Run.objects.filter(reward_auto_train_labels__gt=0, auto_loop=False, paused=False).exclude(
+    reward_jobs = Job.objects.filter(kind__in=[Job.Kind.TRAIN_REWARD, Job.Kind.REFIT_REWARD])
+    busy = reward_jobs.filter(status__in=[Job.Status.PENDING, Job.Status.RUNNING])
+    for run in Run.objects.filter(reward_auto_train_labels__gt=0, paused=False).exclude(
             pk__in=busy.values("run_id")):
-        latest = training.filter(run=run).order_by("-pk").first()
+        triggered = reward_jobs.filter(run=run)
+        if run.auto_loop:
+            triggered = triggered.filter(kind=Job.Kind.REFIT_REWARD)
+        latest = triggered.order_by("-pk").first()
         if latest is None or not latest.result.get("never_sent"):
             continue
-        job = maybe_request_reward_training(run)
+        job = maybe_request_reward_training(run, full_retrains=not run.auto_loop)
         if job is not None:
             report.triggered.append(job.pk)
 
