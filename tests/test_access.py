@@ -33,6 +33,7 @@ STAFF_ONLY = [
     ("post", "/bakeoffs/candidates/1/promote"),
     ("post", "/loop/resume"),
     ("get", "/jobs/1.json"),
+    ("post", "/jobs/1/cancel"),
     ("get", "/progress/"),
     ("get", "/progress/rounds/1/"),
     ("get", "/progress/versions/0/"),

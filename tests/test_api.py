@@ -275,6 +275,20 @@ def test_job_status(client, keys, base_run):
     assert missing.status_code == 404 and missing.json() == {"error": "not found"}
 
 
+def test_cancel_a_job(client, keys, base_run):
+    job = Job.objects.create(kind=Job.Kind.GENERATE, run=base_run)
+    assert client.get(f"{PREFIX}/jobs/{job.pk}", **bearer(keys.staff)).json()["can_be_cancelled"] is True
+    body = client.post(f"{PREFIX}/jobs/{job.pk}/cancel", **bearer(keys.staff)).json()
+    assert (body["status"], body["can_be_cancelled"]) == ("cancelled", False)
+    assert body["error"].startswith("cancelled by ") and body["error"].endswith(" before it started")
+    again = client.post(f"{PREFIX}/jobs/{job.pk}/cancel", **bearer(keys.staff))
+    assert again.status_code == 400 and "has already cancelled" in again.json()["error"]
+    running = Job.objects.create(kind=Job.Kind.GENERATE, run=base_run, status=Job.Status.RUNNING, attempts=1)
+    body = client.post(f"{PREFIX}/jobs/{running.pk}/cancel", **bearer(keys.staff)).json()
+    assert body["status"] == "running" and body["status_text"].startswith("stopping: cancelled by ")
+    assert client.post(f"{PREFIX}/jobs/{running.pk}/cancel", **bearer(keys.annotator)).status_code == 403
+
+
 # --- schema and docs
 
 

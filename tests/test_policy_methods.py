@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -173,6 +174,37 @@ def test_two_accelerate_processes_publish_one_version_that_moves_the_policy_like
     after = keyword_rate(oracle_world.word, oracle_world.policy_dir, adapter)
     print(f"{method} x2 processes: keyword rate {oracle_world.rate_before:.3f} -> {after:.3f}")
     assert after >= oracle_world.rate_before + MIN_GAIN, (method, oracle_world.rate_before, after)
+
+
+def test_a_cancelled_launch_stops_its_processes_and_publishes_nothing(oracle_run, settings, monkeypatch):
+    """The worker follows the main process's steps; at the first one after the cancel it
+    stops every launched process (their session) and publishes nothing."""
+    import psutil
+    from django.contrib.auth import get_user_model
+
+    settings.PREFLOOP_TRAIN_PROCESSES = 2
+    run = oracle_run.run
+    run.method, run.method_config = "sft_chosen", LAUNCHED_CONFIGS["sft_chosen"]
+    run.save()
+    job = services.create_policy_update_job(run, run.base_version, None)
+    researcher = get_user_model().objects.create_user("rita", is_staff=True)
+    report, launched = Job.report_progress, []
+
+    def cancel_once_training(self, step, total, metrics=None):
+        if step >= 1:
+            launched.extend(p for p in psutil.process_iter(["cmdline"])
+                            if any(str(settings.PREFLOOP_ARTIFACT_DIR) in part for part in p.info["cmdline"] or []))
+            services.cancel_job(job, researcher)
+        report(self, step, total, metrics)
+
+    monkeypatch.setattr(Job, "report_progress", cancel_once_training)
+    job = services.run_job_now(job)
+    assert job.status == Job.Status.CANCELLED, job.error
+    assert re.fullmatch(r"cancelled by rita; stopped at step \d+ of [1-9]\d*, nothing published", job.error)
+    assert len(launched) >= 3  # the launcher and its two training processes were there
+    assert not [p for p in launched if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not PolicyVersion.objects.filter(run=run).exclude(pk=run.base_version.pk).exists()
+    assert not list((settings.PREFLOOP_ARTIFACT_DIR / "policies").glob("*"))
 
 
 def test_a_failed_launch_fails_the_job_with_the_processes_log_and_publishes_nothing(oracle_run, settings):

@@ -160,6 +160,42 @@ def test_two_accelerate_processes_train_one_reward_model_that_ranks_the_oracles_
     assert sorted(p.name for p in weights.parent.iterdir()) == [weights.name]  # no launch folder left
 
 
+@pytest.mark.parametrize("when", ["at step 2", "after its last step"])
+def test_a_cancelled_training_stops_and_publishes_nothing(marker_labels, monkeypatch, rm_settings, base_run, people,
+                                                         when):
+    """The cancel reaches the trainer through its progress reports (the next one
+    raises), or, after the last step, the publishing transaction; either way nothing is
+    published and the job is recorded cancelled."""
+    from training.ml.launch import LaunchConfig
+
+    marker_labels(40)
+    job = services.create_reward_training_job(base_run)
+    report, train = Job.report_progress, LaunchConfig.train_reward_model
+
+    def cancel_at_step_2(self, step, total, metrics=None):
+        if step == 2:
+            services.cancel_job(job, people.researcher)
+        report(self, step, total, metrics)
+
+    def cancel_once_trained(self, *args, **kwargs):
+        trained = train(self, *args, **kwargs)  # every step reported, the model written
+        services.cancel_job(job, people.researcher)
+        return trained
+
+    if when == "at step 2":
+        monkeypatch.setattr(Job, "report_progress", cancel_at_step_2)
+    else:
+        monkeypatch.setattr(LaunchConfig, "train_reward_model", cancel_once_trained)
+    services.claim_reward_training(job)
+    assert services.run_reward_training_job(job) is None
+    job.refresh_from_db()
+    assert job.status == Job.Status.CANCELLED, job.error
+    stopped_at = 1 if when == "at step 2" else job.total_steps
+    assert job.error == f"cancelled by rita; stopped at step {stopped_at} of {job.total_steps}, nothing published"
+    assert not RewardModelVersion.objects.exists()
+    assert list((Path(rm_settings.PREFLOOP_ARTIFACT_DIR) / "reward-models").iterdir()) == []
+
+
 def test_a_failed_training_publishes_nothing(marker_labels, monkeypatch, rm_settings, base_run):
     marker_labels(20)
     import training.ml.launch as launch

@@ -251,6 +251,13 @@ class Round(models.Model):
         return self.stages[index + 1] if index + 1 < len(self.stages) else DONE
 
 
+class JobCancelled(Exception):
+    """Raised in a running job at its next progress step (or as it is about to publish)
+    once a researcher cancelled it (services.jobs.cancel_job). The job's own error
+    handling then publishes nothing, as for any failure, and mark_failed records the job
+    as cancelled."""
+
+
 class Job(models.Model):
     """One unit of background work (generation, training). Pages read these rows; the
     Celery result backend is never consulted."""
@@ -289,6 +296,9 @@ class Job(models.Model):
     heartbeat_at = models.DateTimeField(
         null=True, blank=True, help_text="Last sign of life from that process; the job sweep acts on silence.")
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    cancel_requested_at = models.DateTimeField(
+        null=True, blank=True, help_text="A researcher cancelled it while it ran: it stops at its next step.")
+    cancelled_by = models.CharField(max_length=150, blank=True, help_text="Who cancelled it (a username).")
     round = models.ForeignKey(Round, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -363,23 +373,51 @@ class Job(models.Model):
         silent = self.silent_seconds()
         if silent is not None and silent > 3 * settings.PREFLOOP_HEARTBEAT_SECONDS:
             return f"running? no word from its worker for {silent:.0f} s"
+        if self.status == self.Status.RUNNING and self.cancel_requested_at:
+            return f"stopping: cancelled by {self.cancelled_by or 'someone'}"
         return self.status
 
+    @property
+    def can_be_cancelled(self) -> bool:
+        return self.status == self.Status.PENDING or (self.status == self.Status.RUNNING
+                                                      and not self.cancel_requested_at)
+
     def report_progress(self, step: int, total_steps: int, metrics: dict | None = None) -> None:
-        self.step, self.total_steps = step, total_steps
-        fields = ["step", "total_steps"]
+        """Record a step; raises JobCancelled instead once the job was cancelled (one
+        conditional UPDATE: asking costs no extra query)."""
+        changes = {"step": step, "total_steps": total_steps}
         if metrics:
-            self.metrics = [*self.metrics, json_safe(metrics)]
-            fields.append("metrics")
-        self.save(update_fields=fields)
+            changes["metrics"] = [*self.metrics, json_safe(metrics)]
+        if not Job.objects.filter(pk=self.pk, cancel_requested_at=None).update(**changes):
+            raise JobCancelled(f"job {self.pk} was cancelled by {self.cancel_requester()}")
+        for field, value in changes.items():
+            setattr(self, field, value)
+
+    def cancel_requester(self) -> str | None:
+        """Who cancelled this job while it ran, read from the database (the running
+        process's copy does not know); None when nobody did."""
+        requested = Job.objects.filter(pk=self.pk).values_list("cancel_requested_at", "cancelled_by").first()
+        if not requested or requested[0] is None:
+            return None
+        return requested[1] or "someone"
 
     def mark_succeeded(self, result: dict) -> None:
         self.status = self.Status.SUCCEEDED
         self.result = json_safe(result)
         self.finished_at = timezone.now()
-        self.save(update_fields=["status", "result", "finished_at"])
+        fields = ["status", "result", "finished_at"]
+        if (requester := self.cancel_requester()) is not None:  # after its last check: it had published
+            self.error = f"cancelled by {requester} too late: it had finished"
+            fields.append("error")
+        self.save(update_fields=fields)
 
     def mark_failed(self, error: str) -> None:
+        """A job cancelled while it ran ends here too (its runner caught JobCancelled, or
+        failed before its next step): it is recorded as cancelled."""
+        if self.status == self.Status.RUNNING and (requester := self.cancel_requester()) is not None:
+            stopped = f"cancelled by {requester}; stopped at step {self.step} of {self.total_steps}, nothing published"
+            self.mark_cancelled(stopped if JobCancelled.__name__ in error else f"{stopped} (it had failed: {error})")
+            return
         self.status = self.Status.FAILED
         self.error = error
         self.finished_at = timezone.now()

@@ -30,6 +30,9 @@ def run_job(self, job_id: int) -> None:
         # again (receivers are idempotent).
         services.announce_finished(job)
         return
+    if job.status == Job.Status.RUNNING and job.cancel_requested_at and not worker_is_alive(job):
+        job_recovery.cancel_abandoned(job)  # cancelled while its worker died: not started again
+        return
     if job.status == Job.Status.RUNNING and worker_is_alive(job):
         # A second message for a job that a live worker runs (the sweep re-sent it in
         # the moment a worker took it, or redis re-delivered a long job): drop it. If

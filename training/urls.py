@@ -25,6 +25,7 @@ urlpatterns = [
     path("loop/stop", views.stop_loop, name="stop_loop"),
     path("loop/resume", views.resume, name="resume_loop"),
     path("jobs/<int:job_id>.json", views.job_status, name="job_status"),
+    path("jobs/<int:job_id>/cancel", views.cancel_job, name="cancel_job"),
     path("progress/", views.progress, name="progress"),
     path("progress/rounds/<int:number>/", views.round_detail, name="round_detail"),
     path("progress/versions/<int:number>/", views.version_detail, name="version_detail"),

@@ -9,6 +9,7 @@ from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
 from labeling.models import Comparison, Label, Prompt
@@ -234,9 +235,21 @@ def job_status(request: HttpRequest, job_id: int) -> JsonResponse:
     job = get_object_or_404(Job, pk=job_id)
     return JsonResponse(
         {"id": job.pk, "status": job.status, "status_text": job.status_text, "step": job.step,
-         "total_steps": job.total_steps,
+         "total_steps": job.total_steps, "can_be_cancelled": job.can_be_cancelled,
          "progress": job.progress, "eta_seconds": job.eta_seconds, "error": job.error}
     )
+
+
+@staff_required
+@require_POST
+def cancel_job(request: HttpRequest, job_id: int) -> HttpResponse:
+    """Cancel a pending or running job (services.cancel_job), then back to the page the
+    button was on."""
+    job = get_object_or_404(Job, pk=job_id)
+    back = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+        back = reverse("researcher")
+    return act(request, lambda: (services.cancel_job(job, request.user), back), refused="Not cancelled", back=back)
 
 
 @login_required

@@ -35,7 +35,15 @@ from training.services.generation import (
     request_generation,
     run_generation_job,
 )
-from training.services.jobs import JOB_TYPES, announce_finished, enqueue_on_commit, job_finished, run_job_now
+from training.services.jobs import (
+    JOB_TYPES,
+    JobNotCancellable,
+    announce_finished,
+    cancel_job,
+    enqueue_on_commit,
+    job_finished,
+    run_job_now,
+)
 from training.services.policy_updates import PolicyUpdateError, create_policy_update_job, run_policy_update_job
 from training.services.reward_models import (
     claim_reward_training,
@@ -85,6 +93,8 @@ __all__ = [
     "use_dataset",
     "JOB_TYPES",
     "ImportResult",
+    "JobNotCancellable",
+    "cancel_job",
     "PolicyUpdateError",
     "RoundError",
     "RunError",

@@ -19,7 +19,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from training.ml.loading import ARTIFACT_FILE, ARTIFACT_FORMAT_VERSION
-from training.models import Job
+from training.models import Job, JobCancelled
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +56,20 @@ def publish_artifact(
         stamp = {"format_version": ARTIFACT_FORMAT_VERSION, "kind": kind, "job": job.pk, "run": job.run_id,
                  "written_at": timezone.now().isoformat(), **manifest(produced)}
         (side / ARTIFACT_FILE).write_text(json.dumps(stamp, indent=2, default=str))
-        return register(side, model_class, lambda number, folder: create_row(number, folder, produced))
+        return register(side, model_class, lambda number, folder: create_row(number, folder, produced), job)
     finally:
         shutil.rmtree(side, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
 
 
-def register(side: Path, model_class: type[Row], create_row: Callable[[int, Path], Row]) -> Row:
+def register(side: Path, model_class: type[Row], create_row: Callable[[int, Path], Row], job: Job) -> Row:
     for _ in range(PUBLISH_ATTEMPTS):
         try:
             with transaction.atomic():
+                # The job's row locked: a cancel (services.jobs.cancel_job) lands before
+                # this check, and the version is not published, or after the commit.
+                if Job.objects.select_for_update().filter(pk=job.pk).exclude(cancel_requested_at=None).exists():
+                    raise JobCancelled(f"job {job.pk} was cancelled before it published")
                 number = (model_class.objects.aggregate(last=Max("number"))["last"] or 0) + 1
                 final = side.with_name(f"v{number}")
                 if final.exists():

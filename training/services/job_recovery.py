@@ -46,6 +46,8 @@ class SweepReport:
     """Jobs given up on, with the reason in their error."""
     triggered: list[int] = field(default_factory=list)
     """Reward-model jobs requested for runs whose automatic trigger was lost."""
+    cancelled: list[int] = field(default_factory=list)
+    """Cancelled jobs whose worker died before it stopped them."""
     broker_error: str = ""
     """Why the broker could not be read or written (the next sweep tries again)."""
 
@@ -105,8 +107,25 @@ def lost_worker_reason(job: Job) -> str:
     return f"its worker {job.worker or '(unknown)'} went silent ({silent:.0f} s without a heartbeat)"
 
 
+def cancel_abandoned(job: Job) -> bool:
+    """A running job that was cancelled and whose worker died before it could stop:
+    cancelled now, not started again to be stopped at its first step."""
+    cancelled = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts).exclude(
+        cancel_requested_at=None).update(
+        status=Job.Status.CANCELLED, finished_at=timezone.now(),
+        error=f"cancelled by {job.cancelled_by or 'someone'}; its worker stopped before it did, nothing published")
+    if cancelled:
+        job.refresh_from_db()
+        announce_finished(job)
+    return bool(cancelled)
+
+
 def restart_silent_job(job: Job, report: SweepReport) -> None:
-    """Back to pending and sent again, or failed once it has used its attempts."""
+    """Back to pending and sent again, or failed once it has used its attempts; cancelled
+    if a researcher had cancelled it."""
+    if job.cancel_requested_at and cancel_abandoned(job):
+        report.cancelled.append(job.pk)
+        return
     why = lost_worker_reason(job)
     if job.attempts >= settings.PREFLOOP_JOB_MAX_ATTEMPTS:
         if give_up(job, f"{why}; it was started {job.attempts} times, the most allowed "
@@ -197,6 +216,6 @@ def sweep_jobs(now=None) -> SweepReport:
         restart_silent_job(job, report)
     resend_lost_messages(report, now)
     request_lost_triggers(report)
-    if any((report.resent, report.restarted, report.failed, report.triggered)):
+    if any((report.resent, report.restarted, report.failed, report.triggered, report.cancelled)):
         log.warning("job sweep: %s", report.as_dict())
     return report

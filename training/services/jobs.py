@@ -147,6 +147,35 @@ def enqueue_on_commit(job: Job) -> None:
     transaction.on_commit(send)
 
 
+class JobNotCancellable(ValueError):
+    """The job finished before the cancel came."""
+
+
+def cancel_job(job: Job, by) -> str:
+    """A researcher's cancel (the views check who may). A pending job is cancelled at
+    once: when a worker takes its message, it finds the job finished. A running one is
+    asked to stop: its worker stops at its next progress step, or as it is about to
+    publish, publishes nothing and records it cancelled (Job.report_progress,
+    artifacts.register). A round or bake-off waiting on it hears of it as of a failure.
+    Returns what happened, in words."""
+    now, name = timezone.now(), getattr(by, "username", str(by))
+    if Job.objects.filter(pk=job.pk, status=Job.Status.PENDING).update(
+            status=Job.Status.CANCELLED, error=f"cancelled by {name} before it started", finished_at=now,
+            cancel_requested_at=now, cancelled_by=name):
+        job.refresh_from_db()
+        announce_finished(job)
+        return f"Job {job.pk} is cancelled."
+    # Between the two updates a worker may have claimed it: the second finds it running.
+    if Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, cancel_requested_at=None).update(
+            cancel_requested_at=now, cancelled_by=name):
+        job.refresh_from_db()
+        return f"Job {job.pk} stops at its next step; it publishes nothing."
+    job.refresh_from_db()
+    if job.status == Job.Status.RUNNING:
+        return f"Job {job.pk} was already cancelled by {job.cancelled_by}; it stops at its next step."
+    raise JobNotCancellable(f"job {job.pk} has already {job.status}; there is nothing to cancel")
+
+
 INLINE = "inline"
 """A job param: the process that created the job runs it (a command's inline mode), so
 the job sweep never sends it to the broker, however long it waits its turn there."""

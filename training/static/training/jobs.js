@@ -1,5 +1,6 @@
 // Running jobs refresh their row every two seconds: status, progress bar, step/total,
-// ETA and error. When one finishes the page reloads once, so the next stage of a round
+// ETA and error (a Cancel button asks first, and goes once the job can no longer be
+// cancelled). When one finishes the page reloads once, so the next stage of a round
 // (a new job), the new versions and the charts show up.
 "use strict";
 
@@ -19,9 +20,16 @@ setInterval(async () => {
     row.querySelector(".job-steps").textContent = `${job.step}/${job.total_steps}`;
     row.querySelector(".job-eta").textContent = job.eta_seconds === null ? "–" : formatSeconds(job.eta_seconds);
     row.querySelector(".job-error").textContent = job.error;
+    const cancel = row.querySelector("form.job-cancel");
+    if (cancel && !job.can_be_cancelled) cancel.remove();
     if (["succeeded", "failed", "cancelled"].includes(job.status)) {
       row.dataset.finished = "1";
       setTimeout(() => window.location.reload(), 1000);
     }
   }
 }, 2000);
+
+document.addEventListener("submit", (event) => {
+  const form = event.target.closest("form.job-cancel");
+  if (form && !window.confirm(form.dataset.confirm)) event.preventDefault();
+});
