@@ -72,6 +72,37 @@ def test_a_version_that_cannot_answer_is_reported_and_the_others_still_are(rm_se
     assert EvaluationSample.objects.filter(policy_version__number=0).count() == 2
 
 
+def test_a_cancelled_evaluation_stops_instead_of_going_on_to_the_next_version(rm_settings, base_run,  # noqa: F811
+                                                                              base_policy, people, monkeypatch):
+    """A version that cannot answer is skipped; a cancel is not that version's fault."""
+    rm_settings.PREFLOOP_EVAL_PROMPTS = 2
+    rm_settings.PREFLOOP_MAX_NEW_TOKENS = 4
+    for i in range(8):
+        Prompt.objects.create(messages=[{"role": "user", "content": f"Evaluate me {i}"}])
+    PolicyVersion.objects.create(number=1, run=base_run, parent=base_policy, base_model_dir=base_policy.base_model_dir)
+    job = services.create_evaluation_job(base_run)
+    report = Job.report_progress
+
+    def cancel_at_the_first_batch(self, step, total, metrics=None):
+        if step > 0:
+            services.cancel_job(job, people.researcher)
+        report(self, step, total, metrics)
+
+    import training.services.evaluation as evaluation
+
+    sample, sampled = evaluation.sample_completions, []
+
+    def count_versions(version, *args, **kwargs):
+        sampled.append(version.number)
+        return sample(version, *args, **kwargs)
+
+    monkeypatch.setattr(Job, "report_progress", cancel_at_the_first_batch)
+    monkeypatch.setattr(evaluation, "sample_completions", count_versions)
+    job = services.run_job_now(job)
+    assert job.status == Job.Status.CANCELLED and job.error.endswith("stopped at step 0 of 4")
+    assert sampled == [0] and not EvaluationSample.objects.exists()  # v1 was not loaded to be stopped too
+
+
 def test_each_trained_version_gets_its_kl_to_the_base_measured_once(rm_settings, base_run, base_policy,  # noqa: F811
                                                                      tmp_path):
     """An adapter that changes nothing (LoRA's B = 0 at initialization) is at KL 0 from

@@ -51,7 +51,7 @@ def test_a_running_job_stops_at_its_next_step_and_is_recorded_cancelled(base_run
     job.mark_failed(f"JobCancelled: job {job.pk} was cancelled by rita")  # what a runner's except does
     job.refresh_from_db()
     assert job.status == Job.Status.CANCELLED
-    assert job.error == "cancelled by rita; stopped at step 1 of 5, nothing published"
+    assert job.error == "cancelled by rita; stopped at step 1 of 5"
     assert len(job.metrics) == 1
 
 
@@ -95,7 +95,7 @@ def test_the_sweep_cancels_a_cancelled_job_whose_worker_died_instead_of_starting
     job.refresh_from_db()
     assert report.cancelled == [job.pk] and silent.pk in report.restarted  # the other one is sent again
     assert job.status == Job.Status.CANCELLED and job.attempts == 1
-    assert job.error == "cancelled by rita; its worker stopped before it did, nothing published"
+    assert job.error == "cancelled by rita; its worker stopped before it did"
 
 
 def test_the_cancel_button_is_for_researchers_and_goes_back_where_it_was(client, people, base_run):

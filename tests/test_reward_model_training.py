@@ -191,7 +191,7 @@ def test_a_cancelled_training_stops_and_publishes_nothing(marker_labels, monkeyp
     job.refresh_from_db()
     assert job.status == Job.Status.CANCELLED, job.error
     stopped_at = 1 if when == "at step 2" else job.total_steps
-    assert job.error == f"cancelled by rita; stopped at step {stopped_at} of {job.total_steps}, nothing published"
+    assert job.error == f"cancelled by rita; stopped at step {stopped_at} of {job.total_steps}"
     assert not RewardModelVersion.objects.exists()
     assert list((Path(rm_settings.PREFLOOP_ARTIFACT_DIR) / "reward-models").iterdir()) == []
 

@@ -415,7 +415,7 @@ class Job(models.Model):
         """A job cancelled while it ran ends here too (its runner caught JobCancelled, or
         failed before its next step): it is recorded as cancelled."""
         if self.status == self.Status.RUNNING and (requester := self.cancel_requester()) is not None:
-            stopped = f"cancelled by {requester}; stopped at step {self.step} of {self.total_steps}, nothing published"
+            stopped = f"cancelled by {requester}; stopped at step {self.step} of {self.total_steps}"
             self.mark_cancelled(stopped if JobCancelled.__name__ in error else f"{stopped} (it had failed: {error})")
             return
         self.status = self.Status.FAILED

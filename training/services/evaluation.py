@@ -24,6 +24,7 @@ from training.models import (
     EvaluationPrompt,
     EvaluationSample,
     Job,
+    JobCancelled,
     PolicyVersion,
     RewardModelVersion,
     RewardScore,
@@ -134,6 +135,8 @@ def run_evaluation_job(job: Job) -> None:
             try:
                 answers = sample_completions(version, [p.messages for p in todo], 1, config,
                                              on_batch=lambda n, start=done: job.report_progress(start + n, total))
+            except JobCancelled:
+                raise  # not one version's fault: the whole job stops
             except Exception as error:
                 log.exception("policy v%s could not answer the evaluation prompts", version.number)
                 errors.append(f"v{version.number} could not answer: {type(error).__name__}: {error}")

@@ -113,7 +113,7 @@ def cancel_abandoned(job: Job) -> bool:
     cancelled = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts).exclude(
         cancel_requested_at=None).update(
         status=Job.Status.CANCELLED, finished_at=timezone.now(),
-        error=f"cancelled by {job.cancelled_by or 'someone'}; its worker stopped before it did, nothing published")
+        error=f"cancelled by {job.cancelled_by or 'someone'}; its worker stopped before it did")
     if cancelled:
         job.refresh_from_db()
         announce_finished(job)
