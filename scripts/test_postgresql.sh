@@ -35,4 +35,4 @@ DATABASE_URL="postgres://prefloop@127.0.0.1:$port/postgres" $PY -m pytest -p no:
   -m "(not slow or database_scale) and not browser and not worker" \
   tests/test_prompt_import.py tests/test_preference_datasets.py tests/test_label_rules.py tests/test_label_queue.py \
   tests/test_queue_concurrency.py tests/test_preference_export.py tests/test_runs.py \
-  tests/test_loop_rounds.py tests/test_job_recovery.py tests/test_access.py
+  tests/test_loop_rounds.py tests/test_job_recovery.py tests/test_access.py tests/test_job_cancel.py

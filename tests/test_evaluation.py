@@ -85,7 +85,7 @@ def test_a_cancelled_evaluation_stops_instead_of_going_on_to_the_next_version(rm
 
     def cancel_at_the_first_batch(self, step, total, metrics=None):
         if step > 0:
-            services.cancel_job(job, people.researcher)
+            services.cancel_job(Job.objects.get(pk=job.pk), people.researcher)  # as another process would
         report(self, step, total, metrics)
 
     import training.services.evaluation as evaluation

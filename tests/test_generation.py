@@ -117,6 +117,24 @@ def test_a_resumed_job_does_not_sample_prompts_it_already_covered(tiny_policy):
     assert Comparison.objects.count() == 4
 
 
+def test_a_generation_cancelled_after_its_last_batch_stores_no_comparison(tiny_policy, people, monkeypatch):
+    """Scoring priorities (a reward model over every candidate) comes after the last
+    batch: a cancel then is still honoured when the comparisons would be stored."""
+    import training.services.generation as generation
+
+    job = services.create_generation_job(tiny_policy.run, tiny_policy, 3, samples=2)
+    prioritize = generation.query_priorities
+
+    def cancel_while_prioritizing(*args, **kwargs):
+        services.cancel_job(Job.objects.get(pk=job.pk), people.researcher)
+        return prioritize(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "query_priorities", cancel_while_prioritizing)
+    job = services.run_job_now(job)
+    assert job.status == Job.Status.CANCELLED and job.error == "cancelled by rita; stopped at step 3 of 3"
+    assert not Comparison.objects.exists() and not Completion.objects.exists()
+
+
 def test_a_failed_generation_is_recorded_with_its_error(tiny_policy, tmp_path):
     tiny_policy.base_model_dir = str(tmp_path / "missing")
     tiny_policy.save()

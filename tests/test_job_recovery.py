@@ -290,6 +290,25 @@ def test_the_sweep_requests_again_a_head_refit_that_never_reached_the_broker(bas
     assert not Job.objects.filter(kind=Job.Kind.TRAIN_REWARD).exists()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_lost_full_retrain_is_requested_again_though_a_refit_was_sent_after_it(base_run, people,
+                                                                                 make_comparison):
+    from labeling import services as labeling
+    from labeling.services import LabelInput
+
+    base_run.reward_auto_train_labels = 1
+    base_run.save()
+    labeling.submit_label(people.annotator, LabelInput(make_comparison().pk, "a"), require_lease=False)
+    lost = Job.objects.get(kind=Job.Kind.TRAIN_REWARD)
+    assert lost.result == {"never_sent": True}
+    Job.objects.filter(pk=lost.pk).update(created_at=timezone.now() - timedelta(minutes=2))
+    # The broker came back for the refit requested after it, which ran.
+    Job.objects.create(kind=Job.Kind.REFIT_REWARD, run=base_run, status=Job.Status.SUCCEEDED)
+
+    again = sweep_jobs().triggered
+    assert len(again) == 1 and Job.objects.get(pk=again[0]).kind == Job.Kind.TRAIN_REWARD
+
+
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_a_pending_jobs_message_held_by_a_dead_worker_is_sent_again(tmp_path, base_run, settings):

@@ -194,7 +194,7 @@ def test_a_cancelled_launch_stops_its_processes_and_publishes_nothing(oracle_run
         if step >= 1:
             launched.extend(p for p in psutil.process_iter(["cmdline"])
                             if any(str(settings.PREFLOOP_ARTIFACT_DIR) in part for part in p.info["cmdline"] or []))
-            services.cancel_job(job, researcher)
+            services.cancel_job(Job.objects.get(pk=job.pk), researcher)  # as another process would
         report(self, step, total, metrics)
 
     monkeypatch.setattr(Job, "report_progress", cancel_once_training)

@@ -174,12 +174,12 @@ def test_a_cancelled_training_stops_and_publishes_nothing(marker_labels, monkeyp
 
     def cancel_at_step_2(self, step, total, metrics=None):
         if step == 2:
-            services.cancel_job(job, people.researcher)
+            services.cancel_job(Job.objects.get(pk=job.pk), people.researcher)  # as another process would
         report(self, step, total, metrics)
 
     def cancel_once_trained(self, *args, **kwargs):
         trained = train(self, *args, **kwargs)  # every step reported, the model written
-        services.cancel_job(job, people.researcher)
+        services.cancel_job(Job.objects.get(pk=job.pk), people.researcher)
         return trained
 
     if when == "at step 2":

@@ -401,15 +401,26 @@ class Job(models.Model):
             return None
         return requested[1] or "someone"
 
+    def raise_if_cancelled(self) -> None:
+        """In the transaction that publishes what the job made: lock the job's row, then
+        raise JobCancelled if it was cancelled. Locking the row first, not a SELECT FOR
+        UPDATE filtered on the cancel (which locks nothing when nobody cancelled), puts a
+        cancel either before this check or after the caller's commit."""
+        requested, by = (Job.objects.select_for_update().filter(pk=self.pk)
+                         .values_list("cancel_requested_at", "cancelled_by").get())
+        if requested is not None:
+            raise JobCancelled(f"job {self.pk} was cancelled by {by or 'someone'} before it published")
+
     def mark_succeeded(self, result: dict) -> None:
         self.status = self.Status.SUCCEEDED
         self.result = json_safe(result)
         self.finished_at = timezone.now()
-        fields = ["status", "result", "finished_at"]
+        self.save(update_fields=["status", "result", "finished_at"])
+        # Read after the status is written: a cancel from now on finds it finished.
         if (requester := self.cancel_requester()) is not None:  # after its last check: it had published
-            self.error = f"cancelled by {requester} too late: it had finished"
-            fields.append("error")
-        self.save(update_fields=fields)
+            note = f"cancelled by {requester} too late: it had finished"
+            self.error = f"{self.error}; {note}" if self.error else note
+            self.save(update_fields=["error"])
 
     def mark_failed(self, error: str) -> None:
         """A job cancelled while it ran ends here too (its runner caught JobCancelled, or

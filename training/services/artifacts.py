@@ -19,7 +19,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from training.ml.loading import ARTIFACT_FILE, ARTIFACT_FORMAT_VERSION
-from training.models import Job, JobCancelled
+from training.models import Job
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,7 @@ def register(side: Path, model_class: type[Row], create_row: Callable[[int, Path
     for _ in range(PUBLISH_ATTEMPTS):
         try:
             with transaction.atomic():
-                # The job's row locked: a cancel (services.jobs.cancel_job) lands before
-                # this check, and the version is not published, or after the commit.
-                if Job.objects.select_for_update().filter(pk=job.pk).exclude(cancel_requested_at=None).exists():
-                    raise JobCancelled(f"job {job.pk} was cancelled before it published")
+                job.raise_if_cancelled()  # a cancel (services.jobs.cancel_job) after this waits for the commit
                 number = (model_class.objects.aggregate(last=Max("number"))["last"] or 0) + 1
                 final = side.with_name(f"v{number}")
                 if final.exists():

@@ -167,6 +167,7 @@ def run_generation_job(job: Job) -> None:
 
 @transaction.atomic
 def store_comparisons(job: Job, candidates, priorities: list[float], config: SamplingConfig) -> None:
+    job.raise_if_cancelled()  # cancelled after its last batch (while priorities were scored): nothing stored
     rng = random.Random(job.pk)
     rows: dict[int, Completion] = {}  # by id(sample): one shown in two comparisons is one row
     for (prompt, shown, source), priority in zip(candidates, priorities, strict=True):

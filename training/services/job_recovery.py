@@ -123,7 +123,7 @@ def cancel_abandoned(job: Job) -> bool:
 def restart_silent_job(job: Job, report: SweepReport) -> None:
     """Back to pending and sent again, or failed once it has used its attempts; cancelled
     if a researcher had cancelled it."""
-    if job.cancel_requested_at and cancel_abandoned(job):
+    if cancel_abandoned(job):  # the database says whether it was cancelled, not this old copy
         report.cancelled.append(job.pk)
         return
     why = lost_worker_reason(job)
@@ -135,7 +135,7 @@ def restart_silent_job(job: Job, report: SweepReport) -> None:
     try:
         with transaction.atomic():
             moved = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts,
-                                       heartbeat_at=job.heartbeat_at).update(
+                                       heartbeat_at=job.heartbeat_at, cancel_requested_at=None).update(
                 status=Job.Status.PENDING, error=f"{why}; sent again (attempt {job.attempts + 1})")
     except IntegrityError:  # a reward-model job already waits for this run, with these labels and more
         waiting = Job.objects.filter(kind=job.kind, run=job.run_id, status=Job.Status.PENDING).first()
@@ -143,7 +143,7 @@ def restart_silent_job(job: Job, report: SweepReport) -> None:
             report.failed.append(job.pk)
         return
     if not moved:
-        return  # it spoke up, finished or was taken over meanwhile
+        return  # it spoke up, finished, was taken over or cancelled (the next sweep ends it) meanwhile
     job.refresh_from_db()
     log.warning("job %s: %s; sending it again", job.pk, why)
     try:
@@ -193,11 +193,10 @@ def request_lost_triggers(report: SweepReport) -> None:
     busy = reward_jobs.filter(status__in=[Job.Status.PENDING, Job.Status.RUNNING])
     for run in Run.objects.filter(reward_auto_train_labels__gt=0, paused=False).exclude(
             pk__in=busy.values("run_id")):
-        triggered = reward_jobs.filter(run=run)
-        if run.auto_loop:
-            triggered = triggered.filter(kind=Job.Kind.REFIT_REWARD)
-        latest = triggered.order_by("-pk").first()
-        if latest is None or not latest.result.get("never_sent"):
+        kinds = [Job.Kind.REFIT_REWARD] if run.auto_loop else [Job.Kind.TRAIN_REWARD, Job.Kind.REFIT_REWARD]
+        # Each kind's latest on its own: a refit sent after a lost full retrain hides nothing.
+        latest = [reward_jobs.filter(run=run, kind=kind).order_by("-pk").first() for kind in kinds]
+        if not any(job is not None and job.result.get("never_sent") for job in latest):
             continue
         job = maybe_request_reward_training(run, full_retrains=not run.auto_loop)
         if job is not None:

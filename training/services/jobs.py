@@ -139,10 +139,13 @@ def enqueue_on_commit(job: Job) -> None:
             send_job(job)
         except Exception as error:  # kombu raises several types for an unreachable broker
             log.exception("could not enqueue job %s", job.pk)
-            job.result = {**job.result, "never_sent": True}  # the job sweep may request it again
-            job.save(update_fields=["result"])
-            job.mark_failed(f"could not reach the task queue: {error}")
-            announce_finished(job)  # a round waiting on it fails too
+            # Only if still pending: a researcher may have cancelled it while kombu tried.
+            # never_sent: the job sweep may request it again.
+            if Job.objects.filter(pk=job.pk, status=Job.Status.PENDING).update(
+                    status=Job.Status.FAILED, error=f"could not reach the task queue: {error}",
+                    finished_at=timezone.now(), result={**job.result, "never_sent": True}):
+                job.refresh_from_db()
+                announce_finished(job)  # a round waiting on it fails too
 
     transaction.on_commit(send)
 
@@ -159,20 +162,24 @@ def cancel_job(job: Job, by) -> str:
     artifacts.register). A round or bake-off waiting on it hears of it as of a failure.
     Returns what happened, in words."""
     now, name = timezone.now(), getattr(by, "username", str(by))
-    if Job.objects.filter(pk=job.pk, status=Job.Status.PENDING).update(
-            status=Job.Status.CANCELLED, error=f"cancelled by {name} before it started", finished_at=now,
-            cancel_requested_at=now, cancelled_by=name):
+    # Compare-and-swap on the status: between two tries a worker may claim it (pending →
+    # running) or the job sweep send it again (running → pending).
+    for _ in range(3):
+        if Job.objects.filter(pk=job.pk, status=Job.Status.PENDING).update(
+                status=Job.Status.CANCELLED, error=f"cancelled by {name} before it started", finished_at=now,
+                cancel_requested_at=now, cancelled_by=name):
+            job.refresh_from_db()
+            announce_finished(job)
+            return f"Job {job.pk} is cancelled."
+        if Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, cancel_requested_at=None).update(
+                cancel_requested_at=now, cancelled_by=name):
+            job.refresh_from_db()
+            return f"Job {job.pk} stops at its next step; a training publishes nothing."
         job.refresh_from_db()
-        announce_finished(job)
-        return f"Job {job.pk} is cancelled."
-    # Between the two updates a worker may have claimed it: the second finds it running.
-    if Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, cancel_requested_at=None).update(
-            cancel_requested_at=now, cancelled_by=name):
-        job.refresh_from_db()
-        return f"Job {job.pk} stops at its next step; it publishes nothing."
-    job.refresh_from_db()
-    if job.status == Job.Status.RUNNING:
-        return f"Job {job.pk} was already cancelled by {job.cancelled_by}; it stops at its next step."
+        if job.status == Job.Status.RUNNING:
+            return f"Job {job.pk} was already cancelled by {job.cancelled_by}; it stops at its next step."
+        if job.is_finished:
+            break
     raise JobNotCancellable(f"job {job.pk} has already {job.status}; there is nothing to cancel")
 
 

@@ -106,6 +106,7 @@ def run_policy_update_job(job: Job) -> PolicyVersion | None:
         start = PolicyVersion.objects.get(number=job.params["inputs"]["start_version"])
         inputs = training_inputs(job)
         launch = worker_launch_config()
+        described = launch.describe()  # read now: the config file may change while this trains
         trained = {}
 
         def write(out_dir: Path):
@@ -123,7 +124,7 @@ def run_policy_update_job(job: Job) -> PolicyVersion | None:
                 adapter_dir=str(folder), config=config_to_dict(config), inputs=job.params["inputs"], job=job,
                 metrics=json_safe({"history": result.history, "seconds": result.seconds,
                                    "examples": result.examples, "summary": result.summary,
-                                   "launch": launch.describe()}),
+                                   "launch": described}),
             ),
         )
     except Exception as error:
@@ -132,6 +133,6 @@ def run_policy_update_job(job: Job) -> PolicyVersion | None:
         return None
     job.mark_succeeded({"policy_version": version.number, "method": method.name,
                         "reward_model": job.params["inputs"].get("reward_model"),
-                        "seconds": round(trained["result"].seconds, 1), **launch.describe()})
+                        "seconds": round(trained["result"].seconds, 1), **described})
     return version
 

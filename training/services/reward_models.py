@@ -213,6 +213,8 @@ def preference_pairs(labels) -> list[PreferencePair]:
         answers[comparison_id].append(answer)
     pairs = []
     for comparison_id, choice, ranking, strength in rows:
+        if comparison_id not in prompts:
+            continue  # its only label was undone between the queries
         for (chosen, chosen_ended, chosen_ids), (rejected, rejected_ended, rejected_ids) in implied_pairs(
                 choice, ranking, answers[comparison_id]):
             pairs.append(PreferencePair(
