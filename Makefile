@@ -44,6 +44,7 @@ bench: install
 	$(PY) scripts/bench_labeling.py --annotators 64 --seconds 60 --think 2 4
 	$(PY) scripts/bench_reward_model.py --labels 256 --trigger 32
 	$(PY) scripts/bench_reward_freshness.py --sizes 250,1000,4000 --compare-at 500 --probes 5 --test-pairs 400
+	$(PY) scripts/bench_refit_staleness.py --compare-at 500 --stale-by 32 --test-pairs 400
 	$(PY) scripts/bench_ppo.py --batch-size 8 --response-length 64 --episodes 32
 	$(PY) scripts/bench_ppo_value_models.py --seeds 3
 	$(PY) scripts/bench_progress.py --labels 100000 --runs 5
