@@ -282,7 +282,7 @@ def test_cancel_a_job(client, keys, base_run):
     assert (body["status"], body["can_be_cancelled"]) == ("cancelled", False)
     assert body["error"].startswith("cancelled by ") and body["error"].endswith(" before it started")
     again = client.post(f"{PREFIX}/jobs/{job.pk}/cancel", **bearer(keys.staff))
-    assert again.status_code == 400 and "has already cancelled" in again.json()["error"]
+    assert again.status_code == 400 and "has already finished (cancelled)" in again.json()["error"]
     running = Job.objects.create(kind=Job.Kind.GENERATE, run=base_run, status=Job.Status.RUNNING, attempts=1)
     body = client.post(f"{PREFIX}/jobs/{running.pk}/cancel", **bearer(keys.staff)).json()
     assert body["status"] == "running" and body["status_text"].startswith("stopping: cancelled by ")

@@ -180,7 +180,7 @@ def cancel_job(job: Job, by) -> str:
             return f"Job {job.pk} was already cancelled by {job.cancelled_by}; it stops at its next step."
         if job.is_finished:
             break
-    raise JobNotCancellable(f"job {job.pk} has already {job.status}; there is nothing to cancel")
+    raise JobNotCancellable(f"job {job.pk} has already finished ({job.status}); there is nothing to cancel")
 
 
 INLINE = "inline"
