@@ -152,6 +152,7 @@ def test_the_sweep_cancels_a_cancelled_job_whose_worker_died_instead_of_starting
     restart_silent_job(read_by_the_sweep, report)
     late.refresh_from_db()
     assert report.cancelled == [late.pk] and not report.restarted and late.status == Job.Status.CANCELLED
+    assert late.error == "cancelled by rita; its worker stopped before it did"  # who, though the copy was older
 
 
 def test_a_broker_failure_does_not_overwrite_a_cancel_made_while_it_was_tried(base_run, people, monkeypatch,

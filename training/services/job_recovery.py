@@ -27,7 +27,8 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import Q, TextField, Value
+from django.db.models.functions import Coalesce, Concat, NullIf
 from django.utils import timezone
 
 from training.models import Job, Run
@@ -113,7 +114,9 @@ def cancel_abandoned(job: Job) -> bool:
     cancelled = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts).exclude(
         cancel_requested_at=None).update(
         status=Job.Status.CANCELLED, finished_at=timezone.now(),
-        error=f"cancelled by {job.cancelled_by or 'someone'}; its worker stopped before it did")
+        # Who, from the database: the caller's copy may predate the cancel.
+        error=Concat(Value("cancelled by "), Coalesce(NullIf("cancelled_by", Value("")), Value("someone")),
+                     Value("; its worker stopped before it did"), output_field=TextField()))
     if cancelled:
         job.refresh_from_db()
         announce_finished(job)
