@@ -215,6 +215,32 @@ def test_a_full_round_adopts_a_reward_model_job_already_waiting(loop_world, peop
     assert Job.objects.filter(kind=Job.Kind.TRAIN_REWARD).count() == 1
 
 
+@pytest.mark.parametrize("taken_by", ["a worker's claim", "a researcher's cancel"])
+def test_a_round_does_not_adopt_a_waiting_job_taken_while_it_asked(loop_world, people, monkeypatch, taken_by):
+    """The request reads the waiting job, then locks it; if a worker claimed it or a
+    researcher cancelled it in between, the round gets a job of its own, not one it
+    would wait on forever without being part of it."""
+    from django.db.models.query import QuerySet
+
+    waiting = services.request_reward_training(loop_world, requested_by=people.researcher)
+    first, taken = QuerySet.first, []
+
+    def taken_right_after_the_read(queryset):
+        found = first(queryset)
+        if found is not None and found.pk == waiting.pk and not taken:
+            taken.append(True)
+            if taken_by == "a worker's claim":
+                assert Job.objects.get(pk=waiting.pk).mark_running("elsewhere:1")
+            else:
+                services.cancel_job(Job.objects.get(pk=waiting.pk), people.researcher)
+        return found
+
+    monkeypatch.setattr(QuerySet, "first", taken_right_after_the_read)
+    round_ = services.start_round(loop_world, "rlhf")
+    job = round_.jobs.get()
+    assert taken and job != waiting and job.status == Job.Status.PENDING and job.kind == Job.Kind.TRAIN_REWARD
+
+
 def test_a_stage_that_cannot_be_queued_fails_its_round(loop_world, django_capture_on_commit_callbacks):
     """Outside the worker tests nothing listens on the test broker's port."""
     with django_capture_on_commit_callbacks(execute=True):

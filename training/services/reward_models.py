@@ -81,6 +81,10 @@ def refit_every_labels(run: Run) -> int:
     return int(run.reward_config.get("refit_every_labels", settings.PREFLOOP_RM_REFIT_EVERY_LABELS))
 
 
+class RewardRequestRaced(RuntimeError):
+    """Three tries in a row found the waiting job taken or cancelled under the request."""
+
+
 class Superseded(Exception):
     """A refit whose backbone was replaced by a newer full version while it ran."""
 
@@ -123,25 +127,28 @@ def request_reward_training(
     job waits is the same request, and extends it to the labels that arrived meanwhile
     (the job has not started, so nothing it did changes). A round adopts the waiting job
     as its stage. A request made while a job runs waits its turn."""
-    existing = Job.objects.filter(kind=kind, run=run, status=Job.Status.PENDING).first()
-    if existing is None:
-        try:
-            with transaction.atomic():
-                job = create_reward_training_job(run, requested_by, reason, round_, kind)
-                enqueue_on_commit(job)
-            return job
-        except IntegrityError:  # another request created it between our check and insert
-            existing = Job.objects.get(kind=kind, run=run, status=Job.Status.PENDING)
-    with transaction.atomic():
-        waiting = Job.objects.select_for_update().get(pk=existing.pk)
-        if waiting.status == Job.Status.PENDING:
+    for _ in range(3):  # the waiting job may start, or be cancelled, between the read and the lock
+        existing = Job.objects.filter(kind=kind, run=run, status=Job.Status.PENDING).first()
+        if existing is None:
+            try:
+                with transaction.atomic():
+                    job = create_reward_training_job(run, requested_by, reason, round_, kind)
+                    enqueue_on_commit(job)
+                return job
+            except IntegrityError:  # another request created it between our check and insert
+                continue
+        with transaction.atomic():
+            waiting = Job.objects.select_for_update().get(pk=existing.pk)
+            if waiting.status != Job.Status.PENDING:
+                continue  # not waiting any more: a round adopting it would wait on a job it is not part of
             waiting.params = {**waiting.params, "last_label_id": max(waiting.params["last_label_id"],
                                                                      last_label_id()),
                               "datasets": pinned_datasets(run, FOR_REWARD_MODEL)}
             if round_ is not None and waiting.round_id is None:
                 waiting.round = round_
             waiting.save(update_fields=["params", "round"])
-    return waiting
+        return waiting
+    raise RewardRequestRaced(f"the {kind} job of {run} kept changing while it was requested; request it again")
 
 
 def reward_training_config(run: Run) -> RewardTrainingConfig:
