@@ -208,9 +208,9 @@ def preference_pairs(labels) -> list[PreferencePair]:
     rows, three queries whatever the count, not as model instances: every head refit
     builds all its labels' pairs, so this is the part of a refit that grows with the
     labels (docs/benchmarks.md, "Reward-model freshness")."""
-    rows = list(labels.filter(choice__in=PREFERENCE_CHOICES).order_by("pk")
-                .values_list("comparison_id", "choice", "ranking", "strength"))
-    compared = labels.filter(choice__in=PREFERENCE_CHOICES).values("comparison_id")
+    preferred = labels.filter(choice__in=PREFERENCE_CHOICES)
+    rows = list(preferred.order_by("pk").values_list("comparison_id", "choice", "ranking", "strength"))
+    compared = preferred.values("comparison_id")
     prompts = dict(Comparison.objects.filter(pk__in=compared).values_list("pk", "prompt__messages"))
     answers = defaultdict(list)  # comparison → (text, ended, token ids), in display order
     for comparison_id, *answer in (ComparisonItem.objects.filter(comparison_id__in=compared)
