@@ -151,3 +151,56 @@ def test_inside_trls_ppo_both_shortcuts_are_live(tiny_model_dir, reward_model, t
     assert result.examples == 8 and (tmp_path / "policy" / "adapter_config.json").is_file()
     assert critics[0].features.computed_rows == 8  # two rollouts of 4; four epochs read memory
     assert set(heads.positions) == {1, ANSWER + 1}  # generation steps, and the answer's positions
+
+
+class AttendedTokens(torch.nn.Module):
+    """Calls the backbone it wraps, recording how many tokens of each row attended."""
+
+    def __init__(self, backbone: torch.nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.attended = backbone, []
+
+    def forward(self, input_ids, attention_mask, **kwargs):
+        self.attended += attention_mask.long().sum(-1).tolist()
+        return self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+
+def test_inside_trls_ppo_a_left_truncating_reward_model_reads_only_its_window(tiny_model_dir, reward_model,
+                                                                              tmp_path, monkeypatch):
+    """A version trained with left truncation reads the last max_length tokens of what
+    TRL's PPO loop hands it (every other scorer cuts so too, tests/test_reward_model_ml.py),
+    while the value model still reads whole rollouts."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from training.ml.reward import CONFIG_FILE
+    from training.ml.tokens import prompt_input_ids
+
+    limit = 10
+    reward_model.save_pretrained(tmp_path / "reward-model")
+    (tmp_path / "reward-model" / CONFIG_FILE).write_text(json.dumps({"max_length": limit, "truncation": "left"}))
+    windows, critics = [], []
+
+    def read_last_tokens(model, limit):
+        ppo_read_last_tokens(model, limit)
+        window = getattr(model, model.base_model_prefix)
+        window.backbone = AttendedTokens(window.backbone)  # behind the window: what the backbone is given
+        windows.append(window)
+
+    ppo_read_last_tokens = ppo.read_last_tokens
+    monkeypatch.setattr(ppo, "read_last_tokens", read_last_tokens)
+    monkeypatch.setattr(ppo, "critic", lambda *args: critics.append(critic(*args)) or critics[-1])
+    config = PPOConfig(batch_size=4, total_episodes=4, response_length=ANSWER)
+    inputs = TrainingInputs(start=PolicyStart(tiny_model_dir),
+                            prompts=[[{"role": "user", "content": f"Question number {i}?"}] for i in range(4)],
+                            reward_model=RewardModelRef(tiny_model_dir, tmp_path / "reward-model", 0.0, 1.0))
+    result = ppo.train(inputs, tmp_path / "policy", config)
+
+    assert result.examples == 4 and (tmp_path / "policy" / "adapter_config.json").is_file()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert min(len(prompt_input_ids(tokenizer, prompt)) for prompt in inputs.prompts) > limit
+    recorded = windows[0].backbone
+    assert recorded.attended == [limit] * 4  # every rollout was longer: each read its last 10 tokens
+    assert critics[0].features.backbone is recorded.backbone  # the critic holds the backbone, not the window
+    assert critics[0].features.computed_rows == 4

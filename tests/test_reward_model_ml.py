@@ -265,6 +265,31 @@ def test_left_truncation_keeps_long_dialogs_and_scores_them_as_it_trained(tiny_m
     with pytest.raises(ConfigError, match="truncation"):
         config_from_dict(RewardTrainingConfig, {"truncation": "right"})
 
+    # So does PPO's: TRL's loop hands the reward model whole rows (left-padded prompt,
+    # answer, right padding) and reads the score at the last real token.
+    from trl.experimental.utils import get_reward
+
+    from training.ml.methods.ppo import PPOConfig, critic, read_last_tokens
+    from training.ml.reward import normalized_reward_model
+
+    pad = scorer.tokenizer.pad_token_id
+    queries = [prompt_input_ids(scorer.tokenizer, prompt) for prompt, _ in long_samples]
+    query_width, answer_width = max(map(len, queries)), max(map(len, answers)) + 3
+    rows = torch.tensor([[pad] * (query_width - len(q)) + q + a + [pad] * (answer_width - len(a))
+                         for q, a in zip(queries, answers, strict=True)])
+    ppo_reward_model = normalized_reward_model(RewardModelRef(tiny_model_dir, tmp_path / "left"))
+    value_model = critic(ppo_reward_model, PPOConfig())  # made first, as PPO makes it
+    with torch.no_grad():
+        _, whole_in_ppo, _ = get_reward(ppo_reward_model, rows, pad, query_width)
+        values_before, _, _ = get_reward(value_model, rows, pad, query_width)
+        read_last_tokens(ppo_reward_model, input_limit(tmp_path / "left"))
+        _, cut_in_ppo, _ = get_reward(ppo_reward_model, rows, pad, query_width)
+        value_model.features.rows.clear()  # its rollout cache: the rows run through the backbone again
+        values_after, _, _ = get_reward(value_model, rows, pad, query_width)
+    assert torch.allclose(whole_in_ppo, whole, atol=1e-4)  # the rows are what the other scorers read
+    assert torch.allclose(cut_in_ppo, as_trained, atol=1e-4)
+    assert torch.equal(values_before, values_after)  # the value model still reads whole rollouts
+
     # A head refit of that version embeds new long dialogs the same way.
     from training.ml.reward_features import FEATURES_FILE
     from training.ml.reward_refit import refit_reward_head
@@ -273,22 +298,4 @@ def test_left_truncation_keeps_long_dialogs_and_scores_them_as_it_trained(tiny_m
     refit = refit_reward_head(pairs + new, tiny_model_dir, tmp_path / "left", [tmp_path / "left" / FEATURES_FILE],
                               tmp_path / "refit", RewardTrainingConfig(**common, truncation="left"))
     assert refit.embedded == 2 * 10 and refit.dropped_too_long == 0
-
-
-def test_ppo_warns_when_its_inputs_outrun_a_left_truncating_reward_model(tmp_path, caplog):
-    """TRL's PPO loop scores whole inputs; with a reward model that reads only the last
-    max_length tokens, the job's log says so instead of letting rewards differ silently."""
-    from training.ml.methods.ppo import warn_if_inputs_outrun_the_reward_model
-    from training.ml.reward import CONFIG_FILE, RewardModelRef
-
-    for name, truncation in (("left", "left"), ("drop", "drop")):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / CONFIG_FILE).write_text(json.dumps({"max_length": 100, "truncation": truncation}))
-    prompts = [[1] * 20, [1] * 50]
-    with caplog.at_level("WARNING", logger="training.ml.methods.ppo"):
-        warn_if_inputs_outrun_the_reward_model(prompts, 40, RewardModelRef(tmp_path, tmp_path / "left"))
-        warn_if_inputs_outrun_the_reward_model(prompts, 64, RewardModelRef(tmp_path, tmp_path / "drop"))
-        assert not caplog.records  # 50 + 40 fits; a reward model that drops reads whole inputs anyway
-        warn_if_inputs_outrun_the_reward_model(prompts, 64, RewardModelRef(tmp_path, tmp_path / "left"))
-    assert len(caplog.records) == 1 and "up to 114 tokens" in caplog.records[0].getMessage()
 

@@ -41,7 +41,7 @@ from training.ml.methods.base import (
 )
 from training.ml.methods.cli import run_cli
 from training.ml.progress import StepReport, report_steps
-from training.ml.reward import RewardModelRef, input_limit, normalized_reward_model
+from training.ml.reward import input_limit, normalized_reward_model
 from training.ml.tokens import prompt_input_ids
 
 log = logging.getLogger(__name__)
@@ -130,10 +130,10 @@ def train(inputs: TrainingInputs, out_dir: Path, config: PPOConfig,
     setup = set_up(inputs.start, out_dir, seed=config.seed, lora_r=config.lora_r, lora_alpha=config.lora_alpha)
     device, tokenizer = setup.device, setup.tokenizer
     reward_model = normalized_reward_model(inputs.reward_model, device)
-    value_model = critic(reward_model, config)
+    value_model = critic(reward_model, config)  # before the window below: values read whole rollouts
+    read_last_tokens(reward_model, input_limit(inputs.reward_model.weights_dir))
     reference = reference_policy(inputs.start, config.reference, device)
     dataset = Dataset.from_dict({"input_ids": [prompt_input_ids(tokenizer, p) for p in inputs.prompts]})
-    warn_if_inputs_outrun_the_reward_model(dataset["input_ids"], config.response_length, inputs.reward_model)
     episodes = config.total_episodes or max(len(inputs.prompts), config.batch_size)
 
     args = TRLPPOConfig(
@@ -181,18 +181,37 @@ def train(inputs: TrainingInputs, out_dir: Path, config: PPOConfig,
     return TrainingResult(history, seconds, rollouts, {"generated_tokens": rollouts * config.response_length})
 
 
-def warn_if_inputs_outrun_the_reward_model(prompts: list[list[int]], response_length: int,
-                                           reward_model: RewardModelRef) -> None:
-    """A reward model trained with left truncation reads only its inputs' last
-    max_length tokens, and every other scorer cuts inputs so; TRL's PPO loop hands it
-    whole prompt + response sequences, which it cannot be told to cut. Say so when that
-    can happen, rather than let rewards differ silently."""
-    limit = input_limit(reward_model.weights_dir)
-    longest = max((len(ids) for ids in prompts), default=0) + response_length
-    if limit is not None and longest > limit:
-        log.warning("PPO scores whole inputs of up to %d tokens with a reward model trained on their last %d "
-                    "(truncation \"left\"): rewards of the longest inputs differ from what other scorers give",
-                    longest, limit)
+def read_last_tokens(reward_model: torch.nn.Module, limit: int | None) -> None:
+    """Make a reward model trained with left truncation read only the last `limit` tokens
+    of what TRL's PPO loop hands it, as every other scorer cuts its inputs
+    (training/ml/reward_features.py `keep_last_tokens`). TRL calls the backbone found
+    under `base_model_prefix` with whole prompt + response sequences and reads the score
+    at the last real token; the backbone is put behind `LastTokensWindow`, in place. A
+    value model must be made from the reward model before this (its backbone is held
+    apart, and reads whole rollouts). None (a version that reads whole inputs) leaves
+    the model as it is."""
+    if limit is None:
+        return
+    prefix = reward_model.base_model_prefix
+    setattr(reward_model, prefix, LastTokensWindow(getattr(reward_model, prefix), limit))
+
+
+class LastTokensWindow(torch.nn.Module):
+    """A backbone that attends to each row's last `limit` real tokens only: earlier ones
+    are masked out of attention and positions restart at the window, which gives the
+    window's tokens the states they would have if the input had been cut there (a left
+    pad is masked the same way). Tokens before the window get states nobody reads."""
+
+    def __init__(self, backbone: torch.nn.Module, limit: int) -> None:
+        super().__init__()
+        self.backbone, self.limit = backbone, limit
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids=None, **kwargs):
+        real = attention_mask.long()
+        from_end = real.flip(-1).cumsum(-1).flip(-1)  # real tokens from here to the end, this one included
+        window = real * (from_end <= self.limit)
+        positions = window.cumsum(-1) - window  # as TRL numbers them: 0 at the first token attended to
+        return self.backbone(input_ids=input_ids, attention_mask=window, position_ids=positions, **kwargs)
 
 
 def critic(reward_model, config: PPOConfig) -> torch.nn.Module:
