@@ -67,9 +67,10 @@ def test_a_version_that_cannot_answer_is_reported_and_the_others_still_are(rm_se
     PolicyVersion.objects.create(number=1, run=base_run, parent=base_policy, base_model_dir=base_policy.base_model_dir,
                                  adapter_dir=str(tmp_path / "adapter-that-was-deleted"))
     job = run_evaluation(base_run)
-    assert job.result["answered"] == 2 and len(job.result["errors"]) == 2  # its answers, and its KL
-    assert job.error.startswith("v1 could not answer") and "KL of v1" in job.error
+    assert job.result["answered"] == 2 and job.result["kl_measured"] == 0
+    assert job.error.startswith("v1 could not be loaded") and len(job.result["errors"]) == 1
     assert EvaluationSample.objects.filter(policy_version__number=0).count() == 2
+    assert PolicyVersion.objects.get(number=1).kl_to_base is None
 
 
 def test_a_cancelled_evaluation_stops_instead_of_going_on_to_the_next_version(rm_settings, base_run,  # noqa: F811
@@ -90,26 +91,30 @@ def test_a_cancelled_evaluation_stops_instead_of_going_on_to_the_next_version(rm
 
     import training.services.evaluation as evaluation
 
-    sample, sampled = evaluation.sample_completions, []
+    load, sampled = evaluation.load_version, []
 
-    def count_versions(version, *args, **kwargs):
+    def count_versions(version):
         sampled.append(version.number)
-        return sample(version, *args, **kwargs)
+        return load(version)
 
     monkeypatch.setattr(Job, "report_progress", cancel_at_the_first_batch)
-    monkeypatch.setattr(evaluation, "sample_completions", count_versions)
+    monkeypatch.setattr(evaluation, "load_version", count_versions)
     job = services.run_job_now(job)
     assert job.status == Job.Status.CANCELLED and job.error.endswith("stopped at step 0 of 4")
     assert sampled == [0] and not EvaluationSample.objects.exists()  # v1 was not loaded to be stopped too
 
 
 def test_each_trained_version_gets_its_kl_to_the_base_measured_once(rm_settings, base_run, base_policy,  # noqa: F811
-                                                                     tmp_path):
+                                                                     tmp_path, monkeypatch):
     """An adapter that changes nothing (LoRA's B = 0 at initialization) is at KL 0 from
-    its base; one with random weights is not; a second evaluation measures nothing again."""
+    its base; one with random weights is not; a second evaluation measures nothing again.
+    Each version is loaded once for its answers and its KL, and the base once as their
+    reference."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
+
+    import training.services.evaluation as evaluation
 
     rm_settings.PREFLOOP_EVAL_PROMPTS = 2
     rm_settings.PREFLOOP_MAX_NEW_TOKENS = 6
@@ -137,8 +142,13 @@ def test_each_trained_version_gets_its_kl_to_the_base_measured_once(rm_settings,
                                          base_model_dir=base_policy.base_model_dir,
                                          adapter_dir=str(adapters["moved"]), method="dpo")
 
+    loaded = []  # (base model, adapter or None) of every model the job loaded
+    load_version, load_policy = evaluation.load_version, evaluation.load_policy
+    monkeypatch.setattr(evaluation, "load_version", lambda v: loaded.append(v.adapter_dir or None) or load_version(v))
+    monkeypatch.setattr(evaluation, "load_policy", lambda *args: loaded.append(args[1:]) or load_policy(*args))
     job = run_evaluation(base_run)
-    assert job.params["kl_samples"] == 3 and job.result["kl_measured"] == 2
+    assert job.params["kl_samples"] == 3 and job.result["kl_measured"] == 2 and job.result["answered"] == 3 * 2
+    assert sorted(map(str, loaded)) == sorted(["None", "()", str(adapters["unchanged"]), str(adapters["moved"])])
     unchanged.refresh_from_db()
     moved.refresh_from_db()
     assert unchanged.kl_to_base == pytest.approx(0.0, abs=1e-4)

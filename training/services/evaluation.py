@@ -34,7 +34,7 @@ from training.models import (
 from training.services.jobs import enqueue_on_commit, job_type
 from training.services.reward_models import load_scorer
 from training.services.runs import latest_reward_model
-from training.services.sampling import kl_samples_of, sample_completions, sampling_config
+from training.services.sampling import kl_samples_of, load_version, sample_loaded, sampling_config
 
 log = logging.getLogger(__name__)
 
@@ -110,54 +110,69 @@ def run_evaluation_job(job: Job) -> None:
     """Answer the evaluation prompts with every version of the run's lineage that has
     not yet, then score every answer the job's reward model has not scored. Each
     version's answers are stored in one transaction, so a crash keeps finished versions
-    and redoes the rest. A version that cannot answer (its adapter is gone, say) is
+    and redoes the rest. Each version is loaded once, for its answers and for its KL to
+    its base. A version that cannot be loaded or answer (its adapter is gone, say) is
     reported in the job's error and skipped, so it does not fail every later round."""
     errors = []
     try:
         run = job.run
         prompts = evaluation_prompts(run)
-        missing = []  # (version, prompts it has not answered)
-        for version in lineage_versions(run):
+        versions = lineage_versions(run)
+        todos = {}  # version: the prompts it has not answered
+        for version in versions:
             has_answered = set(version.evaluation_samples.values_list("prompt_id", flat=True))
             todo = [p for p in prompts if p.pk not in has_answered]
             if todo:
-                missing.append((version, todo))
+                todos[version] = todo
         number = job.params.get("reward_model")
         reward_model = RewardModelVersion.objects.get(number=number) if number is not None else None
         kl_samples = job.params.get("kl_samples", 0)
-        unmeasured = [v for v in lineage_versions(run) if v.kl_to_base is None and not v.is_base
-                      ][::-1][:MAX_KL_PER_JOB] if kl_samples and prompts else []
-        total = sum(len(todo) for _, todo in missing) + len(unmeasured) + (1 if reward_model else 0)
+        unmeasured = {v.pk for v in [v for v in versions if v.kl_to_base is None and not v.is_base
+                                     ][::-1][:MAX_KL_PER_JOB]} if kl_samples and prompts else set()
+        total = sum(len(todo) for todo in todos.values()) + len(unmeasured) + (1 if reward_model else 0)
         done = answered = measured = 0
         job.report_progress(0, total)
         config = SamplingConfig(**job.params["sampling"])
-        for version, todo in missing:
-            try:
-                answers = sample_completions(version, [p.messages for p in todo], 1, config,
-                                             on_batch=lambda n, start=done: job.report_progress(start + n, total))
-            except JobCancelled:
-                raise  # not one version's fault: the whole job stops
-            except Exception as error:
-                log.exception("policy v%s could not answer the evaluation prompts", version.number)
-                errors.append(f"v{version.number} could not answer: {type(error).__name__}: {error}")
-            else:
-                answered += store_evaluation_samples(job, version, todo, [samples[0] for samples in answers], config)
-            done += len(todo)
         config_kl = {"samples_per_prompt": kl_samples, "max_new_tokens": config.max_new_tokens, "seed": config.seed}
         references = {}  # one base model in memory for every version of it
-        for version in unmeasured:
+        # Each version is loaded once, for its answers and its KL both.
+        for version in [v for v in versions if v in todos or v.pk in unmeasured]:
+            todo, measure = todos.get(version, []), version.pk in unmeasured
             try:
-                estimate = estimate_kl_to_base(version, [p.messages for p in prompts], references=references,
-                                               **config_kl)
+                policy, tokenizer = load_version(version)
             except Exception as error:
-                log.exception("the KL of policy v%s could not be estimated", version.number)
-                errors.append(f"KL of v{version.number}: {type(error).__name__}: {error}")
-            else:
-                PolicyVersion.objects.filter(pk=version.pk).update(kl_to_base=estimate.mean,
-                                                                   kl_to_base_stderr=estimate.stderr)
-                measured += 1
-            done += 1
-            job.report_progress(done, total)
+                log.exception("policy v%s could not be loaded", version.number)
+                errors.append(f"v{version.number} could not be loaded: {type(error).__name__}: {error}")
+                done += len(todo) + measure
+                job.report_progress(done, total)
+                continue
+            if todo:
+                try:
+                    answers = sample_loaded(policy, tokenizer, [p.messages for p in todo], 1, config,
+                                            on_batch=lambda n, start=done: job.report_progress(start + n, total))
+                except JobCancelled:
+                    raise  # not one version's fault: the whole job stops
+                except Exception as error:
+                    log.exception("policy v%s could not answer the evaluation prompts", version.number)
+                    errors.append(f"v{version.number} could not answer: {type(error).__name__}: {error}")
+                else:
+                    answered += store_evaluation_samples(job, version, todo, [samples[0] for samples in answers],
+                                                         config)
+                done += len(todo)
+            if measure:
+                try:
+                    estimate = estimate_kl_to_base(version, policy, tokenizer, [p.messages for p in prompts],
+                                                   references=references, **config_kl)
+                except Exception as error:
+                    log.exception("the KL of policy v%s could not be estimated", version.number)
+                    errors.append(f"KL of v{version.number}: {type(error).__name__}: {error}")
+                else:
+                    PolicyVersion.objects.filter(pk=version.pk).update(kl_to_base=estimate.mean,
+                                                                       kl_to_base_stderr=estimate.stderr)
+                    measured += 1
+                done += 1
+                job.report_progress(done, total)
+            del policy  # before the next version is loaded
         scored = score_evaluation_samples(reward_model, run) if reward_model else 0
         job.report_progress(total, total)
     except Exception as error:
@@ -171,14 +186,13 @@ def run_evaluation_job(job: Job) -> None:
                         "reward_model": reward_model.number if reward_model else None})
 
 
-def estimate_kl_to_base(version: PolicyVersion, prompts: list[list[dict]], samples_per_prompt: int,
+def estimate_kl_to_base(version: PolicyVersion, policy, tokenizer, prompts: list[list[dict]], samples_per_prompt: int,
                         max_new_tokens: int, seed: int, references: dict | None = None) -> KLEstimate:
     """KL(version ‖ its base model) in nats per answer, from the version's own untruncated
     samples (training/ml/divergence.py). Every method's versions are measured the same
     way, whether or not the method logs a KL of its own while training (DPO, SFT and
     best-of-N do not; PPO's and GRPO's are to their own reference, per batch)."""
     references = {} if references is None else references  # by base model directory, reused by the caller
-    policy, tokenizer = load_policy(version.base_model_dir, version.adapter_dir)
     if version.base_model_dir not in references:
         references[version.base_model_dir] = load_policy(version.base_model_dir)[0]
     reference = references[version.base_model_dir]

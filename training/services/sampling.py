@@ -27,10 +27,21 @@ def kl_samples_of(run: Run) -> int:
     return int(run.sampling.get("kl_samples", settings.PREFLOOP_EVAL_KL_SAMPLES))
 
 
+def load_version(policy: PolicyVersion):
+    """(model, tokenizer) of a policy version: its base with its adapter, if it has one."""
+    return load_policy(policy.base_model_dir, policy.adapter_dir or None)
+
+
 def sample_completions(policy: PolicyVersion, conversations: list[list[dict]], samples: int, config: SamplingConfig,
                        on_batch=None) -> list:
     """`samples` completions of each conversation from a policy version, in order."""
-    model, tokenizer = load_policy(policy.base_model_dir, policy.adapter_dir or None)
+    return sample_loaded(*load_version(policy), conversations, samples, config, on_batch)
+
+
+def sample_loaded(model, tokenizer, conversations: list[list[dict]], samples: int, config: SamplingConfig,
+                  on_batch=None) -> list:
+    """The same, from a policy already loaded (`load_version`), for a job that uses it for
+    more than sampling."""
     done: list = []
     for batch in iter_sample_batches(model, tokenizer, conversations, samples, config):
         done.extend(batch)
