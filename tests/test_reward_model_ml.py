@@ -289,6 +289,13 @@ def test_left_truncation_keeps_long_dialogs_and_scores_them_as_it_trained(tiny_m
     assert torch.allclose(whole_in_ppo, whole, atol=1e-4)  # the rows are what the other scorers read
     assert torch.allclose(cut_in_ppo, as_trained, atol=1e-4)
     assert torch.equal(values_before, values_after)  # the value model still reads whole rollouts
+    # A pad the policy sampled mid-answer: TRL reads the score before it, and the window ends there.
+    query, answer = queries[0], answers[0]
+    row = torch.tensor([query + answer[:3] + [pad] + answer[3:] + [pad] * 2])
+    with torch.no_grad():
+        _, cut_at_pad, _ = get_reward(ppo_reward_model, row, pad, len(query))
+    expected, _ = score_token_ids(scorer.model, pad, [(query + answer[:3])[-64:]])
+    assert torch.allclose(cut_at_pad, expected, atol=1e-4)
 
     # A head refit of that version embeds new long dialogs the same way.
     from training.ml.reward_features import FEATURES_FILE

@@ -64,8 +64,7 @@ class RewardTrainingConfig:
     """Inputs longer than max_length: "drop" leaves their pairs out of training and of
     held-out accuracy (TRL's way; the version counts them), "left" keeps their last
     max_length tokens (a long dialog loses its oldest turns, never the answer) in
-    training and in every scoring of this version (PPO excepted: TRL's loop hands the
-    reward model whole inputs, prompt plus at most `response_length` tokens)."""
+    training and in every scoring of this version, PPO's included."""
     heldout_fraction: float = 0.1
     """Share of comparisons held out for accuracy, chosen by a stable hash of the comparison id."""
     strength_margin: float = 0.0

@@ -44,9 +44,9 @@ EVALUATION_SEED = 20171231
 # At most this share of the prompts is held out, so a small prompt set still leaves
 # most of its prompts to comparisons and policy updates.
 MAX_EVALUATION_SHARE = 0.25
-# Each KL estimate loads two models and samples: the newest versions first, and at most
-# this many per job, so the first evaluation of a run from before KL was measured does
-# not measure its whole history at once.
+# Each KL estimate samples and scores with the version and its base: at most this many
+# per job (the newest versions unmeasured), so the first evaluation of a run from before
+# KL was measured does not measure its whole history at once.
 MAX_KL_PER_JOB = 8
 
 

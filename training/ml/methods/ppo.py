@@ -197,10 +197,13 @@ def read_last_tokens(reward_model: torch.nn.Module, limit: int | None) -> None:
 
 
 class LastTokensWindow(torch.nn.Module):
-    """A backbone that attends to each row's last `limit` real tokens only: earlier ones
-    are masked out of attention and positions restart at the window, which gives the
-    window's tokens the states they would have if the input had been cut there (a left
-    pad is masked the same way). Tokens before the window get states nobody reads."""
+    """A backbone that attends, in each row, only to the `limit` tokens that end where TRL
+    reads the score (the last token before the first pad that follows the row's start):
+    earlier ones are masked out of attention and positions restart at the window, which
+    gives the window's tokens the states they would have if the input had been cut
+    there (a left pad is masked the same way). Tokens outside the window get states
+    nobody reads; that includes any after a pad the policy sampled mid-answer, which TRL
+    cuts the answer at too."""
 
     def __init__(self, backbone: torch.nn.Module, limit: int) -> None:
         super().__init__()
@@ -208,6 +211,9 @@ class LastTokensWindow(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids=None, **kwargs):
         real = attention_mask.long()
+        started = real.cumsum(-1) > 0  # past the left padding
+        after_gap = (started & (real == 0)).long().cumsum(-1) > 0  # from the first pad after the start on
+        real = real * ~after_gap
         from_end = real.flip(-1).cumsum(-1).flip(-1)  # real tokens from here to the end, this one included
         window = real * (from_end <= self.limit)
         positions = window.cumsum(-1) - window  # as TRL numbers them: 0 at the first token attended to
