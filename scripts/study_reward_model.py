@@ -305,6 +305,7 @@ def report(results: list[dict], args: argparse.Namespace, pick: str) -> str:
     _, val, test = build_task(args.train_pairs, args.val_pairs, args.test_pairs, history_turns=args.history_turns,
                                recall=args.recall)
     long = long_pairs(val, args.base_model_dir) if args.history_turns else None
+    long = long if long and any(long) else None  # no column when no validation dialog is long
 
     def long_cell(outcomes: list[float] | None) -> str:
         """Accuracy on the long validation dialogs only (a column shown for --history-turns)."""
