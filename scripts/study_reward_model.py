@@ -31,6 +31,7 @@ import ast
 import json
 import os
 import random
+import re
 import resource
 import subprocess
 import sys
@@ -295,6 +296,22 @@ def long_pairs(pairs, base_model_dir: str) -> list[bool]:
     return [max(chosen, rejected) > LONG_INPUT for chosen, rejected in lengths]
 
 
+def recalled_name_cut(pairs, base_model_dir: str) -> list[bool]:
+    """Per --recall pair, whether the last LONG_INPUT tokens of its chosen or rejected input
+    no longer name the function the last question refers back to (named only in the
+    first turn): what a version trained with left truncation at that length cannot read."""
+    from transformers import AutoTokenizer
+
+    from training.ml.reward_features import chosen_texts, rejected_texts
+    from training.ml.tokens import reward_inputs
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    names = [re.search(r"I'll ask about (`[^`]+`)", p.prompt[0]["content"]).group(1) for p in pairs]
+    tails = [[tokenizer.decode(ids[-LONG_INPUT:]) for ids in reward_inputs(tokenizer, texts(pairs))]
+             for texts in (chosen_texts, rejected_texts)]
+    return [name not in chosen or name not in rejected for name, chosen, rejected in zip(names, *tails, strict=True)]
+
+
 def report(results: list[dict], args: argparse.Namespace, pick: str) -> str:
     rng = random.Random(0)
 
@@ -311,7 +328,15 @@ def report(results: list[dict], args: argparse.Namespace, pick: str) -> str:
         """Accuracy on the long validation dialogs only (a column shown for --history-turns)."""
         return "" if not outcomes else cell([o for o, is_long in zip(outcomes, long, strict=True) if is_long])
 
-    long_column = f" Validation, past {LONG_INPUT} tokens % |" if long else ""
+    cut = recalled_name_cut(val, args.base_model_dir) if args.recall else None
+    cut = cut if cut and any(cut) else None
+
+    def cut_cell(outcomes: list[float]) -> str:
+        """Accuracy on the --recall pairs whose 256-token tail lost the function's name."""
+        return cell([o for o, is_cut in zip(outcomes, cut, strict=True) if is_cut])
+
+    long_column = (f" Validation, past {LONG_INPUT} tokens % |" if long else "") + (
+        " Validation, name cut % |" if cut else "")
     lines = [
         args.section, "",
         f"Command: `{command_line()}` (not in `make bench`: about an hour here).", "",
@@ -337,15 +362,19 @@ def report(results: list[dict], args: argparse.Namespace, pick: str) -> str:
         "- Pairs trained: the training pairs left after those with an answer past max_length were dropped.",
         *([f"- Past {LONG_INPUT} tokens: accuracy on the {sum(long)} validation pairs whose chosen or rejected "
            f"input, as the reward model reads it, is longer than {LONG_INPUT} tokens."] if long else []),
+        *([f"- Name cut: accuracy on the {sum(cut)} validation pairs whose chosen or rejected input loses, in "
+           f"its last {LONG_INPUT} tokens, the name of the function the last question refers back to."]
+          if cut else []),
         "",
         "| Arm | Pairs trained | Validation accuracy % |" + long_column + " Against the first arm (points) "
         "| Validation, trained head % | Validation, ensemble % | CPU-min | Val. points above 50 per CPU-min "
         "| Peak RSS GiB |",
-        "| --- | --- | --- |" + (" --- |" if long else "") + " --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- |" + (" --- |" if long else "") + (" --- |" if cut else "")
+        + " --- | --- | --- | --- | --- | --- |",
     ]
     for name, outcomes in length_baselines(val).items():
         lines.append(f"| {name} | | {cell(outcomes)} |" + (f" {long_cell(outcomes)} |" if long else "")
-                     + " | | | 0 | | |")
+                     + (f" {cut_cell(outcomes)} |" if cut else "") + " | | | 0 | | |")
     reference = results[0]["outcomes"]["val"]
     for r in results:
         val_acc = 100 * sum(r["outcomes"]["val"]) / len(r["outcomes"]["val"])
@@ -355,6 +384,7 @@ def report(results: list[dict], args: argparse.Namespace, pick: str) -> str:
         against = "" if r is results[0] else f"{100 * delta:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
         lines.append(f"| {r['arm']} | {r['train_pairs'] - r['dropped']} | {cell(r['outcomes']['val'])} "
                      + (f"| {long_cell(r['outcomes']['val'])} " if long else "")
+                     + (f"| {cut_cell(r['outcomes']['val'])} " if cut else "")
                      + f"| {against} | {cell(trained) if trained else ''} "
                      f"| {cell(ensemble) if ensemble else ''} "
                      f"| {minutes:.1f} | {(val_acc - 50) / minutes:+.2f} | {r['peak_rss_gib']:.1f} |")
