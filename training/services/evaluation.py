@@ -146,6 +146,8 @@ def run_evaluation_job(job: Job) -> None:
                 done += len(todo) + measure
                 job.report_progress(done, total)
                 continue
+            if version.is_base and unmeasured:  # the base itself: the reference of the KLs to come
+                references.setdefault(version.base_model_dir, policy)
             if todo:
                 try:
                     answers = sample_loaded(policy, tokenizer, [p.messages for p in todo], 1, config,
