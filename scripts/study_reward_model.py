@@ -70,6 +70,9 @@ ARMS: dict[str, dict] = {
     # More of the seed's spread (--arms 0,5,6,11,12), for the head fit after training.
     "seed 3": {"seed": 3},
     "seed 4": {"seed": 4},
+    # lr 5e-4 over three seeds against the default's (--arms 0,5,6,1,13,14 --pool 1,13,14:0,5,6).
+    "lr 5e-4, seed 1": {"learning_rate": 5e-4, "seed": 1},
+    "lr 5e-4, seed 2": {"learning_rate": 5e-4, "seed": 2},
 }
 
 
@@ -412,6 +415,8 @@ def report(results: list[dict], args: argparse.Namespace, pick: str) -> str:
             delta, low, high = paired_difference(pooled, pooled_trained, rng)
             lines.append(f"- mean of the {len(fits)} arms (the bootstrap resamples the {len(pooled)} pairs they "
                          f"share): {100 * delta:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]")
+    if args.pool:
+        lines += pooled_lines(results, args, rng)
     lines += ["", f"Held-out test split, scored for the default, the pick ({pick}) and any arm scored on it "
               "before:", "",
               "| Arm | Test accuracy % | Test, trained head % | Test, ensemble % |", "| --- | --- | --- | --- |"]
@@ -424,6 +429,28 @@ def report(results: list[dict], args: argparse.Namespace, pick: str) -> str:
                          f"| {cell(ensemble) if ensemble else ''} |")
     lines += ["", f"![Validation accuracy against training CPU-minutes]({Path(args.plot).name})"]
     return "\n".join(lines)
+
+
+def pooled_lines(results: list[dict], args: argparse.Namespace, rng: random.Random) -> list[str]:
+    """--pool A:B: the mean accuracy of arms A (by number) against that of arms B, per pair,
+    on each validation split both were scored on; the bootstrap resamples the pairs they
+    share, so several seeds of one config are compared with several of another."""
+    numbered = {list(ARMS).index(r["arm"]): r for r in results}
+    groups = [[numbered[int(i)] for i in part.split(",")] for part in args.pool.split(":")]
+    names = [", ".join(r["arm"] for r in group) for group in groups]
+    lines = ["", f"Pooled over seeds: the mean of [{names[0]}] against the mean of [{names[1]}] (paired 95% "
+             "interval over pairs, points):", ""]
+    for split, title in (("val", f"the {args.val_pairs} validation pairs"),
+                         ("more val", f"the {args.more_val_pairs} further validation pairs")):
+        if not all(r["outcomes"].get(split) for group in groups for r in group):
+            continue
+        means = [[sum(o) / len(group) for o in zip(*(r["outcomes"][split] for r in group), strict=True)]
+                 for group in groups]
+        delta, low, high = paired_difference(*means, rng)
+        lines.append(f"- on {title}: {100 * sum(means[0]) / len(means[0]):.1f}% against "
+                     f"{100 * sum(means[1]) / len(means[1]):.1f}%: {100 * delta:+.1f} [{100 * low:+.1f}, "
+                     f"{100 * high:+.1f}]")
+    return lines
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -481,6 +508,8 @@ def main() -> int:
                         help="the last question refers back to the first turn (with --history-turns: turns between)")
     parser.add_argument("--plot", default=str(PLOT), help="where the plot goes (in docs/, next to benchmarks.md)")
     parser.add_argument("--section", default=SECTION, help="the heading of docs/benchmarks.md's section to replace")
+    parser.add_argument("--pool", default="", help="A:B, two comma-separated lists of arm numbers: report "
+                        "the mean of arms A against the mean of arms B (several seeds of two configs)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
     parser.add_argument("--child-test", action="store_true", help=argparse.SUPPRESS)
