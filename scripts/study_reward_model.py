@@ -437,7 +437,7 @@ def pooled_lines(results: list[dict], args: argparse.Namespace, rng: random.Rand
     share, so several seeds of one config are compared with several of another."""
     numbered = {list(ARMS).index(r["arm"]): r for r in results}
     groups = [[numbered[int(i)] for i in part.split(",")] for part in args.pool.split(":")]
-    names = [", ".join(r["arm"] for r in group) for group in groups]
+    names = ["; ".join(r["arm"] for r in group) for group in groups]
     lines = ["", f"Pooled over seeds: the mean of [{names[0]}] against the mean of [{names[1]}] (paired 95% "
              "interval over pairs, points):", ""]
     for split, title in (("val", f"the {args.val_pairs} validation pairs"),
