@@ -186,7 +186,7 @@ def read_last_tokens(reward_model: torch.nn.Module, limit: int | None) -> None:
     of what TRL's PPO loop hands it, as every other scorer cuts its inputs
     (training/ml/reward_features.py `keep_last_tokens`). TRL calls the backbone found
     under `base_model_prefix` with whole prompt + response sequences and reads the score
-    at the last real token; the backbone is put behind `LastTokensWindow`, in place. A
+    at the answer's last token; the backbone is put behind `LastTokensWindow`, in place. A
     value model must be made from the reward model before this (its backbone is held
     apart, and reads whole rollouts). None (a version that reads whole inputs) leaves
     the model as it is."""
