@@ -285,34 +285,33 @@ LONG_INPUT = 256
 """Tokens past which a dialog counts as long in the report (the shorter max_length the arms try)."""
 
 
-def long_pairs(pairs, base_model_dir: str) -> list[bool]:
-    """Per pair, whether its chosen or rejected input, tokenized as the reward model reads
-    it, is longer than LONG_INPUT tokens."""
+def reward_input_ids(pairs, base_model_dir: str) -> tuple[object, list[tuple[list[int], list[int]]]]:
+    """(tokenizer, per pair its chosen and rejected inputs as the reward model reads them)."""
     from transformers import AutoTokenizer
 
     from training.ml.reward_features import chosen_texts, rejected_texts
     from training.ml.tokens import reward_inputs
 
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
-    lengths = zip(*(map(len, reward_inputs(tokenizer, texts(pairs))) for texts in (chosen_texts, rejected_texts)),
-                  strict=True)
-    return [max(chosen, rejected) > LONG_INPUT for chosen, rejected in lengths]
+    inputs = zip(reward_inputs(tokenizer, chosen_texts(pairs)), reward_inputs(tokenizer, rejected_texts(pairs)),
+                 strict=True)
+    return tokenizer, list(inputs)
+
+
+def long_pairs(pairs, base_model_dir: str) -> list[bool]:
+    """Per pair, whether its chosen or rejected input is longer than LONG_INPUT tokens."""
+    _, inputs = reward_input_ids(pairs, base_model_dir)
+    return [max(len(chosen), len(rejected)) > LONG_INPUT for chosen, rejected in inputs]
 
 
 def recalled_name_cut(pairs, base_model_dir: str) -> list[bool]:
     """Per --recall pair, whether the last LONG_INPUT tokens of its chosen or rejected input
     no longer name the function the last question refers back to (named only in the
     first turn): what a version trained with left truncation at that length cannot read."""
-    from transformers import AutoTokenizer
-
-    from training.ml.reward_features import chosen_texts, rejected_texts
-    from training.ml.tokens import reward_inputs
-
-    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    tokenizer, inputs = reward_input_ids(pairs, base_model_dir)
     names = [re.search(r"I'll ask about (`[^`]+`)", p.prompt[0]["content"]).group(1) for p in pairs]
-    tails = [[tokenizer.decode(ids[-LONG_INPUT:]) for ids in reward_inputs(tokenizer, texts(pairs))]
-             for texts in (chosen_texts, rejected_texts)]
-    return [name not in chosen or name not in rejected for name, chosen, rejected in zip(names, *tails, strict=True)]
+    return [any(name not in tokenizer.decode(ids[-LONG_INPUT:]) for ids in both)
+            for name, both in zip(names, inputs, strict=True)]
 
 
 def report(results: list[dict], args: argparse.Namespace, pick: str) -> str:

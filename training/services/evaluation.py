@@ -127,8 +127,8 @@ def run_evaluation_job(job: Job) -> None:
         number = job.params.get("reward_model")
         reward_model = RewardModelVersion.objects.get(number=number) if number is not None else None
         kl_samples = job.params.get("kl_samples", 0)
-        unmeasured = {v.pk for v in [v for v in versions if v.kl_to_base is None and not v.is_base
-                                     ][::-1][:MAX_KL_PER_JOB]} if kl_samples and prompts else set()
+        newest_unmeasured = [v for v in reversed(versions) if v.kl_to_base is None and not v.is_base]
+        unmeasured = {v.pk for v in newest_unmeasured[:MAX_KL_PER_JOB]} if kl_samples and prompts else set()
         total = sum(len(todo) for todo in todos.values()) + len(unmeasured) + (1 if reward_model else 0)
         done = answered = measured = 0
         job.report_progress(0, total)
