@@ -21,8 +21,8 @@ from django.db.models import F
 from django.utils import timezone
 
 from labeling import queue_sql
+from labeling.followers import label_follower
 from labeling.models import Assignment, Comparison, ComparisonItem, Completion, Label, LabeledBy, Prompt
-from labeling.signals import label_submitted, label_undo_requested
 
 MAX_ACTIVE_SECONDS = 3600.0
 MAX_RATIONALE_CHARS = 2000
@@ -239,7 +239,7 @@ def submit_label(
         queue_sql.count_label_and_drop_lease(stored.comparison_id, annotator.pk, stored.counts_as_label)
         transaction.on_commit(lambda: adjust_cached_queue_count(annotator, -1))
         # robust: whatever the loop does with the news, the label is stored and acknowledged.
-        transaction.on_commit(lambda: label_submitted.send(sender=Label, run_id=run_id), robust=True)
+        transaction.on_commit(lambda: label_follower().on_submitted(run_id), robust=True)
     return stored, True
 
 
@@ -261,9 +261,8 @@ def undo_last_label(annotator: AbstractBaseUser) -> Comparison | None:
         return None
     if last.created_at < now - timedelta(seconds=settings.PREFLOOP_UNDO_SECONDS):
         raise UndoRefused(f"your last label is older than {settings.PREFLOOP_UNDO_SECONDS} seconds; it stays")
-    reasons = [reason for _, reason in label_undo_requested.send(sender=Label, label=last) if reason]
-    if reasons:
-        raise UndoRefused(f"your last label stays: {'; '.join(reasons)}")
+    if reason := label_follower().undo_refusal(last):
+        raise UndoRefused(f"your last label stays: {reason}")
     comparison = last.comparison
     if not last.counts_as_label:
         # A skip left the comparison's place open, and someone may hold it now; a label

@@ -7,13 +7,11 @@ class TrainingConfig(AppConfig):
     name = "training"
 
     def ready(self) -> None:
-        # The labeling app announces labels and the job dispatcher announces finished
-        # jobs; the loop listens. Connected here so neither imports the loop.
-        from labeling.signals import label_submitted, label_undo_requested
-        from training.services import bakeoffs, datasets, jobs, reward_models, rounds
+        # What follows a finished job, a label and an undo request is listed in
+        # training/services/loop.py. The job queue and the labeling app are below it (the
+        # loop imports what imports them), so they are handed its functions here.
+        from labeling.followers import LabelFollower, follow_labels
+        from training.services import jobs, loop
 
-        label_submitted.connect(rounds.react_to_new_label, dispatch_uid="training.react_to_new_label")
-        label_undo_requested.connect(reward_models.reward_model_trained_on, dispatch_uid="training.label_in_use")
-        jobs.job_finished.connect(rounds.advance_round, dispatch_uid="training.advance_round")
-        jobs.job_finished.connect(datasets.clean_up_after_import_job, dispatch_uid="training.import_clean_up")
-        jobs.job_finished.connect(bakeoffs.advance_bakeoff, dispatch_uid="training.advance_bakeoff")
+        jobs.follow_finished_jobs(loop.on_job_finished)
+        follow_labels(LabelFollower(on_submitted=loop.on_label_submitted, undo_refusal=loop.undo_refusal))

@@ -41,7 +41,6 @@ from training.services.jobs import (
     announce_finished,
     cancel_job,
     enqueue_on_commit,
-    job_finished,
     run_job_now,
 )
 from training.services.policy_updates import PolicyUpdateError, create_policy_update_job, run_policy_update_job
@@ -115,7 +114,6 @@ __all__ = [
     "ensure_default_run",
     "evaluation_prompts",
     "import_external_completions",
-    "job_finished",
     "labels_since_latest_reward_model",
     "latest_reward_model",
     "reward_models_to_list",

@@ -1,9 +1,9 @@
 """Bake-offs: several methods trained from the run's head on the same labels and the same
 reward model, judged blind by people, the winner promoted to be the run's head.
 
-The state machine (each step taken when a job of the bake-off finishes: `advance_bakeoff`
-listens to `job_finished`, connected in TrainingConfig.ready; every step is idempotent,
-a redelivered task announces again):
+The state machine (each step taken when a job of the bake-off finishes: the loop's
+`on_job_finished` calls `advance_bakeoff`; every step is idempotent, a redelivered task
+announces again; the transitions are BakeOff's methods):
 
     training   → one policy-update job per method, all created at once, pinned alike
                  (start version, reward model, labels up to one id, prompts, datasets)
@@ -41,7 +41,6 @@ from itertools import combinations
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.db.models import F, Max, Min
-from django.utils import timezone
 
 from labeling.models import Comparison
 from labeling.services import create_comparison
@@ -118,7 +117,7 @@ def bakeoff_of(job: Job) -> BakeOff | None:
     return None
 
 
-def advance_bakeoff(sender, job: Job, **kwargs) -> None:
+def advance_bakeoff(job: Job) -> None:
     """Move the job's bake-off on (see the module docstring). Safe to call twice for
     the same job: each transition checks the status it starts from, under the row lock."""
     if not job.is_finished or (found := bakeoff_of(job)) is None:
@@ -156,31 +155,24 @@ def finish_training(bakeoff: BakeOff) -> None:
     if any(c.job is None or not c.job.is_finished for c in candidates):
         return
     if not any(c.version_id for c in candidates):
-        fail_bakeoff(bakeoff, "every candidate failed: " + "; ".join(
+        bakeoff.fail("every candidate failed: " + "; ".join(
             f"{c.method}: {c.job.error if c.job else 'its job is gone'}" for c in candidates))
         return
     job = create_evaluation_job(bakeoff.run, requested_by=bakeoff.created_by)
     # Judged by the bake-off's own reward model, not whichever is newest by then.
     job.params["reward_model"] = bakeoff.reward_model.number if bakeoff.reward_model_id else None
     job.save(update_fields=["params"])
-    bakeoff.status, bakeoff.evaluation_job = BakeOff.Status.EVALUATING, job
-    bakeoff.save(update_fields=["status", "evaluation_job"])
+    bakeoff.start_evaluating(job)
     DISPATCHERS[bakeoff.dispatch](job)
 
 
 def finish_evaluation(bakeoff: BakeOff, job: Job) -> None:
     if job.status != Job.Status.SUCCEEDED:
-        fail_bakeoff(bakeoff, f"the evaluation failed: {job.error or job.status}")
+        bakeoff.fail(f"the evaluation failed: {job.error or job.status}")
         return
     comparisons = queue_bakeoff_comparisons(bakeoff)
     bakeoff.comparisons.add(*comparisons)
-    bakeoff.status, bakeoff.finished_at = BakeOff.Status.JUDGING, timezone.now()
-    bakeoff.save(update_fields=["status", "finished_at"])
-
-
-def fail_bakeoff(bakeoff: BakeOff, error: str) -> None:
-    bakeoff.status, bakeoff.error, bakeoff.finished_at = BakeOff.Status.FAILED, error, timezone.now()
-    bakeoff.save(update_fields=["status", "error", "finished_at"])
+    bakeoff.start_judging()
 
 
 def players_of(bakeoff: BakeOff) -> list[PolicyVersion]:

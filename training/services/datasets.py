@@ -133,8 +133,8 @@ def run_dataset_import_job(job: Job) -> PreferenceDataset | None:
     return dataset
 
 
-def clean_up_after_import_job(sender, job: Job, **kwargs) -> None:
-    """Answers job_finished: an import job that ended without finishing its dataset (the
+def clean_up_after_import_job(job: Job) -> None:
+    """After any job (the loop's on_job_finished): an import job that ended without finishing its dataset (the
     broker was unreachable, the sweep gave up on a worker that kept dying) fails it, so
     it holds no pairs and its name is free again, and removes the upload."""
     if job.kind != Job.Kind.IMPORT_DATASET or job.status == Job.Status.SUCCEEDED:

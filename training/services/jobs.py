@@ -1,11 +1,12 @@
-"""Getting jobs to the workers, and telling the rest of the app when one is done.
+"""Getting jobs to the workers, and handing finished ones to the loop.
 
 Every kind of job is a peer in `JOB_TYPES`: the queue it runs on, the function that does
 the work, and the claim that decides whether it may start now (by default: yes). The
 modules that own a kind register it with `@job_type(...)`; one Celery task
-(`training.tasks.run_job`) runs any of them. When a job finishes, `job_finished` is sent;
-the round state machine listens (connected in `TrainingConfig.ready`), and so can
-anything else that waits on jobs, without this module importing it.
+(`training.tasks.run_job`) runs any of them. When a job finishes, `announce_finished`
+hands it to the loop's `on_job_finished` (training/services/loop.py), which lists what
+follows. The loop imports the modules that import this one, so it is handed in once by
+TrainingConfig.ready (`follow_finished_jobs`) instead of imported here.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.dispatch import Signal
 from django.utils import timezone
 
 from training.models import Job
@@ -29,9 +29,17 @@ log = logging.getLogger(__name__)
 
 RUN_JOB_TASK = "training.tasks.run_job"
 
-job_finished = Signal()
-"""Sent with `job=` once a job succeeded, failed or was cancelled (maybe more than once
-for the same job: a redelivered task announces it again; receivers are idempotent)."""
+def _nobody_follows(job: Job) -> None:
+    """Before the app is ready (a bare import), nothing follows a job."""
+
+
+_job_follower: Callable[[Job], None] = _nobody_follows
+
+
+def follow_finished_jobs(follower: Callable[[Job], None]) -> None:
+    """Make `follower` (the loop's on_job_finished) the one that hears of finished jobs."""
+    global _job_follower
+    _job_follower = follower
 
 
 def this_worker() -> str:
@@ -90,8 +98,11 @@ def job_type(kind: str, queue: str, claim: Callable[[Job], bool] = claim_job):
 
 
 def announce_finished(job: Job) -> None:
+    """Hand a job that succeeded, failed or was cancelled to the loop (loop.on_job_finished
+    says what follows). Maybe more than once for the same job: a redelivered task
+    announces it again, and every follower is idempotent."""
     if job.is_finished:
-        job_finished.send(sender=Job, job=job)
+        _job_follower(job)
 
 
 def send_job(job: Job) -> None:

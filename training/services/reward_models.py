@@ -89,8 +89,8 @@ class Superseded(Exception):
     """A refit whose backbone was replaced by a newer full version while it ran."""
 
 
-def reward_model_trained_on(sender, label: Label, **kwargs) -> str | None:
-    """Answers labeling's label_undo_requested: a label that a published reward model or
+def reward_model_trained_on(label: Label) -> str | None:
+    """Why an undo is refused (the loop's undo_refusal): a label that a published reward model or
     a policy version trained on pairs (DPO, SFT) learned from is history, not a slip."""
     for version in RewardModelVersion.objects.filter(last_label_id__gte=label.pk).select_related("run"):
         if Label.objects.filter(version.run.label_scope(), pk=label.pk).exists():

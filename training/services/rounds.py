@@ -1,10 +1,11 @@
 """The loop: rounds that walk their run's recipe one stage (one job) after another; the
 stop button; automatic rounds.
 
-A round moves on when the job of its stage finishes: `advance_round` listens to
-`job_finished` (connected in TrainingConfig.ready). While a run is paused, its running
-round waits before its next stage and no automatic round starts; resuming picks up
-where it waited.
+`start_round` queues the first stage's job. A round moves on when that job finishes:
+the loop's `on_job_finished` (training/services/loop.py) calls `advance_round`, which
+records what the stage made and queues the next stage's job, until the recipe is done.
+While a run is paused, its running round waits before its next stage and no automatic
+round starts; resuming picks up where it waited.
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ import logging
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.db.models import Max
-from django.utils import timezone
 
 from labeling.models import Prompt
 from training.ml.methods import PAIRS, REWARD_MODEL, method_named
 from training.models import Job, Round, Run
-from training.recipes import DONE, recipe_named
+from training.recipes import recipe_named
 from training.services.bakeoffs import resume_bakeoffs
 from training.services.datasets import FOR_METHODS, has_dataset_pairs
 from training.services.policy_updates import PolicyUpdateError
@@ -56,8 +56,10 @@ def check_round_can_start(run: Run, stages: tuple[str, ...]) -> None:
 
 def start_round(run: Run, recipe: str | None = None, requested_by: AbstractBaseUser | None = None,
                 trigger: str = "manual") -> Round:
-    """Start a round of `run` that walks `recipe` (the run's own by default). Staff may
-    start one while the run is paused (pausing holds automatic rounds)."""
+    """Start a round of `run` that walks `recipe` (the run's own by default): its first
+    stage's job is queued now, and `advance_round` starts each next one when the job
+    before it finishes. Staff may start one while the run is paused (pausing holds
+    automatic rounds)."""
     chosen = recipe_named(recipe or run.recipe)
     for _ in range(3):  # another run's round may take the same number at the same moment
         try:
@@ -88,7 +90,7 @@ def start_stage(round_: Round) -> Job:
     return STAGES[round_.stage].create_job(round_)
 
 
-def advance_round(sender, job: Job, **kwargs) -> None:
+def advance_round(job: Job) -> None:
     """Move the job's round on: record what the stage produced, then start the next
     stage (or wait, if the run is paused). A failed stage fails the round. Safe to call
     twice for the same job (a redelivered task does): only the current stage's job
@@ -101,28 +103,20 @@ def advance_round(sender, job: Job, **kwargs) -> None:
         if round_.status != Round.Status.RUNNING or STAGES[round_.stage].job_kind != job.kind:
             return
         if job.status != Job.Status.SUCCEEDED:
-            fail_round(round_, job.error or f"the {round_.stage} job was {job.status}")
+            round_.fail(job.error or f"the {round_.stage} job was {job.status}")
             return
         STAGES[round_.stage].record(round_, job)
-        round_.stage = round_.stage_after(round_.stage)
-        if round_.stage == DONE:
-            round_.status, round_.finished_at = Round.Status.SUCCEEDED, timezone.now()
-        round_.save()
+        round_.advance()
         if round_.status == Round.Status.RUNNING and not run.paused:
-            try:
-                start_stage(round_)
-            except PolicyUpdateError as error:
-                fail_round(round_, str(error))
+            start_stage_or_fail(round_)
 
 
-def fail_round(round_: Round, error: str) -> None:
-    round_.status, round_.error, round_.finished_at = Round.Status.FAILED, error, timezone.now()
-    round_.save(update_fields=["status", "error", "finished_at"])
-
-
-def stage_is_waiting(round_: Round) -> bool:
-    """Running, with no unfinished job: it stopped before its next stage (a pause)."""
-    return round_.status == Round.Status.RUNNING and not round_.jobs.exclude(status__in=Job.FINISHED).exists()
+def start_stage_or_fail(round_: Round) -> None:
+    """Queue the round's current stage; a stage that cannot start now fails the round."""
+    try:
+        start_stage(round_)
+    except PolicyUpdateError as error:
+        round_.fail(str(error))
 
 
 def resume_runs(runs) -> int:
@@ -136,16 +130,12 @@ def resume_runs(runs) -> int:
             locked = Run.objects.select_for_update().get(pk=run.pk)
             if not locked.paused:
                 continue
-            locked.paused, locked.paused_by, locked.paused_at, locked.pause_reason = False, None, None, ""
-            locked.save(update_fields=["paused", "paused_by", "paused_at", "pause_reason"])
+            locked.resume()
             resumed += 1
             resume_bakeoffs(locked)
             waiting = Round.objects.select_for_update().filter(run=locked, status=Round.Status.RUNNING).first()
-            if waiting is not None and stage_is_waiting(waiting):
-                try:
-                    start_stage(waiting)
-                except PolicyUpdateError as error:
-                    fail_round(waiting, str(error))
+            if waiting is not None and waiting.waits_before_next_stage:
+                start_stage_or_fail(waiting)
     return resumed
 
 
@@ -156,7 +146,7 @@ def labels_since_last_round(run: Run) -> int:
     return labels.filter(created_at__gt=last.created_at).count() if last else labels.count()
 
 
-def react_to_new_label(sender, run_id: int, **kwargs) -> None:
+def react_to_new_label(run_id: int) -> None:
     """After each label: with the run's automatic loop on, start a round once enough new
     labels arrived (unless one is running); otherwise keep its reward model fresh. The
     loop's rounds make the full retrains, so between them a label asks only for a head

@@ -16,7 +16,6 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.db.models import Max
-from django.utils import timezone
 
 from labeling.models import Label
 from training.ml.base_model import BaseModelError, prepare_base_model
@@ -267,7 +266,9 @@ def pause_runs(user: AbstractBaseUser, reason: str = "", runs=None) -> int:
         chosen = Run.objects.select_for_update().filter(paused=False)
         if runs is not None:
             chosen = chosen.filter(pk__in=[r.pk for r in runs])
-        stopped = chosen.update(paused=True, paused_by=user, paused_at=timezone.now(), pause_reason=reason[:500])
-    log.warning("%s run(s) stopped by %s: %s", stopped, user, reason or "no reason given")
-    return stopped
+        stopped = list(chosen)
+        for run in stopped:
+            run.pause(user, reason)
+    log.warning("%s run(s) stopped by %s: %s", len(stopped), user, reason or "no reason given")
+    return len(stopped)
 
