@@ -304,6 +304,18 @@ PREFLOOP_TORCH_THREADS = env_int("PREFLOOP_TORCH_THREADS", 0, minimum=0)
 # or what an Accelerate config file says (deploy/accelerate/: DeepSpeed ZeRO-2/3, FSDP).
 PREFLOOP_TRAIN_PROCESSES = env_int("PREFLOOP_TRAIN_PROCESSES", 1, minimum=1)
 PREFLOOP_ACCELERATE_CONFIG = env_str("PREFLOOP_ACCELERATE_CONFIG", "")
+# One job across several machines: the worker that claims it is machine 0, at
+# PREFLOOP_MAIN_PROCESS_IP (as the others reach it; port 0: a free one per launch), and
+# starts machines 1..N-1 with PREFLOOP_NODE_LAUNCHER, a shell command template around
+# {command} and {rank} (e.g. "ssh gpu{rank} 'cd /srv/prefloop && {command}'"; the job's
+# folder must be on storage every machine shares). See docs on deploying.
+PREFLOOP_TRAIN_MACHINES = env_int("PREFLOOP_TRAIN_MACHINES", 1, minimum=1)
+PREFLOOP_MAIN_PROCESS_IP = env_str("PREFLOOP_MAIN_PROCESS_IP", "127.0.0.1")
+PREFLOOP_MAIN_PROCESS_PORT = env_int("PREFLOOP_MAIN_PROCESS_PORT", 0, minimum=0)
+PREFLOOP_NODE_LAUNCHER = env_str("PREFLOOP_NODE_LAUNCHER", "")
+if PREFLOOP_TRAIN_MACHINES > 1 and "{command}" not in PREFLOOP_NODE_LAUNCHER:
+    raise ImproperlyConfigured("PREFLOOP_TRAIN_MACHINES > 1 needs PREFLOOP_NODE_LAUNCHER, a command template with "
+                               "{command} and {rank} that starts machine {rank}'s part of a launch")
 
 # --- Jobs that converge by themselves (training/services/job_recovery.py)
 # A running job's worker writes a heartbeat this often; after PREFLOOP_WORKER_LOST_SECONDS

@@ -145,3 +145,47 @@ time.sleep(60)
         time.sleep(0.05)
     os.kill(launcher, signal.SIGKILL)
     raise AssertionError("the launcher outlived its worker")
+
+
+def test_a_launch_on_several_machines_needs_a_node_launcher():
+    with pytest.raises(ValueError, match="node launcher"):
+        LaunchConfig(machines=2)
+    launch = LaunchConfig(machines=2, main_process_ip="10.0.0.5", node_launcher="ssh gpu{rank} 'cd /srv && {command}'")
+    command = launch.command(Path("/shared/job"), machine_rank=0, port=29600)
+    flag = {name: command[command.index(name) + 1] for name in
+            ("--num_processes", "--num_machines", "--machine_rank", "--main_process_ip", "--main_process_port")}
+    assert flag == {"--num_processes": "2", "--num_machines": "2", "--machine_rank": "0",
+                    "--main_process_ip": "10.0.0.5", "--main_process_port": "29600"}
+    [other] = launch.node_commands(Path("/shared/job"), 29600)
+    assert other.startswith("ssh gpu1 'cd /srv && ") and "--machine_rank 1" in other and "29600" in other
+    assert launch.describe() == {"processes": 2, "machines": 2}
+
+
+@pytest.mark.slow
+def test_two_machines_on_localhost_publish_the_version_one_machine_does(tiny_model_dir, tmp_path):
+    """Machine ranks 0 and 1 on this host (the node launcher runs the command here),
+    one process each over gloo, train the same adapter as one machine with two
+    processes: the same two ranks, the same shards of the same data."""
+    import torch
+    from safetensors.torch import load_file
+
+    from training.ml.loading import PolicyStart
+    from training.ml.methods import TrainingInputs, method_named
+
+    method = method_named("sft_chosen")
+    pairs = [PreferencePair(group=i, prompt=[{"role": "user", "content": f"say {word}"}], chosen=f"{word} {word}",
+                            rejected="no") for i, word in enumerate(["alpha", "beta", "gamma", "delta"] * 4)]
+    inputs = TrainingInputs(start=PolicyStart(tiny_model_dir), pairs=pairs)
+    config = method.config({"batch_size": 4, "learning_rate": 1e-3})
+    adapters = {}
+    for name, launch in {"one machine": LaunchConfig(processes=2),
+                         "two machines": LaunchConfig(machines=2, node_launcher="{command}")}.items():
+        out = tmp_path / name.replace(" ", "-")
+        result = launch.train_method(method, inputs, out, config)
+        assert result.history, name
+        adapters[name] = load_file(out / "adapter_model.safetensors")
+        assert sorted(p.name for p in tmp_path.iterdir() if "launch" in p.name) == []  # folders removed
+    one, two = adapters["one machine"], adapters["two machines"]
+    assert one.keys() == two.keys() and one
+    for key in one:
+        assert torch.allclose(one[key], two[key], atol=1e-6), key

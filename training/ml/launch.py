@@ -16,6 +16,12 @@ times as many examples, as in Accelerate and TRL.
     python -m accelerate.commands.launch --multi_gpu --num_processes 2 \\
         -m training.ml.launch /path/to/folder    # what run_launched starts
 
+One job can span several machines (`machines` > 1): the worker that claimed it is
+machine 0 and the main process's address; it starts the launch there and, through
+`node_launcher` (a command template: ssh, srun, or "{command}" for a second "machine"
+on this host), the same launch with machine ranks 1…N-1 on the others. The folder with
+the job's inputs is beside its output, on the storage every machine shares.
+
 No Django: a worker's job calls `LaunchConfig.train_method` / `train_reward_model` in
 place of `Method.train` / `reward.train_reward_model`.
 """
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -61,32 +68,49 @@ class LaunchConfig:
     several machines; its num_processes wins when processes is 1)."""
 
     processes: int = 1
+    """Processes per machine."""
     config_file: str = ""
+    machines: int = 1
+    """Machines one job spans; this one is machine 0."""
+    main_process_ip: str = "127.0.0.1"
+    """This machine's address as the other machines reach it."""
+    main_process_port: int = 0
+    """The port the processes meet on; 0: a free one, chosen per launch."""
+    node_launcher: str = ""
+    """How machine `{rank}` starts its part: a shell command template around
+    `{command}`, e.g. `ssh gpu{rank} 'cd /srv/prefloop && {command}'`."""
+
+    def __post_init__(self) -> None:
+        if self.machines > 1 and "{command}" not in self.node_launcher:
+            raise ValueError("a launch on several machines needs a node launcher: a command template that "
+                             "contains {command} (and {rank}, the machine's rank), e.g. "
+                             "\"ssh gpu{rank} 'cd /srv/prefloop && {command}'\"")
 
     @property
     def launched(self) -> bool:
-        return self.processes > 1 or bool(self.config_file)
+        return self.processes > 1 or self.machines > 1 or bool(self.config_file)
 
     @property
     def process_count(self) -> int:
         """How many processes train: `processes`, or the config file's num_processes when
         processes is 1 (as `command` tells accelerate launch)."""
         if self.processes > 1 or not self.config_file:
-            return self.processes
+            return self.processes * self.machines
         from accelerate.commands.config.config_args import load_config_from_file
 
-        return load_config_from_file(self.config_file).num_processes
+        return load_config_from_file(self.config_file).num_processes * self.machines
 
     def describe(self) -> dict:
         """What a published version records of how it was trained."""
-        return {"processes": self.process_count,
+        return {"processes": self.process_count, **({"machines": self.machines} if self.machines > 1 else {}),
                 **({"accelerate_config": self.config_file} if self.config_file else {})}
 
     def for_reward_model(self) -> LaunchConfig:
-        """How reward models train here: in this process or under DDP. An Accelerate
-        config file (DeepSpeed, FSDP) is for policy updates: after training, a reward
-        model's main process scores with the whole model alone."""
-        return LaunchConfig(self.processes)
+        """How reward models train here: in this process or under DDP, on this machine or
+        several. An Accelerate config file (DeepSpeed, FSDP) is for policy updates: after
+        training, a reward model's main process scores with the whole model alone."""
+        return LaunchConfig(self.processes, machines=self.machines, main_process_ip=self.main_process_ip,
+                            main_process_port=self.main_process_port, node_launcher=self.node_launcher)
 
     def train_method(self, method: Method, inputs: TrainingInputs, out_dir: Path, config,
                      on_step: StepReport | None = None) -> TrainingResult:
@@ -109,23 +133,34 @@ class LaunchConfig:
                    "normalization_samples": [list(sample) for sample in normalization_samples]}
         return RewardTrainingResult(**run_launched(launch, "reward_model", payload, out_dir, on_step))
 
-    def command(self, folder: Path) -> list[str]:
+    def command(self, folder: Path, machine_rank: int = 0, port: int | None = None) -> list[str]:
+        """The launch on machine `machine_rank`; every machine of one launch gets the
+        same `port` (by default a free one here: two launches at once, two workers on
+        one machine, must not meet on torch's default 29500)."""
         # The launcher (torchrun's agent, in this process) ends when the worker that
         # started it dies, however it dies; its training processes end with it (main()).
         accelerate = [sys.executable, "-c", DIE_WITH_PARENT_THEN_RUN, "accelerate.commands.launch"]
+        port = port or self.main_process_port or free_port()
         if self.config_file:
             accelerate += ["--config_file", self.config_file]
-            if self.processes > 1:
-                accelerate += ["--num_processes", str(self.processes)]
+            if self.processes > 1 or self.machines > 1:
+                accelerate += ["--num_processes", str(self.process_count)]
         else:
             # The torchrun launcher; on a machine without CUDA the trainers ask
             # Accelerate for CPU processes (use_cpu), which then talk over gloo.
-            # A free port of its own: two launches at once (two workers on one machine)
-            # must not meet on torch's default 29500.
-            accelerate += ["--multi_gpu", "--num_processes", str(self.processes), "--num_machines", "1",
-                           "--main_process_port", str(free_port()), "--mixed_precision", "no",
+            accelerate += ["--multi_gpu", "--num_processes", str(self.process_count), "--mixed_precision", "no",
                            "--dynamo_backend", "no"]
+        if self.machines > 1:  # over what a config file says
+            accelerate += ["--num_machines", str(self.machines), "--machine_rank", str(machine_rank),
+                           "--main_process_ip", self.main_process_ip, "--main_process_port", str(port)]
+        elif not self.config_file:
+            accelerate += ["--num_machines", "1", "--main_process_port", str(port)]
         return [*accelerate, "-m", "training.ml.launch", str(folder)]
+
+    def node_commands(self, folder: Path, port: int) -> list[str]:
+        """The shell commands that start machines 1…N-1 of a launch on `port`."""
+        return [self.node_launcher.format(rank=rank, command=shlex.join(self.command(folder, rank, port)))
+                for rank in range(1, self.machines)]
 
 
 # Linux's PR_SET_PDEATHSIG (survives exec): SIGTERM when the parent dies, even by SIGKILL.
@@ -225,19 +260,26 @@ def run_launched(launch: LaunchConfig, kind: str, payload: dict, out_dir: Path,
             # From the project's root, whatever the worker's directory: `-m training.ml.launch`.
             env = {**os.environ, "TOKENIZERS_PARALLELISM": "false",
                    "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
-            process = subprocess.Popen(launch.command(folder), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                       cwd=PROJECT_ROOT, start_new_session=True)
+            port = launch.main_process_port or free_port()
+            process = subprocess.Popen(launch.command(folder, 0, port), stdout=log, stderr=subprocess.STDOUT,
+                                       env=env, cwd=PROJECT_ROOT, start_new_session=True)
+            # The other machines' parts; their output goes to the same log.
+            nodes = [subprocess.Popen(command, shell=True, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                      cwd=PROJECT_ROOT, start_new_session=True)
+                     for command in launch.node_commands(folder, port)]
             try:
                 for line in follow_lines(folder / PROGRESS_FILE, process):
                     if on_step is not None:
                         on_step(line["step"], line["total"], line["metrics"])
             finally:
-                stop(process)
+                for started in (process, *nodes):
+                    stop(started)
         if process.returncode != 0 or not (folder / RESULT_FILE).is_file():
             tail = (folder / LOG_FILE).read_text(encoding="utf-8", errors="replace")[-3000:]
             what = payload.get("method", kind.replace("_", " "))
             # Not process_count: the config file may be what failed to load.
             how = [f"{launch.processes} processes"] if launch.processes > 1 else []
+            how += [f"{launch.machines} machines"] if launch.machines > 1 else []
             how += [launch.config_file] if launch.config_file else []
             raise LaunchError(f"accelerate launch of {what} ({', '.join(how)}) exited with "
                               f"{process.returncode}; its log ends:\n{tail}")

@@ -248,7 +248,10 @@ def worker_launch_config():
     config_file = settings.PREFLOOP_ACCELERATE_CONFIG
     if config_file and not os.path.isabs(config_file):
         config_file = os.path.join(settings.BASE_DIR, config_file)  # deploy/accelerate/... from any directory
-    return LaunchConfig(settings.PREFLOOP_TRAIN_PROCESSES, config_file)
+    return LaunchConfig(settings.PREFLOOP_TRAIN_PROCESSES, config_file, machines=settings.PREFLOOP_TRAIN_MACHINES,
+                        main_process_ip=settings.PREFLOOP_MAIN_PROCESS_IP,
+                        main_process_port=settings.PREFLOOP_MAIN_PROCESS_PORT,
+                        node_launcher=settings.PREFLOOP_NODE_LAUNCHER)
 
 
 def run_job_now(job: Job) -> Job:
