@@ -49,3 +49,14 @@ def test_without_a_key_a_local_install_makes_its_own_once(tmp_path):
 def test_a_real_host_without_a_key_refuses_to_start(tmp_path):
     refused = manage(["check"], {"DJANGO_ALLOWED_HOSTS": "label.example.org"}, tmp_path)
     assert refused.returncode != 0 and "set DJANGO_SECRET_KEY" in refused.stderr
+
+
+def test_a_job_across_machines_needs_a_node_launcher_and_workers_read_it(tmp_path):
+    refused = manage(["check"], {"PREFLOOP_TRAIN_MACHINES": "2"}, tmp_path)
+    assert refused.returncode != 0 and "PREFLOOP_NODE_LAUNCHER" in refused.stderr
+    show = ["shell", "-c", "from training.services.jobs import worker_launch_config; c = worker_launch_config(); "
+                           "print(c.machines, c.main_process_ip, c.main_process_port, c.node_launcher)"]
+    env = {"PREFLOOP_TRAIN_MACHINES": "3", "PREFLOOP_MAIN_PROCESS_IP": "10.1.2.3",
+           "PREFLOOP_MAIN_PROCESS_PORT": "29511", "PREFLOOP_NODE_LAUNCHER": "ssh gpu{rank} {command}"}
+    shown = manage(show, env, tmp_path)
+    assert shown.stdout.strip().splitlines()[-1] == "3 10.1.2.3 29511 ssh gpu{rank} {command}", shown.stderr
