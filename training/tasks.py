@@ -14,7 +14,7 @@ from training import services
 from training.ml.loading import configure_torch_threads
 from training.models import Job
 from training.services import job_recovery
-from training.services.jobs import JOB_TYPES, RUN_JOB_TASK, heartbeat, worker_is_alive
+from training.services.jobs import JOB_TYPES, RUN_JOB_TASK, heartbeat, job_memory_freed, worker_is_alive
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def run_job(self, job_id: int) -> None:
             return  # done, or another delivery won the claim
         # Another job of its kind holds the run (one reward model trains at a time).
         raise self.retry(countdown=settings.PREFLOOP_RM_WAIT_SECONDS)
-    with heartbeat(job):
+    with heartbeat(job), job_memory_freed():
         job_kind.run(job)
     job.refresh_from_db()
     services.announce_finished(job)

@@ -11,9 +11,11 @@ TrainingConfig.ready (`follow_finished_jobs`) instead of imported here.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -254,6 +256,21 @@ def worker_launch_config():
                         node_launcher=settings.PREFLOOP_NODE_LAUNCHER)
 
 
+@contextmanager
+def job_memory_freed():
+    """Whatever a job loaded is garbage once it returns, but a trainer and its callbacks
+    hold the models in reference cycles only the cycle collector frees, and CUDA's
+    caching allocator keeps the freed blocks: a long-lived worker would carry each job's
+    models into the next one. So: collect, and hand the cached blocks back."""
+    try:
+        yield
+    finally:
+        gc.collect()
+        torch = sys.modules.get("torch")  # a worker that never imported torch has nothing to free
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
 def run_job_now(job: Job) -> Job:
     """Run a job in this process (a command's or an experiment's inline mode, chosen
     explicitly; never a fallback for a broker that is down) and announce it."""
@@ -263,7 +280,7 @@ def run_job_now(job: Job) -> Job:
         if not job.is_finished:
             job.mark_failed("another job of this kind is running for this run; try again when it is done")
     else:
-        with heartbeat(job):  # or the job sweep would take this process for dead
+        with heartbeat(job), job_memory_freed():  # or the job sweep would take this process for dead
             try:
                 job_kind.run(job)
             except BaseException as error:  # Ctrl-C or SIGTERM stopping this process mid-job
