@@ -118,7 +118,7 @@ def build_pairs(count: int, rng: random.Random, topics: dict[str, list[tuple[str
     module (context the judgement does not need, as in long real dialogs). With `recall`,
     the function the last question is about is named only in the first turn, and those
     other turns come between it and the last question."""
-    from training.ml.reward import PreferencePair
+    from training.ml.preference_pairs import PreferencePair
 
     modules = sorted(topics)
     pairs = []
@@ -210,8 +210,8 @@ def score_pairs(model, tokenizer, heads, trained_head, keep_last, pairs) -> dict
     """Outcomes of the published head, of the head TRL trained (when a head fitted after
     training replaced it) and of the bootstrap ensemble's mean, reading inputs as the
     app's scorer does (`keep_last`: left truncation)."""
+    from training.ml.preference_pairs import chosen_texts, rejected_texts
     from training.ml.reward import score_features
-    from training.ml.reward_features import chosen_texts, rejected_texts
 
     reward_c, feat_c = score_features(model, tokenizer, chosen_texts(pairs), keep_last=keep_last)
     reward_r, feat_r = score_features(model, tokenizer, rejected_texts(pairs), keep_last=keep_last)
@@ -289,7 +289,7 @@ def reward_input_ids(pairs, base_model_dir: str) -> tuple[object, list[tuple[lis
     """(tokenizer, per pair its chosen and rejected inputs as the reward model reads them)."""
     from transformers import AutoTokenizer
 
-    from training.ml.reward_features import chosen_texts, rejected_texts
+    from training.ml.preference_pairs import chosen_texts, rejected_texts
     from training.ml.tokens import reward_inputs
 
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)

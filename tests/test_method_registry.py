@@ -18,7 +18,7 @@ from training.ml.methods import METHODS, PAIRS, PROMPTS, REWARD_MODEL, method_na
 from training.ml.methods.best_of_n import best_answers
 from training.ml.methods.cli import parser_for
 from training.ml.methods.sft_chosen import chosen_answers
-from training.ml.reward import PreferencePair
+from training.ml.preference_pairs import PreferencePair
 from training.ml.reward_function import answer_ids
 
 ROOT = Path(__file__).resolve().parent.parent

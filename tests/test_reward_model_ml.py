@@ -11,16 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from training.ml.configs import ConfigError, config_from_dict
-from training.ml.reward import (
-    ENSEMBLE_FILE,
-    PreferencePair,
-    RewardScorer,
-    RewardTrainingConfig,
-    grouped_batches,
-    is_heldout,
-    split_heldout,
-    train_reward_model,
-)
+from training.ml.preference_pairs import PreferencePair, is_heldout, split_heldout
+from training.ml.reward import ENSEMBLE_FILE, RewardScorer, RewardTrainingConfig, grouped_batches, train_reward_model
 from training.ml.reward_features import FeatureStore, last_scored_positions, write_features
 from training.ml.reward_heads import ensemble_disagreement, fit_bootstrap_heads
 
@@ -154,10 +146,7 @@ def test_the_feature_store_embeds_each_answer_once_by_its_content(tmp_path):
 def test_answers_longer_than_max_length_are_remembered_not_embedded(tiny_model_dir, tmp_path):
     """One very long answer would need tens of GB of attention to score; like TRL's
     training, the feature store leaves it out, and remembers that across files."""
-    from training.ml.reward import (
-        load_reward_backbone,
-        load_reward_tokenizer,
-    )
+    from training.ml.reward import load_reward_backbone, load_reward_tokenizer
 
     tokenizer = load_reward_tokenizer(tiny_model_dir)
     model = load_reward_backbone(tiny_model_dir, tokenizer, torch.device("cpu")).eval()
@@ -193,8 +182,9 @@ def test_a_full_retrain_publishes_the_head_fitted_on_its_features(tiny_model_dir
     it has; the version publishes the Bradley–Terry head fitted on them (the one every
     loader scores with), keeps the trained head in its features file as the anchor of
     its refits, and reports the trained head's held-out accuracy next to its own."""
+    from training.ml.preference_pairs import chosen_texts, rejected_texts
     from training.ml.reward import HEAD_FILE, load_reward_model
-    from training.ml.reward_features import FEATURES_FILE, chosen_texts, rejected_texts
+    from training.ml.reward_features import FEATURES_FILE
 
     pairs = marker_pairs(160)
     short = RewardTrainingConfig(learning_rate=1e-3, epochs=0.5, heldout_fraction=0.25, ensemble_size=0)

@@ -37,14 +37,9 @@ from pathlib import Path
 from training.ml.configs import config_from_dict, config_to_dict
 from training.ml.loading import PolicyStart
 from training.ml.methods.base import Method, TrainingInputs, TrainingResult
+from training.ml.preference_pairs import PreferencePair
 from training.ml.progress import StepReport
-from training.ml.reward import (
-    PreferencePair,
-    RewardModelRef,
-    RewardTrainingConfig,
-    RewardTrainingResult,
-    train_reward_model,
-)
+from training.ml.reward import RewardModelRef, RewardTrainingConfig, RewardTrainingResult, train_reward_model
 
 INPUTS_FILE, PROGRESS_FILE, RESULT_FILE, LOG_FILE = "inputs.json", "progress.jsonl", "result.json", "launch.log"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

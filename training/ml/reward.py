@@ -7,7 +7,6 @@ Plain functions and dataclasses, no Django: the web app turns labels into
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from collections.abc import Iterator, Sequence
@@ -19,16 +18,9 @@ import torch
 
 from training.ml.configs import require
 from training.ml.loading import pick_device
+from training.ml.preference_pairs import PreferencePair, chosen_texts, rejected_texts, split_heldout
 from training.ml.progress import StepReport, report_steps
-from training.ml.reward_features import (
-    FEATURES_FILE,
-    FeatureStore,
-    chosen_texts,
-    keep_last_tokens,
-    rejected_texts,
-    score_token_ids,
-    write_features,
-)
+from training.ml.reward_features import FEATURES_FILE, FeatureStore, keep_last_tokens, score_token_ids, write_features
 from training.ml.reward_heads import ensemble_disagreement, fit_bootstrap_heads, fit_head
 from training.ml.tokens import ScoredText, reward_inputs, use_distinct_pad
 
@@ -107,27 +99,6 @@ class RewardTrainingConfig:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class PreferencePair:
-    """One (chosen, rejected) judgement for a prompt."""
-
-    group: int
-    """The comparison it came from: a K-way ranking gives several pairs of one group."""
-    prompt: list[dict]
-    chosen: str
-    rejected: str
-    strength: int | None = None
-    chosen_ended: bool = True
-    """False when the completion was cut at the length limit (no EOS), as PPO will see it."""
-    rejected_ended: bool = True
-    chosen_ids: tuple[int, ...] | None = None
-    """The answer's tokens as the policy generated them; None for text to tokenize."""
-    rejected_ids: tuple[int, ...] | None = None
-    imported: bool = False
-    """From an imported dataset rather than a person's label here: held-out accuracy is
-    reported for the two apart, since they need not agree."""
-
-
 @dataclass
 class RewardTrainingResult:
     train_pairs: int
@@ -143,20 +114,6 @@ class RewardTrainingResult:
     heldout_accuracy_trained_head: float | None = None
     """A full retrain's held-out accuracy with the head TRL trained, before the head fit
     (`fit_head_after_training`) replaced it; None where no head was fitted."""
-
-
-def is_heldout(group: int, fraction: float) -> bool:
-    """Stable across runs and versions: a comparison held out once is always held out,
-    so accuracy is never measured on pairs an earlier version trained on."""
-    digest = hashlib.sha256(f"prefloop-heldout:{group}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
-
-
-def split_heldout(pairs: Sequence[PreferencePair], fraction: float) -> tuple[list, list]:
-    train, heldout = [], []
-    for pair in pairs:
-        (heldout if is_heldout(pair.group, fraction) else train).append(pair)
-    return train, heldout
 
 
 def grouped_batches(groups: Sequence[int], batch_size: int, seed: int) -> list[list[int]]:

@@ -9,25 +9,14 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
+from training.ml.preference_pairs import PreferencePair, chosen_texts, rejected_texts
 from training.ml.tokens import ScoredText, reward_inputs
-
-if TYPE_CHECKING:
-    from training.ml.reward import PreferencePair
 
 FEATURES_FILE = "features.pt"
 """Score-head features of the answers a version embedded (training/ml/reward_refit.py)."""
-
-
-def chosen_texts(pairs: Sequence[PreferencePair]) -> list[tuple]:
-    return [(p.prompt, p.chosen, p.chosen_ended, p.chosen_ids) for p in pairs]
-
-
-def rejected_texts(pairs: Sequence[PreferencePair]) -> list[tuple]:
-    return [(p.prompt, p.rejected, p.rejected_ended, p.rejected_ids) for p in pairs]
 
 
 @torch.inference_mode()

@@ -37,21 +37,20 @@ from pathlib import Path
 import torch
 
 from training.ml.loading import ARTIFACT_FILE
+from training.ml.preference_pairs import PreferencePair, chosen_texts, rejected_texts, split_heldout
 from training.ml.progress import StepReport
 from training.ml.reward import (
     CONFIG_FILE,
     ENSEMBLE_FILE,
     HEAD_FILE,
-    PreferencePair,
     RewardTrainingConfig,
     RewardTrainingResult,
     evaluate_head,
     fit_head_on_pairs,
     headline_accuracy,
     load_reward_model,
-    split_heldout,
 )
-from training.ml.reward_features import FEATURES_FILE, FeatureStore, chosen_texts, rejected_texts, write_features
+from training.ml.reward_features import FEATURES_FILE, FeatureStore, write_features
 from training.ml.tokens import ScoredText
 
 # Files of the backbone's folder that describe the backbone itself, not the model a

@@ -24,7 +24,8 @@ from django.utils import timezone
 
 from labeling.models import Comparison, ComparisonItem, Completion, Label, implied_pairs
 from training.ml.configs import config_from_dict, config_to_dict
-from training.ml.reward import PreferencePair, RewardScorer, RewardTrainingConfig
+from training.ml.preference_pairs import PreferencePair
+from training.ml.reward import RewardScorer, RewardTrainingConfig
 from training.ml.reward_features import FEATURES_FILE
 from training.ml.reward_refit import refit_reward_head
 from training.models import EvaluationPrompt, Job, PolicyVersion, RewardModelVersion, Run, json_safe

@@ -19,8 +19,9 @@ from training.ml.loading import (
     seed_everything,
     trainable_policy,
 )
+from training.ml.preference_pairs import PreferencePair
 from training.ml.progress import StepReport
-from training.ml.reward import PreferencePair, RewardModelRef
+from training.ml.reward import RewardModelRef
 
 REWARD_MODEL, PAIRS, PROMPTS = "reward_model", "pairs", "prompts"
 
