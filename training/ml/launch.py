@@ -17,7 +17,7 @@ times as many examples, as in Accelerate and TRL.
         -m training.ml.launch /path/to/folder    # what run_launched starts
 
 No Django: a worker's job calls `LaunchConfig.train_method` / `train_reward_model` in
-place of `Method.train` / `reward.train_reward_model`.
+place of `Method.train` / `reward_training.train_reward_model`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from training.ml.loading import PolicyStart
 from training.ml.methods.base import Method, TrainingInputs, TrainingResult
 from training.ml.preference_pairs import PreferencePair
 from training.ml.progress import StepReport
-from training.ml.reward import RewardModelRef, RewardTrainingConfig, RewardTrainingResult, train_reward_model
+from training.ml.reward_scoring import RewardModelRef
+from training.ml.reward_training import RewardTrainingConfig, RewardTrainingResult, train_reward_model
 
 INPUTS_FILE, PROGRESS_FILE, RESULT_FILE, LOG_FILE = "inputs.json", "progress.jsonl", "result.json", "launch.log"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

@@ -1,7 +1,8 @@
 """What the score head reads of an answer: (prompt, completion) samples keyed by
 content, their last-layer features computed from token ids in length-sorted batches,
 and the store of them that a full version writes and its head refits reuse
-(training/ml/reward_refit.py). No Django; reward.py trains and scores with these."""
+(training/ml/reward_refit.py). No Django; reward_training.py trains and
+reward_scoring.py scores with these."""
 
 from __future__ import annotations
 

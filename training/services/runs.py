@@ -22,7 +22,7 @@ from labeling.models import Label
 from training.ml.base_model import BaseModelError, prepare_base_model
 from training.ml.configs import ConfigError, config_from_dict, config_to_dict
 from training.ml.methods import method_named
-from training.ml.reward import RewardTrainingConfig
+from training.ml.reward_training import RewardTrainingConfig
 from training.models import PolicyVersion, RewardModelVersion, Run
 from training.recipes import recipe_named
 

@@ -21,7 +21,7 @@ from training.ml.loading import (
 )
 from training.ml.preference_pairs import PreferencePair
 from training.ml.progress import StepReport
-from training.ml.reward import RewardModelRef
+from training.ml.reward_scoring import RewardModelRef
 
 REWARD_MODEL, PAIRS, PROMPTS = "reward_model", "pairs", "prompts"
 

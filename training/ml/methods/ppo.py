@@ -41,7 +41,8 @@ from training.ml.methods.base import (
 )
 from training.ml.methods.cli import run_cli
 from training.ml.progress import StepReport, report_steps
-from training.ml.reward import input_limit, normalized_reward_model
+from training.ml.reward_loading import input_limit
+from training.ml.reward_scoring import normalized_reward_model
 from training.ml.tokens import prompt_input_ids
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,12 @@
-"""Reward models: a Bradley–Terry scorer of (prompt, completion) trained on human
-preferences with TRL's RewardTrainer, LoRA on the base backbone by default.
+"""Training a reward model version: a Bradley–Terry scorer of (prompt, completion)
+trained on human preferences with TRL's RewardTrainer, LoRA on the base backbone by
+default, then its score head fitted on the trained backbone's features, held-out
+accuracy, normalization and the bootstrap ensemble measured from those features.
 
 Plain functions and dataclasses, no Django: the web app turns labels into
-`PreferencePair`s and calls `train_reward_model`; a test or a CLI can do the same.
+`PreferencePair`s and calls `train_reward_model`; a test or a script can do the same.
+What a version's folder holds and how it loads is training/ml/reward_loading.py;
+scoring with one is training/ml/reward_scoring.py.
 """
 
 from __future__ import annotations
@@ -17,18 +21,18 @@ from typing import Literal
 import torch
 
 from training.ml.configs import require
-from training.ml.loading import pick_device
 from training.ml.preference_pairs import PreferencePair, chosen_texts, rejected_texts, split_heldout
 from training.ml.progress import StepReport, report_steps
-from training.ml.reward_features import FEATURES_FILE, FeatureStore, keep_last_tokens, score_token_ids, write_features
-from training.ml.reward_heads import ensemble_disagreement, fit_bootstrap_heads, fit_head
-from training.ml.tokens import ScoredText, reward_inputs, use_distinct_pad
-
-CONFIG_FILE = "prefloop_reward_config.json"
-ENSEMBLE_FILE = "ensemble_heads.pt"
-HEAD_FILE = "score_head.pt"
-"""The score head a version publishes when it is not the one TRL trained (a head fit
-after training, or a refit), applied over the backbone's when loading."""
+from training.ml.reward_features import FEATURES_FILE, FeatureStore, keep_last_tokens, write_features
+from training.ml.reward_heads import fit_bootstrap_heads, fit_head
+from training.ml.reward_loading import (
+    CONFIG_FILE,
+    ENSEMBLE_FILE,
+    HEAD_FILE,
+    load_reward_backbone,
+    load_reward_tokenizer,
+)
+from training.ml.tokens import ScoredText, reward_inputs
 
 
 @dataclass
@@ -149,70 +153,6 @@ class GroupedBatchSampler(torch.utils.data.Sampler):
         return len(grouped_batches(self.groups, self.batch_size, self.seed))
 
 
-def load_reward_tokenizer(base_model_dir: Path | str):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
-    tokenizer.padding_side = "right"  # the score head reads the last token that is not padding
-    return use_distinct_pad(tokenizer)
-
-
-def load_reward_backbone(base_model_dir: Path | str, tokenizer, device: torch.device | None = None):
-    """The base model with a fresh scalar `score` head."""
-    from transformers import AutoModelForSequenceClassification
-
-    model = AutoModelForSequenceClassification.from_pretrained(base_model_dir, num_labels=1, dtype=torch.float32)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    return model.to(device or pick_device())
-
-
-def load_reward_model(base_model_dir: Path | str, weights_dir: Path | str, device: torch.device | None = None):
-    """(model, tokenizer) of a published version, ready to score: a LoRA adapter is
-    merged into the backbone; a fully fine-tuned model is loaded as is."""
-    from transformers import AutoModelForSequenceClassification
-
-    weights_dir = Path(weights_dir)
-    tokenizer = load_reward_tokenizer(base_model_dir)
-    if (weights_dir / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        backbone = load_reward_backbone(base_model_dir, tokenizer, torch.device("cpu"))
-        model = PeftModel.from_pretrained(backbone, weights_dir).merge_and_unload()
-    else:
-        model = AutoModelForSequenceClassification.from_pretrained(weights_dir, num_labels=1, dtype=torch.float32)
-        model.config.pad_token_id = tokenizer.pad_token_id
-    if (weights_dir / HEAD_FILE).is_file():  # a head fitted after training, or a refit's
-        with torch.no_grad():
-            model.score.weight.copy_(torch.load(weights_dir / HEAD_FILE, weights_only=True).reshape(1, -1))
-    return model.to(device or pick_device()).eval(), tokenizer
-
-
-@dataclass(frozen=True)
-class RewardModelRef:
-    """A published reward model as a policy method uses it: its weights and the
-    normalization (mean, std of raw rewards on the initial policy's samples)."""
-
-    base_model_dir: Path
-    weights_dir: Path
-    mean: float = 0.0
-    std: float = 1.0
-
-
-def normalized_reward_model(ref: RewardModelRef, device=None):
-    """The reward model with (r - mean) / std built into its score head, so a trainer
-    that reads `logits` (TRL's PPO) sees normalized rewards without knowing about
-    normalization."""
-    model, _ = load_reward_model(ref.base_model_dir, ref.weights_dir, device)
-    old = model.score  # Linear(hidden, 1, bias=False) on Llama-style classifiers
-    head = torch.nn.Linear(old.in_features, 1, bias=True, dtype=old.weight.dtype, device=old.weight.device)
-    with torch.no_grad():
-        head.weight.copy_(old.weight / ref.std)
-        bias = old.bias if getattr(old, "bias", None) is not None else torch.zeros(1, device=old.weight.device)
-        head.bias.copy_((bias - ref.mean) / ref.std)
-    model.score = head
-    return model
-
-
 def pairs_to_dataset(pairs: Sequence[PreferencePair], tokenizer, strength_margin: float,
                      keep_last: int | None = None):
     """TRL's tokenized preference format (`chosen_ids`, `rejected_ids`), ending at the
@@ -281,7 +221,6 @@ def train_reward_model(
     model) and the config into `out_dir`, and measure held-out accuracy. `out_dir` is
     written only at the end; callers publish it by renaming."""
     from transformers import set_seed
-
 
     set_seed(config.seed)
     if not pairs:
@@ -416,63 +355,3 @@ def save_reward_model(model, tokenizer, out_dir: Path, config: RewardTrainingCon
     (out_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
 
 
-def score_features(
-    model, tokenizer, samples: Sequence[ScoredText], batch_size: int = 16, keep_last: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rewards (n,) and score-head features (n, hidden) of (prompt, completion[, ended])
-    samples, tokenized as PPO hands them to the reward model (the last `keep_last`
-    tokens of each, for a version trained with left truncation)."""
-    return score_token_ids(model, tokenizer.pad_token_id,
-                           keep_last_tokens(reward_inputs(tokenizer, samples), keep_last), batch_size)
-
-
-def score_texts(model, tokenizer, samples: Sequence[ScoredText], batch_size: int = 16,
-                keep_last: int | None = None) -> torch.Tensor:
-    return score_features(model, tokenizer, samples, batch_size, keep_last)[0]
-
-
-def input_limit(weights_dir: Path | str) -> int | None:
-    """How many tokens from its end a published version reads of an input, as it was
-    trained (`RewardTrainingConfig.keep_last`); None: the whole input."""
-    path = Path(weights_dir) / CONFIG_FILE
-    saved = json.loads(path.read_text()) if path.is_file() else {}
-    return saved.get("max_length") if saved.get("truncation") == "left" else None
-
-
-@dataclass
-class RewardScorer:
-    """A published reward model loaded for batch scoring. `score` returns normalized
-    rewards (mean 0, std 1 on the initial policy); `disagreement` ranks comparisons for
-    active query selection."""
-
-    model: object
-    tokenizer: object
-    mean: float
-    std: float
-    heads: torch.Tensor | None
-    keep_last: int | None = None
-    """Left truncation, as the version was trained (`input_limit`)."""
-
-    @classmethod
-    def load(cls, base_model_dir: Path, weights_dir: Path, mean: float, std: float, device=None) -> RewardScorer:
-        model, tokenizer = load_reward_model(base_model_dir, weights_dir, device)
-        heads_file = weights_dir / ENSEMBLE_FILE
-        heads = torch.load(heads_file) if heads_file.is_file() else None
-        return cls(model, tokenizer, mean, std, heads, input_limit(weights_dir))
-
-    def score(self, samples: Sequence[ScoredText], batch_size: int = 16) -> torch.Tensor:
-        """(n,) normalized rewards for (prompt messages, completion) samples."""
-        return (score_texts(self.model, self.tokenizer, samples, batch_size, self.keep_last) - self.mean) / self.std
-
-    def disagreement(self, comparisons: Sequence[Sequence[ScoredText]]) -> list[float]:
-        """One score per comparison (a list of its samples): higher means the ensemble
-        is less sure which completion a person would prefer."""
-        if self.heads is None:
-            raise ValueError("this reward model was trained without an ensemble (ensemble_size=0)")
-        flat = [sample for comparison in comparisons for sample in comparison]
-        _, features = score_features(self.model, self.tokenizer, flat, keep_last=self.keep_last)
-        scores, start = [], 0
-        for comparison in comparisons:
-            scores.append(ensemble_disagreement(self.heads, features[start : start + len(comparison)]))
-            start += len(comparison)
-        return scores
