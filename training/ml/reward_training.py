@@ -16,11 +16,11 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
-from training.ml.configs import require
+from training.ml.configs import SettingNames, require
 from training.ml.preference_pairs import PreferencePair, chosen_texts, rejected_texts, split_heldout
 from training.ml.progress import StepReport, report_steps
 from training.ml.reward_features import FEATURES_FILE, FeatureStore, keep_last_tokens, write_features
@@ -77,6 +77,17 @@ class RewardTrainingConfig:
     refit_every_labels: int = 1
     """Between full retrains, publish a version with only the score head refit on cached
     features after this many new labels (seconds, not minutes); 0 = full retrains only."""
+
+    # The deployment's defaults for a new run (names only; training/ml/configs.py
+    # `values_from_settings`): the PREFLOOP_RM_* variables of the README's configuration.
+    DEPLOYMENT_DEFAULTS: ClassVar[SettingNames] = {
+        "use_lora": "not PREFLOOP_RM_FULL_FINETUNE",
+        "learning_rate": "PREFLOOP_RM_LEARNING_RATE",
+        "epochs": "PREFLOOP_RM_EPOCHS",
+        "batch_size": "PREFLOOP_RM_BATCH_SIZE",
+        "ensemble_size": "PREFLOOP_RM_ENSEMBLE_SIZE",
+        "refit_every_labels": "PREFLOOP_RM_REFIT_EVERY_LABELS",
+    }
 
     def validate(self) -> None:
         require(bool(self.lora_target_modules), 'lora_targets: name the layers, separated by commas, or "all-linear"')
