@@ -75,7 +75,8 @@ class Method:
     trainer: Callable[[TrainingInputs, Path, Any, StepReport | None], TrainingResult]
     deployment_defaults: SettingNames = field(default_factory=dict, hash=False)
     """Config field → the setting that supplies its default for a new run (names only;
-    see training/ml/configs.py `values_from_settings`). None: the dataclass defaults."""
+    see training/ml/configs.py `values_from_settings`). Fields not named keep the
+    dataclass defaults."""
 
     def config(self, values: dict[str, Any] | None = None, strict: bool = True):
         """A validated config from plain values; missing fields take their defaults."""
