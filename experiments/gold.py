@@ -50,7 +50,7 @@ class GoldRewardModel(GoldJudge):
     batch_size: int = 16
 
     def __post_init__(self):
-        from training.ml.reward import load_reward_backbone, load_reward_tokenizer
+        from training.ml.reward_loading import load_reward_backbone, load_reward_tokenizer
 
         if not Path(self.model_dir).is_dir():
             raise ValueError(f"gold model directory {self.model_dir} does not exist")
@@ -59,7 +59,7 @@ class GoldRewardModel(GoldJudge):
         self.description = f"gold reward model {self.model_dir}"
 
     def score(self, answers: Sequence[Answer]) -> list[float]:
-        from training.ml.reward import score_texts
+        from training.ml.reward_scoring import score_texts
 
         if not answers:
             return []

@@ -63,7 +63,8 @@ def prepare_labels_and_reward_model(args) -> dict:
     from training.ml.base_model import prepare_base_model
     from training.ml.generation import SamplingConfig, iter_sample_batches
     from training.ml.loading import load_policy, seed_everything
-    from training.ml.reward import PreferencePair, RewardTrainingConfig, train_reward_model
+    from training.ml.preference_pairs import PreferencePair
+    from training.ml.reward_training import RewardTrainingConfig, train_reward_model
 
     prepare_base_model(BASE_MODEL_DIR, convert_smollm2_if_missing=True)
     key = {"prompts": args.prompts, "answers": args.answers, "length": args.response_length, "oracle": ORACLE}
@@ -127,7 +128,8 @@ def train_and_measure(name: str, args) -> dict:
     from training.ml.generation import SamplingConfig, iter_sample_batches
     from training.ml.loading import PolicyStart, configure_torch_threads, load_policy
     from training.ml.methods import TrainingInputs, method_named
-    from training.ml.reward import PreferencePair, RewardModelRef, RewardScorer
+    from training.ml.preference_pairs import PreferencePair
+    from training.ml.reward_scoring import RewardModelRef, RewardScorer
 
     configure_torch_threads(args.threads)
     info = json.loads((WORK / "reward-model.json").read_text())

@@ -49,7 +49,7 @@ def prepare_reward_model() -> None:
     from transformers import AutoModelForSequenceClassification
 
     from training.ml.base_model import prepare_base_model
-    from training.ml.reward import load_reward_tokenizer
+    from training.ml.reward_loading import load_reward_tokenizer
 
     prepare_base_model(BASE_MODEL_DIR, convert_smollm2_if_missing=True)
     if (REWARD_DIR / "config.json").is_file():
@@ -65,7 +65,7 @@ def prepare_reward_model() -> None:
 def run_prefloop(args) -> dict:
     from training.ml.loading import PolicyStart
     from training.ml.methods import TrainingInputs, method_named
-    from training.ml.reward import RewardModelRef
+    from training.ml.reward_scoring import RewardModelRef
 
     # The settings of the plain-TRL run below, so the ratio compares the glue only.
     ppo = method_named("ppo")
@@ -126,7 +126,7 @@ def evaluate(args) -> dict:
 
     from training.ml.generation import SamplingConfig, iter_sample_batches
     from training.ml.loading import load_policy
-    from training.ml.reward import RewardScorer
+    from training.ml.reward_scoring import RewardScorer
 
     held_out = prompts(args.prompts + args.eval_prompts)[args.prompts:]
     scorer = RewardScorer.load(BASE_MODEL_DIR, REWARD_DIR, 0.0, 1.0)

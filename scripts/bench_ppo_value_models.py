@@ -44,7 +44,7 @@ def main() -> int:
     from training.ml.keyword_world import PROMPTS, build_keyword_world, keyword_samples
     from training.ml.loading import PolicyStart
     from training.ml.methods import TrainingInputs, method_named
-    from training.ml.reward import RewardModelRef, RewardScorer
+    from training.ml.reward_scoring import RewardModelRef, RewardScorer
 
     shutil.rmtree(WORK, ignore_errors=True)
     world = build_keyword_world(WORK, load_gguf_tokenizer(smollm2_gguf_path()))

@@ -13,7 +13,7 @@ which function they will ask about, other turns follow, and the last question on
 back to it ("the function I said I'd ask about"). An input cut from the left past
 max_length loses exactly what the judgement needs; one read whole keeps it.
 
-Each arm trains one reward model with training/ml/reward.py, as the app does, in its own
+Each arm trains one reward model with training/ml/reward_training.py, as the app does, in its own
 process, on the same training pairs; CPU time, wall time and peak memory are those of that
 process. Arms are compared on a validation split; the defaults are picked there. The test
 split is scored only to report the picked configs, with 95% bootstrap intervals.
@@ -51,7 +51,7 @@ SECTION = "## Reward-model quality study (issue 13 item 5)"
 WORK_DIR = ROOT / "var" / "study-rm"
 PLOT = ROOT / "docs" / "reward-model-study.png"
 
-# Each arm changes the default config (training/ml/reward.py RewardTrainingConfig) in one
+# Each arm changes the default config (training/ml/reward_training.py RewardTrainingConfig) in one
 # respect; "seed 1"/"seed 2" repeat the default to show how much a seed alone moves it.
 ARMS: dict[str, dict] = {
     "default (LoRA r=16 all-linear, 1 epoch, lr 1e-4)": {},
@@ -118,7 +118,7 @@ def build_pairs(count: int, rng: random.Random, topics: dict[str, list[tuple[str
     module (context the judgement does not need, as in long real dialogs). With `recall`,
     the function the last question is about is named only in the first turn, and those
     other turns come between it and the last question."""
-    from training.ml.reward import PreferencePair
+    from training.ml.preference_pairs import PreferencePair
 
     modules = sorted(topics)
     pairs = []
@@ -210,8 +210,8 @@ def score_pairs(model, tokenizer, heads, trained_head, keep_last, pairs) -> dict
     """Outcomes of the published head, of the head TRL trained (when a head fitted after
     training replaced it) and of the bootstrap ensemble's mean, reading inputs as the
     app's scorer does (`keep_last`: left truncation)."""
-    from training.ml.reward import score_features
-    from training.ml.reward_features import chosen_texts, rejected_texts
+    from training.ml.preference_pairs import chosen_texts, rejected_texts
+    from training.ml.reward_scoring import score_features
 
     reward_c, feat_c = score_features(model, tokenizer, chosen_texts(pairs), keep_last=keep_last)
     reward_r, feat_r = score_features(model, tokenizer, rejected_texts(pairs), keep_last=keep_last)
@@ -226,8 +226,8 @@ def score_pairs(model, tokenizer, heads, trained_head, keep_last, pairs) -> dict
 def load_arm(arm: str, base: Path, args: argparse.Namespace):
     import torch
 
-    from training.ml.reward import ENSEMBLE_FILE, HEAD_FILE, input_limit, load_reward_model
     from training.ml.reward_features import FEATURES_FILE
+    from training.ml.reward_loading import ENSEMBLE_FILE, HEAD_FILE, input_limit, load_reward_model
 
     folder = arm_dir(arm, args)
     model, tokenizer = load_reward_model(base, folder, torch.device("cpu"))
@@ -240,7 +240,7 @@ def load_arm(arm: str, base: Path, args: argparse.Namespace):
 def run_arm(arm: str, args: argparse.Namespace, out_json: Path) -> None:
     """In the child process: train the arm's reward model and score the validation split."""
     from training.ml.base_model import prepare_base_model
-    from training.ml.reward import RewardTrainingConfig, train_reward_model
+    from training.ml.reward_training import RewardTrainingConfig, train_reward_model
 
     train, val, _ = build_task(args.train_pairs, args.val_pairs, args.test_pairs, history_turns=args.history_turns,
                                recall=args.recall)
@@ -289,7 +289,7 @@ def reward_input_ids(pairs, base_model_dir: str) -> tuple[object, list[tuple[lis
     """(tokenizer, per pair its chosen and rejected inputs as the reward model reads them)."""
     from transformers import AutoTokenizer
 
-    from training.ml.reward_features import chosen_texts, rejected_texts
+    from training.ml.preference_pairs import chosen_texts, rejected_texts
     from training.ml.tokens import reward_inputs
 
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)

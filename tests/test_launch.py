@@ -18,7 +18,7 @@ import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 
 from training.ml.launch import LaunchConfig, LaunchError, follow_lines, pair_from_dict, run_launched, stop
-from training.ml.reward import PreferencePair
+from training.ml.preference_pairs import PreferencePair
 
 CONFIGS = Path(__file__).resolve().parents[1] / "deploy" / "accelerate"
 

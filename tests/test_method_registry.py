@@ -18,7 +18,7 @@ from training.ml.methods import METHODS, PAIRS, PROMPTS, REWARD_MODEL, method_na
 from training.ml.methods.best_of_n import best_answers
 from training.ml.methods.cli import parser_for
 from training.ml.methods.sft_chosen import chosen_answers
-from training.ml.reward import PreferencePair
+from training.ml.preference_pairs import PreferencePair
 from training.ml.reward_function import answer_ids
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,7 +125,7 @@ def tiny_reward_model(tmp_path_factory, tiny_model_dir) -> Path:
     """A tiny reward model with a random score head, saved as a full model."""
     from transformers import AutoModelForSequenceClassification
 
-    from training.ml.reward import load_reward_tokenizer
+    from training.ml.reward_loading import load_reward_tokenizer
 
     tokenizer = load_reward_tokenizer(tiny_model_dir)
     torch.manual_seed(0)
@@ -142,8 +142,8 @@ def test_trl_methods_get_the_same_reward_the_app_scores_with(tiny_model_dir, tin
     best-of-N score stored answers with RewardScorer. Same answer, same number: else the
     policy would climb a different reward than the one reported."""
     from training.ml.loading import load_tokenizer
-    from training.ml.reward import RewardModelRef, RewardScorer
     from training.ml.reward_function import RewardModelFunction
+    from training.ml.reward_scoring import RewardModelRef, RewardScorer
 
     tokenizer = load_tokenizer(tiny_model_dir)
     ref = RewardModelRef(tiny_model_dir, tiny_reward_model, mean=0.3, std=2.0)

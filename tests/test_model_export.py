@@ -22,7 +22,8 @@ from django.urls import reverse
 from tests.test_reward_model_ml import marker_pairs
 from training.ml.export import MANIFEST
 from training.ml.loading import load_policy
-from training.ml.reward import HEAD_FILE, RewardTrainingConfig, load_reward_model, train_reward_model
+from training.ml.reward_loading import HEAD_FILE, load_reward_model
+from training.ml.reward_training import RewardTrainingConfig, train_reward_model
 from training.models import PolicyVersion, RewardModelVersion
 from training.services.exports import policy_export, reward_model_export
 

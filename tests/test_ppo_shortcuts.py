@@ -19,7 +19,7 @@ from trl.experimental.utils import get_reward
 from training.ml.loading import PolicyStart
 from training.ml.methods import TrainingInputs, ppo
 from training.ml.methods.ppo import FeatureHeadCritic, PPOConfig, critic, response_logits_only
-from training.ml.reward import RewardModelRef
+from training.ml.reward_scoring import RewardModelRef
 
 pytestmark = pytest.mark.slow
 
@@ -174,7 +174,7 @@ def test_inside_trls_ppo_a_left_truncating_reward_model_reads_only_its_window(ti
 
     from transformers import AutoTokenizer
 
-    from training.ml.reward import CONFIG_FILE
+    from training.ml.reward_loading import CONFIG_FILE
     from training.ml.tokens import prompt_input_ids
 
     limit = 10

@@ -11,18 +11,12 @@ import torch
 from safetensors.torch import load_file
 
 from training.ml.configs import ConfigError, config_from_dict
-from training.ml.reward import (
-    ENSEMBLE_FILE,
-    PreferencePair,
-    RewardScorer,
-    RewardTrainingConfig,
-    grouped_batches,
-    is_heldout,
-    split_heldout,
-    train_reward_model,
-)
+from training.ml.preference_pairs import PreferencePair, is_heldout, split_heldout
 from training.ml.reward_features import FeatureStore, last_scored_positions, write_features
 from training.ml.reward_heads import ensemble_disagreement, fit_bootstrap_heads
+from training.ml.reward_loading import ENSEMBLE_FILE
+from training.ml.reward_scoring import RewardScorer
+from training.ml.reward_training import RewardTrainingConfig, grouped_batches, train_reward_model
 
 WORDS = "the a river stone cloud quick slow green bright table window music paper".split()
 
@@ -154,10 +148,7 @@ def test_the_feature_store_embeds_each_answer_once_by_its_content(tmp_path):
 def test_answers_longer_than_max_length_are_remembered_not_embedded(tiny_model_dir, tmp_path):
     """One very long answer would need tens of GB of attention to score; like TRL's
     training, the feature store leaves it out, and remembers that across files."""
-    from training.ml.reward import (
-        load_reward_backbone,
-        load_reward_tokenizer,
-    )
+    from training.ml.reward_loading import load_reward_backbone, load_reward_tokenizer
 
     tokenizer = load_reward_tokenizer(tiny_model_dir)
     model = load_reward_backbone(tiny_model_dir, tokenizer, torch.device("cpu")).eval()
@@ -193,8 +184,9 @@ def test_a_full_retrain_publishes_the_head_fitted_on_its_features(tiny_model_dir
     it has; the version publishes the Bradley–Terry head fitted on them (the one every
     loader scores with), keeps the trained head in its features file as the anchor of
     its refits, and reports the trained head's held-out accuracy next to its own."""
-    from training.ml.reward import HEAD_FILE, load_reward_model
-    from training.ml.reward_features import FEATURES_FILE, chosen_texts, rejected_texts
+    from training.ml.preference_pairs import chosen_texts, rejected_texts
+    from training.ml.reward_features import FEATURES_FILE
+    from training.ml.reward_loading import HEAD_FILE, load_reward_model
 
     pairs = marker_pairs(160)
     short = RewardTrainingConfig(learning_rate=1e-3, epochs=0.5, heldout_fraction=0.25, ensemble_size=0)
@@ -227,8 +219,9 @@ def test_left_truncation_keeps_long_dialogs_and_scores_them_as_it_trained(tiny_m
     answer, and every scorer of that version cuts inputs the same way."""
     from dataclasses import replace
 
-    from training.ml.reward import input_limit, score_features
     from training.ml.reward_features import score_token_ids
+    from training.ml.reward_loading import input_limit
+    from training.ml.reward_scoring import score_features
     from training.ml.tokens import reward_inputs
 
     history = [{"role": "user", "content": "tell me about rivers and stones " * 12},
@@ -253,8 +246,8 @@ def test_left_truncation_keeps_long_dialogs_and_scores_them_as_it_trained(tiny_m
     whole, _ = score_features(scorer.model, scorer.tokenizer, long_samples)
     assert not torch.allclose(whole, as_trained, atol=1e-3)
     # GRPO/RLOO/online DPO's reward function cuts the same way.
-    from training.ml.reward import RewardModelRef
     from training.ml.reward_function import RewardModelFunction
+    from training.ml.reward_scoring import RewardModelRef
     from training.ml.tokens import answer_input_ids, prompt_input_ids
 
     function = RewardModelFunction(RewardModelRef(tiny_model_dir, tmp_path / "left"), scorer.tokenizer)
@@ -270,7 +263,7 @@ def test_left_truncation_keeps_long_dialogs_and_scores_them_as_it_trained(tiny_m
     from trl.experimental.utils import get_reward
 
     from training.ml.methods.ppo import PPOConfig, critic, read_last_tokens
-    from training.ml.reward import normalized_reward_model
+    from training.ml.reward_scoring import normalized_reward_model
 
     pad = scorer.tokenizer.pad_token_id
     queries = [prompt_input_ids(scorer.tokenizer, prompt) for prompt, _ in long_samples]

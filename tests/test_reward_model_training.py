@@ -13,8 +13,8 @@ from labeling.models import Label
 from labeling.services import LabelInput
 from tests.test_reward_model_ml import marker_pairs
 from training import services
-from training.ml.reward import ENSEMBLE_FILE
 from training.ml.reward_features import FEATURES_FILE
+from training.ml.reward_loading import ENSEMBLE_FILE
 from training.models import Job, RewardModelVersion, Round
 from training.services import reward_models
 
@@ -276,8 +276,9 @@ def test_a_refit_embeds_only_new_answers_and_ranks_the_oracles_pairs(marker_labe
     features, runs only the new labels' answers through it, and publishes a version that
     the ordinary loader scores exactly as the refit head says; the next full retrain
     still publishes, and refits then start from it."""
-    from training.ml.reward import HEAD_FILE, load_reward_model, score_features
     from training.ml.reward_features import FeatureStore
+    from training.ml.reward_loading import HEAD_FILE, load_reward_model
+    from training.ml.reward_scoring import score_features
     from training.services.reward_models import run_reward_refit_job
 
     marker_labels(120)

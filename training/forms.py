@@ -13,7 +13,7 @@ from django.conf import settings
 from training.ml.base_model import is_hf_model_dir
 from training.ml.configs import FieldSpec, field_specs
 from training.ml.methods import METHODS, method_named
-from training.ml.reward import RewardTrainingConfig
+from training.ml.reward_training import RewardTrainingConfig
 from training.models import PolicyVersion, Run
 from training.recipes import RECIPES
 from training.services.evaluation import lineage_versions

@@ -16,6 +16,7 @@ import inspect
 import textwrap
 import types
 import typing
+from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any, Literal
 
@@ -139,6 +140,33 @@ def config_from_dict(config_class: type, values: dict[str, Any], strict: bool = 
 
 def config_to_dict(config) -> dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+SettingNames = Mapping[str, str]
+"""Config field → the name of the deployment setting (prefloop/settings.py, read from the
+environment) that gives the field its default for a new run. Names only: the ML code
+never reads Django's settings; the training app looks the names up (training/services/
+runs.py). A name written "not NAME" gives a bool field the opposite of the setting."""
+
+
+def values_from_settings(config_class: type, names: SettingNames, read: Callable[[str], Any]) -> dict[str, Any]:
+    """The config values the named settings give, `read(name)` looking a setting up.
+    Settings come from environment variables, which cannot say None: for a field that
+    may be None, a setting of 0 means None (PREFLOOP_PPO_EPISODES=0: one episode per
+    prompt, PREFLOOP_RM_LEARNING_RATE=0: the learning rate picked for LoRA or not)."""
+    specs = {spec.name: spec for spec in field_specs(config_class)}
+    values = {}
+    for name, setting in names.items():
+        if name not in specs:
+            raise ConfigError(f"{config_class.__name__} has no field {name!r} for the setting {setting}")
+        negated = setting.startswith("not ")
+        value = read(setting.removeprefix("not "))
+        if negated:
+            if specs[name].kind is not bool:
+                raise ConfigError(f"{name}: only a bool field can take the opposite of a setting ({setting})")
+            value = not value
+        values[name] = None if specs[name].optional and value == 0 and not isinstance(value, bool) else value
+    return values
 
 
 def require(condition: bool, message: str) -> None:

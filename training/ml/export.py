@@ -66,7 +66,7 @@ def export_reward_model(base_model_dir: Path | str, weights_dir: Path | str, out
                         about: dict | None = None) -> Path:
     """Write a reward model version merged into a plain sequence-classification
     directory, its normalization in config.json."""
-    from training.ml.reward import input_limit, load_reward_model
+    from training.ml.reward_loading import input_limit, load_reward_model
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from training.ml.generation import Sample, SamplingConfig, iter_sample_batches
 from training.ml.loading import load_policy
-from training.ml.reward import PreferencePair, RewardTrainingConfig, RewardTrainingResult, train_reward_model
+from training.ml.preference_pairs import PreferencePair
+from training.ml.reward_training import RewardTrainingConfig, RewardTrainingResult, train_reward_model
 from training.ml.tiny_model import build_tiny_model
 
 PROMPTS = [[{"role": "user", "content": f"Question {i}?"}] for i in range(64)]

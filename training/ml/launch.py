@@ -23,7 +23,7 @@ on this host), the same launch with machine ranks 1…N-1 on the others. The fol
 the job's inputs is beside its output, on the storage every machine shares.
 
 No Django: a worker's job calls `LaunchConfig.train_method` / `train_reward_model` in
-place of `Method.train` / `reward.train_reward_model`.
+place of `Method.train` / `reward_training.train_reward_model`.
 """
 
 from __future__ import annotations
@@ -44,14 +44,10 @@ from pathlib import Path
 from training.ml.configs import config_from_dict, config_to_dict
 from training.ml.loading import PolicyStart
 from training.ml.methods.base import Method, TrainingInputs, TrainingResult
+from training.ml.preference_pairs import PreferencePair
 from training.ml.progress import StepReport
-from training.ml.reward import (
-    PreferencePair,
-    RewardModelRef,
-    RewardTrainingConfig,
-    RewardTrainingResult,
-    train_reward_model,
-)
+from training.ml.reward_scoring import RewardModelRef
+from training.ml.reward_training import RewardTrainingConfig, RewardTrainingResult, train_reward_model
 
 INPUTS_FILE, PROGRESS_FILE, RESULT_FILE, LOG_FILE = "inputs.json", "progress.jsonl", "result.json", "launch.log"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

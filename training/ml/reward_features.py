@@ -1,7 +1,8 @@
 """What the score head reads of an answer: (prompt, completion) samples keyed by
 content, their last-layer features computed from token ids in length-sorted batches,
 and the store of them that a full version writes and its head refits reuse
-(training/ml/reward_refit.py). No Django; reward.py trains and scores with these."""
+(training/ml/reward_refit.py). No Django; reward_training.py trains and
+reward_scoring.py scores with these."""
 
 from __future__ import annotations
 
@@ -9,25 +10,14 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
+from training.ml.preference_pairs import PreferencePair, chosen_texts, rejected_texts
 from training.ml.tokens import ScoredText, reward_inputs
-
-if TYPE_CHECKING:
-    from training.ml.reward import PreferencePair
 
 FEATURES_FILE = "features.pt"
 """Score-head features of the answers a version embedded (training/ml/reward_refit.py)."""
-
-
-def chosen_texts(pairs: Sequence[PreferencePair]) -> list[tuple]:
-    return [(p.prompt, p.chosen, p.chosen_ended, p.chosen_ids) for p in pairs]
-
-
-def rejected_texts(pairs: Sequence[PreferencePair]) -> list[tuple]:
-    return [(p.prompt, p.rejected, p.rejected_ended, p.rejected_ids) for p in pairs]
 
 
 @torch.inference_mode()

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 
 import torch
 
-from training.ml.reward import RewardModelRef, input_limit, load_reward_model
 from training.ml.reward_features import keep_last_tokens, score_token_ids
+from training.ml.reward_loading import input_limit, load_reward_model
+from training.ml.reward_scoring import RewardModelRef
 from training.ml.tokens import prompt_input_ids
 
 

@@ -1,6 +1,6 @@
 """Linear Bradley–Terry heads on a reward model's features: the head a refit publishes
 (training/ml/reward_refit.py) and the bootstrap ensemble that ranks comparisons for
-active query selection. Plain torch; the features come from training/ml/reward.py."""
+active query selection. Plain torch; the features come from training/ml/reward_features.py."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The fast reward-model path: a new version in seconds by refitting only the score head.
 
-A full retrain (training/ml/reward.py) trains the LoRA adapter and head on every pair and
+A full retrain (training/ml/reward_training.py) trains the LoRA adapter and head on every pair and
 costs minutes that grow with the dataset. Between full retrains, a new label reaches a
 published version this way instead:
 
@@ -37,21 +37,17 @@ from pathlib import Path
 import torch
 
 from training.ml.loading import ARTIFACT_FILE
+from training.ml.preference_pairs import PreferencePair, chosen_texts, rejected_texts, split_heldout
 from training.ml.progress import StepReport
-from training.ml.reward import (
-    CONFIG_FILE,
-    ENSEMBLE_FILE,
-    HEAD_FILE,
-    PreferencePair,
+from training.ml.reward_features import FEATURES_FILE, FeatureStore, write_features
+from training.ml.reward_loading import CONFIG_FILE, ENSEMBLE_FILE, HEAD_FILE, load_reward_model
+from training.ml.reward_training import (
     RewardTrainingConfig,
     RewardTrainingResult,
     evaluate_head,
     fit_head_on_pairs,
     headline_accuracy,
-    load_reward_model,
-    split_heldout,
 )
-from training.ml.reward_features import FEATURES_FILE, FeatureStore, chosen_texts, rejected_texts, write_features
 from training.ml.tokens import ScoredText
 
 # Files of the backbone's folder that describe the backbone itself, not the model a

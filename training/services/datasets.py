@@ -22,7 +22,7 @@ from django.db import IntegrityError, transaction
 
 from labeling.models import ImportedPair, PreferenceDataset, conversation_hash
 from labeling.preference_datasets import ImportSuperseded, PreferenceFileError, fail_import, import_dataset
-from training.ml.reward import PreferencePair
+from training.ml.preference_pairs import PreferencePair
 from training.models import Job, Run, RunDataset
 from training.services.jobs import enqueue_on_commit, job_type
 

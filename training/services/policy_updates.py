@@ -16,7 +16,7 @@ from labeling.models import Prompt
 from training.ml.configs import config_to_dict
 from training.ml.loading import PolicyStart
 from training.ml.methods import PAIRS, PROMPTS, REWARD_MODEL, TrainingInputs, method_named
-from training.ml.reward import RewardModelRef
+from training.ml.reward_scoring import RewardModelRef
 from training.models import Job, PolicyVersion, RewardModelVersion, Round, Run, json_safe
 from training.services.artifacts import publish_artifact
 from training.services.datasets import FOR_METHODS, dataset_pairs, pinned_datasets

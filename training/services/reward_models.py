@@ -24,9 +24,11 @@ from django.utils import timezone
 
 from labeling.models import Comparison, ComparisonItem, Completion, Label, implied_pairs
 from training.ml.configs import config_from_dict, config_to_dict
-from training.ml.reward import PreferencePair, RewardScorer, RewardTrainingConfig
+from training.ml.preference_pairs import PreferencePair
 from training.ml.reward_features import FEATURES_FILE
 from training.ml.reward_refit import refit_reward_head
+from training.ml.reward_scoring import RewardScorer
+from training.ml.reward_training import RewardTrainingConfig
 from training.models import EvaluationPrompt, Job, PolicyVersion, RewardModelVersion, Run, json_safe
 from training.services.artifacts import publish_artifact
 from training.services.datasets import FOR_REWARD_MODEL, dataset_pairs, has_dataset_pairs, pinned_datasets

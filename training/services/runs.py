@@ -19,9 +19,9 @@ from django.db.models import Max
 
 from labeling.models import Label
 from training.ml.base_model import BaseModelError, prepare_base_model
-from training.ml.configs import ConfigError, config_from_dict, config_to_dict
+from training.ml.configs import ConfigError, SettingNames, config_from_dict, config_to_dict, values_from_settings
 from training.ml.methods import method_named
-from training.ml.reward import RewardTrainingConfig
+from training.ml.reward_training import RewardTrainingConfig
 from training.models import PolicyVersion, RewardModelVersion, Run
 from training.recipes import recipe_named
 
@@ -34,31 +34,20 @@ class RunError(ValueError):
     """A run cannot be created or changed like that; the message says why."""
 
 
+def deployment_defaults(config_class: type, names: SettingNames) -> dict:
+    """A config as a new run gets it: the dataclass defaults, with the fields that the
+    config (or its method's registry entry) names a setting for taken from that setting."""
+    values = values_from_settings(config_class, names, lambda name: getattr(settings, name))
+    return config_to_dict(config_from_dict(config_class, values))
+
+
 def method_defaults(method: str) -> dict:
-    """A method's config as a new run gets it: the dataclass defaults, with the PPO
-    environment variables applied to PPO (they remain the deployment's defaults)."""
-    overrides = {}
-    if method == "ppo":
-        overrides = {
-            "batch_size": settings.PREFLOOP_PPO_BATCH_SIZE,
-            "response_length": settings.PREFLOOP_PPO_RESPONSE_LENGTH,
-            "total_episodes": settings.PREFLOOP_PPO_EPISODES or None,
-            "learning_rate": settings.PREFLOOP_PPO_LEARNING_RATE,
-            "kl_coef": settings.PREFLOOP_PPO_KL_COEF,
-            "reference": settings.PREFLOOP_PPO_REFERENCE,
-        }
-    return config_to_dict(method_named(method).config(overrides))
+    entry = method_named(method)
+    return deployment_defaults(entry.config_class, entry.deployment_defaults)
 
 
 def reward_defaults() -> dict:
-    return config_to_dict(RewardTrainingConfig(
-        use_lora=not settings.PREFLOOP_RM_FULL_FINETUNE,
-        learning_rate=settings.PREFLOOP_RM_LEARNING_RATE or None,
-        epochs=settings.PREFLOOP_RM_EPOCHS,
-        batch_size=settings.PREFLOOP_RM_BATCH_SIZE,
-        ensemble_size=settings.PREFLOOP_RM_ENSEMBLE_SIZE,
-        refit_every_labels=settings.PREFLOOP_RM_REFIT_EVERY_LABELS,
-    ))
+    return deployment_defaults(RewardTrainingConfig, RewardTrainingConfig.DEPLOYMENT_DEFAULTS)
 
 
 def default_settings(method: str = "ppo") -> dict:

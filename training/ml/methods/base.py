@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.ml.configs import config_from_dict, require
+from training.ml.configs import SettingNames, config_from_dict, require
 from training.ml.loading import (
     PolicyStart,
     load_tokenizer,
@@ -19,8 +19,9 @@ from training.ml.loading import (
     seed_everything,
     trainable_policy,
 )
+from training.ml.preference_pairs import PreferencePair
 from training.ml.progress import StepReport
-from training.ml.reward import PreferencePair, RewardModelRef
+from training.ml.reward_scoring import RewardModelRef
 
 REWARD_MODEL, PAIRS, PROMPTS = "reward_model", "pairs", "prompts"
 
@@ -61,8 +62,9 @@ class Curve:
 @dataclass(frozen=True)
 class Method:
     """A registry entry: the method's name, what it needs, how its config looks, which
-    curves its pages draw, and its training function (which imports TRL only when
-    called, so reading the registry in the web process stays light)."""
+    curves its pages draw, its training function (which imports TRL only when called,
+    so reading the registry in the web process stays light), and which deployment
+    settings give its config's defaults for a new run."""
 
     name: str
     title: str
@@ -71,6 +73,10 @@ class Method:
     needs: frozenset[str]
     curves: tuple[Curve, ...]
     trainer: Callable[[TrainingInputs, Path, Any, StepReport | None], TrainingResult]
+    deployment_defaults: SettingNames = field(default_factory=dict, hash=False)
+    """Config field → the setting that supplies its default for a new run (names only;
+    see training/ml/configs.py `values_from_settings`). Fields not named keep the
+    dataclass defaults."""
 
     def config(self, values: dict[str, Any] | None = None, strict: bool = True):
         """A validated config from plain values; missing fields take their defaults."""

@@ -29,7 +29,7 @@ from training.ml.methods.base import (
 from training.ml.methods.cli import run_cli
 from training.ml.methods.supervised import Example, fine_tune
 from training.ml.progress import StepReport
-from training.ml.reward import RewardScorer
+from training.ml.reward_scoring import RewardScorer
 
 
 @dataclass

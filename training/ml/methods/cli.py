@@ -20,7 +20,8 @@ from pathlib import Path
 from training.ml.configs import add_config_arguments, config_from_arguments, config_to_dict
 from training.ml.loading import PolicyStart, configure_torch_threads, read_artifact_manifest
 from training.ml.methods.base import PAIRS, PROMPTS, REWARD_MODEL, Method, TrainingInputs
-from training.ml.reward import PreferencePair, RewardModelRef
+from training.ml.preference_pairs import PreferencePair
+from training.ml.reward_scoring import RewardModelRef
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -24,8 +24,8 @@ from training.ml.methods.base import (
     train_and_save,
 )
 from training.ml.methods.cli import run_cli
+from training.ml.preference_pairs import PreferencePair
 from training.ml.progress import StepReport, report_steps
-from training.ml.reward import PreferencePair
 from training.ml.tokens import answer_input_ids, prompt_input_ids
 
 METRIC_NAMES = {"rewards/margins": "margin", "rewards/accuracies": "accuracy", "rewards/chosen": "chosen_reward",

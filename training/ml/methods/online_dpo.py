@@ -24,14 +24,11 @@ from training.ml.methods.base import (
     Method,
     TrainingInputs,
     TrainingResult,
-    renamed,
     require_adapter_fields,
-    set_up,
-    train_and_save,
 )
 from training.ml.methods.cli import run_cli
-from training.ml.progress import StepReport, report_steps
-from training.ml.reward_function import RewardModelFunction
+from training.ml.methods.sampling_trainers import train_sampling_method
+from training.ml.progress import StepReport
 
 METRIC_NAMES = {"objective/scores": "reward", "objective/scores_margin": "reward_margin", "objective/kl": "kl",
                 "rewards/margins": "margin", "rewards/accuracies": "accuracy", "val/contain_eos_token": "ended_share"}
@@ -90,29 +87,25 @@ def reference_model(inputs: TrainingInputs, config: OnlineDPOConfig, device):
 
 def train(inputs: TrainingInputs, out_dir: Path, config: OnlineDPOConfig,
           on_step: StepReport | None = None) -> TrainingResult:
-    from datasets import Dataset
+    """Online DPO's own part: its trainer (from trl.experimental), its arguments, the
+    missing-EOS penalty left to TRL (it penalizes before comparing the two answers, so
+    our reward function adds none), and its reference passed in (`reference_model`)."""
     from trl.experimental.online_dpo import OnlineDPOConfig as TRLConfig
     from trl.experimental.online_dpo import OnlineDPOTrainer
 
-    setup = set_up(inputs.start, out_dir, seed=config.seed, lora_r=config.lora_r, lora_alpha=config.lora_alpha)
-    reward = RewardModelFunction(inputs.reward_model, setup.tokenizer, 0.0, setup.device)  # TRL applies the EOS penalty
-    args = TRLConfig(
-        **setup.arguments,
-        per_device_train_batch_size=config.prompts_per_step, num_train_epochs=config.epochs,
-        max_new_tokens=config.max_new_tokens, max_length=config.max_length, temperature=config.temperature,
-        learning_rate=config.learning_rate, beta=config.beta, loss_type=config.loss_type,
-        missing_eos_penalty=config.missing_eos_penalty,
+    return train_sampling_method(
+        inputs, out_dir, config, on_step, method="online_dpo", trainer_class=OnlineDPOTrainer,
+        trl_config_class=TRLConfig,
+        trl_arguments=dict(
+            per_device_train_batch_size=config.prompts_per_step, num_train_epochs=config.epochs,
+            max_new_tokens=config.max_new_tokens, max_length=config.max_length, temperature=config.temperature,
+            learning_rate=config.learning_rate, beta=config.beta, loss_type=config.loss_type,
+            missing_eos_penalty=config.missing_eos_penalty,
+        ),
+        metric_names=METRIC_NAMES, reward_penalty=0.0,
+        examples_per_step=config.prompts_per_step, examples_name="pairs_sampled",
+        reference_model=lambda device: reference_model(inputs, config, device),
     )
-    history: list[dict] = []
-    trainer = OnlineDPOTrainer(
-        model=setup.policy, ref_model=reference_model(inputs, config, setup.device), reward_funcs=reward, args=args,
-        processing_class=setup.tokenizer, peft_config=setup.peft_config,
-        train_dataset=Dataset.from_dict({"prompt": list(inputs.prompts)}),
-        callbacks=[report_steps(history, on_step, renamed("online_dpo", METRIC_NAMES))],
-    )
-    seconds = train_and_save(trainer, setup, out_dir)
-    pairs = trainer.state.global_step * config.prompts_per_step
-    return TrainingResult(history, seconds, pairs, {"pairs_sampled": pairs})
 
 
 METHOD = Method(

@@ -41,7 +41,8 @@ from training.ml.methods.base import (
 )
 from training.ml.methods.cli import run_cli
 from training.ml.progress import StepReport, report_steps
-from training.ml.reward import input_limit, normalized_reward_model
+from training.ml.reward_loading import input_limit
+from training.ml.reward_scoring import normalized_reward_model
 from training.ml.tokens import prompt_input_ids
 
 log = logging.getLogger(__name__)
@@ -335,6 +336,16 @@ METHOD = Method(
             Curve("ppo/kl", "KL to the reference (nats per response)"),
             Curve("ppo/entropy", "Entropy (nats per response)")),
     trainer=train,
+    # PPO was the first method, and the deployment's PREFLOOP_PPO_* variables still
+    # set its defaults (README, "Configuration"); the other methods start from their dataclasses.
+    deployment_defaults={
+        "batch_size": "PREFLOOP_PPO_BATCH_SIZE",
+        "response_length": "PREFLOOP_PPO_RESPONSE_LENGTH",
+        "total_episodes": "PREFLOOP_PPO_EPISODES",
+        "learning_rate": "PREFLOOP_PPO_LEARNING_RATE",
+        "kl_coef": "PREFLOOP_PPO_KL_COEF",
+        "reference": "PREFLOOP_PPO_REFERENCE",
+    },
 )
 
 

@@ -20,15 +20,11 @@ from training.ml.methods.base import (
     Method,
     TrainingInputs,
     TrainingResult,
-    adopt_reference,
-    renamed,
     require_adapter_fields,
-    set_up,
-    train_and_save,
 )
 from training.ml.methods.cli import run_cli
-from training.ml.progress import StepReport, report_steps
-from training.ml.reward_function import RewardModelFunction
+from training.ml.methods.sampling_trainers import train_sampling_method
+from training.ml.progress import StepReport
 
 METRIC_NAMES = {"reward": "reward", "kl": "kl", "entropy": "entropy", "completions/mean_length": "length",
                 "completions/clipped_ratio": "cut_off_share"}
@@ -75,29 +71,22 @@ class RLOOConfig:
 
 def train(inputs: TrainingInputs, out_dir: Path, config: RLOOConfig,
           on_step: StepReport | None = None) -> TrainingResult:
-    from datasets import Dataset
+    """RLOO's own part: its trainer and the arguments its config maps to. Our reward
+    function applies the missing-EOS penalty; the KL reference is TRL's (see
+    adopt_reference)."""
     from trl import RLOOConfig as TRLConfig
     from trl import RLOOTrainer
 
-    setup = set_up(inputs.start, out_dir, seed=config.seed, lora_r=config.lora_r, lora_alpha=config.lora_alpha)
-    reward = RewardModelFunction(inputs.reward_model, setup.tokenizer, config.missing_eos_penalty, setup.device)
-    args = TRLConfig(
-        **setup.arguments,
-        per_device_train_batch_size=config.batch_size, num_generations=config.num_generations,
-        num_train_epochs=config.epochs, max_completion_length=config.max_completion_length,
-        temperature=config.temperature, learning_rate=config.learning_rate, beta=config.beta,
+    return train_sampling_method(
+        inputs, out_dir, config, on_step, method="rloo", trainer_class=RLOOTrainer, trl_config_class=TRLConfig,
+        trl_arguments=dict(
+            per_device_train_batch_size=config.batch_size, num_generations=config.num_generations,
+            num_train_epochs=config.epochs, max_completion_length=config.max_completion_length,
+            temperature=config.temperature, learning_rate=config.learning_rate, beta=config.beta,
+        ),
+        metric_names=METRIC_NAMES, reward_penalty=config.missing_eos_penalty,
+        examples_per_step=config.batch_size, examples_name="answers_sampled",
     )
-    history: list[dict] = []
-    trainer = RLOOTrainer(
-        model=setup.policy, reward_funcs=reward, args=args, processing_class=setup.tokenizer,
-        peft_config=setup.peft_config,
-        train_dataset=Dataset.from_dict({"prompt": list(inputs.prompts)}),
-        callbacks=[report_steps(history, on_step, renamed("rloo", METRIC_NAMES))],
-    )
-    adopt_reference(trainer, config.reference)
-    seconds = train_and_save(trainer, setup, out_dir)
-    answers = trainer.state.global_step * config.batch_size
-    return TrainingResult(history, seconds, answers, {"answers_sampled": answers})
 
 
 METHOD = Method(

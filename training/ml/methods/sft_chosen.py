@@ -16,8 +16,8 @@ from training.ml.configs import require
 from training.ml.methods.base import PAIRS, Curve, Method, TrainingInputs, TrainingResult, require_adapter_fields
 from training.ml.methods.cli import run_cli
 from training.ml.methods.supervised import Example, fine_tune
+from training.ml.preference_pairs import PreferencePair
 from training.ml.progress import StepReport
-from training.ml.reward import PreferencePair
 
 
 @dataclass

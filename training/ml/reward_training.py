@@ -1,42 +1,38 @@
-"""Reward models: a Bradley–Terry scorer of (prompt, completion) trained on human
-preferences with TRL's RewardTrainer, LoRA on the base backbone by default.
+"""Training a reward model version: a Bradley–Terry scorer of (prompt, completion)
+trained on human preferences with TRL's RewardTrainer, LoRA on the base backbone by
+default, then its score head fitted on the trained backbone's features, held-out
+accuracy, normalization and the bootstrap ensemble measured from those features.
 
 Plain functions and dataclasses, no Django: the web app turns labels into
-`PreferencePair`s and calls `train_reward_model`; a test or a CLI can do the same.
+`PreferencePair`s and calls `train_reward_model`; a test or a script can do the same.
+What a version's folder holds and how it loads is training/ml/reward_loading.py;
+scoring with one is training/ml/reward_scoring.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
-from training.ml.configs import require
-from training.ml.loading import pick_device
+from training.ml.configs import SettingNames, require
+from training.ml.preference_pairs import PreferencePair, chosen_texts, rejected_texts, split_heldout
 from training.ml.progress import StepReport, report_steps
-from training.ml.reward_features import (
-    FEATURES_FILE,
-    FeatureStore,
-    chosen_texts,
-    keep_last_tokens,
-    rejected_texts,
-    score_token_ids,
-    write_features,
+from training.ml.reward_features import FEATURES_FILE, FeatureStore, keep_last_tokens, write_features
+from training.ml.reward_heads import fit_bootstrap_heads, fit_head
+from training.ml.reward_loading import (
+    CONFIG_FILE,
+    ENSEMBLE_FILE,
+    HEAD_FILE,
+    load_reward_backbone,
+    load_reward_tokenizer,
 )
-from training.ml.reward_heads import ensemble_disagreement, fit_bootstrap_heads, fit_head
-from training.ml.tokens import ScoredText, reward_inputs, use_distinct_pad
-
-CONFIG_FILE = "prefloop_reward_config.json"
-ENSEMBLE_FILE = "ensemble_heads.pt"
-HEAD_FILE = "score_head.pt"
-"""The score head a version publishes when it is not the one TRL trained (a head fit
-after training, or a refit), applied over the backbone's when loading."""
+from training.ml.tokens import ScoredText, reward_inputs
 
 
 @dataclass
@@ -82,6 +78,17 @@ class RewardTrainingConfig:
     """Between full retrains, publish a version with only the score head refit on cached
     features after this many new labels (seconds, not minutes); 0 = full retrains only."""
 
+    # The deployment's defaults for a new run (names only; training/ml/configs.py
+    # `values_from_settings`): the PREFLOOP_RM_* variables of the README's configuration.
+    DEPLOYMENT_DEFAULTS: ClassVar[SettingNames] = {
+        "use_lora": "not PREFLOOP_RM_FULL_FINETUNE",
+        "learning_rate": "PREFLOOP_RM_LEARNING_RATE",
+        "epochs": "PREFLOOP_RM_EPOCHS",
+        "batch_size": "PREFLOOP_RM_BATCH_SIZE",
+        "ensemble_size": "PREFLOOP_RM_ENSEMBLE_SIZE",
+        "refit_every_labels": "PREFLOOP_RM_REFIT_EVERY_LABELS",
+    }
+
     def validate(self) -> None:
         require(bool(self.lora_target_modules), 'lora_targets: name the layers, separated by commas, or "all-linear"')
 
@@ -107,27 +114,6 @@ class RewardTrainingConfig:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class PreferencePair:
-    """One (chosen, rejected) judgement for a prompt."""
-
-    group: int
-    """The comparison it came from: a K-way ranking gives several pairs of one group."""
-    prompt: list[dict]
-    chosen: str
-    rejected: str
-    strength: int | None = None
-    chosen_ended: bool = True
-    """False when the completion was cut at the length limit (no EOS), as PPO will see it."""
-    rejected_ended: bool = True
-    chosen_ids: tuple[int, ...] | None = None
-    """The answer's tokens as the policy generated them; None for text to tokenize."""
-    rejected_ids: tuple[int, ...] | None = None
-    imported: bool = False
-    """From an imported dataset rather than a person's label here: held-out accuracy is
-    reported for the two apart, since they need not agree."""
-
-
 @dataclass
 class RewardTrainingResult:
     train_pairs: int
@@ -143,20 +129,6 @@ class RewardTrainingResult:
     heldout_accuracy_trained_head: float | None = None
     """A full retrain's held-out accuracy with the head TRL trained, before the head fit
     (`fit_head_after_training`) replaced it; None where no head was fitted."""
-
-
-def is_heldout(group: int, fraction: float) -> bool:
-    """Stable across runs and versions: a comparison held out once is always held out,
-    so accuracy is never measured on pairs an earlier version trained on."""
-    digest = hashlib.sha256(f"prefloop-heldout:{group}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
-
-
-def split_heldout(pairs: Sequence[PreferencePair], fraction: float) -> tuple[list, list]:
-    train, heldout = [], []
-    for pair in pairs:
-        (heldout if is_heldout(pair.group, fraction) else train).append(pair)
-    return train, heldout
 
 
 def grouped_batches(groups: Sequence[int], batch_size: int, seed: int) -> list[list[int]]:
@@ -190,70 +162,6 @@ class GroupedBatchSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return len(grouped_batches(self.groups, self.batch_size, self.seed))
-
-
-def load_reward_tokenizer(base_model_dir: Path | str):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
-    tokenizer.padding_side = "right"  # the score head reads the last token that is not padding
-    return use_distinct_pad(tokenizer)
-
-
-def load_reward_backbone(base_model_dir: Path | str, tokenizer, device: torch.device | None = None):
-    """The base model with a fresh scalar `score` head."""
-    from transformers import AutoModelForSequenceClassification
-
-    model = AutoModelForSequenceClassification.from_pretrained(base_model_dir, num_labels=1, dtype=torch.float32)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    return model.to(device or pick_device())
-
-
-def load_reward_model(base_model_dir: Path | str, weights_dir: Path | str, device: torch.device | None = None):
-    """(model, tokenizer) of a published version, ready to score: a LoRA adapter is
-    merged into the backbone; a fully fine-tuned model is loaded as is."""
-    from transformers import AutoModelForSequenceClassification
-
-    weights_dir = Path(weights_dir)
-    tokenizer = load_reward_tokenizer(base_model_dir)
-    if (weights_dir / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        backbone = load_reward_backbone(base_model_dir, tokenizer, torch.device("cpu"))
-        model = PeftModel.from_pretrained(backbone, weights_dir).merge_and_unload()
-    else:
-        model = AutoModelForSequenceClassification.from_pretrained(weights_dir, num_labels=1, dtype=torch.float32)
-        model.config.pad_token_id = tokenizer.pad_token_id
-    if (weights_dir / HEAD_FILE).is_file():  # a head fitted after training, or a refit's
-        with torch.no_grad():
-            model.score.weight.copy_(torch.load(weights_dir / HEAD_FILE, weights_only=True).reshape(1, -1))
-    return model.to(device or pick_device()).eval(), tokenizer
-
-
-@dataclass(frozen=True)
-class RewardModelRef:
-    """A published reward model as a policy method uses it: its weights and the
-    normalization (mean, std of raw rewards on the initial policy's samples)."""
-
-    base_model_dir: Path
-    weights_dir: Path
-    mean: float = 0.0
-    std: float = 1.0
-
-
-def normalized_reward_model(ref: RewardModelRef, device=None):
-    """The reward model with (r - mean) / std built into its score head, so a trainer
-    that reads `logits` (TRL's PPO) sees normalized rewards without knowing about
-    normalization."""
-    model, _ = load_reward_model(ref.base_model_dir, ref.weights_dir, device)
-    old = model.score  # Linear(hidden, 1, bias=False) on Llama-style classifiers
-    head = torch.nn.Linear(old.in_features, 1, bias=True, dtype=old.weight.dtype, device=old.weight.device)
-    with torch.no_grad():
-        head.weight.copy_(old.weight / ref.std)
-        bias = old.bias if getattr(old, "bias", None) is not None else torch.zeros(1, device=old.weight.device)
-        head.bias.copy_((bias - ref.mean) / ref.std)
-    model.score = head
-    return model
 
 
 def pairs_to_dataset(pairs: Sequence[PreferencePair], tokenizer, strength_margin: float,
@@ -324,7 +232,6 @@ def train_reward_model(
     model) and the config into `out_dir`, and measure held-out accuracy. `out_dir` is
     written only at the end; callers publish it by renaming."""
     from transformers import set_seed
-
 
     set_seed(config.seed)
     if not pairs:
@@ -459,63 +366,3 @@ def save_reward_model(model, tokenizer, out_dir: Path, config: RewardTrainingCon
     (out_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
 
 
-def score_features(
-    model, tokenizer, samples: Sequence[ScoredText], batch_size: int = 16, keep_last: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rewards (n,) and score-head features (n, hidden) of (prompt, completion[, ended])
-    samples, tokenized as PPO hands them to the reward model (the last `keep_last`
-    tokens of each, for a version trained with left truncation)."""
-    return score_token_ids(model, tokenizer.pad_token_id,
-                           keep_last_tokens(reward_inputs(tokenizer, samples), keep_last), batch_size)
-
-
-def score_texts(model, tokenizer, samples: Sequence[ScoredText], batch_size: int = 16,
-                keep_last: int | None = None) -> torch.Tensor:
-    return score_features(model, tokenizer, samples, batch_size, keep_last)[0]
-
-
-def input_limit(weights_dir: Path | str) -> int | None:
-    """How many tokens from its end a published version reads of an input, as it was
-    trained (`RewardTrainingConfig.keep_last`); None: the whole input."""
-    path = Path(weights_dir) / CONFIG_FILE
-    saved = json.loads(path.read_text()) if path.is_file() else {}
-    return saved.get("max_length") if saved.get("truncation") == "left" else None
-
-
-@dataclass
-class RewardScorer:
-    """A published reward model loaded for batch scoring. `score` returns normalized
-    rewards (mean 0, std 1 on the initial policy); `disagreement` ranks comparisons for
-    active query selection."""
-
-    model: object
-    tokenizer: object
-    mean: float
-    std: float
-    heads: torch.Tensor | None
-    keep_last: int | None = None
-    """Left truncation, as the version was trained (`input_limit`)."""
-
-    @classmethod
-    def load(cls, base_model_dir: Path, weights_dir: Path, mean: float, std: float, device=None) -> RewardScorer:
-        model, tokenizer = load_reward_model(base_model_dir, weights_dir, device)
-        heads_file = weights_dir / ENSEMBLE_FILE
-        heads = torch.load(heads_file) if heads_file.is_file() else None
-        return cls(model, tokenizer, mean, std, heads, input_limit(weights_dir))
-
-    def score(self, samples: Sequence[ScoredText], batch_size: int = 16) -> torch.Tensor:
-        """(n,) normalized rewards for (prompt messages, completion) samples."""
-        return (score_texts(self.model, self.tokenizer, samples, batch_size, self.keep_last) - self.mean) / self.std
-
-    def disagreement(self, comparisons: Sequence[Sequence[ScoredText]]) -> list[float]:
-        """One score per comparison (a list of its samples): higher means the ensemble
-        is less sure which completion a person would prefer."""
-        if self.heads is None:
-            raise ValueError("this reward model was trained without an ensemble (ensemble_size=0)")
-        flat = [sample for comparison in comparisons for sample in comparison]
-        _, features = score_features(self.model, self.tokenizer, flat, keep_last=self.keep_last)
-        scores, start = [], 0
-        for comparison in comparisons:
-            scores.append(ensemble_disagreement(self.heads, features[start : start + len(comparison)]))
-            start += len(comparison)
-        return scores

@@ -1,0 +1,70 @@
+"""What a reward model version is on disk and how it loads: the files of a version's
+folder, the reward tokenizer and backbone (the base model with a scalar `score` head),
+and a published version made ready to score. Training (training/ml/reward_training.py)
+writes these folders and the head refit (training/ml/reward_refit.py) derives them;
+scoring (training/ml/reward_scoring.py) reads them. No Django.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from training.ml.loading import pick_device
+from training.ml.tokens import use_distinct_pad
+
+CONFIG_FILE = "prefloop_reward_config.json"
+"""The `RewardTrainingConfig` a version was trained with, as JSON."""
+ENSEMBLE_FILE = "ensemble_heads.pt"
+"""The bootstrap heads (members, hidden) that rank comparisons for query selection."""
+HEAD_FILE = "score_head.pt"
+"""The score head a version publishes when it is not the one TRL trained (a head fit
+after training, or a refit), applied over the backbone's when loading."""
+
+
+def load_reward_tokenizer(base_model_dir: Path | str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    tokenizer.padding_side = "right"  # the score head reads the last token that is not padding
+    return use_distinct_pad(tokenizer)
+
+
+def load_reward_backbone(base_model_dir: Path | str, tokenizer, device: torch.device | None = None):
+    """The base model with a fresh scalar `score` head."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(base_model_dir, num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model.to(device or pick_device())
+
+
+def load_reward_model(base_model_dir: Path | str, weights_dir: Path | str, device: torch.device | None = None):
+    """(model, tokenizer) of a published version, ready to score: a LoRA adapter is
+    merged into the backbone; a fully fine-tuned model is loaded as is."""
+    from transformers import AutoModelForSequenceClassification
+
+    weights_dir = Path(weights_dir)
+    tokenizer = load_reward_tokenizer(base_model_dir)
+    if (weights_dir / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        backbone = load_reward_backbone(base_model_dir, tokenizer, torch.device("cpu"))
+        model = PeftModel.from_pretrained(backbone, weights_dir).merge_and_unload()
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(weights_dir, num_labels=1, dtype=torch.float32)
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if (weights_dir / HEAD_FILE).is_file():  # a head fitted after training, or a refit's
+        with torch.no_grad():
+            model.score.weight.copy_(torch.load(weights_dir / HEAD_FILE, weights_only=True).reshape(1, -1))
+    return model.to(device or pick_device()).eval(), tokenizer
+
+
+def input_limit(weights_dir: Path | str) -> int | None:
+    """How many tokens from its end a published version reads of an input, as it was
+    trained (`RewardTrainingConfig.keep_last`); None: the whole input."""
+    path = Path(weights_dir) / CONFIG_FILE
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    return saved.get("max_length") if saved.get("truncation") == "left" else None
