@@ -4,6 +4,7 @@ parsed with the typed helpers below so a bad value fails at start-up, not mid-re
 from __future__ import annotations
 
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -309,6 +310,16 @@ PREFLOOP_ACCELERATE_CONFIG = env_str("PREFLOOP_ACCELERATE_CONFIG", "")
 # starts machines 1..N-1 with PREFLOOP_NODE_LAUNCHER, a shell command template around
 # {command} and {rank} (e.g. "ssh gpu{rank} 'cd /srv/prefloop && {command}'"; the job's
 # folder must be on storage every machine shares). See docs on deploying.
+# The GPUs each worker queue's processes may use ("0,1"; "cpu": none; empty: what the
+# process was started with), set as CUDA_VISIBLE_DEVICES when a worker starts, so the
+# gpu worker's policy updates and the train worker's reward models need not share
+# cuda:0 (training/services/workers.py).
+PREFLOOP_QUEUE_DEVICES = {queue: env_str(f"PREFLOOP_{queue.upper()}_QUEUE_DEVICES", "")
+                          for queue in ("gpu", "train", "refit")}
+for _queue, _devices in PREFLOOP_QUEUE_DEVICES.items():
+    if not re.fullmatch(r"(cpu|\d+(,\d+)*)?", _devices):
+        raise ImproperlyConfigured(f"PREFLOOP_{_queue.upper()}_QUEUE_DEVICES={_devices!r} is not a list of GPU "
+                                   "indices (e.g. 0,1) or cpu")
 PREFLOOP_TRAIN_MACHINES = env_int("PREFLOOP_TRAIN_MACHINES", 1, minimum=1)
 PREFLOOP_MAIN_PROCESS_IP = env_str("PREFLOOP_MAIN_PROCESS_IP", "127.0.0.1")
 PREFLOOP_MAIN_PROCESS_PORT = env_int("PREFLOOP_MAIN_PROCESS_PORT", 0, minimum=0)
