@@ -322,6 +322,22 @@ def plan_job(shape: ModelShape, workload: Workload, dtype: str = "bf16", gradien
     return plan
 
 
+def plan_reward_training(shape: ModelShape, config, dtype: str = "bf16", gradient_checkpointing: bool = False,
+                         device: str = "cuda") -> MemoryPlan:
+    """A reward model's training (training/ml/reward_training.py): the backbone with its
+    score head, a LoRA adapter or every weight training, each batch's chosen and
+    rejected inputs of up to max_length tokens, one score per input (no vocabulary)."""
+    reward_shape = ModelShape(**{**shape.__dict__, "parameters": shape.reward_model_parameters,
+                                 "lm_head_parameters": 0})
+    job = Workload(policy_trains="lora" if config.use_lora else "full", lora_rank=config.lora_r,
+                   sequences=2 * config.batch_size, tokens=config.max_length, logit_positions=0)
+    plan = plan_job(reward_shape, job, dtype, gradient_checkpointing, device)
+    plan.parts["reward model weights"] = plan.parts.pop("policy weights")
+    plan.advice["reward model weights"] = plan.advice.pop("policy weights")
+    del plan.parts["logits"]
+    return plan
+
+
 def plan_for_method(shape: ModelShape, method: str, config, prompt_tokens: int, continuing: bool = False,
                     dtype: str = "bf16", gradient_checkpointing: bool = False, device: str = "cuda") -> MemoryPlan:
     if method not in WORKLOADS:

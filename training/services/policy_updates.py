@@ -22,6 +22,7 @@ from training.services.artifacts import publish_artifact
 from training.services.datasets import FOR_METHODS, dataset_pairs, pinned_datasets
 from training.services.evaluation import evaluation_prompts
 from training.services.jobs import job_type, worker_launch_config
+from training.services.memory import check_policy_update_fits
 from training.services.reward_models import last_label_id, preference_labels, preference_pairs
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,18 @@ def training_inputs(job: Job) -> TrainingInputs:
     return inputs
 
 
+def longest_prompt_tokens(inputs: TrainingInputs) -> int:
+    """The longest chat-templated prompt the update will see (its batches pad to it)."""
+    from training.ml.loading import load_tokenizer
+    from training.ml.tokens import prompt_input_ids
+
+    prompts = list(inputs.prompts) or [pair.prompt for pair in inputs.pairs]
+    if not prompts:
+        return 0
+    tokenizer = load_tokenizer(inputs.start.base_model_dir)
+    return max(len(prompt_input_ids(tokenizer, prompt)) for prompt in prompts)
+
+
 @job_type(Job.Kind.POLICY_UPDATE, queue="gpu")
 def run_policy_update_job(job: Job) -> PolicyVersion | None:
     """Train the job's method from its start version and publish the adapter as the
@@ -106,6 +119,9 @@ def run_policy_update_job(job: Job) -> PolicyVersion | None:
         start = PolicyVersion.objects.get(number=job.params["inputs"]["start_version"])
         inputs = training_inputs(job)
         launch = worker_launch_config()
+        # Before anything is loaded: a job that cannot fit fails now, saying what to change.
+        check_policy_update_fits(method.name, config, start.base_model_dir, longest_prompt_tokens(inputs),
+                                 continuing=inputs.start.adapter_dir is not None, processes=launch.processes)
         described = launch.describe()  # read now: the config file may change while this trains
         trained = {}
 
