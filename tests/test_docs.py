@@ -92,7 +92,10 @@ LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 
 def anchors(path: Path) -> set[str]:
     """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
-    headings = re.findall(r"^#+ (.+)$", path.read_text(), flags=re.M)
+    text = path.read_text()
+    for block in check_docs.blocks_of(path):  # a `# comment` in a code block is no heading
+        text = text.replace(block.text, "")
+    headings = re.findall(r"^#+ (.+)$", text, flags=re.M)
     return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-") for heading in headings}
 
 
