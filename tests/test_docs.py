@@ -61,17 +61,30 @@ def settings_variables() -> set[str]:
 
 
 def configuration_table() -> dict[str, list[str]]:
+    """Variable name -> [type, default, what it does]; a row may name several (`A`, `B`)."""
     rows = {}
     for line in (ROOT / "docs" / "configuration.md").read_text().splitlines():
-        if match := re.match(r"\| `([A-Z][A-Z0-9_]*)` \|(.*)\|$", line):
-            rows[match[1]] = [cell.strip() for cell in match[2].split("|")]
+        if match := re.match(r"\| ((?:`[A-Z][A-Z0-9_]*`(?:, )?)+) \|(.*)\|$", line):
+            for name in re.findall(r"`([A-Z][A-Z0-9_]*)`", match[1]):
+                rows[name] = [cell.strip() for cell in match[2].split("|")]
     return rows
+
+
+def app_code_variables() -> set[str]:
+    """What the app's own code (not the tests or benchmark scripts) reads from os.environ."""
+    names = set()
+    for folder in ("prefloop", "labeling", "training", "api", "experiments"):
+        for path in (ROOT / folder).rglob("*.py"):
+            names |= set(re.findall(r"""os\.environ(?:\.get\(|\[|\.setdefault\()\s*["']([A-Z][A-Z0-9_]*)["']""",
+                                    path.read_text()))
+    return names
 
 
 def test_the_configuration_table_lists_every_variable_the_settings_read():
     table = configuration_table()
     assert len(settings_variables()) > 50  # the pattern still finds the settings' helpers
     assert sorted(settings_variables() - set(table)) == []
+    assert sorted(app_code_variables() - set(table)) == []
     # Every row has a type, a default and a meaning.
     assert all(len(cells) == 3 and cells[0] and cells[2] for cells in table.values()), table
 
