@@ -17,9 +17,10 @@ all, fails the check with its file and line.
 
 Runnable blocks of one page share one temporary directory and run in the page's order:
 a fresh SQLite database (migrated), the tiny random Llama the tests use as the base model
-(`PREFLOOP_BASE_MODEL_DIR`), a default run on it, `HF_HUB_OFFLINE=1`, answers of at most
-8 new tokens, a broker address nothing listens on, and small files the blocks name
-(`prompts.jsonl`, `answers.jsonl`). `.venv`, `manage.py`, `deploy/`, `docs/` and
+(`PREFLOOP_BASE_MODEL_DIR`), a default run on it with 16 comparisons labeled by a
+simulated annotator, `HF_HUB_OFFLINE=1`, answers of at most 8 new tokens, a broker
+address nothing listens on, and small files the blocks name (`prompts.jsonl`,
+`answers.jsonl`). `.venv`, `manage.py`, `deploy/`, `docs/` and
 `scripts/` are links to the checkout, so the commands read as they do in the docs.
 
     .venv/bin/python scripts/check_docs.py            # list and check everything
@@ -189,9 +190,17 @@ def build_template(template: Path) -> None:
              "from training.ml.base_model import load_gguf_tokenizer, smollm2_gguf_path\n"
              "from training.ml.tiny_model import build_tiny_model\n"
              "build_tiny_model(Path('model'), load_gguf_tokenizer(smollm2_gguf_path()))\n")
+    seed = [{"prompt": f"Say something kind about the colour number {n}."} for n in range(1, 17)]
+    (template / "seed-prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in seed))
+    manage = [sys.executable, str(ROOT / "manage.py")]
     for args, stdin in [([sys.executable, "-"], model),
-                        ([sys.executable, str(ROOT / "manage.py"), "migrate", "--noinput", "-v", "0"], None),
-                        ([sys.executable, str(ROOT / "manage.py"), "prepare_base_model"], None)]:
+                        ([*manage, "migrate", "--noinput", "-v", "0"], None),
+                        ([*manage, "prepare_base_model"], None),
+                        # Some labels, so that pages about exports and reward models start where a
+                        # reader would: with a run that has been labeled.
+                        ([*manage, "import_prompts", "seed-prompts.jsonl"], None),
+                        ([*manage, "generate_comparisons", "--prompts", "16"], None),
+                        ([*manage, "simulate_labels", "--oracle", "longer", "--noise", "0.1", "--n", "16"], None)]:
         done = run(args, template, env, stdin)
         if done.returncode:
             raise RuntimeError(f"preparing the doc check failed: {args}\n{done.stdout}\n{done.stderr}")
