@@ -134,7 +134,7 @@ if not SECRET_KEY:
     SECRET_KEY = local_secret_key(VAR_DIR / "secret-key")
 CSRF_TRUSTED_ORIGINS = [o for o in env_str("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
 
-# --- Served over HTTPS (production): see README "Deploying". Off by default because the
+# --- Served over HTTPS (production): see docs/deploying.md. Off by default because the
 # demo answers plain HTTP on 127.0.0.1.
 HTTPS = env_bool("PREFLOOP_HTTPS", False)
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SECURE_SSL_REDIRECT = HTTPS

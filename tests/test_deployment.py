@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-PRODUCTION = {  # README, "Running on GPUs and several machines"
+PRODUCTION = {  # docs/deploying.md, "Every machine: torch, one database, one broker"
     "DJANGO_SECRET_KEY": "k7#x!q2" * 8, "DJANGO_ALLOWED_HOSTS": "label.example.org",
     "DJANGO_CSRF_TRUSTED_ORIGINS": "https://label.example.org", "PREFLOOP_HTTPS": "true",
     "DJANGO_TRUST_FORWARDED_PROTO": "true", "DJANGO_HSTS_PRELOAD": "true",
