@@ -314,8 +314,11 @@ PREFLOOP_ACCELERATE_CONFIG = env_str("PREFLOOP_ACCELERATE_CONFIG", "")
 # process was started with), set as CUDA_VISIBLE_DEVICES when a worker starts, so the
 # gpu worker's policy updates and the train worker's reward models need not share
 # cuda:0 (training/services/workers.py).
-PREFLOOP_QUEUE_DEVICES = {queue: env_str(f"PREFLOOP_{queue.upper()}_QUEUE_DEVICES", "")
-                          for queue in ("gpu", "train", "refit")}
+PREFLOOP_QUEUE_DEVICES = {
+    "gpu": env_str("PREFLOOP_GPU_QUEUE_DEVICES", ""),
+    "train": env_str("PREFLOOP_TRAIN_QUEUE_DEVICES", ""),
+    "refit": env_str("PREFLOOP_REFIT_QUEUE_DEVICES", ""),
+}
 for _queue, _devices in PREFLOOP_QUEUE_DEVICES.items():
     if not re.fullmatch(r"(cpu|\d+(,\d+)*)?", _devices):
         raise ImproperlyConfigured(f"PREFLOOP_{_queue.upper()}_QUEUE_DEVICES={_devices!r} is not a list of GPU "
