@@ -18,7 +18,6 @@ import math
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.test.utils import override_settings
 
 from experiments.designs import OFFLINE, ONLINE, Arm, Design, design_from_dict, design_to_dict
 from experiments.driving import CeleryDriver, InlineDriver
@@ -71,10 +70,14 @@ def create_experiment(design: Design, mode: str, design_text: str = "",
             run = create_run(f"experiment {experiment.pk}: {arm.name} seed {seed}", design.base_model_dir,
                              created_by=created_by, run_settings=settings,
                              description=f"Arm {arm.name} ({arm.schedule}) of {experiment}, seed {seed}.")
+            # Its simulated annotator labels each comparison once, so none is overlapped
+            # (labeling.services.overlap_share).
             run.labeled_by = LabeledBy.SIMULATOR
             run.comparison_prompts = math.ceil(candidates)
+            # The design's, over the deployment's settings: every job of the arm reads them
+            # from its run, in whichever process (this one or a Celery worker) runs it.
             run.sampling = {"max_new_tokens": design.max_new_tokens, "temperature": design.temperature,
-                            "kl_samples": design.kl_samples}
+                            "kl_samples": design.kl_samples, "evaluation_prompts": design.evaluation_prompts}
             run.save(update_fields=["labeled_by", "comparison_prompts", "sampling"])
             ArmRun.objects.create(experiment=experiment, arm=arm.name, schedule=arm.schedule, seed=seed, run=run)
     return experiment
@@ -95,15 +98,9 @@ def run_experiment(experiment: Experiment, driver: Driver) -> Experiment:
     judge = gold_judge(design.gold.oracle, design.gold.model_dir)
     experiment.mark_running()
     try:
-        # Jobs pin these settings when they are created, in this process.
-        # Sampling is each arm run's own (Run.sampling, set at creation), so stage jobs a
-        # Celery worker creates pin it too. These two are read here only: the evaluation
-        # prompts are chosen by the first job this process creates, and the overlap share
-        # is irrelevant to a simulated annotator who labels each comparison once.
-        with override_settings(PREFLOOP_EVAL_PROMPTS=design.evaluation_prompts, PREFLOOP_OVERLAP_SHARE=0.0):
-            for arm_run in experiment.arm_runs.select_related("run"):
-                log.info("%s: %s", experiment, arm_run)
-                SCHEDULES[arm_run.schedule].walk(ArmWalk(arm_run, design, judge, driver))
+        for arm_run in experiment.arm_runs.select_related("run"):
+            log.info("%s: %s", experiment, arm_run)
+            SCHEDULES[arm_run.schedule].walk(ArmWalk(arm_run, design, judge, driver))
     except BaseException as error:  # Ctrl-C too: the page should not say "running" forever
         experiment.mark_finished(error=f"{type(error).__name__}: {error}")
         raise

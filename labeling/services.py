@@ -52,6 +52,16 @@ class LabelInput:
     active_seconds: float = 0.0
 
 
+def overlap_share(run) -> float:
+    """Share of the run's (a training.Run's) comparisons that several annotators label,
+    to measure their agreement: none on a run a simulated annotator labels (an
+    experiment's arm: it labels each comparison once), else the deployment's
+    PREFLOOP_OVERLAP_SHARE."""
+    if run is not None and run.labeled_by == LabeledBy.SIMULATOR:
+        return 0.0
+    return settings.PREFLOOP_OVERLAP_SHARE
+
+
 def create_comparison(
     run,
     prompt: Prompt,
@@ -71,7 +81,7 @@ def create_comparison(
     rng = rng or random.Random()
     shuffled = list(completions)
     rng.shuffle(shuffled)
-    overlapped = rng.random() < settings.PREFLOOP_OVERLAP_SHARE
+    overlapped = rng.random() < overlap_share(run)
     with transaction.atomic():
         comparison = Comparison.objects.create(
             run=run,

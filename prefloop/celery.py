@@ -16,7 +16,7 @@ app.autodiscover_tasks()
 def pin_devices(sender=None, conf=None, options=None, **kwargs) -> None:
     """A worker started with -Q takes the GPUs its queues are pinned to (settings), in
     the main process, before its pool forks."""
-    from training.services.workers import pin_worker_devices
+    from training.services.worker_devices import pin_worker_devices
 
     queues = (options or {}).get("queues") or []
     pin_worker_devices(queues.split(",") if isinstance(queues, str) else queues)

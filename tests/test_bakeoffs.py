@@ -17,9 +17,11 @@ from django.utils import timezone
 from labeling import services as labeling
 from labeling.models import Comparison, Completion, Label, Prompt
 from labeling.services import LabelInput
-from training import reports, services
+from training import services
+from training.games import head_to_head, run_ranking, version_games
 from training.ml.generation import Sample, SamplingConfig
 from training.models import BakeOff, EvaluationSample, Job, PolicyVersion, RewardModelVersion, RewardScore, Round, Run
+from training.pages import KlToBase
 from training.services.evaluation import evaluation_prompts, store_evaluation_samples
 from training.services.reward_models import preference_labels
 
@@ -134,7 +136,7 @@ def test_candidates_start_together_pinned_alike_and_leave_the_head_alone(bakeoff
     client.force_login(people.researcher)
     page = client.get(reverse("bakeoff_detail", args=[bakeoff.pk]))
     assert page.status_code == 200 and "Answering the evaluation prompts" in page.content.decode()
-    assert page.context["games"] == 0 and page.context["rows"][0]["strength"] is None
+    assert page.context["games"] == 0 and page.context["rows"][0].strength is None
     version_page = client.get(reverse("version_detail", args=[2])).content.decode()
     assert reverse("bakeoff_detail", args=[bakeoff.pk]) in version_page and "a candidate" in version_page
 
@@ -278,14 +280,14 @@ def test_the_page_ranks_candidates_by_people_with_values_worked_out_by_hand(judg
     assert response.status_code == 200
     page = response.context
     assert page["games"] == 6
-    rows = {row["candidate"].method: row for row in page["rows"]}
-    assert [row["candidate"].method for row in page["rows"]] == ["ppo", "dpo", "grpo"]  # failed one last
+    rows = {row.candidate.method: row for row in page["rows"]}
+    assert [row.candidate.method for row in page["rows"]] == ["ppo", "dpo", "grpo"]  # failed one last
 
     # Win rates against the start, ties half, Wilson z = 1.96 (z² = 3.8415, n = 2):
     # v1 2–0–0: p = 1, centre (1 + 0.9604)/(1 + 1.9207) = 0.6712, half-width
     # 1.96·sqrt(0 + 3.8415/16)/2.9207 = 0.3288 → [0.3424, 1].
     # v2 1–0–1: p = 0.5, centre 0.5, half-width 1.96·sqrt(0.125 + 0.2401)/2.9207 = 0.4054 → [0.0946, 0.9054].
-    ppo, dpo = rows["ppo"]["vs_start"], rows["dpo"]["vs_start"]
+    ppo, dpo = rows["ppo"].vs_start, rows["dpo"].vs_start
     assert (ppo.wins, ppo.ties, ppo.losses, ppo.rate) == (2, 0, 0, 1.0)
     assert (ppo.low, ppo.high) == (pytest.approx(0.3424, abs=1e-4), 1.0)
     assert (dpo.wins, dpo.ties, dpo.losses, dpo.rate) == (1, 0, 1, 0.5)
@@ -308,25 +310,25 @@ def test_the_page_ranks_candidates_by_people_with_values_worked_out_by_hand(judg
     def slope(x):
         return sigmoid(x) * (1 - sigmoid(x))
 
-    a, b = rows["ppo"]["strength"].score, rows["dpo"]["strength"].score
+    a, b = rows["ppo"].strength.score, rows["dpo"].strength.score
     assert 2 * (1 - sigmoid(a)) + 1.5 - 2 * sigmoid(a - b) - a / 10 == pytest.approx(0, abs=1e-8)
     assert 1 - 2 * sigmoid(b) + 0.5 - 2 * sigmoid(b - a) - b / 10 == pytest.approx(0, abs=1e-8)
     assert a > 0 and a > b  # v1 on top
     h11, h22, h12 = 2 * slope(a) + 2 * slope(a - b) + 0.1, 2 * slope(b) + 2 * slope(a - b) + 0.1, -2 * slope(a - b)
     determinant = h11 * h22 - h12 * h12
-    assert rows["ppo"]["strength"].high - a == pytest.approx(1.959964 * math.sqrt(h22 / determinant), abs=1e-6)
-    assert rows["dpo"]["strength"].high - b == pytest.approx(1.959964 * math.sqrt(h11 / determinant), abs=1e-6)
-    assert rows["grpo"]["strength"] is None and rows["grpo"]["version"] is None
+    assert rows["ppo"].strength.high - a == pytest.approx(1.959964 * math.sqrt(h22 / determinant), abs=1e-6)
+    assert rows["dpo"].strength.high - b == pytest.approx(1.959964 * math.sqrt(h11 / determinant), abs=1e-6)
+    assert rows["grpo"].strength is None and rows["grpo"].version is None
 
     # Reward-model means (see judged_bakeoff), compute time.
-    assert rows["ppo"]["rm_mean_score"] == pytest.approx(0.5) and rows["dpo"]["rm_mean_score"] == pytest.approx(-0.2)
+    assert rows["ppo"].rm_mean_score == pytest.approx(0.5) and rows["dpo"].rm_mean_score == pytest.approx(-0.2)
     assert page["start_rm_mean_score"] == 0.0
     # KL: measured by the evaluation where it was (dpo), else the method's log (ppo).
-    assert rows["ppo"]["kl"] == {"value": 0.04, "stderr": None, "measured": False}
-    assert rows["dpo"]["kl"] == {"value": 0.125, "stderr": 0.01, "measured": True}
-    assert page["start_kl"]["value"] == 0.0  # the start is the base
+    assert rows["ppo"].kl == KlToBase(value=0.04, stderr=None, measured=False)
+    assert rows["dpo"].kl == KlToBase(value=0.125, stderr=0.01, measured=True)
+    assert page["start_kl"].value == 0.0  # the start is the base
     assert "0.040 <span class=\"muted\">(logged)</span>" in html and "0.125 ± 0.010" in html
-    assert rows["ppo"]["seconds"] == pytest.approx(90, abs=1) and "1 min 30 s" in html
+    assert rows["ppo"].seconds == pytest.approx(90, abs=1) and "1 min 30 s" in html
     assert "RuntimeError: out of memory" in html  # the failed candidate, shown failed
 
     chart = page["charts"]["bakeoff-strengths"]["data"][0]
@@ -335,11 +337,11 @@ def test_the_page_ranks_candidates_by_people_with_values_worked_out_by_hand(judg
     assert html.count("Promote to head") == 2
 
     # The same judgements rank the candidates among the run's versions on /progress/.
-    ranking = reports.run_ranking(judged_bakeoff.run)
-    assert ranking["games"] == 6 and ranking["anchor"] == "v0"
-    assert {s.player: s.score for s in ranking["strengths"]} == {"v0": 0.0, "v1": pytest.approx(a),
+    ranking = run_ranking(judged_bakeoff.run)
+    assert ranking.games == 6 and ranking.anchor == "v0"
+    assert {s.player: s.score for s in ranking.strengths} == {"v0": 0.0, "v1": pytest.approx(a),
                                                                  "v2": pytest.approx(b)}
-    assert reports.head_to_head(reports.version_games([judged_bakeoff.run]), 1, 0).wins == 2
+    assert head_to_head(version_games([judged_bakeoff.run]), 1, 0).wins == 2
 
 
 def test_promotion_moves_the_head_and_nothing_else(judged_bakeoff, people, client, tmp_path):

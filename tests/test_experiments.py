@@ -211,6 +211,49 @@ def test_an_experiment_stopped_by_sigterm_is_marked_failed_with_the_job_it_was_r
     assert job.status == Job.Status.FAILED and "SIGTERM" in job.error
 
 
+@pytest.mark.django_db
+def test_an_experiment_holds_out_the_designs_prompt_count_and_overlaps_nothing_without_changing_settings(
+        tmp_path, settings, monkeypatch):
+    """The design's evaluation_prompts and no overlap reach the arm's jobs through its run,
+    while the deployment's settings stay what they are."""
+    from django.conf import settings as live_settings
+
+    from training.ml.generation import Sample
+    from training.models import EvaluationPrompt
+
+    settings.PREFLOOP_EVAL_PROMPTS = 16  # of 24 prompts: the deployment's would hold out 6
+    settings.PREFLOOP_OVERLAP_SHARE = 1.0  # the deployment's: every comparison overlapped
+    make_prompts()
+    design_file = tmp_path / "design.toml"
+    design_file.write_text(TINY_DESIGN.format(model_dir=tmp_path))
+    seen_by_job = []
+
+    def sampled(policy, conversations, samples, config, on_batch=None):
+        seen_by_job.append((live_settings.PREFLOOP_EVAL_PROMPTS, live_settings.PREFLOOP_OVERLAP_SHARE))
+        return [[Sample(f"answer {i}.{j}", True, 2) for j in range(samples)] for i in range(len(conversations))]
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args):
+        raise Stop("the base comparisons are all this test needs")
+
+    monkeypatch.setattr("training.services.generation.sample_completions", sampled)
+    monkeypatch.setattr("experiments.services.label_comparisons", stop)
+    experiment = create_experiment(parse_design(design_file.read_text()), "inline")
+    with pytest.raises(Stop):
+        run_experiment(experiment, InlineDriver())
+
+    job = Job.objects.get()  # the first arm's base comparisons
+    assert job.status == Job.Status.SUCCEEDED
+    assert EvaluationPrompt.objects.filter(run=job.run).count() == 4
+    comparisons = Comparison.objects.filter(run=job.run)
+    assert comparisons.count() == len(job.params["prompt_ids"]) > 0
+    assert set(comparisons.values_list("labels_needed", flat=True)) == {1}
+    assert seen_by_job == [(16, 1.0)]  # the job ran under the deployment's settings
+    assert (live_settings.PREFLOOP_EVAL_PROMPTS, live_settings.PREFLOOP_OVERLAP_SHARE) == (16, 1.0)
+
+
 # End to end ------------------------------------------------------------------------
 
 @pytest.mark.slow

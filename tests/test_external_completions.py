@@ -20,7 +20,8 @@ from labeling.external_completions import CompletionFileError, parse_completion_
 from labeling.models import Comparison, Completion, Label, Prompt
 from labeling.presenters import comparison_for_annotator
 from labeling.services import LabelInput
-from training import reports, services
+from training import services
+from training.games import player_games, run_ranking
 from training.ml.generation import Sample
 from training.ml.rating import fit_bradley_terry
 from training.models import Job
@@ -213,15 +214,15 @@ def arena(base_run, people, monkeypatch):
 
 
 def test_systems_and_versions_are_ranked_together_as_worked_by_hand(arena):
-    games, systems = reports.player_games(arena)
+    games, systems = player_games(arena)
     assert systems == {"alpha", "beta"}
     assert Counter((min(a, b), max(a, b)) for a, b, _ in games) == {("alpha", "v0"): 4, ("alpha", "beta"): 8}
     exact = {s.player: s.score for s in fit_bradley_terry(games, anchor="v0", prior_variance=None)}
     assert exact == {"v0": 0.0, "alpha": pytest.approx(math.log(3)), "beta": pytest.approx(math.log(3 / 7))}
-    ranking = reports.run_ranking(arena)
-    assert ranking["anchor"] == "v0" and ranking["games"] == 12
-    assert [s.player for s in ranking["strengths"]] == ["alpha", "v0", "beta"]
-    alpha = ranking["strengths"][0]
+    ranking = run_ranking(arena)
+    assert ranking.anchor == "v0" and ranking.games == 12
+    assert [s.player for s in ranking.strengths] == ["alpha", "v0", "beta"]
+    alpha = ranking.strengths[0]
     assert 0.8 < alpha.score < math.log(3)  # the weak prior pulls it a little towards the anchor
     assert alpha.low < 0 < alpha.high  # four games: the interval is wide
 
@@ -245,9 +246,9 @@ def test_without_the_base_the_first_system_is_the_anchor(base_run, people):
     services.import_external_completions(base_run, "s.jsonl", two_systems(2))
     for comparison in Comparison.objects.all():
         label(comparison, people.annotator, "beta")
-    ranking = reports.run_ranking(base_run)
-    assert ranking["anchor"] == "alpha"
-    assert [s.player for s in ranking["strengths"]] == ["beta", "alpha"]
+    ranking = run_ranking(base_run)
+    assert ranking.anchor == "alpha"
+    assert [s.player for s in ranking.strengths] == ["beta", "alpha"]
 
 
 def test_systems_no_judgement_links_to_the_anchor_are_left_off_its_scale(arena, people):
@@ -257,9 +258,9 @@ def test_systems_no_judgement_links_to_the_anchor_are_left_off_its_scale(arena, 
         *({"prompt": f"Other {i}?", "answers": {"gamma": f"g{i}", "delta": f"d{i}"}} for i in range(3))))
     for comparison in pairs_of("gamma", "delta"):
         label(comparison, people.annotator, "gamma")
-    ranking = reports.run_ranking(arena)
-    assert [s.player for s in ranking["strengths"]] == ["alpha", "v0", "beta"]
-    assert ranking["unlinked"] == ["delta", "gamma"] and ranking["games"] == 12
+    ranking = run_ranking(arena)
+    assert [s.player for s in ranking.strengths] == ["alpha", "v0", "beta"]
+    assert ranking.unlinked == ["delta", "gamma"] and ranking.games == 12
 
 
 # Plotly reads <a href> and <b> in labels; the page must show all of it as text.
@@ -281,7 +282,7 @@ def test_hostile_system_names_and_answers_render_inert(client, people, base_run)
     start = html.index('type="application/json">') + len('type="application/json">')
     charts = json.loads(html[start:html.index("</script>", start)])
     assert charts["bradley-terry"]["data"][0]["x"][0].startswith("&lt;a href=")  # Plotly shows entities as text
-    assert reports.run_ranking(base_run)["strengths"][0].player == HOSTILE_NAME
+    assert run_ranking(base_run).strengths[0].player == HOSTILE_NAME
 
 
 def test_the_run_page_imports_for_staff_and_names_the_bad_line(client, people, base_run):

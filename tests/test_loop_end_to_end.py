@@ -16,7 +16,8 @@ from labeling.models import Comparison, Label, Prompt
 from labeling.services import next_comparison_for
 from labeling.simulation import simulate_labels
 from tests.processes import running_celery_worker, running_redis, wait_for
-from training import reports, services
+from training import services
+from training.games import newest_judge
 from training.ml.generation import SamplingConfig, iter_sample_batches
 from training.ml.loading import load_policy
 from training.ml.tiny_model import build_tiny_model
@@ -139,7 +140,7 @@ def test_two_full_rounds_close_the_loop(tmp_path, steerable_policy_dir, people, 
     for number in (0, 1, 2):
         assert EvaluationSample.objects.filter(policy_version__number=number).count() == evaluation
     assert RewardScore.objects.filter(reward_model=rounds[1].reward_model).count() == 3 * evaluation
-    assert reports.reward_model_view(run).number == 2
+    assert newest_judge(run).number == 2
 
     for round_ in rounds:
         history = round_.policy_after.metrics["history"]
@@ -164,7 +165,7 @@ def test_two_full_rounds_close_the_loop(tmp_path, steerable_policy_dir, people, 
           f"{round2[1]:.3f}; v0 -> v2 under RM2: {loop[0]:.3f} -> {loop[1]:.3f}; oracle {oracle!r} rate "
           f"{keyword_rate}; reward-model accuracy {first.reward_model.heldout_accuracy:.2f}, "
           f"{second.reward_model.heldout_accuracy:.2f}; evaluation win rate v2 vs v0 under RM2 "
-          f"{reports.reward_model_view(run).head_to_head(2, 0)}")
+          f"{newest_judge(run).head_to_head(2, 0)}")
     print("job seconds:", [(job.kind, round((job.finished_at - job.started_at).total_seconds()))
                            for job in Job.objects.order_by("pk") if job.started_at and job.finished_at])
     assert round1[1] > round1[0], f"round 1 lowered its own reward: {round1}"

@@ -16,7 +16,7 @@ from django.utils import timezone
 from labeling import services as labeling
 from labeling.services import LabelInput
 from tests import progress_world
-from training import reports
+from training.games import head_to_head, newest_judge, version_games
 from training.models import Job, Round
 
 pytestmark = pytest.mark.django_db
@@ -35,21 +35,21 @@ def charts_of(response) -> dict:
 
 
 def test_human_win_rates_count_people_only_with_wilson_intervals(world):
-    games = reports.version_games([world.run])
+    games = version_games([world.run])
     # People: ann 8 wins, 1 loss, 1 tie for v1; bea 1 win, 1 loss. The simulated
     # annotator's ten v0 wins are not there.
     assert len(games) == 12
-    rate = reports.head_to_head(games, 1, 0)
+    rate = head_to_head(games, 1, 0)
     assert (rate.wins, rate.ties, rate.losses) == (9, 1, 2)
     # (9 + 1/2) / 12 = 0.7917; Wilson, z = 1.96: centre (p + z²/2n)/(1 + z²/n) = 0.7209,
     # half-width z·sqrt(p(1-p)/n + z²/4n²)/(1 + z²/n) = 0.2121.
     assert rate.rate == pytest.approx(9.5 / 12)
     assert (rate.low, rate.high) == (pytest.approx(0.5088, abs=1e-4), pytest.approx(0.9331, abs=1e-4))
-    assert reports.head_to_head(games, 0, 1).rate == pytest.approx(2.5 / 12)
+    assert head_to_head(games, 0, 1).rate == pytest.approx(2.5 / 12)
 
 
 def test_reward_model_win_rates_use_the_latest_scores_on_the_evaluation_prompts(world):
-    judge = reports.reward_model_view(world.run)
+    judge = newest_judge(world.run)
     assert judge.number == 1
     rate = judge.head_to_head(1, 0)
     assert (rate.wins, rate.ties, rate.losses) == (3, 0, 1)  # see EVALUATION_SCORES
@@ -72,7 +72,7 @@ def test_dashboard_shows_the_loop_plotted(client, people, world):
     assert people_vs_base["y"] == [pytest.approx(9.5 / 12)] and people_vs_base["error_y"]["array"][0] > 0
     assert charts["ppo-kl"]["data"][0]["y"] == [0.0, 0.03, 0.07]
     assert charts["reward-model-accuracy"]["data"][0]["y"] == [0.625]
-    assert [s.player for s in response.context["rankings"][0]["strengths"]] == ["v1", "v0"]
+    assert [s.player for s in response.context["rankings"][0].strengths] == ["v1", "v0"]
     # People only: ann and bea, not the simulated annotator.
     per_annotator = charts["labels-per-annotator"]["data"][0]
     assert dict(zip(per_annotator["x"], per_annotator["y"], strict=True)) == {"ann": 10, "bea": 2}
@@ -91,7 +91,7 @@ def test_round_page_shows_config_curves_and_answers_before_and_after(client, peo
     assert response.context["method"].name == "ppo"
     assert [v.number for v in response.context["shown_versions"]] == [0, 1]
     first = response.context["evaluation"][0]
-    assert [cell["html"] for cell in first["cells"]] == [
+    assert [cell.html for cell in first.cells] == [
         f"<p>v0 answers {world.eval_prompts[0].text}</p>", f"<p>v1 answers {world.eval_prompts[0].text}</p>"]
     assert len(response.context["jobs"]) == 3  # policy update, comparisons, evaluation
     assert charts_of(response)["ppo-entropy"]["data"][0]["y"] == [2.5, 2.4, 2.2]

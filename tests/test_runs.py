@@ -12,8 +12,9 @@ import pytest
 from labeling import services as labeling
 from labeling.models import Comparison, Completion, Prompt
 from labeling.services import LabelInput, create_comparison
-from training import reports, services
+from training import services
 from training.forms import RunSettingsForm
+from training.games import version_games
 from training.models import Job, PolicyVersion, RewardModelVersion, Run
 from training.services.policy_updates import training_inputs
 from training.services.reward_models import preference_labels, preference_pairs
@@ -58,7 +59,7 @@ def test_two_runs_learn_only_from_their_own_labels_versions_and_reward_models(ba
              for v in (v1, base_run.base_version)]
     cross = create_comparison(base_run, prompt, shown, source="cross_version", rng=random.Random(0))
     label(people.researcher, cross)
-    assert len(reports.version_games([base_run])) == 1 and reports.version_games([other]) == []
+    assert len(version_games([base_run])) == 1 and version_games([other]) == []
     assert not Comparison.objects.filter(run=other).exclude(items__completion__policy_version__run=other).exists()
 
     # The other run's round trains its own reward model on its own labels only.

@@ -8,7 +8,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from prefloop.celery import pin_devices
-from training.services.workers import pin_worker_devices
+from training.services.worker_devices import pin_worker_devices
 
 
 @pytest.fixture

@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Protocol
+
 from prefloop.charts import figure
 from training.ml.rating import WinRate
+
+if TYPE_CHECKING:
+    from training.games import Ranking
+
+
+class WinRateRow(Protocol):
+    """What a chart reads of a row of training/pages.py's win-rate table (which imports
+    this module, so the row is described here rather than imported)."""
+
+    label: str
+    human_vs_base: WinRate
+    human_vs_previous: WinRate
+    rm_vs_base: WinRate
+    rm_vs_previous: WinRate
 
 
 def labels_per_annotator(rows: list[dict]) -> dict:
@@ -38,13 +54,13 @@ def interval_bars(rates: list[WinRate]) -> dict:
             "arrayminus": [(r.rate - r.low) if r.rate is not None else 0 for r in rates]}
 
 
-def win_rates(rows: list[dict]) -> dict:
+def win_rates(rows: list[WinRateRow]) -> dict:
     series = [("human_vs_base", "people: vs base"), ("human_vs_previous", "people: vs previous"),
               ("rm_vs_base", "reward model: vs base"), ("rm_vs_previous", "reward model: vs previous")]
-    x = [row["label"] for row in rows]
+    x = [row.label for row in rows]
     data = []
     for key, name in series:
-        rates = [row[key] for row in rows]
+        rates = [getattr(row, key) for row in rows]
         data.append({"type": "bar", "name": name, "x": x, "y": [r.rate for r in rates],
                      "error_y": interval_bars(rates), "text": [f"n={r.n}" for r in rates]})
     return figure("Win rate with 95% interval (ties count half)", data, barmode="group", yaxis={"range": [0, 1]},
@@ -54,15 +70,14 @@ def win_rates(rows: list[dict]) -> dict:
 BRADLEY_TERRY_TITLE = "Bradley–Terry strength vs the run's base, or its anchor (log-odds, 95% interval)"
 
 
-def bradley_terry(rankings: list[dict], title: str = BRADLEY_TERRY_TITLE) -> dict:
+def bradley_terry(rankings: list[Ranking], title: str = BRADLEY_TERRY_TITLE) -> dict:
     """One series per run: each player's strength against the run's anchor (its base),
     versions by number, then outside systems by name."""
     data = []
     for ranking in rankings:
-        systems = ranking.get("systems", set())
-        ordered = sorted(ranking["strengths"], key=lambda s: (1, s.player, 0) if s.player in systems
+        ordered = sorted(ranking.strengths, key=lambda s: (1, s.player, 0) if s.player in ranking.systems
                          else (0, "", int(s.player.lstrip("v"))))
-        data.append({"type": "scatter", "mode": "markers", "name": plain_text(ranking["run"].name),
+        data.append({"type": "scatter", "mode": "markers", "name": plain_text(ranking.run.name),
                      "x": [plain_text(s.player) for s in ordered], "y": [s.score for s in ordered],
                      "error_y": {"type": "data", "symmetric": False, "array": [s.high - s.score for s in ordered],
                                  "arrayminus": [s.score - s.low for s in ordered]}})

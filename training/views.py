@@ -15,7 +15,7 @@ from django.views.decorators.http import require_GET, require_POST
 from labeling.models import Comparison, Label, Prompt
 from labeling.rendering import render_untrusted_markdown
 from prefloop.access import staff_required
-from training import reports, services
+from training import pages, services
 from training.forms import (
     BranchRunForm,
     CreateRunForm,
@@ -170,7 +170,7 @@ def bakeoff_detail(request: HttpRequest, bakeoff_id: int) -> HttpResponse:
     bakeoff = get_object_or_404(BakeOff.objects.select_related("run", "start", "reward_model", "promoted"),
                                 pk=bakeoff_id)
     jobs = services.bakeoff_jobs(bakeoff).select_related("requested_by", "round", "run")
-    return render(request, "training/bakeoff.html", {**reports.bakeoff_page(bakeoff), "jobs": jobs})
+    return render(request, "training/bakeoff.html", {**pages.page_context(pages.bakeoff_page(bakeoff)), "jobs": jobs})
 
 
 @staff_required
@@ -305,7 +305,7 @@ def progress(request: HttpRequest) -> HttpResponse:
         runs = all_runs
     else:
         runs = [r for r in all_runs if str(r.pk) in chosen] or all_runs[:1]
-    context = {**reports.dashboard(runs), "all_runs": all_runs, "jobs": recent_jobs(runs, 10)}
+    context = {**pages.page_context(pages.dashboard(runs)), "all_runs": all_runs, "jobs": recent_jobs(runs, 10)}
     return render(request, "training/progress.html", context)
 
 
@@ -314,14 +314,15 @@ def progress(request: HttpRequest) -> HttpResponse:
 def round_detail(request: HttpRequest, number: int) -> HttpResponse:
     round_ = get_object_or_404(Round.objects.select_related("run", "policy_before", "policy_after", "reward_model"),
                                number=number)
-    return render(request, "training/round.html", reports.round_page(round_))
+    return render(request, "training/round.html", pages.page_context(pages.round_page(round_)))
 
 
 @staff_required
 @require_GET
 def version_detail(request: HttpRequest, number: int) -> HttpResponse:
     version = get_object_or_404(PolicyVersion.objects.select_related("parent", "run"), number=number)
-    return render(request, "training/version.html", {**reports.version_page(version), "branch_form": BranchRunForm()})
+    return render(request, "training/version.html", {**pages.page_context(pages.version_page(version)),
+                                                     "branch_form": BranchRunForm()})
 
 
 @staff_required

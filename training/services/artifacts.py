@@ -43,9 +43,10 @@ def publish_artifact(
     write: Callable[[Path], Produced],
     manifest: Callable[[Produced], dict],
     create_row: Callable[[int, Path, Produced], Row],
-) -> Row:
+) -> tuple[Row, Produced]:
     """`write(folder)` trains and writes the artifact; `manifest(produced)` says what it
-    is; `create_row(number, folder, produced)` registers it. Returns the new row."""
+    is; `create_row(number, folder, produced)` registers it. Returns the new row, and what
+    `write` produced (for the job's summary)."""
     side = partial_dir(kind, job)
     work = side.with_name(side.name + ".trainer")  # trainers' scratch space
     shutil.rmtree(side, ignore_errors=True)  # left by a crashed attempt
@@ -56,7 +57,7 @@ def publish_artifact(
         stamp = {"format_version": ARTIFACT_FORMAT_VERSION, "kind": kind, "job": job.pk, "run": job.run_id,
                  "written_at": timezone.now().isoformat(), **manifest(produced)}
         (side / ARTIFACT_FILE).write_text(json.dumps(stamp, indent=2, default=str))
-        return register(side, model_class, lambda number, folder: create_row(number, folder, produced), job)
+        return register(side, model_class, lambda number, folder: create_row(number, folder, produced), job), produced
     finally:
         shutil.rmtree(side, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 
-from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 
@@ -34,7 +33,13 @@ from training.models import (
 from training.services.jobs import enqueue_on_commit, job_type
 from training.services.reward_models import load_scorer
 from training.services.runs import latest_reward_model
-from training.services.sampling import kl_samples_of, load_version, sample_loaded, sampling_config
+from training.services.sampling import (
+    evaluation_prompt_count,
+    kl_samples_of,
+    load_version,
+    sample_loaded,
+    sampling_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +57,12 @@ MAX_KL_PER_JOB = 8
 
 def evaluation_prompts(run: Run) -> list[Prompt]:
     """The run's evaluation set, held out of its comparisons and policy updates:
-    PREFLOOP_EVAL_PROMPTS prompts (at most a quarter of all), those with the smallest
-    content hash (an order that does not depend on import order and mixes categories, so
-    two runs on the same prompts hold out the same ones). Chosen when first needed, which
+    `evaluation_prompt_count(run)` prompts (at most a quarter of all), those with the
+    smallest content hash (an order that does not depend on import order and mixes
+    categories, so two runs on the same prompts hold out the same ones). Chosen when first needed, which
     is the run's first generation, and only ever topped up as more prompts arrive."""
     chosen = [e.prompt for e in EvaluationPrompt.objects.filter(run=run).select_related("prompt")]
-    wanted = min(settings.PREFLOOP_EVAL_PROMPTS, int(Prompt.objects.count() * MAX_EVALUATION_SHARE))
+    wanted = min(evaluation_prompt_count(run), int(Prompt.objects.count() * MAX_EVALUATION_SHARE))
     if len(chosen) >= wanted:
         return chosen
     picks = Prompt.objects.exclude(evaluations__run=run).order_by("content_hash")[: wanted - len(chosen)]

@@ -1,7 +1,7 @@
 """Answers of outside systems (other models, human writers) imported as blind comparisons
 of a run, optionally with a policy version of the run answering the same prompts, so
 that the progress page ranks the systems and the run's versions on one scale
-(training/reports.py). The file format and its checks: labeling/external_completions.py."""
+(training/games.py). The file format and its checks: labeling/external_completions.py."""
 
 from __future__ import annotations
 

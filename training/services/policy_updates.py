@@ -123,15 +123,12 @@ def run_policy_update_job(job: Job) -> PolicyVersion | None:
         check_policy_update_fits(method.name, config, start.base_model_dir, longest_prompt_tokens(inputs),
                                  continuing=inputs.start.adapter_dir is not None, processes=launch.processes)
         described = launch.describe()  # read now: the config file may change while this trains
-        trained = {}
 
         def write(out_dir: Path):
-            trained["result"] = launch.train_method(method, inputs, out_dir, config,
-                                             on_step=lambda step, total, metrics: job.report_progress(step, total,
-                                                                                                     metrics))
-            return trained["result"]
+            return launch.train_method(method, inputs, out_dir, config,
+                                       on_step=lambda step, total, metrics: job.report_progress(step, total, metrics))
 
-        version = publish_artifact(
+        version, result = publish_artifact(
             "policy", job, PolicyVersion, write,
             manifest=lambda result: {"method": method.name, "config": config_to_dict(config),
                                      "base_model_dir": start.base_model_dir, "inputs": job.params["inputs"]},
@@ -149,6 +146,6 @@ def run_policy_update_job(job: Job) -> PolicyVersion | None:
         return None
     job.mark_succeeded({"policy_version": version.number, "method": method.name,
                         "reward_model": job.params["inputs"].get("reward_model"),
-                        "seconds": round(trained["result"].seconds, 1), **described})
+                        "seconds": round(result.seconds, 1), **described})
     return version
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 import random
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db.models import Max, QuerySet
 from django.utils import timezone
 
 from labeling.models import Comparison, ComparisonItem, Completion, Label, implied_pairs
@@ -28,7 +29,7 @@ from training.ml.preference_pairs import PreferencePair
 from training.ml.reward_features import FEATURES_FILE
 from training.ml.reward_refit import refit_reward_head
 from training.ml.reward_scoring import RewardScorer
-from training.ml.reward_training import RewardTrainingConfig
+from training.ml.reward_training import RewardTrainingConfig, RewardTrainingResult
 from training.models import EvaluationPrompt, Job, PolicyVersion, RewardModelVersion, Run, json_safe
 from training.services.artifacts import publish_artifact
 from training.services.datasets import FOR_REWARD_MODEL, dataset_pairs, has_dataset_pairs, pinned_datasets
@@ -251,6 +252,47 @@ def normalization_samples(run: Run, pairs: list[PreferencePair]) -> list[tuple]:
     return random.Random(0).sample(answers, min(NORMALIZATION_SAMPLES, len(answers)))
 
 
+@dataclass(frozen=True)
+class TrainedRewardModel:
+    """What a reward-model job's trainer wrote: the version's manifest and row, and the
+    job's summary, are made from it."""
+
+    result: RewardTrainingResult
+    """The trainer's result (a `RefitResult` for a head refit)."""
+    config: RewardTrainingConfig
+    """The config it trained with (a refit's is its backbone's)."""
+    datasets: list[dict]
+    """Per pinned dataset, how many of its pairs it trained on (datasets.dataset_pairs)."""
+
+
+def training_pairs(job: Job, labels: QuerySet[Label], seed: int) -> tuple[list[PreferencePair], list[dict]]:
+    """What a reward-model job learns from: its labels' pairs, then its pinned datasets'
+    (sampled with the config's seed, so a rerun draws the same ones), and per dataset how
+    many pairs it used."""
+    imported, datasets = dataset_pairs(job.params.get("datasets", []), seed=seed)
+    return preference_pairs(labels) + imported, datasets
+
+
+def reward_model_manifest(run: Run, trained: TrainedRewardModel, bound: int) -> dict:
+    """What the version's folder says about itself, full retrain or refit alike."""
+    return {"base_model_dir": run.base_model_dir, "config": config_to_dict(trained.config),
+            "reward_mean": trained.result.reward_mean, "reward_std": trained.result.reward_std,
+            "last_label_id": bound, "datasets": trained.datasets}
+
+
+def reward_model_fields(run: Run, parent: RewardModelVersion | None, labels: QuerySet[Label], bound: int,
+                        folder: Path, trained: TrainedRewardModel) -> dict:
+    """The row fields every published version fills, full retrain or refit alike."""
+    result = trained.result
+    return {"run": run, "parent": parent, "base_model_dir": run.base_model_dir, "weights_dir": str(folder),
+            "label_count": labels.count(), "last_label_id": bound, "train_pairs": result.train_pairs,
+            "heldout_pairs": result.heldout_pairs, "heldout_accuracy": result.heldout_accuracy,
+            "heldout_accuracy_imported": result.heldout_accuracy_imported,
+            "reward_mean": result.reward_mean, "reward_std": result.reward_std,
+            "config": config_to_dict(trained.config), "metrics": json_safe(result.history),
+            "datasets": trained.datasets}
+
+
 @job_type(Job.Kind.TRAIN_REWARD, queue="train", claim=claim_reward_training)
 def run_reward_training_job(job: Job) -> RewardModelVersion | None:
     """Train the next version of the run's reward model on every label in its scope up
@@ -262,11 +304,9 @@ def run_reward_training_job(job: Job) -> RewardModelVersion | None:
     bound = job.params["last_label_id"]
     labels = preference_labels(run).filter(pk__lte=bound)
     launch = worker_launch_config().for_reward_model()
-    trained = {}  # the training result, for the job's summary
 
-    def write(out_dir: Path):
-        imported, trained["datasets"] = dataset_pairs(job.params.get("datasets", []), seed=config.seed)
-        pairs = preference_pairs(labels) + imported
+    def train(out_dir: Path) -> TrainedRewardModel:
+        pairs, datasets = training_pairs(job, labels, config.seed)
         if not pairs:
             raise ValueError("there are no labels with a preference (nor dataset pairs) to train on yet")
         # A refit shares its backbone's adapter; training continues from that.
@@ -277,34 +317,25 @@ def run_reward_training_job(job: Job) -> RewardModelVersion | None:
             on_step=lambda step, total, metrics: job.report_progress(step, total, metrics),
             normalization_samples=normalization_samples(run, pairs),
         )
-        trained["result"] = result
-        return result
+        return TrainedRewardModel(result, config, datasets)
 
-    def create_row(number: int, folder: Path, result) -> RewardModelVersion:
+    def create_row(number: int, folder: Path, trained: TrainedRewardModel) -> RewardModelVersion:
         return RewardModelVersion.objects.create(
-            number=number, run=run, parent=parent, base_model_dir=run.base_model_dir, weights_dir=str(folder),
-            label_count=labels.count(), last_label_id=bound, train_pairs=result.train_pairs,
-            heldout_pairs=result.heldout_pairs, heldout_accuracy=result.heldout_accuracy,
-            heldout_accuracy_imported=result.heldout_accuracy_imported,
-            heldout_accuracy_trained_head=result.heldout_accuracy_trained_head,
-            reward_mean=result.reward_mean, reward_std=result.reward_std, config=config_to_dict(config),
-            metrics=json_safe(result.history), datasets=trained["datasets"],
+            number=number, **reward_model_fields(run, parent, labels, bound, folder, trained),
+            heldout_accuracy_trained_head=trained.result.heldout_accuracy_trained_head,
             has_features=(folder / FEATURES_FILE).is_file(),
         )
 
     try:
-        version = publish_artifact(
-            "reward_model", job, RewardModelVersion, write,
-            manifest=lambda result: {"base_model_dir": run.base_model_dir, "config": config_to_dict(config),
-                                     "reward_mean": result.reward_mean, "reward_std": result.reward_std,
-                                     "last_label_id": bound, "datasets": trained["datasets"]},
-            create_row=create_row,
+        version, trained = publish_artifact(
+            "reward_model", job, RewardModelVersion, train,
+            manifest=lambda trained: reward_model_manifest(run, trained, bound), create_row=create_row,
         )
     except Exception as error:
         log.exception("reward-model job %s failed", job.pk)
         job.mark_failed(f"{type(error).__name__}: {error}")
         return None
-    result = trained["result"]
+    result = trained.result
     job.mark_succeeded({"version": version.number, "heldout_accuracy": result.heldout_accuracy,
                         "heldout_accuracy_trained_head": result.heldout_accuracy_trained_head,
                         "train_pairs": result.train_pairs, "dropped_too_long": result.dropped_too_long,
@@ -336,14 +367,12 @@ def run_reward_refit_job(job: Job) -> RewardModelVersion | None:
     backbone = refit_backbone(run)
     bound = job.params["last_label_id"]
     labels = preference_labels(run).filter(pk__lte=bound)
-    trained = {}
 
-    def write(out_dir: Path):
+    def refit(out_dir: Path) -> TrainedRewardModel:
         if backbone is None:
             raise ValueError("there is no fully trained reward model of this run's base model to refit yet")
         config = config_from_dict(RewardTrainingConfig, backbone.config)
-        imported, trained["datasets"] = dataset_pairs(job.params.get("datasets", []), seed=config.seed)
-        pairs = preference_pairs(labels) + imported
+        pairs, datasets = training_pairs(job, labels, config.seed)
         folders = [backbone.weights_dir, *backbone.refits.order_by("number").values_list("weights_dir", flat=True)]
         result = refit_reward_head(
             pairs, Path(run.base_model_dir), Path(backbone.weights_dir),
@@ -351,32 +380,23 @@ def run_reward_refit_job(job: Job) -> RewardModelVersion | None:
             normalization_samples=normalization_samples(run, pairs),
             on_step=lambda step, total, metrics: job.report_progress(step, total, metrics),
         )
-        trained["result"], trained["config"] = result, config
-        return result
+        return TrainedRewardModel(result, config, datasets)
 
-    def create_row(number: int, folder: Path, result) -> RewardModelVersion:
+    def create_row(number: int, folder: Path, trained: TrainedRewardModel) -> RewardModelVersion:
         # In the publishing transaction: a full version published while this refit ran
         # is the backbone now, and a refit of the old one must not hide it.
         if refit_backbone(run) != backbone:
             raise Superseded(f"reward model v{latest_reward_model(run).number}, a full retrain, was published "
                              "while this refit ran; a refit of it was requested")
         return RewardModelVersion.objects.create(
-            number=number, run=run, parent=parent, base_model_dir=run.base_model_dir, weights_dir=str(folder),
-            label_count=labels.count(), last_label_id=bound, train_pairs=result.train_pairs,
-            heldout_pairs=result.heldout_pairs, heldout_accuracy=result.heldout_accuracy,
-            heldout_accuracy_imported=result.heldout_accuracy_imported,
-            reward_mean=result.reward_mean, reward_std=result.reward_std,
-            config=config_to_dict(trained["config"]), metrics=json_safe(result.history),
-            datasets=trained["datasets"], update=RewardModelVersion.Update.REFIT, backbone=backbone,
+            number=number, **reward_model_fields(run, parent, labels, bound, folder, trained),
+            update=RewardModelVersion.Update.REFIT, backbone=backbone,
         )
 
     try:
-        version = publish_artifact(
-            "reward_model", job, RewardModelVersion, write,
-            manifest=lambda result: {"base_model_dir": run.base_model_dir, "config": config_to_dict(trained["config"]),
-                                     "reward_mean": result.reward_mean, "reward_std": result.reward_std,
-                                     "last_label_id": bound, "datasets": trained["datasets"],
-                                     "refit_of": backbone.number},
+        version, trained = publish_artifact(
+            "reward_model", job, RewardModelVersion, refit,
+            manifest=lambda trained: {**reward_model_manifest(run, trained, bound), "refit_of": backbone.number},
             create_row=create_row,
         )
     except Superseded as superseded:
@@ -387,9 +407,8 @@ def run_reward_refit_job(job: Job) -> RewardModelVersion | None:
         log.exception("reward-model refit job %s failed", job.pk)
         job.mark_failed(f"{type(error).__name__}: {error}")
         return None
-    result = trained["result"]
-    job.mark_succeeded({"version": version.number, "heldout_accuracy": result.heldout_accuracy,
-                        "train_pairs": result.train_pairs, "embedded": result.embedded,
+    job.mark_succeeded({"version": version.number, "heldout_accuracy": trained.result.heldout_accuracy,
+                        "train_pairs": trained.result.train_pairs, "embedded": trained.result.embedded,
                         "backbone": backbone.number})
     return version
 

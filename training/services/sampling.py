@@ -27,6 +27,14 @@ def kl_samples_of(run: Run) -> int:
     return int(run.sampling.get("kl_samples", settings.PREFLOOP_EVAL_KL_SAMPLES))
 
 
+def evaluation_prompt_count(run: Run) -> int:
+    """How many prompts the run's evaluation set holds out (at most a quarter of all,
+    services.evaluation): its own (an experiment's design sets it), else the deployment's
+    PREFLOOP_EVAL_PROMPTS. Read from the run, like the sampling settings, so the Celery
+    worker that tops the set up uses the same count as the process that chose it."""
+    return int(run.sampling.get("evaluation_prompts", settings.PREFLOOP_EVAL_PROMPTS))
+
+
 def load_version(policy: PolicyVersion):
     """(model, tokenizer) of a policy version: its base with its adapter, if it has one."""
     return load_policy(policy.base_model_dir, policy.adapter_dir or None)
