@@ -73,3 +73,9 @@ def test_an_impossible_job_is_refused_with_the_setting_to_change():
     # The same job in bf16 with checkpointing fits an 80 GB card, as the field runs it.
     lean = plan_job(shape, job, dtype="bf16", gradient_checkpointing=True)
     assert lean.refusal(80 * GIB) is None and lean.total < fp32.total / 2
+
+
+@pytest.mark.parametrize("name", list(memory_plan.KNOWN_SHAPES))
+def test_the_arithmetic_shape_the_web_pages_use_is_the_meta_devices(name):
+    assert memory_plan.analytic_shape(memory_plan.KNOWN_SHAPES[name]) == known_shape(name)
+    assert memory_plan.analytic_shape({"model_type": "gpt2"}) is None

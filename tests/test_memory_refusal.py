@@ -49,3 +49,21 @@ def test_cpu_processes_of_one_launch_share_the_machine(monkeypatch):
     memory.check_fits(plan, 4 * GIB)
     with pytest.raises(memory.JobTooLarge, match=r"about 6.0 GiB .* \(2 processes share this machine's memory\)"):
         memory.check_fits(plan, 4 * GIB, processes_sharing=2)
+
+
+def test_the_run_page_shows_whether_an_update_fits(client, people, tiny_run):
+    client.force_login(people.researcher)
+    page = client.get(f"/runs/{tiny_run.pk}/").content.decode()
+    assert "Will a policy update fit?" in page
+    table = page[page.index('id="memory-plan"'):page.index("</table>", page.index('id="memory-plan"'))]
+    assert table.count("<tr>") == 5 and "CUDA, 24 GB" in table and "this machine&#x27;s CPU" in table
+    assert "yes" in table  # the tiny model fits anything
+
+
+def test_a_model_the_page_cannot_size_shows_no_plan(client, people, tiny_run, tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    tiny_run.base_model_dir = str(tmp_path)
+    tiny_run.save()
+    assert services.planned_peaks(tiny_run) == []
+    client.force_login(people.researcher)
+    assert "Will a policy update fit?" not in client.get(f"/runs/{tiny_run.pk}/").content.decode()

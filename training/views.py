@@ -82,6 +82,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         "guidelines_html": render_untrusted_markdown(run.guidelines),
         "run_datasets": run.datasets.select_related("dataset"), "dataset_form": RunDatasetForm(),
         "bakeoff_form": StartBakeOffForm(), "bakeoffs": run.bakeoffs.select_related("start")[:20],
+        "planned_peaks": services.planned_peaks(run),
     }
     return render(request, "training/run.html", context, status=400 if form.errors else 200)
 

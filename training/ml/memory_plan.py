@@ -89,6 +89,33 @@ def model_shape(config) -> ModelShape:
                       vocab_size=config.vocab_size, lora_parameters_per_rank=lora_per_rank)
 
 
+ANALYTIC_TYPES = ("llama", "mistral", "qwen2")
+"""Decoder layers of q/k/v/o projections, a gated MLP and two RMSNorms (Qwen2 adds
+biases to q, k and v): sizes follow from the config alone, by arithmetic."""
+
+
+def analytic_shape(values: dict[str, Any]) -> ModelShape | None:
+    """The shape of a config.json's model by arithmetic, for the architectures above
+    (the run page plans with it, without building a model); None for others."""
+    if values.get("model_type") not in ANALYTIC_TYPES:
+        return None
+    h, i, layers, vocab = (values["hidden_size"], values["intermediate_size"], values["num_hidden_layers"],
+                           values["vocab_size"])
+    heads = values["num_attention_heads"]
+    head_dim = values.get("head_dim") or h // heads
+    kv = values.get("num_key_value_heads", heads) * head_dim
+    q = heads * head_dim
+    biases = q + 2 * kv if values["model_type"] == "qwen2" else 0
+    linears = (h * q) + 2 * (h * kv) + (q * h) + 3 * (h * i)
+    per_layer = linears + biases + 2 * h
+    tied = values.get("tie_word_embeddings", False)
+    head = 0 if tied else vocab * h
+    lora_per_rank = (h + q) + 2 * (h + kv) + (q + h) + 3 * (h + i)
+    return ModelShape(parameters=vocab * h + layers * per_layer + h + head, lm_head_parameters=head, hidden_size=h,
+                      intermediate_size=i, layers=layers, kv_size=kv, head_dim=head_dim, vocab_size=vocab,
+                      lora_parameters_per_rank=layers * lora_per_rank)
+
+
 def known_shape(name: str) -> ModelShape:
     from transformers import AutoConfig
 

@@ -43,6 +43,7 @@ from training.services.jobs import (
     enqueue_on_commit,
     run_job_now,
 )
+from training.services.memory import JobTooLarge, planned_peaks
 from training.services.policy_updates import PolicyUpdateError, create_policy_update_job, run_policy_update_job
 from training.services.reward_models import (
     claim_reward_training,
@@ -95,6 +96,7 @@ __all__ = [
     "JobNotCancellable",
     "cancel_job",
     "PolicyUpdateError",
+    "JobTooLarge",
     "RoundError",
     "RunError",
     "RunSettings",
@@ -121,6 +123,7 @@ __all__ = [
     "load_scorer",
     "maybe_request_reward_training",
     "pause_runs",
+    "planned_peaks",
     "prompts_needing_samples",
     "react_to_new_label",
     "request_evaluation",

@@ -5,10 +5,15 @@ and shown on the run's settings page for the devices teams train on."""
 from __future__ import annotations
 
 import functools
+import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
-from training.ml.memory_plan import GIB, MemoryPlan, ModelShape, plan_for_method, plan_reward_training
+from training.ml.configs import ConfigError
+from training.ml.memory_plan import GIB, MemoryPlan, ModelShape, analytic_shape, plan_for_method, plan_reward_training
+from training.ml.methods import method_named
+from training.models import Run
 
 PLANNED_PROMPT_TOKENS = 128
 """Prompt length a settings page plans for (a job plans for its own longest prompt)."""
@@ -20,8 +25,13 @@ class JobTooLarge(RuntimeError):
 
 
 @functools.lru_cache(maxsize=32)
-def shape_of(base_model_dir: str) -> ModelShape:
-    """From the model's config.json alone (built on the meta device), once per process."""
+def shape_of(base_model_dir: str, torch_allowed: bool = True) -> ModelShape | None:
+    """From the model's config.json alone, once per process: by arithmetic for the
+    architectures it knows, else (where torch may be imported: a worker) built on the
+    meta device. None where neither can tell."""
+    values = json.loads((Path(base_model_dir) / "config.json").read_text(encoding="utf-8"))
+    if (shape := analytic_shape(values)) is not None or not torch_allowed:
+        return shape
     from training.ml.memory_plan import shape_of_model_dir
 
     return shape_of_model_dir(base_model_dir)
@@ -78,19 +88,23 @@ class PlannedPeak:
     fits: bool
 
 
-def planned_peaks(method: str, config, base_model_dir: str) -> list[PlannedPeak]:
-    """The run's policy update on the devices teams train on, and on this machine's CPU.
-    Empty when the base model's config cannot be read."""
+def planned_peaks(run: Run) -> list[PlannedPeak]:
+    """The run's policy update, as its settings stand, on the devices teams train on and
+    on this machine's CPU. Empty where the base model's architecture is not one the page
+    can size by arithmetic (a worker builds any on the meta device), or the settings do
+    not make a config."""
     try:
-        shape = shape_of(base_model_dir)
-    except (OSError, ValueError):
+        shape = shape_of(run.base_model_dir, torch_allowed=False)
+        method = method_named(run.method)
+        config = method.config(run.method_config)
+    except (OSError, ValueError, KeyError, ConfigError):
         return []
-    rows = []
-    for title, device, gib in PAGE_DEVICES:
-        plan = plan_for_method(shape, method, config, PLANNED_PROMPT_TOKENS, dtype=training_dtype(device),
-                               device=device)
-        rows.append(PlannedPeak(title, plan.gib(), plan.total <= gib * GIB))
-    plan = plan_for_method(shape, method, config, PLANNED_PROMPT_TOKENS, dtype=training_dtype("cpu"), device="cpu")
+    if shape is None:
+        return []
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    rows.append(PlannedPeak(f"this machine's CPU, {ram / GIB:.0f} GiB", plan.gib(), plan.total <= ram))
+    rows = []
+    for title, device, memory in (*PAGE_DEVICES, (f"this machine's CPU, {ram / GIB:.0f} GiB", "cpu", ram / GIB)):
+        plan = plan_for_method(shape, method.name, config, PLANNED_PROMPT_TOKENS, dtype=training_dtype(device),
+                               device=device)
+        rows.append(PlannedPeak(title, plan.gib(), plan.total <= memory * GIB))
     return rows
