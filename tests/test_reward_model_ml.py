@@ -82,7 +82,7 @@ def test_bootstrap_heads_agree_where_the_data_is_clear_and_spread_where_it_is_no
 @pytest.mark.slow
 def test_a_marker_preference_is_learned_to_90_percent_heldout_accuracy(tiny_model_dir, tmp_path: Path):
     pairs = marker_pairs(240)
-    config = RewardTrainingConfig(learning_rate=3e-3, epochs=2, heldout_fraction=0.15, ensemble_size=3)
+    config = RewardTrainingConfig(learning_rate=3e-3, epochs=3, heldout_fraction=0.15, ensemble_size=3)
     normalization = [(p.prompt, p.rejected) for p in pairs[:40]] + [(p.prompt, p.chosen) for p in pairs[:40]]
     steps = []
     result = train_reward_model(pairs, tiny_model_dir, tmp_path / "v1", config,

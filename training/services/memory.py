@@ -63,18 +63,31 @@ def check_fits(plan: MemoryPlan, device_bytes: int, processes_sharing: int = 1) 
                                  if processes_sharing > 1 else ""))
 
 
+def readable_shape(base_model_dir: str) -> ModelShape | None:
+    """None where the model's config cannot be read: loading the model then fails with
+    its own error, which says more than a plan could."""
+    try:
+        return shape_of(base_model_dir)
+    except (OSError, ValueError):
+        return None
+
+
 def check_policy_update_fits(method: str, config, base_model_dir: str, prompt_tokens: int, continuing: bool,
-                             processes: int = 1) -> MemoryPlan:
+                             processes: int = 1) -> MemoryPlan | None:
+    if (shape := readable_shape(base_model_dir)) is None:
+        return None
     device, memory = this_device()
-    plan = plan_for_method(shape_of(base_model_dir), method, config, prompt_tokens, continuing,
-                           dtype=training_dtype(device), device=device)
+    plan = plan_for_method(shape, method, config, prompt_tokens, continuing, dtype=training_dtype(device),
+                           device=device)
     check_fits(plan, memory, processes if device == "cpu" else 1)
     return plan
 
 
-def check_reward_training_fits(config, base_model_dir: str, processes: int = 1) -> MemoryPlan:
+def check_reward_training_fits(config, base_model_dir: str, processes: int = 1) -> MemoryPlan | None:
+    if (shape := readable_shape(base_model_dir)) is None:
+        return None
     device, memory = this_device()
-    plan = plan_reward_training(shape_of(base_model_dir), config, dtype=training_dtype(device), device=device)
+    plan = plan_reward_training(shape, config, dtype=training_dtype(device), device=device)
     check_fits(plan, memory, processes if device == "cpu" else 1)
     return plan
 

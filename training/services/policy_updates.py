@@ -103,10 +103,11 @@ def longest_prompt_tokens(inputs: TrainingInputs) -> int:
     from training.ml.tokens import prompt_input_ids
 
     prompts = list(inputs.prompts) or [pair.prompt for pair in inputs.pairs]
-    if not prompts:
+    try:
+        tokenizer = load_tokenizer(inputs.start.base_model_dir)
+    except (OSError, ValueError):  # the training's own loading reports it
         return 0
-    tokenizer = load_tokenizer(inputs.start.base_model_dir)
-    return max(len(prompt_input_ids(tokenizer, prompt)) for prompt in prompts)
+    return max((len(prompt_input_ids(tokenizer, prompt)) for prompt in prompts), default=0)
 
 
 @job_type(Job.Kind.POLICY_UPDATE, queue="gpu")
