@@ -55,12 +55,15 @@ class RunSettingsForm(forms.Form):
         min_value=0, max_value=1_000_000,
         help_text="Train a reward model by itself after this many new labels (0: off).",
     )
+    precision = forms.ChoiceField(choices=Run.Precision.choices,
+                                  help_text="Of every model its jobs load and train; LoRA adapters train in fp32. "
+                                            "Jobs already queued keep theirs.")
 
     def __init__(self, run: Run, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.run = run
         for name in ("method", "recipe", "query_selection", "update_prompts", "comparison_prompts", "auto_loop",
-                     "loop_min_labels", "reward_auto_train_labels"):
+                     "loop_min_labels", "reward_auto_train_labels", "precision"):
             self.fields[name].initial = getattr(run, name)
         current = method_named(run.method).config(run.method_config, strict=False)
         for spec in field_specs(method_named(run.method).config_class):
@@ -102,6 +105,7 @@ class RunSettingsForm(forms.Form):
                 query_selection=data["query_selection"], update_prompts=data["update_prompts"],
                 comparison_prompts=data["comparison_prompts"], auto_loop=data["auto_loop"],
                 loop_min_labels=data["loop_min_labels"], reward_auto_train_labels=data["reward_auto_train_labels"],
+                precision=data["precision"],
             ).checked()
         except RunError as error:
             field, _, message = str(error).partition(": ")

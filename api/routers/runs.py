@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from django.conf import settings
 from django.shortcuts import get_object_or_404
@@ -29,6 +30,7 @@ class RunOut(Schema):
     method: str
     recipe: str
     base_model_dir: str
+    precision: str
     head: int | None
     paused: bool
 
@@ -45,6 +47,9 @@ class RunIn(Schema):
     base_model_dir: str = Field(max_length=1000, description="a local Hugging Face model directory on the server")
     method: str = Field("ppo", description=f"one of {', '.join(METHODS)}")
     description: str = Field("", max_length=2000)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] | None = Field(
+        None, description="auto, bf16, fp16 or fp32 (auto: bf16 on a recent GPU, fp16 on an older one, fp32 on the "
+                          "CPU); the deployment's PREFLOOP_PRECISION by default")
 
     @field_validator("name", "base_model_dir", "description")
     @classmethod
@@ -89,8 +94,11 @@ def list_runs(request):
 @router.post("", response={201: RunOut, 400: Error}, summary="Create a run")
 def create_run(request, new: RunIn):
     try:
+        chosen = services.default_settings(new.method)
+        if new.precision:
+            chosen["precision"] = new.precision
         run = services.create_run(new.name, new.base_model_dir, request.auth, new.description,
-                                  services.RunSettings(**services.default_settings(new.method)))
+                                  services.RunSettings(**chosen))
     except ValueError as error:  # RunError, or settings the method refuses
         return 400, {"error": str(error)}
     return 201, run

@@ -114,7 +114,8 @@ def create_reward_training_job(run: Run, requested_by: AbstractBaseUser | None =
     already waiting (see request_reward_training). A refit uses its backbone's config."""
     job = Job.objects.create(kind=kind, run=run, requested_by=requested_by, round=round_,
                              params={"reason": reason, "last_label_id": last_label_id(),
-                                     "datasets": pinned_datasets(run, FOR_REWARD_MODEL)})
+                                     "datasets": pinned_datasets(run, FOR_REWARD_MODEL),
+                                     "precision": run.precision})
     job.params["config"] = {**config_to_dict(reward_training_config(run)), "seed": job.pk}
     job.save(update_fields=["params"])
     return job
@@ -275,7 +276,7 @@ def run_reward_training_job(job: Job) -> RewardModelVersion | None:
         result = launch.train_reward_model(
             pairs, Path(run.base_model_dir), out_dir, config, warm_start_dir=warm_start,
             on_step=lambda step, total, metrics: job.report_progress(step, total, metrics),
-            normalization_samples=normalization_samples(run, pairs),
+            normalization_samples=normalization_samples(run, pairs), precision=job.precision,
         )
         trained["result"] = result
         return result
@@ -349,7 +350,7 @@ def run_reward_refit_job(job: Job) -> RewardModelVersion | None:
             pairs, Path(run.base_model_dir), Path(backbone.weights_dir),
             [Path(folder) / FEATURES_FILE for folder in folders], out_dir, config,
             normalization_samples=normalization_samples(run, pairs),
-            on_step=lambda step, total, metrics: job.report_progress(step, total, metrics),
+            on_step=lambda step, total, metrics: job.report_progress(step, total, metrics), precision=job.precision,
         )
         trained["result"], trained["config"] = result, config
         return result
@@ -394,7 +395,8 @@ def run_reward_refit_job(job: Job) -> RewardModelVersion | None:
     return version
 
 
-def load_scorer(version: RewardModelVersion) -> RewardScorer:
-    """Batch scoring with a version's normalization, and its ensemble for disagreement."""
+def load_scorer(version: RewardModelVersion, precision: str | None = None) -> RewardScorer:
+    """Batch scoring with a version's normalization, and its ensemble for disagreement,
+    in the job's precision setting (None: auto)."""
     return RewardScorer.load(Path(version.base_model_dir), Path(version.weights_dir), version.reward_mean,
-                             version.reward_std)
+                             version.reward_std, precision=precision)

@@ -15,10 +15,12 @@ from training.ml.loading import (
     PolicyStart,
     load_tokenizer,
     pick_device,
+    precision_for,
     save_policy,
     seed_everything,
     trainable_policy,
 )
+from training.ml.precision import DEFAULT_PRECISION, Precision
 from training.ml.preference_pairs import PreferencePair
 from training.ml.progress import StepReport
 from training.ml.reward_scoring import RewardModelRef
@@ -35,6 +37,9 @@ class TrainingInputs:
     """Conversations ending with a user turn."""
     pairs: Sequence[PreferencePair] = ()
     reward_model: RewardModelRef | None = None
+    precision: str = DEFAULT_PRECISION
+    """The run's precision setting (training/ml/precision.py), resolved on the device
+    the method trains on."""
 
 
 @dataclass
@@ -99,6 +104,8 @@ class TrainerSetup:
     policy to train and where the trainer may write its scratch files."""
 
     device: Any
+    precision: Precision
+    """Resolved on `device`: frozen weights in its dtype, trained ones in fp32."""
     tokenizer: Any
     """Left padding, pad distinct from EOS (training/ml/loading.py)."""
     policy: Any
@@ -110,13 +117,16 @@ class TrainerSetup:
     """TRL arguments every trainer here shares (see trainer_arguments)."""
 
 
-def set_up(start: PolicyStart, out_dir: Path, *, seed: int, lora_r: int, lora_alpha: int) -> TrainerSetup:
+def set_up(start: PolicyStart, out_dir: Path, *, seed: int, lora_r: int, lora_alpha: int,
+           precision: Precision | str | None = None) -> TrainerSetup:
     seed_everything(seed)
     device = pick_device()
+    resolved = precision_for(precision, device)
     tokenizer = load_tokenizer(start.base_model_dir)
-    policy, peft_config = trainable_policy(start, lora_r, lora_alpha, device)
+    policy, peft_config = trainable_policy(start, lora_r, lora_alpha, device, resolved)
     work_dir = out_dir.with_name(out_dir.name + ".trainer")
-    return TrainerSetup(device, tokenizer, policy, peft_config, work_dir, trainer_arguments(work_dir, seed, device))
+    return TrainerSetup(device, resolved, tokenizer, policy, peft_config, work_dir,
+                        trainer_arguments(work_dir, seed, device, resolved))
 
 
 def train_and_save(trainer, setup: TrainerSetup, out_dir: Path, policy=None) -> float:
@@ -175,12 +185,12 @@ def require_adapter_fields(config) -> None:
     require(config.lora_r >= 1 and config.lora_alpha >= 1, "lora_r and lora_alpha must be at least 1")
 
 
-def trainer_arguments(work_dir: Path, seed: int, device) -> dict:
-    """Arguments every TRL trainer here shares. TRL's defaults assume a GPU (bf16) and a
-    big model (gradient checkpointing, which also turns off the KV cache when
-    sampling); neither helps a LoRA policy on a CPU."""
+def trainer_arguments(work_dir: Path, seed: int, device, precision: Precision) -> dict:
+    """Arguments every TRL trainer here shares: the job's precision (TRL's own default
+    is bf16 everywhere), no gradient checkpointing (TRL's default; it also turns off
+    the KV cache when sampling)."""
     return {"output_dir": str(work_dir), "seed": seed, "use_cpu": device.type == "cpu",
-            "bf16": device.type == "cuda", "gradient_checkpointing": False, "report_to": [],
+            **precision.trainer_flags, "gradient_checkpointing": False, "report_to": [],
             "save_strategy": "no", "logging_steps": 1}
 
 

@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import torch
-
 from training.ml.configs import require
 from training.ml.methods.base import (
     PROMPTS,
     REWARD_MODEL,
     Curve,
     Method,
+    TrainerSetup,
     TrainingInputs,
     TrainingResult,
     require_adapter_fields,
@@ -74,7 +73,7 @@ class OnlineDPOConfig:
         require_adapter_fields(self)
 
 
-def reference_model(inputs: TrainingInputs, config: OnlineDPOConfig, device):
+def reference_model(inputs: TrainingInputs, config: OnlineDPOConfig, setup: TrainerSetup):
     """None lets TRL choose: the adapter switched off (the base) for a new adapter, a
     frozen copy of the start for a continued one. The base as the reference of a
     continued adapter has to be passed in."""
@@ -82,7 +81,8 @@ def reference_model(inputs: TrainingInputs, config: OnlineDPOConfig, device):
         return None
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(inputs.start.base_model_dir, dtype=torch.float32).to(device).eval()
+    return AutoModelForCausalLM.from_pretrained(inputs.start.base_model_dir, dtype=setup.precision.dtype).to(
+        setup.device).eval()
 
 
 def train(inputs: TrainingInputs, out_dir: Path, config: OnlineDPOConfig,
@@ -104,7 +104,7 @@ def train(inputs: TrainingInputs, out_dir: Path, config: OnlineDPOConfig,
         ),
         metric_names=METRIC_NAMES, reward_penalty=0.0,
         examples_per_step=config.prompts_per_step, examples_name="pairs_sampled",
-        reference_model=lambda device: reference_model(inputs, config, device),
+        reference_model=lambda setup: reference_model(inputs, config, setup),
     )
 
 
