@@ -109,28 +109,53 @@ def trainable_policy(start: PolicyStart, lora_r: int, lora_alpha: int, device: t
                              target_modules="all-linear")
 
 
-def reference_policy(start: PolicyStart, reference: str, device: torch.device, precision: Precision = FP32):
-    """The KL reference. "initial" gives None: TRL then uses the policy with its adapter
-    switched off, which is the base model, without a second copy in memory. "previous"
-    merges the version this update starts from into a frozen model."""
+REFERENCE_ADAPTER = "ref"
+"""The name of a frozen copy of the start's adapter beside the trained one (TRL's name
+for it in GRPO, RLOO and DPO)."""
+
+
+def add_reference_adapter(policy, start: PolicyStart, reference: str) -> str | None:
+    """The adapter that serves as the KL reference, on `policy` itself: None (the
+    adapter switched off: the base) for reference "initial" or a policy that starts
+    from the base; for "previous" on a continued version, its adapter loaded again as a
+    frozen adapter "ref" beside the trained one (megabytes, where a merged copy of the
+    model would be the model's size again)."""
+    if reference not in ("initial", "previous"):
+        raise ValueError(f"reference must be 'initial' or 'previous', not {reference!r}")
     if reference == "initial" or start.adapter_dir is None:
         return None
-    if reference != "previous":
-        raise ValueError(f"reference must be 'initial' or 'previous', not {reference!r}")
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(start.base_model_dir, dtype=precision.dtype)
-    return PeftModel.from_pretrained(base, start.adapter_dir).merge_and_unload().to(device).eval()
+    policy.load_adapter(start.adapter_dir, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+    return REFERENCE_ADAPTER
 
 
-def frozen_base_policy(base_model_dir: Path | str, device: torch.device, precision: Precision = FP32):
-    """The base model alone, frozen: the "initial" KL reference where the policy's adapter
-    cannot be switched off for it (see training/ml/methods/ppo.py)."""
-    from transformers import AutoModelForCausalLM
+class AdapterReference(torch.nn.Module):
+    """A KL reference that is the policy's own weights, not a copy of them: the policy
+    (a PeftModel) called with its adapter switched off (`adapter` None: the base), or
+    with the frozen adapter `adapter` switched in (TRL's `use_adapter`). For trainers
+    that want a reference model to call (PPO under DDP, which cannot switch adapters
+    through the wrapped model; online DPO, which otherwise deep-copies a continued
+    adapter's whole model). The policy is held outside the module's children, so
+    Accelerate, `.to()` and `parameters()` see no weights here (no second copy, none
+    moved or wrapped twice); call it without gradients."""
 
-    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=precision.dtype)
-    return model.requires_grad_(False).to(device).eval()
+    def __init__(self, policy, adapter: str | None = None) -> None:
+        super().__init__()
+        self._held = (policy,)  # a tuple: not registered as a submodule
+        self.adapter = adapter
+
+    @property
+    def policy(self):
+        return self._held[0]
+
+    @property
+    def config(self):
+        return self.policy.config
+
+    def forward(self, *args, **kwargs):
+        from trl.trainer.utils import use_adapter
+
+        with use_adapter(self.policy, self.adapter):
+            return self.policy(*args, **kwargs)
 
 
 def save_policy(model, tokenizer, out_dir: Path, state_dict: dict | None = None) -> None:

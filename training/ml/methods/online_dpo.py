@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from training.ml.configs import require
+from training.ml.loading import AdapterReference, add_reference_adapter
 from training.ml.methods.base import (
     PROMPTS,
     REWARD_MODEL,
@@ -74,15 +75,13 @@ class OnlineDPOConfig:
 
 
 def reference_model(inputs: TrainingInputs, config: OnlineDPOConfig, setup: TrainerSetup):
-    """None lets TRL choose: the adapter switched off (the base) for a new adapter, a
-    frozen copy of the start for a continued one. The base as the reference of a
-    continued adapter has to be passed in."""
-    if config.reference == "previous" or inputs.start.adapter_dir is None:
+    """None for a new adapter: TRL switches it off for the reference (the base). A
+    continued adapter TRL would deep-copy, whole model and all: the reference is the
+    policy itself instead, with its adapter switched off ("initial") or its start's
+    adapter loaded again beside it, frozen ("previous")."""
+    if inputs.start.adapter_dir is None:
         return None
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(inputs.start.base_model_dir, dtype=setup.precision.dtype).to(
-        setup.device).eval()
+    return AdapterReference(setup.policy, add_reference_adapter(setup.policy, inputs.start, config.reference))
 
 
 def train(inputs: TrainingInputs, out_dir: Path, config: OnlineDPOConfig,

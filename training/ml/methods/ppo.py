@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 
 from training.ml.configs import require
-from training.ml.loading import frozen_base_policy, reference_policy
+from training.ml.loading import AdapterReference, add_reference_adapter
 from training.ml.methods.base import (
     PROMPTS,
     REWARD_MODEL,
@@ -135,7 +135,9 @@ def train(inputs: TrainingInputs, out_dir: Path, config: PPOConfig,
     reward_model = normalized_reward_model(inputs.reward_model, device, setup.precision)
     value_model = critic(reward_model, config)  # before the window below: values read whole rollouts
     read_last_tokens(reward_model, input_limit(inputs.reward_model.weights_dir))
-    reference = reference_policy(inputs.start, config.reference, device, setup.precision)
+    # The reference is the policy's own base, its adapter switched off, or (reference
+    # "previous") its start's adapter loaded again, frozen: never a second model.
+    reference_adapter = add_reference_adapter(setup.policy, inputs.start, config.reference)
     dataset = Dataset.from_dict({"input_ids": [prompt_input_ids(tokenizer, p) for p in inputs.prompts]})
     episodes = config.total_episodes or max(len(inputs.prompts), config.batch_size)
 
@@ -168,14 +170,13 @@ def train(inputs: TrainingInputs, out_dir: Path, config: PPOConfig,
     with accelerate_mixed_precision(setup.precision.mixed_precision):
         trainer = PPOTrainer(
             args=args, processing_class=tokenizer, model=setup.policy,
-            ref_model=reference, reward_model=reward_model, value_model=value_model, train_dataset=dataset,
+            ref_model=None, reward_model=reward_model, value_model=value_model, train_dataset=dataset,
             callbacks=[report], peft_config=setup.peft_config,
         )
-    if trainer.ref_model is None and isinstance(trainer.model, torch.nn.parallel.DistributedDataParallel):
-        # TRL switches the policy's adapter off for the reference through the trainer's
-        # model, which fails once DDP has wrapped it (trl 1.9.2): a frozen copy of the
-        # base is the reference instead.
-        trainer.ref_model = frozen_base_policy(inputs.start.base_model_dir, device, setup.precision)
+    # TRL would switch adapters through the trainer's model, which fails once DDP has
+    # wrapped it (trl 1.9.2): a reference to call, over the same weights, works with
+    # and without DDP.
+    trainer.ref_model = AdapterReference(trainer.policy_model, reference_adapter)
     if isinstance(value_model, FeatureHeadCritic):
         value_model.features.rows_kept = args.local_batch_size  # one rollout batch, as TRL sized it
     # TRL reads the logits of the answer's positions only (and the one before them).
