@@ -232,9 +232,11 @@ def test_create_run(client, keys, base_run, tmp_path):
     run = response.json()
     assert (run["name"], run["method"], run["head"] is not None) == ("second", "dpo", True)
     assert run["precision"] == "auto"  # the deployment's
-    exact = client.post(f"{PREFIX}/runs", {**body, "name": "exact", "precision": "fp32"},
+    exact = client.post(f"{PREFIX}/runs", {**body, "name": "exact", "precision": "fp32",
+                                           "gradient_checkpointing": "on"},
                         content_type="application/json", **bearer(keys.staff))
-    assert exact.status_code == 201 and exact.json()["precision"] == "fp32"
+    assert exact.status_code == 201
+    assert (exact.json()["precision"], exact.json()["gradient_checkpointing"]) == ("fp32", "on")
     assert client.post(f"{PREFIX}/runs", {**body, "name": "half", "precision": "half"},
                        content_type="application/json", **bearer(keys.staff)).status_code == 422
     assert [r["name"] for r in client.get(f"{PREFIX}/runs", **bearer(keys.staff)).json()] == ["default", "second",

@@ -1,8 +1,10 @@
 """What every policy-update method holds in memory, on the tiny model on the CPU: with
-the run's precision set to bf16 the base and the reward model are bf16, the adapter
-fp32, and the metrics finite; and whatever the reference, the trainer's models hold one
-copy of the base weights (the reference is the adapter switched off, or a frozen
-reference adapter beside the trained one, never a second model)."""
+the run's precision set to bf16 (and gradient checkpointing on) the base and the
+reward model are bf16, the adapter fp32, and the metrics finite; whatever the
+reference, the trainer's models hold one copy of the base weights (the reference is
+the adapter switched off, or a frozen reference adapter beside the trained one, never
+a second model); and with checkpointing on, sampling inside training keeps its KV
+cache."""
 
 from __future__ import annotations
 
@@ -105,7 +107,8 @@ def test_each_method_updates_in_bf16_with_the_adapter_in_fp32_and_one_base(name,
                                                                           tmp_path, trainers, base_count):
     method = METHODS[name]
     inputs = TrainingInputs(start=PolicyStart(tiny_model_dir), prompts=PROMPTS, pairs=PAIRS,
-                            reward_model=RewardModelRef(tiny_model_dir, reward_dir), precision="bf16")
+                            reward_model=RewardModelRef(tiny_model_dir, reward_dir), precision="bf16",
+                            gradient_checkpointing="on")
     result = method.train(inputs, tmp_path / "out", method.config(ONE_UPDATE[name]))
 
     assert (tmp_path / "out" / "adapter_config.json").is_file()
@@ -119,6 +122,7 @@ def test_each_method_updates_in_bf16_with_the_adapter_in_fp32_and_one_base(name,
     assert {p.dtype for n, p in policy.named_parameters() if "lora_" not in n and not p.requires_grad} == {
         torch.bfloat16}
     assert trainers[0].args.bf16 and not trainers[0].args.fp16
+    assert trainers[0].args.gradient_checkpointing and policy.is_gradient_checkpointing
     assert base_weight_count(policy_models(trainers[0])) == base_count
     if name == "ppo":  # its own Accelerator, told explicitly
         assert trainers[0].accelerator.mixed_precision == "bf16"
@@ -182,3 +186,52 @@ def test_the_adapter_reference_is_the_base_or_the_start_over_the_policys_own_wei
     assert {name for name, parameter in policy.named_parameters() if parameter.requires_grad} == trained
     assert list(AdapterReference(policy, "ref").parameters()) == []  # nothing to move, wrap or count twice
 
+
+SAMPLING = ["ppo", "rloo", "grpo", "online_dpo"]
+
+
+@pytest.mark.parametrize("name", SAMPLING)
+def test_with_checkpointing_on_sampling_inside_training_keeps_its_kv_cache(name, tiny_model_dir, reward_dir,
+                                                                           tmp_path, monkeypatch):
+    """transformers' layers drop the cache whenever checkpointing is on in train mode
+    (and online DPO asks for none): while the policy generates, every decoder layer
+    must be called with the cache on and checkpointing off; while it trains, with
+    checkpointing on."""
+    from transformers import LlamaForCausalLM
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    calls = {"generating": [], "training": []}
+    generating = []
+    generate = LlamaForCausalLM.generate
+
+    def counted_generate(self, *args, **kwargs):
+        generating.append(True)
+        try:
+            return generate(self, *args, **kwargs)
+        finally:
+            generating.pop()
+
+    def record(layer, args, kwargs):
+        drops_cache = layer.gradient_checkpointing and layer.training
+        if generating:
+            calls["generating"].append((kwargs.get("use_cache"), drops_cache))
+        elif torch.is_grad_enabled():
+            calls["training"].append(drops_cache)
+
+    monkeypatch.setattr(LlamaForCausalLM, "generate", counted_generate)
+    hooks = []
+    real_init = GradientCheckpointingLayer.__init__
+
+    def hooked_init(layer, *args, **kwargs):
+        real_init(layer, *args, **kwargs)
+        hooks.append(layer.register_forward_pre_hook(record, with_kwargs=True))
+
+    monkeypatch.setattr(GradientCheckpointingLayer, "__init__", hooked_init)
+    method = METHODS[name]
+    inputs = TrainingInputs(start=PolicyStart(tiny_model_dir), prompts=PROMPTS,
+                            reward_model=RewardModelRef(tiny_model_dir, reward_dir), gradient_checkpointing="on")
+    method.train(inputs, tmp_path / "out", method.config(ONE_UPDATE[name]))
+
+    assert calls["generating"] and calls["training"]
+    assert all(use_cache is not False and not drops for use_cache, drops in calls["generating"]), calls["generating"]
+    assert any(calls["training"])  # the policy's own training forwards were checkpointed

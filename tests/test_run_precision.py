@@ -28,17 +28,18 @@ def test_the_settings_page_changes_the_precision_and_refuses_an_unknown_one(clie
     assert '<select name="precision"' in page and "LoRA adapters train in fp32" in page
     refused = client.post(f"/runs/{base_run.pk}/", current_values(base_run, precision="int4"))
     assert refused.status_code == 400
-    saved = client.post(f"/runs/{base_run.pk}/", current_values(base_run, precision="bf16"))
+    saved = client.post(f"/runs/{base_run.pk}/", current_values(base_run, precision="bf16",
+                                                                 gradient_checkpointing="off"))
     assert saved.status_code == 302
     base_run.refresh_from_db()
-    assert base_run.precision == "bf16"
+    assert (base_run.precision, base_run.gradient_checkpointing) == ("bf16", "off")
     with pytest.raises(services.RunError, match="precision must be one of auto, bf16, fp16, fp32"):
         services.update_run_settings(base_run, services.RunSettings(
             **{**services.settings_of(base_run).__dict__, "precision": "half"}))
 
 
 def test_every_job_pins_its_runs_precision_and_an_old_job_runs_in_auto(base_run):
-    base_run.precision = "bf16"
+    base_run.precision, base_run.gradient_checkpointing = "bf16", "on"
     base_run.save()
     for index in range(3):
         Prompt.objects.create(messages=[{"role": "user", "content": f"question {index}"}])
@@ -53,10 +54,15 @@ def test_every_job_pins_its_runs_precision_and_an_old_job_runs_in_auto(base_run)
     base_run.precision = "fp32"  # changed after: queued jobs keep theirs
     base_run.save()
     assert [Job.objects.get(pk=job.pk).precision for job in jobs] == ["bf16"] * 4
-    assert policy_updates.training_inputs(jobs[0]).precision == "bf16"
+    inputs = policy_updates.training_inputs(jobs[0])
+    assert (inputs.precision, inputs.gradient_checkpointing) == ("bf16", "on")
 
     old = Job.objects.create(kind=Job.Kind.EVALUATE, run=base_run, params={"sampling": {}})
     assert old.precision == "auto"
+    jobs[0].params = {key: value for key, value in jobs[0].params.items()
+                      if key not in ("precision", "gradient_checkpointing")}  # as pinned before both existed
+    inputs = policy_updates.training_inputs(jobs[0])
+    assert (inputs.precision, inputs.gradient_checkpointing) == ("auto", "auto")
 
 
 def test_a_migrated_run_is_in_auto():

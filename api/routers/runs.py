@@ -31,6 +31,7 @@ class RunOut(Schema):
     recipe: str
     base_model_dir: str
     precision: str
+    gradient_checkpointing: str
     head: int | None
     paused: bool
 
@@ -50,6 +51,9 @@ class RunIn(Schema):
     precision: Literal["auto", "bf16", "fp16", "fp32"] | None = Field(
         None, description="auto, bf16, fp16 or fp32 (auto: bf16 on a recent GPU, fp16 on an older one, fp32 on the "
                           "CPU); the deployment's PREFLOOP_PRECISION by default")
+    gradient_checkpointing: Literal["auto", "on", "off"] | None = Field(
+        None, description="in policy updates (auto: on on CUDA, off on the CPU); the deployment's "
+                          "PREFLOOP_GRADIENT_CHECKPOINTING by default")
 
     @field_validator("name", "base_model_dir", "description")
     @classmethod
@@ -95,8 +99,9 @@ def list_runs(request):
 def create_run(request, new: RunIn):
     try:
         chosen = services.default_settings(new.method)
-        if new.precision:
-            chosen["precision"] = new.precision
+        for key in ("precision", "gradient_checkpointing"):
+            if getattr(new, key):
+                chosen[key] = getattr(new, key)
         run = services.create_run(new.name, new.base_model_dir, request.auth, new.description,
                                   services.RunSettings(**chosen))
     except ValueError as error:  # RunError, or settings the method refuses

@@ -199,7 +199,7 @@ def method_payload(method: Method, inputs: TrainingInputs, out_dir: Path, config
     start, reward_model = inputs.start, inputs.reward_model
     return {
         "method": method.name, "config": config_to_dict(config), "out_dir": str(out_dir),
-        "precision": inputs.precision,
+        "precision": inputs.precision, "gradient_checkpointing": inputs.gradient_checkpointing,
         "start": {"base_model_dir": str(start.base_model_dir),
                   "adapter_dir": str(start.adapter_dir) if start.adapter_dir else None},
         "prompts": [list(messages) for messages in inputs.prompts],
@@ -218,7 +218,8 @@ def run_method(payload: dict, on_step: StepReport | None) -> dict:
     inputs = TrainingInputs(
         start=PolicyStart(Path(start["base_model_dir"]), Path(start["adapter_dir"]) if start["adapter_dir"] else None),
         prompts=payload["prompts"], pairs=[pair_from_dict(p) for p in payload["pairs"]],
-        precision=payload.get("precision") or DEFAULT_PRECISION)
+        precision=payload.get("precision") or DEFAULT_PRECISION,
+        gradient_checkpointing=payload.get("gradient_checkpointing") or "auto")
     if ref := payload["reward_model"]:
         inputs.reward_model = RewardModelRef(Path(ref["base_model_dir"]), Path(ref["weights_dir"]), ref["mean"],
                                              ref["std"])

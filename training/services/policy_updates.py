@@ -71,7 +71,7 @@ def create_policy_update_job(
         inputs["last_label_id"] = last_label_id() if label_bound is None else label_bound
         inputs["datasets"] = datasets
     job.params = {"method": chosen.name, "config": {**config_to_dict(config), "seed": job.pk}, "inputs": inputs,
-                  "precision": run.precision}
+                  "precision": run.precision, "gradient_checkpointing": run.gradient_checkpointing}
     job.save(update_fields=["params"])
     return job
 
@@ -83,7 +83,8 @@ def training_inputs(job: Job) -> TrainingInputs:
     pinned = job.params["inputs"]
     start = PolicyVersion.objects.get(number=pinned["start_version"])
     inputs = TrainingInputs(PolicyStart(Path(start.base_model_dir), Path(start.adapter_dir) if start.adapter_dir
-                                        else None), precision=job.precision)
+                                        else None), precision=job.precision,
+                            gradient_checkpointing=job.params.get("gradient_checkpointing", "auto"))
     if PROMPTS in method.needs:
         by_id = Prompt.objects.in_bulk(pinned["prompt_ids"])
         inputs.prompts = [by_id[i].messages for i in pinned["prompt_ids"] if i in by_id]

@@ -121,7 +121,7 @@ def train(inputs: TrainingInputs, out_dir: Path, config: BestOfNConfig,
     examples: list[Example] = [(inputs.prompts[c.prompt_index], c.sample.text, c.sample.ended, c.sample.token_ids)
                                for c in kept]
     history, seconds = fine_tune(inputs.start, examples, out_dir, config, method="best_of_n", on_step=on_step,
-                                 precision=inputs.precision)
+                                 precision=inputs.precision, gradient_checkpointing=inputs.gradient_checkpointing)
     all_scores = torch.tensor([s for group in scores for s in group])
     summary = {"sampled": int(all_scores.numel()), "kept": len(kept),
                "mean_score_sampled": float(all_scores.mean()) if all_scores.numel() else None,

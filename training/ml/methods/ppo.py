@@ -30,6 +30,7 @@ import torch
 from training.ml.configs import require
 from training.ml.loading import AdapterReference, add_reference_adapter
 from training.ml.methods.base import (
+    CHECKPOINTING_KWARGS,
     PROMPTS,
     REWARD_MODEL,
     Curve,
@@ -130,7 +131,7 @@ def train(inputs: TrainingInputs, out_dir: Path, config: PPOConfig,
     from trl.experimental.ppo import PPOTrainer
 
     setup = set_up(inputs.start, out_dir, seed=config.seed, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
-                   precision=inputs.precision)
+                   precision=inputs.precision, gradient_checkpointing=inputs.gradient_checkpointing)
     device, tokenizer = setup.device, setup.tokenizer
     reward_model = normalized_reward_model(inputs.reward_model, device, setup.precision)
     value_model = critic(reward_model, config)  # before the window below: values read whole rollouts
@@ -164,6 +165,8 @@ def train(inputs: TrainingInputs, out_dir: Path, config: PPOConfig,
         logging_steps=1,
         use_cpu=device.type == "cpu",
         **setup.precision.trainer_flags,
+        gradient_checkpointing=setup.gradient_checkpointing,
+        gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS,
     )
     history: list[dict] = []
     report = report_steps(history, on_step, lambda key: METRIC_NAMES.get(key, f"ppo/{key}"))
@@ -177,6 +180,8 @@ def train(inputs: TrainingInputs, out_dir: Path, config: PPOConfig,
     # wrapped it (trl 1.9.2): a reference to call, over the same weights, works with
     # and without DDP.
     trainer.ref_model = AdapterReference(trainer.policy_model, reference_adapter)
+    if setup.gradient_checkpointing:  # TRL's PPO loop, unlike the Trainer's, never switches it on
+        trainer.policy_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)
     if isinstance(value_model, FeatureHeadCritic):
         value_model.features.rows_kept = args.local_batch_size  # one rollout batch, as TRL sized it
     # TRL reads the logits of the answer's positions only (and the one before them).

@@ -57,7 +57,7 @@ def train_sampling_method(
     from datasets import Dataset
 
     setup = set_up(inputs.start, out_dir, seed=config.seed, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
-                   precision=inputs.precision)
+                   precision=inputs.precision, gradient_checkpointing=inputs.gradient_checkpointing)
     reward = RewardModelFunction(inputs.reward_model, setup.tokenizer, reward_penalty, setup.device, setup.precision)
     args = trl_config_class(**setup.arguments, **trl_arguments)
     history: list[dict] = []
