@@ -235,3 +235,25 @@ def test_with_checkpointing_on_sampling_inside_training_keeps_its_kv_cache(name,
     assert calls["generating"] and calls["training"]
     assert all(use_cache is not False and not drops for use_cache, drops in calls["generating"]), calls["generating"]
     assert any(calls["training"])  # the policy's own training forwards were checkpointed
+
+
+@pytest.mark.parametrize("name", ["dpo", "grpo"])
+def test_checkpointing_changes_no_number_on_the_cpu(name, tiny_model_dir, reward_dir, tmp_path):
+    """Recomputing activations gives the same gradients: one update with checkpointing
+    on logs what it logs with checkpointing off (the sampling method included: its
+    generation runs without checkpointing either way)."""
+    method = METHODS[name]
+    histories = {}
+    for setting in ("off", "on"):
+        inputs = TrainingInputs(start=PolicyStart(tiny_model_dir), prompts=PROMPTS, pairs=PAIRS,
+                                reward_model=RewardModelRef(tiny_model_dir, reward_dir),
+                                gradient_checkpointing=setting)
+        result = method.train(inputs, tmp_path / setting, method.config({**ONE_UPDATE[name], "epochs": 2}))
+        histories[setting] = [{key: value for key, value in entry.items() if isinstance(value, float)
+                               and not any(part in key for part in ("per_second", "runtime", "time"))}
+                              for entry in result.history]
+    assert len(histories["on"]) == len(histories["off"]) >= 2
+    for on, off in zip(histories["on"], histories["off"], strict=True):
+        assert on.keys() == off.keys()
+        different = {key: (on[key], off[key]) for key in on if on[key] != pytest.approx(off[key], rel=1e-4, abs=1e-6)}
+        assert not different, different
