@@ -300,6 +300,14 @@ PREFLOOP_GENERATION_BATCH_SIZE = env_int("PREFLOOP_GENERATION_BATCH_SIZE", 8, mi
 # torch threads per worker process; 0 lets torch decide. Two torch processes on two
 # cores fight for threads, so the demo pins this.
 PREFLOOP_TORCH_THREADS = env_int("PREFLOOP_TORCH_THREADS", 0, minimum=0)
+# A new run's precision (its settings page changes it; each job pins its run's): "auto"
+# is bf16 on a CUDA device that computes in it (compute capability 8.0+), fp16 on older
+# CUDA, fp32 on the CPU, resolved on the worker's device (training/ml/precision.py).
+PREFLOOP_PRECISION = env_choice("PREFLOOP_PRECISION", "auto", {"auto", "bf16", "fp16", "fp32"})
+# A new run's gradient checkpointing in policy updates (its settings page changes it):
+# "auto" is on on CUDA (activation memory from every layer's to about one layer's, ~1/3
+# more compute), off on the CPU; or "on", "off".
+PREFLOOP_GRADIENT_CHECKPOINTING = env_choice("PREFLOOP_GRADIENT_CHECKPOINTING", "auto", {"auto", "on", "off"})
 # Policy updates as several processes under `accelerate launch` (training/ml/methods/
 # launch.py): PREFLOOP_TRAIN_PROCESSES processes of DDP on this worker's GPUs (or CPUs),
 # or what an Accelerate config file says (deploy/accelerate/: DeepSpeed ZeRO-2/3, FSDP).

@@ -231,7 +231,16 @@ def test_create_run(client, keys, base_run, tmp_path):
     assert response.status_code == 201, response.content
     run = response.json()
     assert (run["name"], run["method"], run["head"] is not None) == ("second", "dpo", True)
-    assert [r["name"] for r in client.get(f"{PREFIX}/runs", **bearer(keys.staff)).json()] == ["default", "second"]
+    assert run["precision"] == "auto"  # the deployment's
+    exact = client.post(f"{PREFIX}/runs", {**body, "name": "exact", "precision": "fp32",
+                                           "gradient_checkpointing": "on"},
+                        content_type="application/json", **bearer(keys.staff))
+    assert exact.status_code == 201
+    assert (exact.json()["precision"], exact.json()["gradient_checkpointing"]) == ("fp32", "on")
+    assert client.post(f"{PREFIX}/runs", {**body, "name": "half", "precision": "half"},
+                       content_type="application/json", **bearer(keys.staff)).status_code == 422
+    assert [r["name"] for r in client.get(f"{PREFIX}/runs", **bearer(keys.staff)).json()] == ["default", "second",
+                                                                                            "exact"]
     again = client.post(f"{PREFIX}/runs", body, content_type="application/json", **bearer(keys.staff))
     assert again.status_code == 400 and "already a run" in again.json()["error"]
     nowhere = client.post(f"{PREFIX}/runs", {**body, "name": "third", "base_model_dir": str(tmp_path / "none")},

@@ -93,9 +93,9 @@ def test_a_cancelled_evaluation_stops_instead_of_going_on_to_the_next_version(rm
 
     load, sampled = evaluation.load_version, []
 
-    def count_versions(version):
+    def count_versions(version, precision=None):
         sampled.append(version.number)
-        return load(version)
+        return load(version, precision)
 
     monkeypatch.setattr(Job, "report_progress", cancel_at_the_first_batch)
     monkeypatch.setattr(evaluation, "load_version", count_versions)
@@ -144,8 +144,10 @@ def test_each_trained_version_gets_its_kl_to_the_base_measured_once(rm_settings,
 
     loaded = []  # (base model, adapter or None) of every model the job loaded
     load_version, load_policy = evaluation.load_version, evaluation.load_policy
-    monkeypatch.setattr(evaluation, "load_version", lambda v: loaded.append(v.adapter_dir or None) or load_version(v))
-    monkeypatch.setattr(evaluation, "load_policy", lambda *args: loaded.append(args[1:]) or load_policy(*args))
+    monkeypatch.setattr(evaluation, "load_version",
+                        lambda v, *rest: loaded.append(v.adapter_dir or None) or load_version(v, *rest))
+    monkeypatch.setattr(evaluation, "load_policy",
+                        lambda *args, **kwargs: loaded.append(args[1:]) or load_policy(*args, **kwargs))
     job = run_evaluation(base_run)
     assert job.params["kl_samples"] == 3 and job.result["kl_measured"] == 2 and job.result["answered"] == 3 * 2
     # The base answered first and was kept as the reference: no second copy of it.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from labeling import services as labeling
 from labeling.services import LabelInput
@@ -24,7 +25,10 @@ def sft_run(tiny_base, base_run, people, make_comparison, settings, tmp_path):
 
 
 def test_a_policy_update_that_cannot_fit_is_refused_with_the_setting_to_change(sft_run, monkeypatch):
-    monkeypatch.setattr(memory, "this_device", lambda: ("cuda", 16 * GIB))
+    # Planned for a 16 GiB GPU in bf16 (what the run pins), without one being here.
+    sft_run.precision, sft_run.gradient_checkpointing = "bf16", "off"
+    sft_run.save()
+    monkeypatch.setattr(memory, "this_device", lambda: (torch.device("cuda"), 16 * GIB))
     loaded = []
     monkeypatch.setattr("training.ml.methods.base.trainable_policy", lambda *a, **k: loaded.append(a))
     job = services.run_job_now(services.create_policy_update_job(sft_run, sft_run.base_version, None))
@@ -37,7 +41,7 @@ def test_a_policy_update_that_cannot_fit_is_refused_with_the_setting_to_change(s
 
 
 def test_the_same_update_fits_a_device_large_enough(sft_run, monkeypatch):
-    monkeypatch.setattr(memory, "this_device", lambda: ("cuda", 4096 * GIB))
+    monkeypatch.setattr(memory, "this_device", lambda: (torch.device("cpu"), 4096 * GIB))
     sft_run.method_config = {"batch_size": 4}
     sft_run.save()
     job = services.run_job_now(services.create_policy_update_job(sft_run, sft_run.base_version, None))
@@ -58,6 +62,8 @@ def test_the_run_page_shows_whether_an_update_fits(client, people, tiny_run):
     table = page[page.index('id="memory-plan"'):page.index("</table>", page.index('id="memory-plan"'))]
     assert table.count("<tr>") == 5 and "CUDA, 24 GB" in table and "this machine&#x27;s CPU" in table
     assert "yes" in table  # the tiny model fits anything
+    # auto: bf16 with checkpointing on the GPUs, fp32 without it on the CPU.
+    assert table.count("<td>bf16</td><td>on</td>") == 3 and "<td>fp32</td><td>off</td>" in table
 
 
 def test_a_model_the_page_cannot_size_shows_no_plan(client, people, tiny_run, tmp_path):
@@ -67,3 +73,18 @@ def test_a_model_the_page_cannot_size_shows_no_plan(client, people, tiny_run, tm
     assert services.planned_peaks(tiny_run) == []
     client.force_login(people.researcher)
     assert "Will a policy update fit?" not in client.get(f"/runs/{tiny_run.pk}/").content.decode()
+
+
+def test_a_reward_model_that_cannot_fit_is_refused_before_it_trains(tiny_base, base_run, people, make_comparison,
+                                                                     settings, tmp_path, monkeypatch):
+    settings.PREFLOOP_ARTIFACT_DIR = tmp_path / "artifacts"
+    base_run.reward_config.update(batch_size=4096, max_length=512)
+    base_run.precision = "bf16"
+    base_run.save()
+    labeling.submit_label(people.annotator, LabelInput(make_comparison().pk, "a"), require_lease=False)
+    monkeypatch.setattr(memory, "this_device", lambda: (torch.device("cuda"), 16 * GIB))
+    job = services.run_job_now(services.create_reward_training_job(base_run))
+    assert job.status == Job.Status.FAILED
+    assert "its largest part is activations" in job.error
+    assert job.error.endswith("lower the reward model's batch_size or max_length")
+    assert not base_run.reward_models.exists()

@@ -55,12 +55,20 @@ class RunSettingsForm(forms.Form):
         min_value=0, max_value=1_000_000,
         help_text="Train a reward model by itself after this many new labels (0: off).",
     )
+    precision = forms.ChoiceField(choices=Run.Precision.choices,
+                                  help_text="Of every model its jobs load and train; LoRA adapters train in fp32. "
+                                            "Jobs already queued keep theirs.")
+    gradient_checkpointing = forms.ChoiceField(
+        choices=Run.GradientCheckpointing.choices,
+        help_text="In policy updates: recompute activations in the backward pass instead of keeping them (about "
+                  "a layer's activations instead of every layer's, a third more compute); off while sampling.")
 
     def __init__(self, run: Run, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.run = run
         for name in ("method", "recipe", "query_selection", "update_prompts", "comparison_prompts", "auto_loop",
-                     "loop_min_labels", "reward_auto_train_labels"):
+                     "loop_min_labels", "reward_auto_train_labels", "precision",
+                     "gradient_checkpointing"):
             self.fields[name].initial = getattr(run, name)
         current = method_named(run.method).config(run.method_config, strict=False)
         for spec in field_specs(method_named(run.method).config_class):
@@ -102,6 +110,7 @@ class RunSettingsForm(forms.Form):
                 query_selection=data["query_selection"], update_prompts=data["update_prompts"],
                 comparison_prompts=data["comparison_prompts"], auto_loop=data["auto_loop"],
                 loop_min_labels=data["loop_min_labels"], reward_auto_train_labels=data["reward_auto_train_labels"],
+                precision=data["precision"], gradient_checkpointing=data["gradient_checkpointing"],
             ).checked()
         except RunError as error:
             field, _, message = str(error).partition(": ")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from django.conf import settings
 from django.shortcuts import get_object_or_404
@@ -29,6 +30,8 @@ class RunOut(Schema):
     method: str
     recipe: str
     base_model_dir: str
+    precision: str
+    gradient_checkpointing: str
     head: int | None
     paused: bool
 
@@ -45,6 +48,12 @@ class RunIn(Schema):
     base_model_dir: str = Field(max_length=1000, description="a local Hugging Face model directory on the server")
     method: str = Field("ppo", description=f"one of {', '.join(METHODS)}")
     description: str = Field("", max_length=2000)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] | None = Field(
+        None, description="auto, bf16, fp16 or fp32 (auto: bf16 on a recent GPU, fp16 on an older one, fp32 on the "
+                          "CPU); the deployment's PREFLOOP_PRECISION by default")
+    gradient_checkpointing: Literal["auto", "on", "off"] | None = Field(
+        None, description="in policy updates (auto: on on CUDA, off on the CPU); the deployment's "
+                          "PREFLOOP_GRADIENT_CHECKPOINTING by default")
 
     @field_validator("name", "base_model_dir", "description")
     @classmethod
@@ -89,8 +98,12 @@ def list_runs(request):
 @router.post("", response={201: RunOut, 400: Error}, summary="Create a run")
 def create_run(request, new: RunIn):
     try:
+        chosen = services.default_settings(new.method)
+        for key in ("precision", "gradient_checkpointing"):
+            if getattr(new, key):
+                chosen[key] = getattr(new, key)
         run = services.create_run(new.name, new.base_model_dir, request.auth, new.description,
-                                  services.RunSettings(**services.default_settings(new.method)))
+                                  services.RunSettings(**chosen))
     except ValueError as error:  # RunError, or settings the method refuses
         return 400, {"error": str(error)}
     return 201, run

@@ -24,16 +24,29 @@ from pathlib import Path
 
 import torch
 
+from training.ml.precision import Precision
+
 EXPORT_FORMATS = ("merged", "adapter")
+EXPORT_DTYPES = ("fp32", "bf16", "fp16")
+"""The dtypes a merged export's weights may be written in (training/ml/precision.py
+names); an adapter exports as it was trained (fp32)."""
 MANIFEST = "prefloop_export.json"
 
 
+def export_precision(dtype: str) -> Precision:
+    if dtype not in EXPORT_DTYPES:
+        raise ValueError(f"export dtype must be one of {', '.join(EXPORT_DTYPES)}, not {dtype!r}")
+    return Precision(dtype)
+
+
 def export_policy(base_model_dir: Path | str, adapter_dir: Path | str | None, out_dir: Path, form: str,
-                  about: dict | None = None) -> Path:
+                  about: dict | None = None, dtype: str = "fp32") -> Path:
     """Write the policy into `out_dir` (which must not exist) as `form` ("merged" or
-    "adapter"); `about` (version, run, method...) goes into prefloop_export.json."""
+    "adapter"); `about` (version, run, method...) goes into prefloop_export.json. A
+    merged export is merged in fp32 and its weights written in `dtype`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+    precision = export_precision(dtype)
     if form not in EXPORT_FORMATS:
         raise ValueError(f"export format must be one of {EXPORT_FORMATS}, not {form!r}")
     if form == "adapter" and not adapter_dir:
@@ -51,26 +64,28 @@ def export_policy(base_model_dir: Path | str, adapter_dir: Path | str | None, ou
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
-        model.save_pretrained(out_dir, safe_serialization=True)
+        model.to(precision.dtype).save_pretrained(out_dir, safe_serialization=True)
         try:
             GenerationConfig.from_pretrained(base_model_dir).save_pretrained(out_dir)
         except OSError:  # the base has none: the model's own defaults were saved above
             pass
     tokenizer.save_pretrained(out_dir)
-    manifest = {"format": form, "base_model_dir": str(base_model_dir), **(about or {})}
+    manifest = {"format": form, "base_model_dir": str(base_model_dir),
+                "dtype": dtype if form == "merged" else "fp32", **(about or {})}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return out_dir
 
 
 def export_reward_model(base_model_dir: Path | str, weights_dir: Path | str, out_dir: Path, mean: float, std: float,
-                        about: dict | None = None) -> Path:
-    """Write a reward model version merged into a plain sequence-classification
-    directory, its normalization in config.json."""
+                        about: dict | None = None, dtype: str = "fp32") -> Path:
+    """Write a reward model version merged (in fp32) into a plain sequence-classification
+    directory, its weights in `dtype`, its normalization in config.json."""
     from training.ml.reward_loading import input_limit, load_reward_model
 
+    precision = export_precision(dtype)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True)
-    model, tokenizer = load_reward_model(base_model_dir, weights_dir, torch.device("cpu"))
+    model, tokenizer = load_reward_model(base_model_dir, weights_dir, torch.device("cpu"), precision)
     model.config.prefloop_reward_mean, model.config.prefloop_reward_std = float(mean), float(std)
     # A version trained with left truncation reads only an input's last tokens; scored
     # whole, long inputs would get other rewards than the app gives them.
@@ -78,7 +93,7 @@ def export_reward_model(base_model_dir: Path | str, weights_dir: Path | str, out
     model.config.prefloop_reward_keep_last_tokens = keep_last
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    manifest = {"format": "merged", "kind": "reward_model", "base_model_dir": str(base_model_dir),
+    manifest = {"format": "merged", "kind": "reward_model", "base_model_dir": str(base_model_dir), "dtype": dtype,
                 "normalized_reward": "(logits[0] - prefloop_reward_mean) / prefloop_reward_std",
                 "input": "the last prefloop_reward_keep_last_tokens tokens of prompt + answer" if keep_last
                 else "prompt + answer, whole", **(about or {})}
@@ -110,8 +125,9 @@ def main() -> None:
     parser.add_argument("--adapter", help="the version's adapter directory (none for the base itself)")
     parser.add_argument("--out", required=True, type=Path, help="output directory (must not exist)")
     parser.add_argument("--format", choices=EXPORT_FORMATS, default="merged")
+    parser.add_argument("--dtype", choices=EXPORT_DTYPES, default="fp32", help="weights of a merged export")
     args = parser.parse_args()
-    export_policy(args.base, args.adapter, args.out, args.format)
+    export_policy(args.base, args.adapter, args.out, args.format, dtype=args.dtype)
     print(f"wrote {args.out}")
 
 

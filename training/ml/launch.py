@@ -44,6 +44,7 @@ from pathlib import Path
 from training.ml.configs import config_from_dict, config_to_dict
 from training.ml.loading import PolicyStart
 from training.ml.methods.base import Method, TrainingInputs, TrainingResult
+from training.ml.precision import DEFAULT_PRECISION
 from training.ml.preference_pairs import PreferencePair
 from training.ml.progress import StepReport
 from training.ml.reward_scoring import RewardModelRef
@@ -118,15 +119,18 @@ class LaunchConfig:
     def train_reward_model(self, pairs: Sequence[PreferencePair], base_model_dir: Path, out_dir: Path,
                            config: RewardTrainingConfig, warm_start_dir: Path | None = None,
                            on_step: StepReport | None = None,
-                           normalization_samples: Sequence[tuple] = ()) -> RewardTrainingResult:
+                           normalization_samples: Sequence[tuple] = (),
+                           precision: str | None = None) -> RewardTrainingResult:
         launch = self.for_reward_model()
         if not launch.launched:
             return train_reward_model(pairs, base_model_dir, out_dir, config, warm_start_dir=warm_start_dir,
-                                      on_step=on_step, normalization_samples=normalization_samples)
+                                      on_step=on_step, normalization_samples=normalization_samples,
+                                      precision=precision)
         payload = {"pairs": [asdict(pair) for pair in pairs], "base_model_dir": str(base_model_dir),
                    "out_dir": str(out_dir), "config": config_to_dict(config),
                    "warm_start_dir": str(warm_start_dir) if warm_start_dir else None,
-                   "normalization_samples": [list(sample) for sample in normalization_samples]}
+                   "normalization_samples": [list(sample) for sample in normalization_samples],
+                   "precision": precision}
         return RewardTrainingResult(**run_launched(launch, "reward_model", payload, out_dir, on_step))
 
     def command(self, folder: Path, machine_rank: int = 0, port: int | None = None) -> list[str]:
@@ -195,6 +199,7 @@ def method_payload(method: Method, inputs: TrainingInputs, out_dir: Path, config
     start, reward_model = inputs.start, inputs.reward_model
     return {
         "method": method.name, "config": config_to_dict(config), "out_dir": str(out_dir),
+        "precision": inputs.precision, "gradient_checkpointing": inputs.gradient_checkpointing,
         "start": {"base_model_dir": str(start.base_model_dir),
                   "adapter_dir": str(start.adapter_dir) if start.adapter_dir else None},
         "prompts": [list(messages) for messages in inputs.prompts],
@@ -212,7 +217,9 @@ def run_method(payload: dict, on_step: StepReport | None) -> dict:
     start = payload["start"]
     inputs = TrainingInputs(
         start=PolicyStart(Path(start["base_model_dir"]), Path(start["adapter_dir"]) if start["adapter_dir"] else None),
-        prompts=payload["prompts"], pairs=[pair_from_dict(p) for p in payload["pairs"]])
+        prompts=payload["prompts"], pairs=[pair_from_dict(p) for p in payload["pairs"]],
+        precision=payload.get("precision") or DEFAULT_PRECISION,
+        gradient_checkpointing=payload.get("gradient_checkpointing") or "auto")
     if ref := payload["reward_model"]:
         inputs.reward_model = RewardModelRef(Path(ref["base_model_dir"]), Path(ref["weights_dir"]), ref["mean"],
                                              ref["std"])
@@ -226,7 +233,8 @@ def run_reward_model(payload: dict, on_step: StepReport | None) -> dict:
     result = train_reward_model(
         [pair_from_dict(p) for p in payload["pairs"]], Path(payload["base_model_dir"]), Path(payload["out_dir"]),
         config_from_dict(RewardTrainingConfig, payload["config"]),
-        Path(payload["warm_start_dir"]) if payload["warm_start_dir"] else None, on_step, samples)
+        Path(payload["warm_start_dir"]) if payload["warm_start_dir"] else None, on_step, samples,
+        payload.get("precision"))
     return asdict(result)
 
 

@@ -13,6 +13,10 @@ from pathlib import Path
 
 import torch
 
+from training.ml.precision import Precision, precision_on
+
+FP32 = Precision("fp32")
+
 # Written into every published artifact by the publishing service; a reader that finds
 # a newer format refuses it instead of misreading it.
 ARTIFACT_FILE = "prefloop_artifact.json"
@@ -61,56 +65,97 @@ def load_tokenizer(model_dir: Path | str):
     return use_distinct_pad(tokenizer)
 
 
-def load_policy(model_dir: Path | str, adapter_dir: Path | str | None = None, device: torch.device | None = None):
-    """(model, tokenizer) ready for sampling; a LoRA adapter is merged in when given."""
+def load_policy(model_dir: Path | str, adapter_dir: Path | str | None = None, device: torch.device | None = None,
+                precision: Precision | str | None = None):
+    """(model, tokenizer) ready for sampling, in the job's precision (a setting is
+    resolved on `device`). In fp32 a LoRA adapter is merged in (exact up to rounding); in
+    bf16 or fp16 it stays unmerged, in fp32 beside the reduced-precision base: merging
+    its small update into bf16 weights would round much of it away, and the answers
+    people label would come from another policy than the one trained
+    (docs/benchmarks.md, "Sampling in bf16: merged or not")."""
     from transformers import AutoModelForCausalLM
 
     device = device or pick_device()
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    precision = precision_for(precision, device)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=precision.dtype)
     if adapter_dir:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+        model = PeftModel.from_pretrained(model, adapter_dir)  # adapter weights in fp32 (autocast_adapter_dtype)
+        if not precision.reduced:
+            model = model.merge_and_unload()
     return model.to(device).eval(), load_tokenizer(model_dir)
 
 
-def trainable_policy(start: PolicyStart, lora_r: int, lora_alpha: int, device: torch.device):
+def precision_for(precision: Precision | str | None, device: torch.device) -> Precision:
+    """A resolved precision as given, or a setting (None: auto) resolved on `device`."""
+    return precision if isinstance(precision, Precision) else precision_on(precision, device)
+
+
+def trainable_policy(start: PolicyStart, lora_r: int, lora_alpha: int, device: torch.device,
+                     precision: Precision = FP32):
     """(model, peft_config for a TRL trainer). Continuing a version: its adapter, made
     trainable, and no peft_config. From the base: the plain model and a new LoRA config
-    that the trainer wraps around it."""
+    that the trainer wraps around it. The base weights are frozen and load in
+    `precision`; the adapter trains in fp32 (PEFT's `autocast_adapter_dtype`, on by
+    default in `PeftModel.from_pretrained` and `get_peft_model`, which TRL calls)."""
     from peft import LoraConfig, PeftModel, TaskType
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(start.base_model_dir, dtype=torch.float32).to(device)
+    model = AutoModelForCausalLM.from_pretrained(start.base_model_dir, dtype=precision.dtype).to(device)
     if start.adapter_dir is not None:
         return PeftModel.from_pretrained(model, start.adapter_dir, is_trainable=True), None
     return model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora_r, lora_alpha=lora_alpha,
                              target_modules="all-linear")
 
 
-def reference_policy(start: PolicyStart, reference: str, device: torch.device):
-    """The KL reference. "initial" gives None: TRL then uses the policy with its adapter
-    switched off, which is the base model, without a second copy in memory. "previous"
-    merges the version this update starts from into a frozen model."""
+REFERENCE_ADAPTER = "ref"
+"""The name of a frozen copy of the start's adapter beside the trained one (TRL's name
+for it in GRPO, RLOO and DPO)."""
+
+
+def add_reference_adapter(policy, start: PolicyStart, reference: str) -> str | None:
+    """The adapter that serves as the KL reference, on `policy` itself: None (the
+    adapter switched off: the base) for reference "initial" or a policy that starts
+    from the base; for "previous" on a continued version, its adapter loaded again as a
+    frozen adapter "ref" beside the trained one (megabytes, where a merged copy of the
+    model would be the model's size again)."""
+    if reference not in ("initial", "previous"):
+        raise ValueError(f"reference must be 'initial' or 'previous', not {reference!r}")
     if reference == "initial" or start.adapter_dir is None:
         return None
-    if reference != "previous":
-        raise ValueError(f"reference must be 'initial' or 'previous', not {reference!r}")
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(start.base_model_dir, dtype=torch.float32)
-    return PeftModel.from_pretrained(base, start.adapter_dir).merge_and_unload().to(device).eval()
+    policy.load_adapter(start.adapter_dir, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+    return REFERENCE_ADAPTER
 
 
-def frozen_base_policy(base_model_dir: Path | str, device: torch.device):
-    """The base model alone, frozen: the "initial" KL reference where the policy's adapter
-    cannot be switched off for it (see training/ml/methods/ppo.py)."""
-    from transformers import AutoModelForCausalLM
+class AdapterReference(torch.nn.Module):
+    """A KL reference that is the policy's own weights, not a copy of them: the policy
+    (a PeftModel) called with its adapter switched off (`adapter` None: the base), or
+    with the frozen adapter `adapter` switched in (TRL's `use_adapter`). For trainers
+    that want a reference model to call (PPO under DDP, which cannot switch adapters
+    through the wrapped model; online DPO, which otherwise deep-copies a continued
+    adapter's whole model). The policy is held outside the module's children, so
+    Accelerate, `.to()` and `parameters()` see no weights here (no second copy, none
+    moved or wrapped twice); call it without gradients."""
 
-    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
-    return model.requires_grad_(False).to(device).eval()
+    def __init__(self, policy, adapter: str | None = None) -> None:
+        super().__init__()
+        self._held = (policy,)  # a tuple: not registered as a submodule
+        self.adapter = adapter
+
+    @property
+    def policy(self):
+        return self._held[0]
+
+    @property
+    def config(self):
+        return self.policy.config
+
+    def forward(self, *args, **kwargs):
+        from trl.trainer.utils import use_adapter
+
+        with use_adapter(self.policy, self.adapter):
+            return self.policy(*args, **kwargs)
 
 
 def save_policy(model, tokenizer, out_dir: Path, state_dict: dict | None = None) -> None:

@@ -361,6 +361,7 @@ def plan_reward_training(shape: ModelShape, config, dtype: str = "bf16", gradien
     plan = plan_job(reward_shape, job, dtype, gradient_checkpointing, device)
     plan.parts["reward model weights"] = plan.parts.pop("policy weights")
     plan.advice["reward model weights"] = plan.advice.pop("policy weights")
+    plan.advice["activations"] = "lower the reward model's batch_size or max_length"
     del plan.parts["logits"]
     return plan
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from training.ml.loading import pick_device
+from training.ml.loading import pick_device, precision_for
+from training.ml.precision import Precision
 from training.ml.tokens import use_distinct_pad
 
 CONFIG_FILE = "prefloop_reward_config.json"
@@ -32,20 +33,28 @@ def load_reward_tokenizer(base_model_dir: Path | str):
     return use_distinct_pad(tokenizer)
 
 
-def load_reward_backbone(base_model_dir: Path | str, tokenizer, device: torch.device | None = None):
-    """The base model with a fresh scalar `score` head."""
+def load_reward_backbone(base_model_dir: Path | str, tokenizer, device: torch.device | None = None,
+                         dtype: torch.dtype = torch.float32):
+    """The base model with a fresh scalar `score` head, its weights in `dtype`."""
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(base_model_dir, num_labels=1, dtype=torch.float32)
+    model = AutoModelForSequenceClassification.from_pretrained(base_model_dir, num_labels=1, dtype=dtype)
     model.config.pad_token_id = tokenizer.pad_token_id
     return model.to(device or pick_device())
 
 
-def load_reward_model(base_model_dir: Path | str, weights_dir: Path | str, device: torch.device | None = None):
-    """(model, tokenizer) of a published version, ready to score: a LoRA adapter is
-    merged into the backbone; a fully fine-tuned model is loaded as is."""
+def load_reward_model(base_model_dir: Path | str, weights_dir: Path | str, device: torch.device | None = None,
+                      precision: Precision | str | None = None):
+    """(model, tokenizer) of a published version, ready to score in the job's precision
+    (a setting is resolved on `device`): a LoRA adapter is merged into the backbone in
+    fp32 on the CPU, then the model is cast (rounding the sum once, not the adapter's
+    update against rounded weights); a fully fine-tuned model is loaded as is. The
+    reward model is frozen wherever it is used, so every weight takes the dtype,
+    the head included (PPO's value head copies it and trains in fp32)."""
     from transformers import AutoModelForSequenceClassification
 
+    device = device or pick_device()
+    precision = precision_for(precision, device)
     weights_dir = Path(weights_dir)
     tokenizer = load_reward_tokenizer(base_model_dir)
     if (weights_dir / "adapter_config.json").is_file():
@@ -59,7 +68,7 @@ def load_reward_model(base_model_dir: Path | str, weights_dir: Path | str, devic
     if (weights_dir / HEAD_FILE).is_file():  # a head fitted after training, or a refit's
         with torch.no_grad():
             model.score.weight.copy_(torch.load(weights_dir / HEAD_FILE, weights_only=True).reshape(1, -1))
-    return model.to(device or pick_device()).eval(), tokenizer
+    return model.to(device=device, dtype=precision.dtype).eval(), tokenizer
 
 
 def input_limit(weights_dir: Path | str) -> int | None:

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from training.ml.loading import ARTIFACT_FILE
+from training.ml.precision import DEFAULT_PRECISION, PRECISIONS
 from training.ml.preference_pairs import PreferencePair, chosen_texts, rejected_texts, split_heldout
 from training.ml.progress import StepReport
 from training.ml.reward_features import FEATURES_FILE, FeatureStore, write_features
@@ -70,10 +71,12 @@ def refit_reward_head(
     config: RewardTrainingConfig,
     normalization_samples: Sequence[ScoredText] = (),
     on_step: StepReport | None = None,
+    precision: str | None = None,
 ) -> RefitResult:
     """Publishable folder in `out_dir`: the backbone (a full version's folder) with a head
     refit on every training pair. `feature_files`: the backbone's features and those of
-    the refits since; the answers this refit embedded go to `out_dir/features.pt`."""
+    the refits since; the answers this refit embedded go to `out_dir/features.pt`, by
+    the backbone loaded in the run's `precision` (the head itself fits in fp32)."""
     if not pairs:
         raise ValueError("no preference pairs to refit on")
     train, heldout = split_heldout(pairs, config.heldout_fraction)
@@ -90,7 +93,7 @@ def refit_reward_head(
     out_dir.mkdir(parents=True)
     embedded, features, too_long = [], torch.zeros(0, store.head.shape[-1]), []
     if missing:
-        model, tokenizer = load_reward_model(base_model_dir, backbone_dir)
+        model, tokenizer = load_reward_model(base_model_dir, backbone_dir, precision=precision)
         embedded, features, too_long = store.embed(model, tokenizer, missing, config.max_length, config.keep_last)
     write_features(out_dir / FEATURES_FILE, embedded, features, too_long)
     if on_step is not None:
@@ -135,11 +138,13 @@ def main() -> None:
     parser.add_argument("--refits", nargs="*", type=Path, default=[], help="earlier refits' folders (features)")
     parser.add_argument("--pairs", required=True, type=Path, help="PrefLoop's preference export (JSONL)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (must not exist)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION, help="of the backbone")
     args = parser.parse_args()
     config = RewardTrainingConfig(**{k: v for k, v in json.loads((args.backbone / CONFIG_FILE).read_text()).items()
                                      if k in RewardTrainingConfig.__dataclass_fields__})
     files = [folder / FEATURES_FILE for folder in (args.backbone, *args.refits)]
-    result = refit_reward_head(read_pairs(args.pairs), args.base_model, args.backbone, files, args.out, config)
+    result = refit_reward_head(read_pairs(args.pairs), args.base_model, args.backbone, files, args.out, config,
+                               precision=args.precision)
     print(json.dumps({"train_pairs": result.train_pairs, "heldout_accuracy": result.heldout_accuracy,
                       "embedded": result.embedded}))
 

@@ -31,11 +31,11 @@ class RewardModelRef:
     std: float = 1.0
 
 
-def normalized_reward_model(ref: RewardModelRef, device=None):
+def normalized_reward_model(ref: RewardModelRef, device=None, precision=None):
     """The reward model with (r - mean) / std built into its score head, so a trainer
     that reads `logits` (TRL's PPO) sees normalized rewards without knowing about
-    normalization."""
-    model, _ = load_reward_model(ref.base_model_dir, ref.weights_dir, device)
+    normalization. `precision`: as `load_reward_model` takes it."""
+    model, _ = load_reward_model(ref.base_model_dir, ref.weights_dir, device, precision)
     old = model.score  # Linear(hidden, 1, bias=False) on Llama-style classifiers
     head = torch.nn.Linear(old.in_features, 1, bias=True, dtype=old.weight.dtype, device=old.weight.device)
     with torch.no_grad():
@@ -76,8 +76,10 @@ class RewardScorer:
     """Left truncation, as the version was trained (`input_limit`)."""
 
     @classmethod
-    def load(cls, base_model_dir: Path, weights_dir: Path, mean: float, std: float, device=None) -> RewardScorer:
-        model, tokenizer = load_reward_model(base_model_dir, weights_dir, device)
+    def load(cls, base_model_dir: Path, weights_dir: Path, mean: float, std: float, device=None,
+             precision=None) -> RewardScorer:
+        """`precision`: the job's setting or a resolved precision (load_reward_model)."""
+        model, tokenizer = load_reward_model(base_model_dir, weights_dir, device, precision)
         heads_file = weights_dir / ENSEMBLE_FILE
         heads = torch.load(heads_file) if heads_file.is_file() else None
         return cls(model, tokenizer, mean, std, heads, input_limit(weights_dir))

@@ -21,6 +21,8 @@ from typing import ClassVar, Literal
 import torch
 
 from training.ml.configs import SettingNames, require
+from training.ml.loading import FP32, pick_device
+from training.ml.precision import Precision, precision_on
 from training.ml.preference_pairs import PreferencePair, chosen_texts, rejected_texts, split_heldout
 from training.ml.progress import StepReport, report_steps
 from training.ml.reward_features import FEATURES_FILE, FeatureStore, keep_last_tokens, write_features
@@ -182,7 +184,8 @@ def pairs_to_dataset(pairs: Sequence[PreferencePair], tokenizer, strength_margin
     return Dataset.from_dict(rows)
 
 
-def make_trainer(model, tokenizer, dataset, config: RewardTrainingConfig, output_dir: Path, peft_config, callbacks):
+def make_trainer(model, tokenizer, dataset, config: RewardTrainingConfig, output_dir: Path, peft_config, callbacks,
+                 precision: Precision = FP32):
     from trl import RewardConfig, RewardTrainer
 
     class GroupedRewardTrainer(RewardTrainer):
@@ -209,7 +212,7 @@ def make_trainer(model, tokenizer, dataset, config: RewardTrainingConfig, output
         save_strategy="no",
         report_to=[],
         use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available(),
+        **precision.trainer_flags,
         disable_tqdm=False,
         remove_unused_columns=False,  # the sampler needs `group`; our dataloader drops it
     )
@@ -227,10 +230,12 @@ def train_reward_model(
     warm_start_dir: Path | None = None,
     on_step: StepReport | None = None,
     normalization_samples: Sequence[ScoredText] = (),
+    precision: str | None = None,
 ) -> RewardTrainingResult:
     """Train on the non-held-out pairs, write the weights (LoRA adapter, or the whole
     model) and the config into `out_dir`, and measure held-out accuracy. `out_dir` is
-    written only at the end; callers publish it by renaming."""
+    written only at the end; callers publish it by renaming. `precision`: the run's
+    setting (training/ml/precision.py), resolved on this process's device."""
     from transformers import set_seed
 
     set_seed(config.seed)
@@ -239,14 +244,16 @@ def train_reward_model(
     train, heldout = split_heldout(pairs, config.heldout_fraction)
     if not train:
         raise ValueError("no training pairs: every labelled comparison fell in the held-out share")
+    resolved = precision_on(precision, pick_device())
     tokenizer = load_reward_tokenizer(base_model_dir)
-    model, peft_config = initial_model(base_model_dir, tokenizer, config, warm_start_dir)
+    model, peft_config = initial_model(base_model_dir, tokenizer, config, warm_start_dir, resolved)
     dataset = pairs_to_dataset(train, tokenizer, config.strength_margin, config.keep_last)
 
     history: list[dict] = []
     report = report_steps(history, on_step, lambda key: f"train/{key}")
     trainer = make_trainer(model, tokenizer, dataset, config, out_dir.with_name(out_dir.name + ".trainer"),
-                           peft_config, [report])
+                           peft_config, [report], resolved)
+    keep_trained_weights_fp32(trainer.model)
     dropped = len(train) - trainer.train_dataset.num_rows
     if trainer.accelerator.distributed_type.name in ("DEEPSPEED", "FSDP"):
         # After training the main process scores with the whole model by itself.
@@ -260,7 +267,7 @@ def train_reward_model(
     save_reward_model(trainer.model, tokenizer, out_dir, config)
     # Measure with the same merged model that scoring will load.
     model = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
-    model.eval()
+    model = model.to(resolved.dtype).eval()  # in the dtype scoring loads it in
 
     # Every answer's features, kept for the fast path (training/ml/reward_refit.py),
     # which refits the head on them without running the backbone again.
@@ -339,9 +346,12 @@ def headline_accuracy(accuracy: dict) -> float | None:
     return accuracy[False] if accuracy[False] is not None else accuracy[True]
 
 
-def initial_model(base_model_dir: Path, tokenizer, config: RewardTrainingConfig, warm_start_dir: Path | None):
+def initial_model(base_model_dir: Path, tokenizer, config: RewardTrainingConfig, warm_start_dir: Path | None,
+                  precision: Precision = FP32):
     """(model, peft_config for TRL). Warm start continues from the previous version's
-    weights: the same adapter made trainable, or the previous full model."""
+    weights: the same adapter made trainable, or the previous full model. Weights that
+    train are fp32 (a full fine-tuning's all of them; the trainer computes in
+    `precision` under autocast); under LoRA the frozen backbone loads in `precision`."""
     from transformers import AutoModelForSequenceClassification
 
     if not config.use_lora:
@@ -351,12 +361,21 @@ def initial_model(base_model_dir: Path, tokenizer, config: RewardTrainingConfig,
         return model, None
     from peft import LoraConfig, PeftModel, TaskType
 
-    backbone = load_reward_backbone(base_model_dir, tokenizer, torch.device("cpu"))
+    backbone = load_reward_backbone(base_model_dir, tokenizer, torch.device("cpu"), precision.dtype)
     if warm_start_dir is not None and (warm_start_dir / "adapter_config.json").is_file():
         return PeftModel.from_pretrained(backbone, warm_start_dir, is_trainable=True), None
     lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=config.lora_r, lora_alpha=config.lora_alpha,
                       target_modules=config.lora_target_modules)
     return backbone, lora
+
+
+def keep_trained_weights_fp32(model) -> None:
+    """The weights that train, in fp32 (before the trainer builds its optimizer): PEFT
+    keeps LoRA adapters so, not the score head it trains beside them
+    (`modules_to_save`), which starts as a copy of the backbone's in its dtype."""
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
 
 
 def save_reward_model(model, tokenizer, out_dir: Path, config: RewardTrainingConfig) -> None:

@@ -100,6 +100,12 @@ class Job(models.Model):
         return max(elapsed * (self.total_steps - self.step) / self.step, 0.0)
 
     @property
+    def precision(self) -> str:
+        """The run's precision setting as the job pinned it; a job created before jobs
+        pinned one runs in "auto"."""
+        return self.params.get("precision", Run.Precision.AUTO)
+
+    @property
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
 

@@ -36,6 +36,21 @@ class Run(models.Model):
     any version of another run; its rounds walk its recipe, and its policy updates use its
     method. Settings edited here never change a job already queued: jobs pin them."""
 
+    class Precision(models.TextChoices):
+        """training/ml/precision.py PRECISIONS."""
+
+        AUTO = "auto", "auto (bf16 on a recent GPU, fp16 on an older one, fp32 on the CPU)"
+        BF16 = "bf16", "bf16"
+        FP16 = "fp16", "fp16 (CUDA only)"
+        FP32 = "fp32", "fp32"
+
+    class GradientCheckpointing(models.TextChoices):
+        """training/ml/methods/base.py GRADIENT_CHECKPOINTING."""
+
+        AUTO = "auto", "auto (on on a GPU, off on the CPU)"
+        ON = "on", "on"
+        OFF = "off", "off"
+
     class QuerySelection(models.TextChoices):
         DISAGREEMENT = "disagreement", "Ensemble disagreement"
         RANDOM = "random", "Random"
@@ -66,6 +81,14 @@ class Run(models.Model):
                   "PREFLOOP_TEMPERATURE, PREFLOOP_EVAL_KL_SAMPLES): max_new_tokens, temperature, kl_samples. Every "
                   "job pins them when it is created, in whichever process creates it (an experiment sets them).")
     recipe = models.CharField(max_length=32, default="rlhf")
+    precision = models.CharField(
+        max_length=8, choices=Precision.choices, default=Precision.AUTO,
+        help_text="Precision of every model its jobs load and train (training/ml/precision.py): auto is bf16 on "
+                  "a CUDA device that supports it, fp16 on older CUDA, fp32 on the CPU, decided on the worker.")
+    gradient_checkpointing = models.CharField(
+        max_length=8, choices=GradientCheckpointing.choices, default=GradientCheckpointing.AUTO,
+        help_text="In policy updates: recompute activations in the backward pass instead of keeping them "
+                  "(training/ml/methods/base.py); auto is on on CUDA, off on the CPU.")
     query_selection = models.CharField(max_length=16, choices=QuerySelection.choices,
                                        default=QuerySelection.DISAGREEMENT)
     update_prompts = models.PositiveIntegerField(default=64, help_text="Prompts sampled for one policy update.")

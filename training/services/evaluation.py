@@ -93,7 +93,8 @@ def create_evaluation_job(run: Run, round_: Round | None = None, requested_by: A
     """A job pinned to its sampling settings and to the reward model that will judge."""
     judge = latest_reward_model(run)
     params = {"sampling": sampling_config(EVALUATION_SEED, run).to_dict(),
-              "reward_model": judge.number if judge else None, "kl_samples": kl_samples_of(run)}
+              "reward_model": judge.number if judge else None, "kl_samples": kl_samples_of(run),
+              "precision": run.precision}
     return Job.objects.create(kind=Job.Kind.EVALUATE, run=run, round=round_, requested_by=requested_by,
                               params=params)
 
@@ -144,7 +145,7 @@ def run_evaluation_job(job: Job) -> None:
         for version in [v for v in versions if v in todos or v.pk in unmeasured]:
             todo, measure = todos.get(version, []), version.pk in unmeasured
             try:
-                policy, tokenizer = load_version(version)
+                policy, tokenizer = load_version(version, job.precision)
             except Exception as error:
                 log.exception("policy v%s could not be loaded", version.number)
                 errors.append(f"v{version.number} could not be loaded: {type(error).__name__}: {error}")
@@ -169,7 +170,7 @@ def run_evaluation_job(job: Job) -> None:
             if measure:
                 try:
                     estimate = estimate_kl_to_base(version, policy, tokenizer, [p.messages for p in prompts],
-                                                   references=references, **config_kl)
+                                                   references=references, precision=job.precision, **config_kl)
                 except Exception as error:
                     log.exception("the KL of policy v%s could not be estimated", version.number)
                     errors.append(f"KL of v{version.number}: {type(error).__name__}: {error}")
@@ -180,7 +181,7 @@ def run_evaluation_job(job: Job) -> None:
                 done += 1
                 job.report_progress(done, total)
             del policy  # before the next version is loaded
-        scored = score_evaluation_samples(reward_model, run) if reward_model else 0
+        scored = score_evaluation_samples(reward_model, run, job.precision) if reward_model else 0
         job.report_progress(total, total)
     except Exception as error:
         log.exception("evaluation job %s failed", job.pk)
@@ -194,14 +195,15 @@ def run_evaluation_job(job: Job) -> None:
 
 
 def estimate_kl_to_base(version: PolicyVersion, policy, tokenizer, prompts: list[list[dict]], samples_per_prompt: int,
-                        max_new_tokens: int, seed: int, references: dict | None = None) -> KLEstimate:
+                        max_new_tokens: int, seed: int, references: dict | None = None,
+                        precision: str | None = None) -> KLEstimate:
     """KL(version ‖ its base model) in nats per answer, from the version's own untruncated
     samples (training/ml/divergence.py). Every method's versions are measured the same
     way, whether or not the method logs a KL of its own while training (DPO, SFT and
     best-of-N do not; PPO's and GRPO's are to their own reference, per batch)."""
     references = {} if references is None else references  # by base model directory, reused by the caller
     if version.base_model_dir not in references:
-        references[version.base_model_dir] = load_policy(version.base_model_dir)[0]
+        references[version.base_model_dir] = load_policy(version.base_model_dir, precision=precision)[0]
     reference = references[version.base_model_dir]
     return sampled_kl(policy, reference, tokenizer, prompts, samples_per_prompt, max_new_tokens, seed)
 
@@ -228,9 +230,9 @@ def store_evaluation_samples(job: Job, version: PolicyVersion, prompts: list[Pro
     return stored
 
 
-def score_evaluation_samples(reward_model: RewardModelVersion, run: Run) -> int:
+def score_evaluation_samples(reward_model: RewardModelVersion, run: Run, precision: str | None = None) -> int:
     """Score every evaluation answer of the run's lineage this reward model has not
-    scored yet."""
+    scored yet, with the reward model in the job's `precision` setting."""
     unscored = list(
         EvaluationSample.objects.filter(policy_version__in=lineage_versions(run),
                                         prompt__evaluations__run=run)
@@ -239,7 +241,7 @@ def score_evaluation_samples(reward_model: RewardModelVersion, run: Run) -> int:
     )
     if not unscored:
         return 0
-    scorer = load_scorer(reward_model)
+    scorer = load_scorer(reward_model, precision)
     scores = scorer.score([s.completion.scored_text for s in unscored])
     RewardScore.objects.bulk_create(
         [RewardScore(reward_model=reward_model, completion=s.completion, score=float(score))

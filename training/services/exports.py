@@ -11,7 +11,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from training.ml.export import EXPORT_FORMATS, export_policy, export_reward_model
+from training.ml.export import EXPORT_FORMATS, export_policy, export_precision, export_reward_model
 from training.models import PolicyVersion, RewardModelVersion
 
 
@@ -43,21 +43,28 @@ def build_once(final: Path, build) -> Path:
     return final
 
 
-def policy_export(version: PolicyVersion, form: str) -> Path:
-    """The folder of a policy version exported as `form` ("merged" or "adapter")."""
+def policy_export(version: PolicyVersion, form: str, dtype: str = "fp32") -> Path:
+    """The folder of a policy version exported as `form` ("merged" or "adapter"), a
+    merged one's weights in `dtype` (fp32, bf16, fp16)."""
     if form not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}")
+    export_precision(dtype)  # ValueError naming the dtypes
+    dtype = dtype if form == "merged" else "fp32"  # an adapter is exported as trained
     about = {"kind": "policy", "version": version.number, "run": version.run.name, "method": version.method,
              "parent": version.parent.number if version.parent else None, "config": version.config}
     # The publication time in the name: a database reset must not serve an old model.
-    folder = exports_dir() / f"policy-v{version.number}-{form}-{version.created_at:%Y%m%d%H%M%S}"
+    suffix = "" if dtype == "fp32" else f"-{dtype}"  # fp32 exports keep the folder names they had
+    folder = exports_dir() / f"policy-v{version.number}-{form}{suffix}-{version.created_at:%Y%m%d%H%M%S}"
     return build_once(folder, lambda out: export_policy(
-        version.base_model_dir, version.adapter_dir or None, out, form, about))
+        version.base_model_dir, version.adapter_dir or None, out, form, about, dtype=dtype))
 
 
-def reward_model_export(version: RewardModelVersion) -> Path:
+def reward_model_export(version: RewardModelVersion, dtype: str = "fp32") -> Path:
     about = {"version": version.number, "run": version.run.name, "label_count": version.label_count,
              "heldout_accuracy": version.heldout_accuracy}
-    folder = exports_dir() / f"reward-model-r{version.number}-{version.created_at:%Y%m%d%H%M%S}"
+    export_precision(dtype)
+    suffix = "" if dtype == "fp32" else f"-{dtype}"
+    folder = exports_dir() / f"reward-model-r{version.number}{suffix}-{version.created_at:%Y%m%d%H%M%S}"
     return build_once(folder, lambda out: export_reward_model(
-        version.base_model_dir, version.weights_dir, out, version.reward_mean, version.reward_std, about))
+        version.base_model_dir, version.weights_dir, out, version.reward_mean, version.reward_std, about,
+        dtype=dtype))

@@ -37,20 +37,26 @@ def shape_of(base_model_dir: str, torch_allowed: bool = True) -> ModelShape | No
     return shape_of_model_dir(base_model_dir)
 
 
-def this_device() -> tuple[str, int]:
-    """The kind of device a job here trains on, and its memory in bytes (a GPU's own,
-    or the machine's RAM for CPU processes)."""
+def this_device():
+    """The device a job here trains on (training/ml/loading.py's choice), and its memory in
+    bytes: a GPU's own, or the machine's RAM for CPU processes."""
     import torch
 
-    if torch.cuda.is_available():
-        return "cuda", torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
-    return "cpu", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    from training.ml.loading import pick_device
+
+    device = pick_device()
+    if device.type == "cuda":
+        return device, torch.cuda.get_device_properties(device).total_memory
+    return device, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def training_dtype(device: str) -> str:
-    """The precision policies and reward models train in today: fp32 weights (with bf16
-    autocast on CUDA)."""
-    return "fp32"
+def resolved_setup(precision: str | None, gradient_checkpointing: str | None, device) -> tuple[str, bool]:
+    """What a job's pinned precision and checkpointing settings mean on `device`, as the
+    trainers resolve them (training/ml/precision.py, methods/base.py)."""
+    from training.ml.methods.base import gradient_checkpointing_on
+    from training.ml.precision import resolve_precision
+
+    return resolve_precision(precision, device).name, gradient_checkpointing_on(gradient_checkpointing, device)
 
 
 def check_fits(plan: MemoryPlan, device_bytes: int, processes_sharing: int = 1) -> None:
@@ -73,39 +79,51 @@ def readable_shape(base_model_dir: str) -> ModelShape | None:
 
 
 def check_policy_update_fits(method: str, config, base_model_dir: str, prompt_tokens: int, continuing: bool,
+                             precision: str | None = None, gradient_checkpointing: str | None = None,
                              processes: int = 1) -> MemoryPlan | None:
     if (shape := readable_shape(base_model_dir)) is None:
         return None
     device, memory = this_device()
-    plan = plan_for_method(shape, method, config, prompt_tokens, continuing, dtype=training_dtype(device),
-                           device=device)
-    check_fits(plan, memory, processes if device == "cpu" else 1)
+    dtype, checkpointing = resolved_setup(precision, gradient_checkpointing, device)
+    plan = plan_for_method(shape, method, config, prompt_tokens, continuing, dtype=dtype,
+                           gradient_checkpointing=checkpointing, device=device.type)
+    check_fits(plan, memory, processes if device.type == "cpu" else 1)
     return plan
 
 
-def check_reward_training_fits(config, base_model_dir: str, processes: int = 1) -> MemoryPlan | None:
+def check_reward_training_fits(config, base_model_dir: str, precision: str | None = None,
+                               processes: int = 1) -> MemoryPlan | None:
     if (shape := readable_shape(base_model_dir)) is None:
         return None
     device, memory = this_device()
-    plan = plan_reward_training(shape, config, dtype=training_dtype(device), device=device)
-    check_fits(plan, memory, processes if device == "cpu" else 1)
+    dtype, _ = resolved_setup(precision, "off", device)  # reward models train without checkpointing
+    plan = plan_reward_training(shape, config, dtype=dtype, device=device.type)
+    check_fits(plan, memory, processes if device.type == "cpu" else 1)
     return plan
 
 
 @dataclass(frozen=True)
 class PlannedPeak:
-    """One row of the settings page's table."""
+    """One row of the run page's table."""
 
     device: str
+    precision: str
+    checkpointing: bool
     gib: float
     fits: bool
 
 
 def planned_peaks(run: Run) -> list[PlannedPeak]:
-    """The run's policy update, as its settings stand, on the devices teams train on and
-    on this machine's CPU. Empty where the base model's architecture is not one the page
-    can size by arithmetic (a worker builds any on the meta device), or the settings do
-    not make a config."""
+    """The run's policy update, as its settings stand, on the GPUs teams train on (taken
+    to be of compute capability 8.0 or newer, where auto means bf16) and on this
+    machine's CPU. Empty where the base model's architecture is not one the page can
+    size by arithmetic (a worker builds any on the meta device), or the settings do not
+    make a config."""
+    import torch
+
+    from training.ml.methods.base import gradient_checkpointing_on
+    from training.ml.precision import PrecisionError, resolve_precision
+
     try:
         shape = shape_of(run.base_model_dir, torch_allowed=False)
         method = method_named(run.method)
@@ -116,8 +134,14 @@ def planned_peaks(run: Run) -> list[PlannedPeak]:
         return []
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     rows = []
-    for title, device, memory in (*PAGE_DEVICES, (f"this machine's CPU, {ram / GIB:.0f} GiB", "cpu", ram / GIB)):
-        plan = plan_for_method(shape, method.name, config, PLANNED_PROMPT_TOKENS, dtype=training_dtype(device),
-                               device=device)
-        rows.append(PlannedPeak(title, plan.gib(), plan.total <= memory * GIB))
+    for title, kind, memory in (*PAGE_DEVICES, (f"this machine's CPU, {ram / GIB:.0f} GiB", "cpu", ram / GIB)):
+        device = torch.device(kind)
+        try:
+            dtype = resolve_precision(run.precision, device, capability=lambda _: (8, 0)).name
+        except PrecisionError:  # fp16 on a CPU: no row to show
+            continue
+        checkpointing = gradient_checkpointing_on(run.gradient_checkpointing, device)
+        plan = plan_for_method(shape, method.name, config, PLANNED_PROMPT_TOKENS, dtype=dtype,
+                               gradient_checkpointing=checkpointing, device=kind)
+        rows.append(PlannedPeak(title, dtype, checkpointing, plan.gib(), plan.total <= memory * GIB))
     return rows

@@ -71,7 +71,8 @@ def create_policy_update_job(
     if PAIRS in chosen.needs:
         inputs["last_label_id"] = last_label_id() if label_bound is None else label_bound
         inputs["datasets"] = datasets
-    job.params = {"method": chosen.name, "config": {**config_to_dict(config), "seed": job.pk}, "inputs": inputs}
+    job.params = {"method": chosen.name, "config": {**config_to_dict(config), "seed": job.pk}, "inputs": inputs,
+                  "precision": run.precision, "gradient_checkpointing": run.gradient_checkpointing}
     job.save(update_fields=["params"])
     return job
 
@@ -83,7 +84,8 @@ def training_inputs(job: Job) -> TrainingInputs:
     pinned = job.params["inputs"]
     start = PolicyVersion.objects.get(number=pinned["start_version"])
     inputs = TrainingInputs(PolicyStart(Path(start.base_model_dir), Path(start.adapter_dir) if start.adapter_dir
-                                        else None))
+                                        else None), precision=job.precision,
+                            gradient_checkpointing=job.params.get("gradient_checkpointing", "auto"))
     if PROMPTS in method.needs:
         by_id = Prompt.objects.in_bulk(pinned["prompt_ids"])
         inputs.prompts = [by_id[i].messages for i in pinned["prompt_ids"] if i in by_id]
@@ -122,7 +124,9 @@ def run_policy_update_job(job: Job) -> PolicyVersion | None:
         launch = worker_launch_config()
         # Before anything is loaded: a job that cannot fit fails now, saying what to change.
         check_policy_update_fits(method.name, config, start.base_model_dir, longest_prompt_tokens(inputs),
-                                 continuing=inputs.start.adapter_dir is not None, processes=launch.processes)
+                                 continuing=inputs.start.adapter_dir is not None, precision=job.precision,
+                                 gradient_checkpointing=job.params.get("gradient_checkpointing"),
+                                 processes=launch.processes)
         described = launch.describe()  # read now: the config file may change while this trains
 
         def write(out_dir: Path):

@@ -34,6 +34,7 @@ from training.models import EvaluationPrompt, Job, PolicyVersion, RewardModelVer
 from training.services.artifacts import publish_artifact
 from training.services.datasets import FOR_REWARD_MODEL, dataset_pairs, has_dataset_pairs, pinned_datasets
 from training.services.jobs import enqueue_on_commit, job_type, this_worker, worker_launch_config
+from training.services.memory import check_reward_training_fits
 from training.services.runs import latest_reward_model
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,8 @@ def create_reward_training_job(run: Run, requested_by: AbstractBaseUser | None =
     already waiting (see request_reward_training). A refit uses its backbone's config."""
     job = Job.objects.create(kind=kind, run=run, requested_by=requested_by, round=round_,
                              params={"reason": reason, "last_label_id": last_label_id(),
-                                     "datasets": pinned_datasets(run, FOR_REWARD_MODEL)})
+                                     "datasets": pinned_datasets(run, FOR_REWARD_MODEL),
+                                     "precision": run.precision})
     job.params["config"] = {**config_to_dict(reward_training_config(run)), "seed": job.pk}
     job.save(update_fields=["params"])
     return job
@@ -306,6 +308,8 @@ def run_reward_training_job(job: Job) -> RewardModelVersion | None:
     launch = worker_launch_config().for_reward_model()
 
     def train(out_dir: Path) -> TrainedRewardModel:
+        # Before anything is loaded: a training that cannot fit fails now, saying what to change.
+        check_reward_training_fits(config, run.base_model_dir, precision=job.precision, processes=launch.processes)
         pairs, datasets = training_pairs(job, labels, config.seed)
         if not pairs:
             raise ValueError("there are no labels with a preference (nor dataset pairs) to train on yet")
@@ -315,7 +319,7 @@ def run_reward_training_job(job: Job) -> RewardModelVersion | None:
         result = launch.train_reward_model(
             pairs, Path(run.base_model_dir), out_dir, config, warm_start_dir=warm_start,
             on_step=lambda step, total, metrics: job.report_progress(step, total, metrics),
-            normalization_samples=normalization_samples(run, pairs),
+            normalization_samples=normalization_samples(run, pairs), precision=job.precision,
         )
         return TrainedRewardModel(result, config, datasets)
 
@@ -378,7 +382,7 @@ def run_reward_refit_job(job: Job) -> RewardModelVersion | None:
             pairs, Path(run.base_model_dir), Path(backbone.weights_dir),
             [Path(folder) / FEATURES_FILE for folder in folders], out_dir, config,
             normalization_samples=normalization_samples(run, pairs),
-            on_step=lambda step, total, metrics: job.report_progress(step, total, metrics),
+            on_step=lambda step, total, metrics: job.report_progress(step, total, metrics), precision=job.precision,
         )
         return TrainedRewardModel(result, config, datasets)
 
@@ -413,7 +417,8 @@ def run_reward_refit_job(job: Job) -> RewardModelVersion | None:
     return version
 
 
-def load_scorer(version: RewardModelVersion) -> RewardScorer:
-    """Batch scoring with a version's normalization, and its ensemble for disagreement."""
+def load_scorer(version: RewardModelVersion, precision: str | None = None) -> RewardScorer:
+    """Batch scoring with a version's normalization, and its ensemble for disagreement,
+    in the job's precision setting (None: auto)."""
     return RewardScorer.load(Path(version.base_model_dir), Path(version.weights_dir), version.reward_mean,
-                             version.reward_std)
+                             version.reward_std, precision=precision)

@@ -63,6 +63,8 @@ def default_settings(method: str = "ppo") -> dict:
         "auto_loop": settings.PREFLOOP_AUTO_LOOP,
         "loop_min_labels": settings.PREFLOOP_LOOP_MIN_LABELS,
         "reward_auto_train_labels": settings.PREFLOOP_RM_AUTO_TRAIN_LABELS,
+        "precision": settings.PREFLOOP_PRECISION,
+        "gradient_checkpointing": settings.PREFLOOP_GRADIENT_CHECKPOINTING,
     }
 
 
@@ -80,6 +82,10 @@ class RunSettings:
     auto_loop: bool
     loop_min_labels: int
     reward_auto_train_labels: int
+    precision: str = Run.Precision.AUTO
+    """Of every model the run's jobs load and train (training/ml/precision.py)."""
+    gradient_checkpointing: str = Run.GradientCheckpointing.AUTO
+    """In the run's policy updates (training/ml/methods/base.py)."""
 
     def checked(self) -> RunSettings:
         """The same settings with complete, validated configs, or RunError."""
@@ -98,13 +104,17 @@ class RunSettings:
             raise RunError("prompt counts and the automatic-loop threshold must be at least 1")
         if self.reward_auto_train_labels < 0:
             raise RunError("the automatic reward-model threshold cannot be negative")
+        if self.precision not in Run.Precision.values:
+            raise RunError(f"precision must be one of {', '.join(Run.Precision.values)}")
+        if self.gradient_checkpointing not in Run.GradientCheckpointing.values:
+            raise RunError(f"gradient checkpointing must be one of {', '.join(Run.GradientCheckpointing.values)}")
         return RunSettings(**{**self.__dict__, "method_config": method_config, "reward_config": reward_config})
 
 
 def settings_of(run: Run) -> RunSettings:
     return RunSettings(run.method, run.method_config, run.reward_config, run.recipe, run.query_selection,
                        run.update_prompts, run.comparison_prompts, run.auto_loop, run.loop_min_labels,
-                       run.reward_auto_train_labels)
+                       run.reward_auto_train_labels, run.precision, run.gradient_checkpointing)
 
 
 def next_version_number() -> int:

@@ -35,15 +35,16 @@ def evaluation_prompt_count(run: Run) -> int:
     return int(run.sampling.get("evaluation_prompts", settings.PREFLOOP_EVAL_PROMPTS))
 
 
-def load_version(policy: PolicyVersion):
-    """(model, tokenizer) of a policy version: its base with its adapter, if it has one."""
-    return load_policy(policy.base_model_dir, policy.adapter_dir or None)
+def load_version(policy: PolicyVersion, precision: str | None = None):
+    """(model, tokenizer) of a policy version: its base with its adapter, if it has one,
+    in the job's precision setting (None: auto) resolved on this worker's device."""
+    return load_policy(policy.base_model_dir, policy.adapter_dir or None, precision=precision)
 
 
 def sample_completions(policy: PolicyVersion, conversations: list[list[dict]], samples: int, config: SamplingConfig,
-                       on_batch=None) -> list:
+                       on_batch=None, precision: str | None = None) -> list:
     """`samples` completions of each conversation from a policy version, in order."""
-    return sample_loaded(*load_version(policy), conversations, samples, config, on_batch)
+    return sample_loaded(*load_version(policy, precision), conversations, samples, config, on_batch)
 
 
 def sample_loaded(model, tokenizer, conversations: list[list[dict]], samples: int, config: SamplingConfig,

@@ -3,6 +3,7 @@ entry (see training/ml/methods/__init__.py)."""
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -15,15 +16,27 @@ from training.ml.loading import (
     PolicyStart,
     load_tokenizer,
     pick_device,
+    precision_for,
     save_policy,
     seed_everything,
     trainable_policy,
 )
+from training.ml.precision import DEFAULT_PRECISION, Precision
 from training.ml.preference_pairs import PreferencePair
 from training.ml.progress import StepReport
 from training.ml.reward_scoring import RewardModelRef
 
 REWARD_MODEL, PAIRS, PROMPTS = "reward_model", "pairs", "prompts"
+
+GRADIENT_CHECKPOINTING = ("auto", "on", "off")
+"""What a run may say about gradient checkpointing in its policy updates: recomputing
+each layer's activations in the backward pass instead of keeping them, which cuts
+activation memory from every layer's to about one layer's, for about a third more
+compute. "auto": on on CUDA, where activations are what fills the GPU at batch × length
+of real models; off on the CPU, where memory is not what runs short and time is."""
+CHECKPOINTING_KWARGS = {"use_reentrant": False}
+"""Non-reentrant checkpointing: gradients reach a LoRA adapter through a frozen base's
+layers without making the embeddings' outputs require grad."""
 
 
 @dataclass
@@ -35,6 +48,11 @@ class TrainingInputs:
     """Conversations ending with a user turn."""
     pairs: Sequence[PreferencePair] = ()
     reward_model: RewardModelRef | None = None
+    precision: str = DEFAULT_PRECISION
+    """The run's precision setting (training/ml/precision.py), resolved on the device
+    the method trains on."""
+    gradient_checkpointing: str = "auto"
+    """The run's setting (GRADIENT_CHECKPOINTING): "auto" is on on CUDA, off on the CPU."""
 
 
 @dataclass
@@ -99,6 +117,8 @@ class TrainerSetup:
     policy to train and where the trainer may write its scratch files."""
 
     device: Any
+    precision: Precision
+    """Resolved on `device`: frozen weights in its dtype, trained ones in fp32."""
     tokenizer: Any
     """Left padding, pad distinct from EOS (training/ml/loading.py)."""
     policy: Any
@@ -106,17 +126,58 @@ class TrainerSetup:
     """A new LoRA config when starting from the base; None when continuing an adapter."""
     work_dir: Path
     """The trainer's output_dir, beside out_dir and removed after training."""
+    gradient_checkpointing: bool
     arguments: dict
     """TRL arguments every trainer here shares (see trainer_arguments)."""
 
 
-def set_up(start: PolicyStart, out_dir: Path, *, seed: int, lora_r: int, lora_alpha: int) -> TrainerSetup:
+def set_up(start: PolicyStart, out_dir: Path, *, seed: int, lora_r: int, lora_alpha: int,
+           precision: Precision | str | None = None, gradient_checkpointing: str | None = None) -> TrainerSetup:
     seed_everything(seed)
     device = pick_device()
+    resolved = precision_for(precision, device)
+    checkpointing = gradient_checkpointing_on(gradient_checkpointing, device)
     tokenizer = load_tokenizer(start.base_model_dir)
-    policy, peft_config = trainable_policy(start, lora_r, lora_alpha, device)
+    policy, peft_config = trainable_policy(start, lora_r, lora_alpha, device, resolved)
     work_dir = out_dir.with_name(out_dir.name + ".trainer")
-    return TrainerSetup(device, tokenizer, policy, peft_config, work_dir, trainer_arguments(work_dir, seed, device))
+    return TrainerSetup(device, resolved, tokenizer, policy, peft_config, work_dir, checkpointing,
+                        trainer_arguments(work_dir, seed, device, resolved, checkpointing))
+
+
+def gradient_checkpointing_on(setting: str | None, device) -> bool:
+    """What a run's GRADIENT_CHECKPOINTING setting (None: auto) means on `device`."""
+    setting = setting or "auto"
+    if setting not in GRADIENT_CHECKPOINTING:
+        raise ValueError(f"gradient_checkpointing must be one of {', '.join(GRADIENT_CHECKPOINTING)}, "
+                         f"not {setting!r}")
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+def generation_keeps_its_cache(model) -> None:
+    """Make `generate` on the model (a PeftModel or a causal LM; the causal LM inside
+    either way) run with gradient checkpointing switched off and the KV cache on, then
+    switch checkpointing back on as it was. With checkpointing on and the model in
+    train mode, as a trainer's policy is while it samples its rollouts, transformers'
+    layers drop the cache (modeling_layers.py) and every new token recomputes the whole
+    sequence; online DPO also asks for no cache whenever checkpointing is on."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    original = causal_lm.generate
+    if getattr(original, "keeps_its_cache", False):
+        return
+
+    @functools.wraps(original)
+    def generate(*args, **kwargs):
+        checkpointing = causal_lm.is_gradient_checkpointing
+        if checkpointing:
+            causal_lm.gradient_checkpointing_disable()
+        try:
+            return original(*args, **{**kwargs, "use_cache": True})
+        finally:
+            if checkpointing:
+                causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)
+
+    generate.keeps_its_cache = True
+    causal_lm.generate = generate
 
 
 def train_and_save(trainer, setup: TrainerSetup, out_dir: Path, policy=None) -> float:
@@ -125,6 +186,7 @@ def train_and_save(trainer, setup: TrainerSetup, out_dir: Path, policy=None) -> 
     `policy` is the trained model when the trainer does not call it `model` (PPO)."""
     started = time.monotonic()
     accelerator = trainer.accelerator
+    generation_keeps_its_cache(policy if policy is not None else trainer.model)
     try:
         trainer.train()
     except BaseException:
@@ -175,12 +237,13 @@ def require_adapter_fields(config) -> None:
     require(config.lora_r >= 1 and config.lora_alpha >= 1, "lora_r and lora_alpha must be at least 1")
 
 
-def trainer_arguments(work_dir: Path, seed: int, device) -> dict:
-    """Arguments every TRL trainer here shares. TRL's defaults assume a GPU (bf16) and a
-    big model (gradient checkpointing, which also turns off the KV cache when
-    sampling); neither helps a LoRA policy on a CPU."""
+def trainer_arguments(work_dir: Path, seed: int, device, precision: Precision, gradient_checkpointing: bool) -> dict:
+    """Arguments every TRL trainer here shares: the job's precision and gradient
+    checkpointing (TRL's own defaults are bf16 and checkpointing everywhere, the CPU
+    included)."""
     return {"output_dir": str(work_dir), "seed": seed, "use_cpu": device.type == "cpu",
-            "bf16": device.type == "cuda", "gradient_checkpointing": False, "report_to": [],
+            **precision.trainer_flags, "gradient_checkpointing": gradient_checkpointing,
+            "gradient_checkpointing_kwargs": CHECKPOINTING_KWARGS, "report_to": [],
             "save_strategy": "no", "logging_steps": 1}
 
 

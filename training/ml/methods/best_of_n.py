@@ -28,6 +28,7 @@ from training.ml.methods.base import (
 )
 from training.ml.methods.cli import run_cli
 from training.ml.methods.supervised import Example, fine_tune
+from training.ml.precision import precision_on
 from training.ml.progress import StepReport
 from training.ml.reward_scoring import RewardScorer
 
@@ -95,14 +96,15 @@ def best_answers(samples: Sequence[Sequence[Sample]], scores: Sequence[Sequence[
 def sample_and_score(inputs: TrainingInputs, config: BestOfNConfig) -> tuple[list[list[Sample]], list[list[float]]]:
     """N samples per prompt from the starting policy, and their normalized scores."""
     device = pick_device()
-    model, tokenizer = load_policy(inputs.start.base_model_dir, inputs.start.adapter_dir, device)
+    precision = precision_on(inputs.precision, device)
+    model, tokenizer = load_policy(inputs.start.base_model_dir, inputs.start.adapter_dir, device, precision)
     sampling = SamplingConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                               batch_size=config.sampling_batch_size, seed=config.seed)
     samples = [group for batch in iter_sample_batches(model, tokenizer, inputs.prompts, config.n, sampling)
                for group in batch]
     del model
     ref = inputs.reward_model
-    scorer = RewardScorer.load(ref.base_model_dir, ref.weights_dir, ref.mean, ref.std, device)
+    scorer = RewardScorer.load(ref.base_model_dir, ref.weights_dir, ref.mean, ref.std, device, precision)
     flat = [(prompt, s.text, s.ended, s.token_ids) for prompt, group in zip(inputs.prompts, samples, strict=True)
             for s in group]
     scores = scorer.score(flat).tolist()
@@ -118,7 +120,8 @@ def train(inputs: TrainingInputs, out_dir: Path, config: BestOfNConfig,
     kept = best_answers(samples, scores, config.min_score)
     examples: list[Example] = [(inputs.prompts[c.prompt_index], c.sample.text, c.sample.ended, c.sample.token_ids)
                                for c in kept]
-    history, seconds = fine_tune(inputs.start, examples, out_dir, config, method="best_of_n", on_step=on_step)
+    history, seconds = fine_tune(inputs.start, examples, out_dir, config, method="best_of_n", on_step=on_step,
+                                 precision=inputs.precision, gradient_checkpointing=inputs.gradient_checkpointing)
     all_scores = torch.tensor([s for group in scores for s in group])
     summary = {"sampled": int(all_scores.numel()), "kept": len(kept),
                "mean_score_sampled": float(all_scores.mean()) if all_scores.numel() else None,

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from training.ml.configs import add_config_arguments, config_from_arguments, config_to_dict
 from training.ml.loading import PolicyStart, configure_torch_threads, read_artifact_manifest
-from training.ml.methods.base import PAIRS, PROMPTS, REWARD_MODEL, Method, TrainingInputs
+from training.ml.methods.base import GRADIENT_CHECKPOINTING, PAIRS, PROMPTS, REWARD_MODEL, Method, TrainingInputs
+from training.ml.precision import DEFAULT_PRECISION, PRECISIONS
 from training.ml.preference_pairs import PreferencePair
 from training.ml.reward_scoring import RewardModelRef
 
@@ -71,6 +72,10 @@ def parser_for(method: Method) -> argparse.ArgumentParser:
         parser.add_argument("--reward-mean", type=float, help="raw reward mean (default: from the folder)")
         parser.add_argument("--reward-std", type=float, help="raw reward std (default: from the folder)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch decides)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
+                        help="of every model loaded (auto: bf16 on a recent GPU, fp16 on an older one, fp32 on CPU)")
+    parser.add_argument("--gradient-checkpointing", choices=GRADIENT_CHECKPOINTING, default="auto",
+                        help="recompute activations in the backward pass (auto: on on CUDA, off on the CPU)")
     add_config_arguments(parser, method.config_class)
     return parser
 
@@ -79,7 +84,8 @@ def run_cli(method: Method, argv: list[str] | None = None) -> None:
     arguments = parser_for(method).parse_args(argv)
     configure_torch_threads(arguments.threads)
     config = config_from_arguments(method.config_class, arguments)
-    inputs = TrainingInputs(start=PolicyStart(arguments.base_model, arguments.adapter))
+    inputs = TrainingInputs(start=PolicyStart(arguments.base_model, arguments.adapter), precision=arguments.precision,
+                            gradient_checkpointing=arguments.gradient_checkpointing)
     if PROMPTS in method.needs:
         inputs.prompts = read_prompts(arguments.prompts)
     if PAIRS in method.needs:

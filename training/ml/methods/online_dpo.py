@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import torch
-
 from training.ml.configs import require
+from training.ml.loading import AdapterReference, add_reference_adapter
 from training.ml.methods.base import (
     PROMPTS,
     REWARD_MODEL,
     Curve,
     Method,
+    TrainerSetup,
     TrainingInputs,
     TrainingResult,
     require_adapter_fields,
@@ -74,15 +74,14 @@ class OnlineDPOConfig:
         require_adapter_fields(self)
 
 
-def reference_model(inputs: TrainingInputs, config: OnlineDPOConfig, device):
-    """None lets TRL choose: the adapter switched off (the base) for a new adapter, a
-    frozen copy of the start for a continued one. The base as the reference of a
-    continued adapter has to be passed in."""
-    if config.reference == "previous" or inputs.start.adapter_dir is None:
+def reference_model(inputs: TrainingInputs, config: OnlineDPOConfig, setup: TrainerSetup):
+    """None for a new adapter: TRL switches it off for the reference (the base). A
+    continued adapter TRL would deep-copy, whole model and all: the reference is the
+    policy itself instead, with its adapter switched off ("initial") or its start's
+    adapter loaded again beside it, frozen ("previous")."""
+    if inputs.start.adapter_dir is None:
         return None
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(inputs.start.base_model_dir, dtype=torch.float32).to(device).eval()
+    return AdapterReference(setup.policy, add_reference_adapter(setup.policy, inputs.start, config.reference))
 
 
 def train(inputs: TrainingInputs, out_dir: Path, config: OnlineDPOConfig,
@@ -104,7 +103,7 @@ def train(inputs: TrainingInputs, out_dir: Path, config: OnlineDPOConfig,
         ),
         metric_names=METRIC_NAMES, reward_penalty=0.0,
         examples_per_step=config.prompts_per_step, examples_name="pairs_sampled",
-        reference_model=lambda device: reference_model(inputs, config, device),
+        reference_model=lambda setup: reference_model(inputs, config, setup),
     )
 
 

@@ -17,6 +17,7 @@ import contextlib
 import copy
 import inspect
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -27,8 +28,9 @@ from typing import Literal
 import torch
 
 from training.ml.configs import require
-from training.ml.loading import frozen_base_policy, reference_policy
+from training.ml.loading import AdapterReference, add_reference_adapter
 from training.ml.methods.base import (
+    CHECKPOINTING_KWARGS,
     PROMPTS,
     REWARD_MODEL,
     Curve,
@@ -128,12 +130,15 @@ def train(inputs: TrainingInputs, out_dir: Path, config: PPOConfig,
     from trl.experimental.ppo import PPOConfig as TRLPPOConfig
     from trl.experimental.ppo import PPOTrainer
 
-    setup = set_up(inputs.start, out_dir, seed=config.seed, lora_r=config.lora_r, lora_alpha=config.lora_alpha)
+    setup = set_up(inputs.start, out_dir, seed=config.seed, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
+                   precision=inputs.precision, gradient_checkpointing=inputs.gradient_checkpointing)
     device, tokenizer = setup.device, setup.tokenizer
-    reward_model = normalized_reward_model(inputs.reward_model, device)
+    reward_model = normalized_reward_model(inputs.reward_model, device, setup.precision)
     value_model = critic(reward_model, config)  # before the window below: values read whole rollouts
     read_last_tokens(reward_model, input_limit(inputs.reward_model.weights_dir))
-    reference = reference_policy(inputs.start, config.reference, device)
+    # The reference is the policy's own base, its adapter switched off, or (reference
+    # "previous") its start's adapter loaded again, frozen: never a second model.
+    reference_adapter = add_reference_adapter(setup.policy, inputs.start, config.reference)
     dataset = Dataset.from_dict({"input_ids": [prompt_input_ids(tokenizer, p) for p in inputs.prompts]})
     episodes = config.total_episodes or max(len(inputs.prompts), config.batch_size)
 
@@ -159,20 +164,24 @@ def train(inputs: TrainingInputs, out_dir: Path, config: PPOConfig,
         report_to=[],
         logging_steps=1,
         use_cpu=device.type == "cpu",
-        bf16=False,
+        **setup.precision.trainer_flags,
+        gradient_checkpointing=setup.gradient_checkpointing,
+        gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS,
     )
     history: list[dict] = []
     report = report_steps(history, on_step, lambda key: METRIC_NAMES.get(key, f"ppo/{key}"))
-    trainer = PPOTrainer(
-        args=args, processing_class=tokenizer, model=setup.policy,
-        ref_model=reference, reward_model=reward_model, value_model=value_model, train_dataset=dataset,
-        callbacks=[report], peft_config=setup.peft_config,
-    )
-    if trainer.ref_model is None and isinstance(trainer.model, torch.nn.parallel.DistributedDataParallel):
-        # TRL switches the policy's adapter off for the reference through the trainer's
-        # model, which fails once DDP has wrapped it (trl 1.9.2): a frozen copy of the
-        # base is the reference instead.
-        trainer.ref_model = frozen_base_policy(inputs.start.base_model_dir, device)
+    with accelerate_mixed_precision(setup.precision.mixed_precision):
+        trainer = PPOTrainer(
+            args=args, processing_class=tokenizer, model=setup.policy,
+            ref_model=None, reward_model=reward_model, value_model=value_model, train_dataset=dataset,
+            callbacks=[report], peft_config=setup.peft_config,
+        )
+    # TRL would switch adapters through the trainer's model, which fails once DDP has
+    # wrapped it (trl 1.9.2): a reference to call, over the same weights, works with
+    # and without DDP.
+    trainer.ref_model = AdapterReference(trainer.policy_model, reference_adapter)
+    if setup.gradient_checkpointing:  # TRL's PPO loop, unlike the Trainer's, never switches it on
+        trainer.policy_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)
     if isinstance(value_model, FeatureHeadCritic):
         value_model.features.rows_kept = args.local_batch_size  # one rollout batch, as TRL sized it
     # TRL reads the logits of the answer's positions only (and the one before them).
@@ -180,6 +189,25 @@ def train(inputs: TrainingInputs, out_dir: Path, config: PPOConfig,
         seconds = train_and_save(trainer, setup, out_dir, policy=trainer.policy_model)
     rollouts = trainer.state.episode
     return TrainingResult(history, seconds, rollouts, {"generated_tokens": rollouts * config.response_length})
+
+
+@contextlib.contextmanager
+def accelerate_mixed_precision(mixed_precision: str) -> Iterator[None]:
+    """TRL's PPOTrainer builds its own `Accelerator()`, which takes its precision from
+    ACCELERATE_MIXED_PRECISION (what `accelerate launch --mixed_precision` sets), not
+    from `args.bf16` / `args.fp16`: inside, that variable says the job's precision."""
+    before = os.environ.get(ENV_MIXED_PRECISION)
+    os.environ[ENV_MIXED_PRECISION] = mixed_precision
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ENV_MIXED_PRECISION, None)
+        else:
+            os.environ[ENV_MIXED_PRECISION] = before
+
+
+ENV_MIXED_PRECISION = "ACCELERATE_MIXED_PRECISION"
 
 
 def read_last_tokens(reward_model: torch.nn.Module, limit: int | None) -> None:
@@ -228,7 +256,9 @@ def critic(reward_model, config: PPOConfig) -> torch.nn.Module:
     injected in place (no PeftModel wrapper) for the same reason."""
     if config.value_model == "head":
         return FeatureHeadCritic(reward_model, rows_kept=config.batch_size)
-    value = copy.deepcopy(reward_model).train()
+    # A copy trains: in fp32 whatever the reward model's precision (under autocast the
+    # trainer still computes in the job's).
+    value = copy.deepcopy(reward_model).float().train()
     if config.value_model == "full":
         return value
     from peft import LoraConfig, inject_adapter_in_model
@@ -254,8 +284,10 @@ class FeatureHeadCritic(torch.nn.Module):
     def __init__(self, reward_model, rows_kept: int) -> None:
         super().__init__()
         backbone = getattr(reward_model, reward_model.base_model_prefix)
-        self.features = CachedFeatures(backbone, rows_kept)  # a plain object: not a submodule
-        self.score = copy.deepcopy(reward_model.score).requires_grad_(True)
+        # The head trains: fp32, and so are the features it reads (the backbone's own
+        # dtype is the job's precision).
+        self.features = CachedFeatures(backbone, rows_kept, torch.float32)  # a plain object: not a submodule
+        self.score = copy.deepcopy(reward_model.score).float().requires_grad_(True)
 
 
 class CachedFeatures:
@@ -263,8 +295,8 @@ class CachedFeatures:
     the last `rows_kept` sequences, keyed by their tokens and mask: TRL's PPO epochs
     value shuffled rows of the same rollout batch the rollout valued."""
 
-    def __init__(self, backbone: torch.nn.Module, rows_kept: int) -> None:
-        self.backbone, self.rows_kept = backbone, rows_kept
+    def __init__(self, backbone: torch.nn.Module, rows_kept: int, dtype: torch.dtype | None = None) -> None:
+        self.backbone, self.rows_kept, self.dtype = backbone, rows_kept, dtype
         self.rows: OrderedDict[bytes, torch.Tensor] = OrderedDict()  # key -> (seq, hidden)
         self.computed_rows = 0  # sequences run through the backbone (the rest came from memory)
 
@@ -279,6 +311,8 @@ class CachedFeatures:
                 output = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                        return_dict=True, output_hidden_states=True, use_cache=False)
             hidden = output.hidden_states[-1]  # (batch, seq, hidden)
+            if self.dtype is not None:
+                hidden = hidden.to(self.dtype)
             self.computed_rows += len(keys)
             for key, row in zip(keys, hidden, strict=True):
                 self.rows[key] = row

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from training.ml.methods.base import (
+    TrainerSetup,
     TrainingInputs,
     TrainingResult,
     adopt_reference,
@@ -38,7 +39,7 @@ def train_sampling_method(
     reward_penalty: float,
     examples_per_step: int,
     examples_name: str,
-    reference_model: Callable[[Any], Any] | None = None,
+    reference_model: Callable[[TrainerSetup], Any] | None = None,
 ) -> TrainingResult:
     """Train `trainer_class` (TRL's) on `inputs.prompts` against `inputs.reward_model`
     and write the adapter into `out_dir`.
@@ -49,17 +50,18 @@ def train_sampling_method(
     reward of an answer that never ended (0 where TRL applies the penalty itself).
     `metric_names`: TRL's log keys → ours, under `method/`. The result counts
     `examples_per_step` examples per optimizer step, reported as `examples_name`.
-    `reference_model(device)`: the KL reference to pass the trainer; without it TRL
+    `reference_model(setup)`: the KL reference to pass the trainer; without it TRL
     keeps its own (the adapter switched off, or a frozen copy of a continued adapter)
     and `adopt_reference` picks between them by `config.reference`.
     """
     from datasets import Dataset
 
-    setup = set_up(inputs.start, out_dir, seed=config.seed, lora_r=config.lora_r, lora_alpha=config.lora_alpha)
-    reward = RewardModelFunction(inputs.reward_model, setup.tokenizer, reward_penalty, setup.device)
+    setup = set_up(inputs.start, out_dir, seed=config.seed, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
+                   precision=inputs.precision, gradient_checkpointing=inputs.gradient_checkpointing)
+    reward = RewardModelFunction(inputs.reward_model, setup.tokenizer, reward_penalty, setup.device, setup.precision)
     args = trl_config_class(**setup.arguments, **trl_arguments)
     history: list[dict] = []
-    references = {"ref_model": reference_model(setup.device)} if reference_model is not None else {}
+    references = {"ref_model": reference_model(setup)} if reference_model is not None else {}
     trainer = trainer_class(
         model=setup.policy, **references, reward_funcs=reward, args=args, processing_class=setup.tokenizer,
         peft_config=setup.peft_config,
