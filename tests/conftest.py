@@ -76,6 +76,31 @@ def tiny_model_dir(tmp_path_factory, gguf_tokenizer) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-policy"), gguf_tokenizer)
 
 
+def save_tiny_reward_model(tiny_model_dir: Path, out: Path, head_scale: float = 1.0) -> Path:
+    """The tiny backbone with a random (seeded) score head, `head_scale` times as strong,
+    saved as a full reward model."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from training.ml.reward_loading import load_reward_tokenizer
+
+    tokenizer = load_reward_tokenizer(tiny_model_dir)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    with torch.no_grad():
+        model.score.weight.mul_(head_scale)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model(tmp_path_factory, tiny_model_dir) -> Path:
+    """A tiny reward model with a random score head, saved as a full model."""
+    return save_tiny_reward_model(tiny_model_dir, tmp_path_factory.mktemp("tiny-rm"))
+
+
 @pytest.fixture
 def people(django_user_model):
     """The three people every access test needs."""

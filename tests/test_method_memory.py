@@ -35,22 +35,6 @@ PROMPTS = [[{"role": "user", "content": f"Say something about {topic}."}]
 PAIRS = [PreferencePair(group=i, prompt=PROMPTS[i], chosen=f"{i} is a fine answer", rejected="no") for i in range(4)]
 
 
-@pytest.fixture(scope="module")
-def reward_dir(tmp_path_factory, tiny_model_dir):
-    from transformers import AutoModelForSequenceClassification
-
-    from training.ml.reward_loading import load_reward_tokenizer
-
-    tokenizer = load_reward_tokenizer(tiny_model_dir)
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    out = tmp_path_factory.mktemp("tiny-rm")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
 @pytest.fixture
 def trainers(monkeypatch):
     """The TRL trainers the methods build, as each starts training."""
@@ -103,11 +87,11 @@ def trained_adapter(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", list(ONE_UPDATE))
-def test_each_method_updates_in_bf16_with_the_adapter_in_fp32_and_one_base(name, tiny_model_dir, reward_dir,
+def test_each_method_updates_in_bf16_with_the_adapter_in_fp32_and_one_base(name, tiny_model_dir, tiny_reward_model,
                                                                           tmp_path, trainers, base_count):
     method = METHODS[name]
     inputs = TrainingInputs(start=PolicyStart(tiny_model_dir), prompts=PROMPTS, pairs=PAIRS,
-                            reward_model=RewardModelRef(tiny_model_dir, reward_dir), precision="bf16",
+                            reward_model=RewardModelRef(tiny_model_dir, tiny_reward_model), precision="bf16",
                             gradient_checkpointing="on")
     result = method.train(inputs, tmp_path / "out", method.config(ONE_UPDATE[name]))
 
@@ -134,13 +118,13 @@ WITH_REFERENCE = [name for name in ONE_UPDATE if "reference" in METHODS[name].co
 
 @pytest.mark.parametrize("reference", ["initial", "previous"])
 @pytest.mark.parametrize("name", WITH_REFERENCE)
-def test_a_continued_version_holds_one_base_whatever_its_reference(name, reference, tiny_model_dir, reward_dir,
+def test_a_continued_version_holds_one_base_whatever_its_reference(name, reference, tiny_model_dir, tiny_reward_model,
                                                                     trained_adapter, tmp_path, trainers, base_count):
     """Continuing an adapter, TRL would give online DPO a deep copy of the whole model
     and PPO under DDP had a second base; "previous" used to be a merged copy."""
     method = METHODS[name]
     inputs = TrainingInputs(start=PolicyStart(tiny_model_dir, trained_adapter), prompts=PROMPTS, pairs=PAIRS,
-                            reward_model=RewardModelRef(tiny_model_dir, reward_dir))
+                            reward_model=RewardModelRef(tiny_model_dir, tiny_reward_model))
     result = method.train(inputs, tmp_path / "out", method.config({**ONE_UPDATE[name], "reference": reference}))
     kl = [entry[f"{name}/kl"] for entry in result.history if f"{name}/kl" in entry]
     if kl:  # the first rollout is the start's own: no distance to itself, some to the base
@@ -191,7 +175,7 @@ SAMPLING = ["ppo", "rloo", "grpo", "online_dpo"]
 
 
 @pytest.mark.parametrize("name", SAMPLING)
-def test_with_checkpointing_on_sampling_inside_training_keeps_its_kv_cache(name, tiny_model_dir, reward_dir,
+def test_with_checkpointing_on_sampling_inside_training_keeps_its_kv_cache(name, tiny_model_dir, tiny_reward_model,
                                                                            tmp_path, monkeypatch):
     """transformers' layers drop the cache whenever checkpointing is on in train mode
     (and online DPO asks for none): while the policy generates, every decoder layer
@@ -229,7 +213,7 @@ def test_with_checkpointing_on_sampling_inside_training_keeps_its_kv_cache(name,
     monkeypatch.setattr(GradientCheckpointingLayer, "__init__", hooked_init)
     method = METHODS[name]
     inputs = TrainingInputs(start=PolicyStart(tiny_model_dir), prompts=PROMPTS,
-                            reward_model=RewardModelRef(tiny_model_dir, reward_dir), gradient_checkpointing="on")
+                            reward_model=RewardModelRef(tiny_model_dir, tiny_reward_model), gradient_checkpointing="on")
     method.train(inputs, tmp_path / "out", method.config(ONE_UPDATE[name]))
 
     assert calls["generating"] and calls["training"]
@@ -238,7 +222,7 @@ def test_with_checkpointing_on_sampling_inside_training_keeps_its_kv_cache(name,
 
 
 @pytest.mark.parametrize("name", ["dpo", "grpo"])
-def test_checkpointing_changes_no_number_on_the_cpu(name, tiny_model_dir, reward_dir, tmp_path):
+def test_checkpointing_changes_no_number_on_the_cpu(name, tiny_model_dir, tiny_reward_model, tmp_path):
     """Recomputing activations gives the same gradients: one update with checkpointing
     on logs what it logs with checkpointing off (the sampling method included: its
     generation runs without checkpointing either way)."""
@@ -246,7 +230,7 @@ def test_checkpointing_changes_no_number_on_the_cpu(name, tiny_model_dir, reward
     histories = {}
     for setting in ("off", "on"):
         inputs = TrainingInputs(start=PolicyStart(tiny_model_dir), prompts=PROMPTS, pairs=PAIRS,
-                                reward_model=RewardModelRef(tiny_model_dir, reward_dir),
+                                reward_model=RewardModelRef(tiny_model_dir, tiny_reward_model),
                                 gradient_checkpointing=setting)
         result = method.train(inputs, tmp_path / setting, method.config({**ONE_UPDATE[name], "epochs": 2}))
         histories[setting] = [{key: value for key, value in entry.items() if isinstance(value, float)

@@ -120,23 +120,6 @@ def test_the_reward_function_reads_answers_up_to_the_first_eos():
     assert answer_ids([2, 7], eos_token_id=2) == ([2], True)
 
 
-@pytest.fixture(scope="module")
-def tiny_reward_model(tmp_path_factory, tiny_model_dir) -> Path:
-    """A tiny reward model with a random score head, saved as a full model."""
-    from transformers import AutoModelForSequenceClassification
-
-    from training.ml.reward_loading import load_reward_tokenizer
-
-    tokenizer = load_reward_tokenizer(tiny_model_dir)
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    out = tmp_path_factory.mktemp("tiny-rm")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
 def test_trl_methods_get_the_same_reward_the_app_scores_with(tiny_model_dir, tiny_reward_model):
     """GRPO, RLOO and online DPO call RewardModelFunction on token ids; the pages and
     best-of-N score stored answers with RewardScorer. Same answer, same number: else the

@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 
+from tests.conftest import save_tiny_reward_model
 from training.ml.loading import PolicyStart, load_policy, trainable_policy
 from training.ml.precision import (
     PRECISIONS,
@@ -132,21 +133,9 @@ def test_sampling_in_bf16_keeps_the_adapter_unmerged_in_fp32_and_fp32_merges_it(
 
 @pytest.fixture(scope="module")
 def tiny_reward_dir(tmp_path_factory, tiny_model_dir):
-    """A tiny reward model with a random, strong score head, saved as a full model."""
-    from transformers import AutoModelForSequenceClassification
-
-    from training.ml.reward_loading import load_reward_tokenizer
-
-    tokenizer = load_reward_tokenizer(tiny_model_dir)
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    with torch.no_grad():
-        model.score.weight.mul_(100.0)  # a spread of scores well above bf16's rounding
-    out = tmp_path_factory.mktemp("tiny-rm")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    """A tiny reward model with a strong random score head: a spread of scores well above
+    bf16's rounding."""
+    return save_tiny_reward_model(tiny_model_dir, tmp_path_factory.mktemp("tiny-rm"), head_scale=100.0)
 
 
 def test_the_scorer_ranks_answers_in_bf16_as_in_fp32(tiny_model_dir, tiny_reward_dir):

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 RUN_JOB_TASK = "training.tasks.run_job"
 
+
 def _nobody_follows(job: Job) -> None:
     """Before the app is ready (a bare import), nothing follows a job."""
 
