@@ -308,6 +308,14 @@ PREFLOOP_PRECISION = env_choice("PREFLOOP_PRECISION", "auto", {"auto", "bf16", "
 # "auto" is on on CUDA (activation memory from every layer's to about one layer's, ~1/3
 # more compute), off on the CPU; or "on", "off".
 PREFLOOP_GRADIENT_CHECKPOINTING = env_choice("PREFLOOP_GRADIENT_CHECKPOINTING", "auto", {"auto", "on", "off"})
+# A new run's sampling engine (training/ml/engines.py): "transformers", or "vllm" on a
+# CUDA box with vllm installed (refused where it is not importable).
+PREFLOOP_SAMPLING_ENGINE = env_choice("PREFLOOP_SAMPLING_ENGINE", "transformers", {"transformers", "vllm"})
+# Share of the GPU a colocated vLLM engine reserves inside a training job or a sampling job.
+PREFLOOP_VLLM_GPU_MEMORY_UTILIZATION = env_float("PREFLOOP_VLLM_GPU_MEMORY_UTILIZATION", 0.3, 0.05, 0.95)
+# A new run's loading of frozen weights (training/ml/quantization.py): "none", or "nf4"
+# (4-bit, bitsandbytes on CUDA; refused where it is not importable).
+PREFLOOP_FROZEN_QUANTIZATION = env_choice("PREFLOOP_FROZEN_QUANTIZATION", "none", {"none", "nf4"})
 # Policy updates as several processes under `accelerate launch` (training/ml/methods/
 # launch.py): PREFLOOP_TRAIN_PROCESSES processes of DDP on this worker's GPUs (or CPUs),
 # or what an Accelerate config file says (deploy/accelerate/: DeepSpeed ZeRO-2/3, FSDP).

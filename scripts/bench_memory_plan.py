@@ -35,19 +35,25 @@ def prompts(count: int) -> list[list[dict]]:
     return [r["messages"] if "messages" in r else [{"role": "user", "content": r["prompt"]}] for r in records]
 
 
-def build_models(shape_name: str, work: Path) -> tuple[Path, Path]:
-    """A random causal LM of the shape with SmolLM2's tokenizer, and a reward model of the
-    same backbone (a whole sequence-classification model, as a full fine-tune publishes)."""
+def build_models(shape_name: str, work: Path, tokenizer_dir: str | None = None) -> tuple[Path, Path]:
+    """A random causal LM of the shape with SmolLM2's tokenizer (from its GGUF, or from
+    `tokenizer_dir` where the GGUF package is not installed: the GPU machine), and a
+    reward model of the same backbone (a whole sequence-classification model, as a full
+    fine-tune publishes)."""
     policy, reward = work / "policy", work / "reward"
     if (policy / "config.json").is_file() and (reward / "config.json").is_file():
         return policy, reward
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    from training.ml.base_model import load_gguf_tokenizer, smollm2_gguf_path
     from training.ml.memory_plan import KNOWN_SHAPES
 
-    tokenizer = load_gguf_tokenizer(smollm2_gguf_path())
+    if tokenizer_dir:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    else:
+        from training.ml.base_model import load_gguf_tokenizer, smollm2_gguf_path
+
+        tokenizer = load_gguf_tokenizer(smollm2_gguf_path())
     values = dict(KNOWN_SHAPES[shape_name])
     config = AutoConfig.for_model(values.pop("model_type"), **values, bos_token_id=tokenizer.bos_token_id,
                                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
@@ -79,11 +85,11 @@ def child(name: str, args) -> dict:
     from training.ml.methods import TrainingInputs, method_named
     from training.ml.preference_pairs import PreferencePair
     from training.ml.reward_scoring import RewardModelRef
-    from training.ml.tokens import prompt_input_ids
+    from training.ml.tokens import answer_input_ids, prompt_input_ids
 
     configure_torch_threads(args.threads)
-    work = ROOT / "var" / "bench-memory" / args.shape
-    policy, reward = build_models(args.shape, work)
+    work = Path(args.work_dir or ROOT / "var" / "bench-memory") / args.shape
+    policy, reward = build_models(args.shape, work, args.tokenizer)
     conversations = prompts(args.prompts)
     answer = " ".join(["word"] * args.response_length)
     pairs = [PreferencePair(group=i, prompt=p, chosen=answer, rejected=answer + " no")
@@ -94,19 +100,37 @@ def child(name: str, args) -> dict:
 
     method, config = method_named(name), method_config(name, args)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    answer_tokens = max(len(answer_input_ids(tokenizer, a)) for pair in pairs for a in (pair.chosen, pair.rejected))
     plan = plan_for_method(shape_of_model_dir(policy), name, config, prompt_tokens, dtype=args.dtype,
-                           gradient_checkpointing=args.gradient_checkpointing, device=device)
-    inputs = TrainingInputs(PolicyStart(policy), conversations, pairs, RewardModelRef(policy, reward, 0.0, 1.0),
-                            precision=args.dtype, gradient_checkpointing="on" if args.gradient_checkpointing else "off")
+                           gradient_checkpointing=args.gradient_checkpointing, device=device,
+                           answer_tokens=answer_tokens, prompts=len(conversations),
+                           quantization=args.frozen_quantization,
+                           vllm_bytes=vllm_reservation(args.sampling_engine, device))
+    inputs = TrainingInputs(PolicyStart(policy), conversations, pairs,
+                            RewardModelRef(policy, reward, 0.0, 1.0, quantization=args.frozen_quantization),
+                            precision=args.dtype, gradient_checkpointing="on" if args.gradient_checkpointing else "off",
+                            sampling_engine=args.sampling_engine, frozen_quantization=args.frozen_quantization)
     started = time.monotonic()
     result = method.train(inputs, work / f"out-{name}", config)
     seconds = time.monotonic() - started
     measured = (torch.cuda.max_memory_reserved() if device == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     tokens = result.summary.get("generated_tokens") or result.examples * args.response_length
-    return {"method": name, "device": device, "planned_gib": plan.total / GIB, "seconds": seconds,
+    return {"method": name, "device": device, "engine": args.sampling_engine, "quantization": args.frozen_quantization,
+            "planned_gib": plan.total / GIB, "seconds": seconds,
             "measured_gib": measured / GIB, "tokens_per_second": tokens / seconds if seconds else None,
             "parts": {part: round(size / GIB, 3) for part, size in plan.parts.items()}}
+
+
+def vllm_reservation(engine: str, device: str) -> int:
+    """What a vLLM engine reserves of this GPU (TRL's colocate share), as the job's plan counts it."""
+    if engine != "vllm" or device != "cuda":
+        return 0
+    import torch
+
+    from training.ml.vllm_sampling import VLLM_GPU_MEMORY_UTILIZATION
+
+    return int(VLLM_GPU_MEMORY_UTILIZATION * torch.cuda.get_device_properties(0).total_memory)
 
 
 def main() -> int:
@@ -120,21 +144,32 @@ def main() -> int:
     parser.add_argument("--response-length", type=int, default=32)
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sampling-engine", default="transformers", choices=["transformers", "vllm"])
+    parser.add_argument("--frozen-quantization", default="none", choices=["none", "nf4"])
+    parser.add_argument("--tokenizer", help="a tokenizer directory (default: SmolLM2's, from its GGUF)")
+    parser.add_argument("--work-dir", help="where the random models are written (default var/bench-memory)")
+    parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--keep-going", action="store_true", help="a method that fails is reported, not fatal")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print("RESULT " + json.dumps(child(args.child, args)), flush=True)
         return 0
-    rows = []
+    rows, failures = [], []
     for name in args.methods.split(","):
         run = subprocess.run([sys.executable, __file__, "--child", name, *sys.argv[1:]], cwd=ROOT,
                              capture_output=True, text=True)
         line = next((x for x in run.stdout.splitlines() if x.startswith("RESULT ")), None)
         if run.returncode or line is None:
             print(run.stdout[-2000:], run.stderr[-4000:])
-            raise SystemExit(f"the {name} run failed")
+            if not args.keep_going:
+                raise SystemExit(f"the {name} run failed")
+            failures.append((name, (run.stderr.strip().splitlines() or ["no output"])[-1]))
+            continue
         rows.append(json.loads(line.removeprefix("RESULT ")))
         print(rows[-1], flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "failures": failures}, indent=1))
     print("\n| Method | Device | Planned peak (GiB) | Measured peak (GiB) | Planned ÷ measured | Update (s) "
           "| Tokens/s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -142,7 +177,9 @@ def main() -> int:
         print(f"| `{row['method']}` | {row['device']} | {row['planned_gib']:.2f} | {row['measured_gib']:.2f} | "
               f"{row['planned_gib'] / row['measured_gib']:.2f} | {row['seconds']:.0f} | "
               f"{row['tokens_per_second'] or 0:.0f} |")
-    return 0
+    for name, why in failures:
+        print(f"| `{name}` | failed: {why} |")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

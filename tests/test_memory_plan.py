@@ -79,3 +79,36 @@ def test_an_impossible_job_is_refused_with_the_setting_to_change():
 def test_the_arithmetic_shape_the_web_pages_use_is_the_meta_devices(name):
     assert memory_plan.analytic_shape(memory_plan.KNOWN_SHAPES[name]) == known_shape(name)
     assert memory_plan.analytic_shape({"model_type": "gpt2"}) is None
+
+
+def test_best_of_n_is_planned_at_its_largest_phase_not_the_sum_of_its_phases():
+    # It samples, frees the policy, scores, frees the reward model, then fine-tunes.
+    shape = memory_plan.known_shape("qwen2.5-1.5b")
+    config = method_named("best_of_n").config()
+    plan = memory_plan.plan_for_method(shape, "best_of_n", config, 128, prompts=4)
+    every_part = plan.total + sum(plan.apart.values())
+    assert "reward model" in plan.apart and "reward model" not in plan.parts
+    assert plan.total < every_part
+    assert set(plan.parts) <= set(memory_plan.PHASES["training"]) or set(plan.parts) <= set(
+        memory_plan.PHASES["sampling"])
+    assert any("another phase" in line for line in plan.lines())
+    # It fine-tunes on at most one kept answer per prompt: 4 prompts, not its batch of 8.
+    eight = memory_plan.plan_for_method(shape, "best_of_n", config, 128, prompts=8)
+    assert plan.parts["activations"] * 2 == eight.parts["activations"]
+
+
+def test_pair_methods_are_planned_for_their_pairs_answer_length_when_known():
+    shape = memory_plan.known_shape("qwen2.5-1.5b")
+    config = method_named("dpo").config()
+    unknown = memory_plan.plan_for_method(shape, "dpo", config, 100)
+    short = memory_plan.plan_for_method(shape, "dpo", config, 100, answer_tokens=20)
+    assert short.parts["logits"] * (100 + memory_plan.PLANNED_ANSWER_TOKENS) == unknown.parts["logits"] * 120
+
+
+def test_ppo_plans_the_rollout_logits_it_keeps_through_the_update():
+    shape = memory_plan.known_shape("qwen2.5-1.5b")
+    one = memory_plan.plan_for_method(shape, "ppo", method_named("ppo").config({"num_mini_batches": 1}), 64)
+    four = memory_plan.plan_for_method(shape, "ppo", method_named("ppo").config({"num_mini_batches": 4}), 64)
+    # A minibatch of a quarter holds a quarter of the five per-position tensors, but the
+    # whole batch's sampled logits stay: (5/4 + 1) / (5 + 1) of the logits.
+    assert four.parts["logits"] / one.parts["logits"] == pytest.approx((5 / 4 + 1) / 6, rel=1e-6)

@@ -12,7 +12,9 @@ from django.conf import settings
 
 from training.ml.base_model import is_hf_model_dir
 from training.ml.configs import FieldSpec, field_specs
+from training.ml.engines import setting_refusal as engine_setting_refusal
 from training.ml.methods import METHODS, method_named
+from training.ml.quantization import setting_refusal as quantization_setting_refusal
 from training.ml.reward_training import RewardTrainingConfig
 from training.models import PolicyVersion, Run
 from training.recipes import RECIPES
@@ -63,12 +65,21 @@ class RunSettingsForm(forms.Form):
         help_text="In policy updates: recompute activations in the backward pass instead of keeping them (about "
                   "a layer's activations instead of every layer's, a third more compute); off while sampling.")
 
+    sampling_engine = forms.ChoiceField(
+        choices=Run.SamplingEngine.choices,
+        help_text="What samples answers: comparisons, evaluation, best-of-N, and with vLLM GRPO's, RLOO's and "
+                  "online DPO's rollouts (TRL's colocate mode); PPO's rollouts stay on transformers.")
+    frozen_quantization = forms.ChoiceField(
+        choices=Run.FrozenQuantization.choices,
+        help_text="4-bit loading of the reward model and of the base under the trained adapter (which, adapter "
+                  "off, is the KL reference). Sampling policies stay in the run's precision.")
+
     def __init__(self, run: Run, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.run = run
         for name in ("method", "recipe", "query_selection", "update_prompts", "comparison_prompts", "auto_loop",
                      "loop_min_labels", "reward_auto_train_labels", "precision",
-                     "gradient_checkpointing"):
+                     "gradient_checkpointing", "sampling_engine", "frozen_quantization"):
             self.fields[name].initial = getattr(run, name)
         current = method_named(run.method).config(run.method_config, strict=False)
         for spec in field_specs(method_named(run.method).config_class):
@@ -92,6 +103,16 @@ class RunSettingsForm(forms.Form):
     def method_changed(self) -> bool:
         return self.is_bound and self.data.get("method") != self.run.method
 
+    def clean_sampling_engine(self) -> str:
+        if why := engine_setting_refusal(self.cleaned_data["sampling_engine"]):
+            raise forms.ValidationError(why)
+        return self.cleaned_data["sampling_engine"]
+
+    def clean_frozen_quantization(self) -> str:
+        if why := quantization_setting_refusal(self.cleaned_data["frozen_quantization"]):
+            raise forms.ValidationError(why)
+        return self.cleaned_data["frozen_quantization"]
+
     def clean(self):
         data = super().clean()
         if self.errors:
@@ -111,6 +132,7 @@ class RunSettingsForm(forms.Form):
                 comparison_prompts=data["comparison_prompts"], auto_loop=data["auto_loop"],
                 loop_min_labels=data["loop_min_labels"], reward_auto_train_labels=data["reward_auto_train_labels"],
                 precision=data["precision"], gradient_checkpointing=data["gradient_checkpointing"],
+                sampling_engine=data["sampling_engine"], frozen_quantization=data["frozen_quantization"],
             ).checked()
         except RunError as error:
             field, _, message = str(error).partition(": ")

@@ -32,6 +32,8 @@ class RunOut(Schema):
     base_model_dir: str
     precision: str
     gradient_checkpointing: str
+    sampling_engine: str
+    frozen_quantization: str
     head: int | None
     paused: bool
 
@@ -54,6 +56,12 @@ class RunIn(Schema):
     gradient_checkpointing: Literal["auto", "on", "off"] | None = Field(
         None, description="in policy updates (auto: on on CUDA, off on the CPU); the deployment's "
                           "PREFLOOP_GRADIENT_CHECKPOINTING by default")
+    sampling_engine: Literal["transformers", "vllm"] | None = Field(
+        None, description="what samples answers (vllm: CUDA with vllm installed, refused otherwise); the "
+                          "deployment's PREFLOOP_SAMPLING_ENGINE by default")
+    frozen_quantization: Literal["none", "nf4"] | None = Field(
+        None, description="4-bit loading of the reward model and the base under the adapter (nf4: CUDA with "
+                          "bitsandbytes, refused otherwise); the deployment's PREFLOOP_FROZEN_QUANTIZATION by default")
 
     @field_validator("name", "base_model_dir", "description")
     @classmethod
@@ -99,7 +107,7 @@ def list_runs(request):
 def create_run(request, new: RunIn):
     try:
         chosen = services.default_settings(new.method)
-        for key in ("precision", "gradient_checkpointing"):
+        for key in ("precision", "gradient_checkpointing", "sampling_engine", "frozen_quantization"):
             if getattr(new, key):
                 chosen[key] = getattr(new, key)
         run = services.create_run(new.name, new.base_model_dir, request.auth, new.description,

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from training.ml.precision import Precision, precision_on
+from training.ml.quantization import DEFAULT_QUANTIZATION, quantization_config, require_quantization
 
 FP32 = Precision("fp32")
 
@@ -93,16 +94,27 @@ def precision_for(precision: Precision | str | None, device: torch.device) -> Pr
 
 
 def trainable_policy(start: PolicyStart, lora_r: int, lora_alpha: int, device: torch.device,
-                     precision: Precision = FP32):
+                     precision: Precision = FP32, quantization: str | None = None,
+                     gradient_checkpointing: bool = False):
     """(model, peft_config for a TRL trainer). Continuing a version: its adapter, made
     trainable, and no peft_config. From the base: the plain model and a new LoRA config
     that the trainer wraps around it. The base weights are frozen and load in
-    `precision`; the adapter trains in fp32 (PEFT's `autocast_adapter_dtype`, on by
-    default in `PeftModel.from_pretrained` and `get_peft_model`, which TRL calls)."""
+    `precision`, or in 4-bit with `quantization` "nf4" (QLoRA: training/ml/quantization.py);
+    the adapter trains in fp32 (PEFT's `autocast_adapter_dtype`, on by default in
+    `PeftModel.from_pretrained` and `get_peft_model`, which TRL calls)."""
     from peft import LoraConfig, PeftModel, TaskType
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(start.base_model_dir, dtype=precision.dtype).to(device)
+    if (quantization or DEFAULT_QUANTIZATION) != "none":
+        from peft import prepare_model_for_kbit_training
+
+        kind = require_quantization(quantization, device)
+        model = AutoModelForCausalLM.from_pretrained(
+            start.base_model_dir, dtype=precision.dtype, device_map={"": device},
+            quantization_config=quantization_config(kind, precision.dtype))
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(start.base_model_dir, dtype=precision.dtype).to(device)
     if start.adapter_dir is not None:
         return PeftModel.from_pretrained(model, start.adapter_dir, is_trainable=True), None
     return model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora_r, lora_alpha=lora_alpha,

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from training.ml.quantization import BYTES_PER_4BIT_WEIGHT, FROZEN_QUANTIZATIONS
+
 GIB = 1024**3
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 ADAM_BYTES_PER_TRAINABLE = 4 + 4 + 4 + 4
@@ -152,14 +154,39 @@ class Workload:
     """Positions per sequence whose vocabulary logits the loss reads."""
     sampled_sequences: int = 0
     """Sequences sampled at once (their KV cache); 0 for a method that samples nothing."""
+    logit_tensors: float = 3
+    """Vocabulary-wide fp32 tensors held per logit position (logits, log-softmax, gradient)."""
+    engine_samples: bool = False
+    """Its sampling goes through the run's sampling engine (training/ml/engines.py): with
+    vLLM, the engine's reservation replaces the KV cache."""
+    sampling_apart: bool = False
+    """Sampling, then scoring, then training, each with the others' models freed: the
+    peak is the largest phase, not their sum."""
 
 
-WORKLOADS: dict[str, Callable[[Any, int, bool], Workload]] = {}
-"""Per method: (its config, prompt tokens, continuing an adapter?) → its Workload."""
+@dataclass(frozen=True)
+class JobData:
+    """What a job's inputs look like, as far as its memory goes."""
+
+    prompt_tokens: int = 128
+    """The longest chat-templated prompt (batches pad to it)."""
+    continuing: bool = False
+    """The job continues an adapter (its reference may need a copy)."""
+    answer_tokens: int | None = None
+    """The longest answer of its preference pairs; None: not known (a page plans for 64)."""
+    prompts: int | None = None
+    """How many prompts it answers; None: not known."""
+
+
+PLANNED_ANSWER_TOKENS = 64
+"""Answer length a pair method is planned for when its pairs are not at hand."""
+
+WORKLOADS: dict[str, Callable[[Any, JobData], Workload]] = {}
+"""Per method: (its config, what its inputs look like) → its Workload."""
 
 
 def workload_of(method: str):
-    def register(build: Callable[[Any, int, bool], Workload]):
+    def register(build: Callable[[Any, JobData], Workload]):
         WORKLOADS[method] = build
         return build
 
@@ -167,20 +194,26 @@ def workload_of(method: str):
 
 
 @workload_of("ppo")
-def ppo_workload(config, prompt_tokens: int, continuing: bool) -> Workload:
+def ppo_workload(config, data: JobData) -> Workload:
     # The "previous" reference is merged into a frozen copy (training/ml/loading.py).
-    copies = int(config.reference == "previous" and continuing)
+    copies = int(config.reference == "previous" and data.continuing)
     answer = config.response_length
+    # TRL's PPO keeps the rollout's sampled logits, (batch, answer, vocab), through the
+    # update; each minibatch then holds its logits, their log-softmax and gradient, and
+    # the entropy's softmax and product (trl/experimental/ppo/ppo_trainer.py): five
+    # vocabulary-wide tensors per position of the minibatch, one per position of the batch.
+    minibatch = config.batch_size // config.num_mini_batches
     return Workload(lora_rank=config.lora_r, full_copies=copies, reward_models=1, value_model=config.value_model,
-                    sequences=config.batch_size // config.num_mini_batches, tokens=prompt_tokens + answer,
-                    logit_positions=answer + 1, sampled_sequences=config.batch_size)
+                    sequences=minibatch, tokens=data.prompt_tokens + answer, logit_positions=answer + 1,
+                    logit_tensors=5 + config.batch_size / minibatch, sampled_sequences=config.batch_size)
 
 
-def _group_sampling(config, prompt_tokens: int, continuing: bool) -> Workload:
+def _group_sampling(config, data: JobData) -> Workload:
     # GRPO and RLOO: a continued adapter's reference is TRL's frozen "ref" adapter (no copy).
     answer = config.max_completion_length
     return Workload(lora_rank=config.lora_r, reward_models=1, sequences=config.batch_size,
-                    tokens=prompt_tokens + answer, logit_positions=answer + 1, sampled_sequences=config.batch_size)
+                    tokens=data.prompt_tokens + answer, logit_positions=answer + 1,
+                    sampled_sequences=config.batch_size, engine_samples=True)
 
 
 workload_of("grpo")(_group_sampling)
@@ -188,32 +221,43 @@ workload_of("rloo")(_group_sampling)
 
 
 @workload_of("online_dpo")
-def online_dpo_workload(config, prompt_tokens: int, continuing: bool) -> Workload:
+def online_dpo_workload(config, data: JobData) -> Workload:
     # A continued adapter gets a whole frozen model as its reference (TRL deep-copies
     # it for "previous"; the base is loaded for "initial"): see methods/online_dpo.py.
     answer = config.max_new_tokens
     pairs = config.prompts_per_step
-    return Workload(lora_rank=config.lora_r, full_copies=int(continuing), reward_models=1, sequences=2 * pairs,
-                    tokens=prompt_tokens + answer, logit_positions=answer + 1, sampled_sequences=2 * pairs)
+    return Workload(lora_rank=config.lora_r, full_copies=int(data.continuing), reward_models=1,
+                    sequences=2 * pairs, tokens=data.prompt_tokens + answer, logit_positions=answer + 1,
+                    sampled_sequences=2 * pairs, engine_samples=True)
+
+
+def _pair_tokens(config, data: JobData) -> int:
+    answer = PLANNED_ANSWER_TOKENS if data.answer_tokens is None else data.answer_tokens
+    return min(config.max_length, data.prompt_tokens + answer)
 
 
 @workload_of("dpo")
-def dpo_workload(config, prompt_tokens: int, continuing: bool) -> Workload:
-    tokens = min(config.max_length, prompt_tokens + 64)  # an answer of ~64 tokens, as the pages show
+def dpo_workload(config, data: JobData) -> Workload:
+    tokens = _pair_tokens(config, data)
     return Workload(lora_rank=config.lora_r, sequences=2 * config.batch_size, tokens=tokens, logit_positions=tokens)
 
 
 @workload_of("sft_chosen")
-def sft_workload(config, prompt_tokens: int, continuing: bool) -> Workload:
-    tokens = min(config.max_length, prompt_tokens + 64)
+def sft_workload(config, data: JobData) -> Workload:
+    tokens = _pair_tokens(config, data)
     return Workload(lora_rank=config.lora_r, sequences=config.batch_size, tokens=tokens, logit_positions=tokens)
 
 
 @workload_of("best_of_n")
-def best_of_n_workload(config, prompt_tokens: int, continuing: bool) -> Workload:
-    tokens = min(config.max_length, prompt_tokens + config.max_new_tokens)
-    return Workload(lora_rank=config.lora_r, reward_models=1, sequences=config.batch_size, tokens=tokens,
-                    logit_positions=tokens, sampled_sequences=config.sampling_batch_size)
+def best_of_n_workload(config, data: JobData) -> Workload:
+    # Samples with the policy, frees it, scores with the reward model, frees that, then
+    # fine-tunes on at most one kept answer per prompt (methods/best_of_n.py): three
+    # phases, never at once.
+    tokens = min(config.max_length, data.prompt_tokens + config.max_new_tokens)
+    kept = config.batch_size if data.prompts is None else max(1, min(config.batch_size, data.prompts))
+    return Workload(lora_rank=config.lora_r, reward_models=1, sequences=kept, tokens=tokens,
+                    logit_positions=tokens, sampled_sequences=config.sampling_batch_size * config.n,
+                    engine_samples=True, sampling_apart=True)
 
 
 @dataclass
@@ -222,6 +266,8 @@ class MemoryPlan:
 
     parts: dict[str, int] = field(default_factory=dict)
     advice: dict[str, str] = field(default_factory=dict)
+    apart: dict[str, int] = field(default_factory=dict)
+    """Parts held in another phase of the job than its peak (not counted in the total)."""
 
     @property
     def total(self) -> int:
@@ -241,7 +287,9 @@ class MemoryPlan:
 
     def lines(self) -> list[str]:
         return [f"{name:<28} {size / GIB:8.2f} GiB" for name, size in self.parts.items()] + \
-               [f"{'total':<28} {self.gib():8.2f} GiB"]
+               [f"{'total':<28} {self.gib():8.2f} GiB"] + \
+               [f"{name:<28} {size / GIB:8.2f} GiB  (another phase, not at the peak)"
+                for name, size in self.apart.items()]
 
 
 # Bytes one token keeps for the backward pass in one decoder layer, per unit of hidden
@@ -306,15 +354,39 @@ def saved_bytes_per_token_per_layer(config, dtype, lora_rank: int | None, tokens
     return kept[1] - kept[0]
 
 
+def frozen_bytes(parameters: int, unquantized: int, width: int, quantization: str) -> int:
+    """Bytes of `parameters` frozen weights: in the compute dtype (`width` bytes), or with
+    "nf4" in 4 bits but for the `unquantized` ones (embeddings and heads, which
+    bitsandbytes leaves in the compute dtype)."""
+    if quantization == "none":
+        return parameters * width
+    return int((parameters - unquantized) * BYTES_PER_4BIT_WEIGHT) + unquantized * width
+
+
+def policy_frozen_bytes(shape: ModelShape, width: int, quantization: str) -> int:
+    return frozen_bytes(shape.parameters, shape.vocab_size * shape.hidden_size + shape.lm_head_parameters, width,
+                        quantization)
+
+
+def reward_model_frozen_bytes(shape: ModelShape, width: int, quantization: str) -> int:
+    return frozen_bytes(shape.reward_model_parameters, shape.vocab_size * shape.hidden_size + shape.hidden_size,
+                        width, quantization)
+
+
 def plan_job(shape: ModelShape, workload: Workload, dtype: str = "bf16", gradient_checkpointing: bool = False,
-             device: str = "cuda") -> MemoryPlan:
-    """The peak of one training job of `workload` on `shape` in `dtype`."""
+             device: str = "cuda", quantization: str = "none", vllm_bytes: int = 0) -> MemoryPlan:
+    """The peak of one training job of `workload` on `shape` in `dtype`. `quantization`:
+    the run's frozen_quantization; `vllm_bytes`: what a vLLM sampling engine reserves
+    (its share of the device), 0 where the job samples with transformers."""
     width = DTYPE_BYTES[dtype]
     plan = MemoryPlan()
-    smaller_weights = "choose bf16 precision" if width == 4 else "use a smaller model or a larger device"
+    smaller_weights = ("choose bf16 precision" if width == 4 else
+                       "set frozen_quantization to nf4, or use a smaller model or a larger device"
+                       if quantization == "none" else "use a smaller model or a larger device")
     fewer_tokens = "lower the batch size or the answer length"
     plan.parts["runtime"] = RUNTIME_BYTES[device]
-    plan.parts["policy weights"] = shape.parameters * width
+    plan.parts["policy weights"] = (shape.parameters * width if workload.policy_trains == "full"
+                                    else policy_frozen_bytes(shape, width, quantization))
     plan.advice["policy weights"] = smaller_weights
     if workload.policy_trains == "full":
         plan.parts["policy gradients + Adam"] = shape.parameters * ADAM_BYTES_PER_TRAINABLE
@@ -323,10 +395,10 @@ def plan_job(shape: ModelShape, workload: Workload, dtype: str = "bf16", gradien
         plan.parts["LoRA + gradients + Adam"] = shape.lora_parameters(workload.lora_rank) * ADAM_BYTES_PER_TRAINABLE
         plan.advice["LoRA + gradients + Adam"] = "lower lora_r"
     if workload.full_copies:
-        plan.parts["reference copies"] = workload.full_copies * shape.parameters * width
+        plan.parts["reference copies"] = workload.full_copies * policy_frozen_bytes(shape, width, quantization)
         plan.advice["reference copies"] = "use the 'initial' reference (the base, with the adapter off)"
     if workload.reward_models:
-        plan.parts["reward model"] = workload.reward_models * shape.reward_model_parameters * width
+        plan.parts["reward model"] = workload.reward_models * reward_model_frozen_bytes(shape, width, quantization)
         plan.advice["reward model"] = smaller_weights
     if workload.value_model in ("full", "lora"):
         trainable = shape.reward_model_parameters if workload.value_model == "full" else \
@@ -340,13 +412,39 @@ def plan_job(shape: ModelShape, workload: Workload, dtype: str = "bf16", gradien
         "turn on gradient checkpointing, or " + fewer_tokens
     # Logits are upcast to fp32 for the log-probabilities; with their softmax and its
     # gradient that is three vocabulary-wide fp32 tensors per position read.
-    plan.parts["logits"] = workload.sequences * workload.logit_positions * shape.vocab_size * 4 * 3
+    plan.parts["logits"] = int(workload.sequences * workload.logit_positions * shape.vocab_size * 4
+                               * workload.logit_tensors)
     plan.advice["logits"] = fewer_tokens
-    if workload.sampled_sequences:
+    if workload.sampled_sequences and workload.engine_samples and vllm_bytes:
+        plan.parts["vLLM engine"] = vllm_bytes
+        plan.advice["vLLM engine"] = "lower PREFLOOP_VLLM_GPU_MEMORY_UTILIZATION"
+    elif workload.sampled_sequences:
         plan.parts["KV cache (sampling)"] = (workload.sampled_sequences * workload.tokens * shape.layers
                                              * 2 * shape.kv_size * width)
         plan.advice["KV cache (sampling)"] = fewer_tokens
+    if workload.sampling_apart:
+        keep_largest_phase(plan)
     return plan
+
+
+PHASES = {
+    "sampling": ("runtime", "policy weights", "KV cache (sampling)", "vLLM engine"),
+    "scoring": ("runtime", "reward model"),
+    "training": ("runtime", "policy weights", "LoRA + gradients + Adam", "policy gradients + Adam",
+                 "activations", "logits"),
+}
+
+
+def keep_largest_phase(plan: MemoryPlan) -> None:
+    """For a job that samples, scores and trains one after another: the plan's parts
+    become the largest phase's, the rest are noted as held at other times."""
+    def size(phase):
+        return sum(plan.parts.get(name, 0) for name in PHASES[phase])
+
+    largest = max(PHASES, key=size)
+    for name in list(plan.parts):
+        if name not in PHASES[largest]:
+            plan.apart[name] = plan.parts.pop(name)
 
 
 def plan_reward_training(shape: ModelShape, config, dtype: str = "bf16", gradient_checkpointing: bool = False,
@@ -367,11 +465,14 @@ def plan_reward_training(shape: ModelShape, config, dtype: str = "bf16", gradien
 
 
 def plan_for_method(shape: ModelShape, method: str, config, prompt_tokens: int, continuing: bool = False,
-                    dtype: str = "bf16", gradient_checkpointing: bool = False, device: str = "cuda") -> MemoryPlan:
+                    dtype: str = "bf16", gradient_checkpointing: bool = False, device: str = "cuda",
+                    answer_tokens: int | None = None, prompts: int | None = None, quantization: str = "none",
+                    vllm_bytes: int = 0) -> MemoryPlan:
     if method not in WORKLOADS:
         raise ValueError(f"no memory plan for method {method!r}; known: {', '.join(WORKLOADS)}")
-    return plan_job(shape, WORKLOADS[method](config, prompt_tokens, continuing), dtype, gradient_checkpointing,
-                    device)
+    data = JobData(prompt_tokens, continuing, answer_tokens, prompts)
+    return plan_job(shape, WORKLOADS[method](config, data), dtype, gradient_checkpointing, device, quantization,
+                    vllm_bytes)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -386,6 +487,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--device", default="cuda", choices=list(RUNTIME_BYTES))
     parser.add_argument("--device-gib", type=float, help="refuse, with the reason, if the plan exceeds this")
+    parser.add_argument("--quantization", default="none", choices=FROZEN_QUANTIZATIONS,
+                        help="the run's frozen_quantization (nf4: 4-bit frozen weights)")
+    parser.add_argument("--vllm-share", type=float, default=0.0,
+                        help="with --device-gib: the share of it a vLLM sampling engine reserves (0: transformers)")
     parser.add_argument("--runtime", action="store_true", help="print this process's peak RSS with the trainers "
                                                                "imported (the CPU runtime term) and stop")
     args = parser.parse_args(argv)
@@ -399,8 +504,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
         return
     shape = shape_of_model_dir(args.model_dir) if args.model_dir else known_shape(args.shape)
+    vllm_bytes = int(args.vllm_share * (args.device_gib or 0) * GIB)
     plan = plan_for_method(shape, args.method, method_named(args.method).config(), args.prompt_tokens,
-                           dtype=args.dtype, gradient_checkpointing=args.gradient_checkpointing, device=args.device)
+                           dtype=args.dtype, gradient_checkpointing=args.gradient_checkpointing, device=args.device,
+                           quantization=args.quantization, vllm_bytes=vllm_bytes)
     print("\n".join(plan.lines()))
     if args.device_gib and (why := plan.refusal(int(args.device_gib * GIB))):
         raise SystemExit(why)

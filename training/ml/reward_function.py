@@ -38,7 +38,7 @@ class RewardModelFunction:
     def __init__(self, ref: RewardModelRef, policy_tokenizer, missing_eos_penalty: float = 0.0,
                  device: torch.device | None = None, precision=None, batch_size: int = 16) -> None:
         self.__name__ = "reward_model"  # TRL names logged reward columns after it
-        self.model, _ = load_reward_model(ref.base_model_dir, ref.weights_dir, device, precision)
+        self.model, _ = load_reward_model(ref.base_model_dir, ref.weights_dir, device, precision, ref.quantization)
         self.tokenizer = policy_tokenizer  # same vocabulary; its pad differs from EOS
         self.mean, self.std = ref.mean, ref.std
         self.missing_eos_penalty = missing_eos_penalty

@@ -14,6 +14,7 @@ import torch
 
 from training.ml.loading import pick_device, precision_for
 from training.ml.precision import Precision
+from training.ml.quantization import DEFAULT_QUANTIZATION, quantization_config, require_quantization
 from training.ml.tokens import use_distinct_pad
 
 CONFIG_FILE = "prefloop_reward_config.json"
@@ -44,7 +45,7 @@ def load_reward_backbone(base_model_dir: Path | str, tokenizer, device: torch.de
 
 
 def load_reward_model(base_model_dir: Path | str, weights_dir: Path | str, device: torch.device | None = None,
-                      precision: Precision | str | None = None):
+                      precision: Precision | str | None = None, quantization: str | None = None):
     """(model, tokenizer) of a published version, ready to score in the job's precision
     (a setting is resolved on `device`): a LoRA adapter is merged into the backbone in
     fp32 on the CPU, then the model is cast (rounding the sum once, not the adapter's
@@ -56,6 +57,8 @@ def load_reward_model(base_model_dir: Path | str, weights_dir: Path | str, devic
     device = device or pick_device()
     precision = precision_for(precision, device)
     weights_dir = Path(weights_dir)
+    if (quantization or DEFAULT_QUANTIZATION) != "none":
+        return load_quantized_reward_model(base_model_dir, weights_dir, device, precision, quantization)
     tokenizer = load_reward_tokenizer(base_model_dir)
     if (weights_dir / "adapter_config.json").is_file():
         from peft import PeftModel
@@ -69,6 +72,42 @@ def load_reward_model(base_model_dir: Path | str, weights_dir: Path | str, devic
         with torch.no_grad():
             model.score.weight.copy_(torch.load(weights_dir / HEAD_FILE, weights_only=True).reshape(1, -1))
     return model.to(device=device, dtype=precision.dtype).eval(), tokenizer
+
+
+def load_quantized_reward_model(base_model_dir: Path | str, weights_dir: Path, device: torch.device,
+                                precision: Precision, quantization: str):
+    """The same in 4-bit (training/ml/quantization.py): a LoRA adapter stays unmerged on
+    the quantized backbone (merging into 4-bit weights would round the update away), the
+    score head unquantized in the compute dtype."""
+    from transformers import AutoModelForSequenceClassification
+
+    kind = require_quantization(quantization, device)
+    loading = {"num_labels": 1, "dtype": precision.dtype, "device_map": {"": device},
+               "quantization_config": quantization_config(kind, precision.dtype)}
+    tokenizer = load_reward_tokenizer(base_model_dir)
+    if (weights_dir / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        backbone = AutoModelForSequenceClassification.from_pretrained(base_model_dir, **loading)
+        backbone.config.pad_token_id = tokenizer.pad_token_id
+        model = PeftModel.from_pretrained(backbone, weights_dir)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(weights_dir, **loading)
+        model.config.pad_token_id = tokenizer.pad_token_id
+    head = score_head(model)
+    if (weights_dir / HEAD_FILE).is_file():
+        with torch.no_grad():
+            head.weight.copy_(torch.load(weights_dir / HEAD_FILE, weights_only=True).reshape(1, -1))
+    head.to(dtype=precision.dtype)
+    return model.eval(), tokenizer
+
+
+def score_head(model) -> torch.nn.Module:
+    """The score head that scores: on a PeftModel, the adapter's trained copy of it
+    (PEFT wraps a module it saves in a ModulesToSaveWrapper)."""
+    head = model.score
+    copies = getattr(head, "modules_to_save", None)
+    return copies[model.active_adapter] if copies is not None else head
 
 
 def input_limit(weights_dir: Path | str) -> int | None:

@@ -16,7 +16,7 @@ import torch
 
 from training.ml.reward_features import keep_last_tokens, score_token_ids
 from training.ml.reward_heads import ensemble_disagreement
-from training.ml.reward_loading import ENSEMBLE_FILE, input_limit, load_reward_model
+from training.ml.reward_loading import ENSEMBLE_FILE, input_limit, load_reward_model, score_head
 from training.ml.tokens import ScoredText, reward_inputs
 
 
@@ -29,14 +29,16 @@ class RewardModelRef:
     weights_dir: Path
     mean: float = 0.0
     std: float = 1.0
+    quantization: str = "none"
+    """How its frozen weights load (training/ml/quantization.py): the run's setting."""
 
 
 def normalized_reward_model(ref: RewardModelRef, device=None, precision=None):
     """The reward model with (r - mean) / std built into its score head, so a trainer
     that reads `logits` (TRL's PPO) sees normalized rewards without knowing about
     normalization. `precision`: as `load_reward_model` takes it."""
-    model, _ = load_reward_model(ref.base_model_dir, ref.weights_dir, device, precision)
-    old = model.score  # Linear(hidden, 1, bias=False) on Llama-style classifiers
+    model, _ = load_reward_model(ref.base_model_dir, ref.weights_dir, device, precision, ref.quantization)
+    old = score_head(model)  # Linear(hidden, 1, bias=False) on Llama-style classifiers
     head = torch.nn.Linear(old.in_features, 1, bias=True, dtype=old.weight.dtype, device=old.weight.device)
     with torch.no_grad():
         head.weight.copy_(old.weight / ref.std)
@@ -77,9 +79,10 @@ class RewardScorer:
 
     @classmethod
     def load(cls, base_model_dir: Path, weights_dir: Path, mean: float, std: float, device=None,
-             precision=None) -> RewardScorer:
-        """`precision`: the job's setting or a resolved precision (load_reward_model)."""
-        model, tokenizer = load_reward_model(base_model_dir, weights_dir, device, precision)
+             precision=None, quantization: str | None = None) -> RewardScorer:
+        """`precision`: the job's setting or a resolved precision; `quantization`: the
+        run's frozen_quantization (load_reward_model)."""
+        model, tokenizer = load_reward_model(base_model_dir, weights_dir, device, precision, quantization)
         heads_file = weights_dir / ENSEMBLE_FILE
         heads = torch.load(heads_file) if heads_file.is_file() else None
         return cls(model, tokenizer, mean, std, heads, input_limit(weights_dir))

@@ -106,6 +106,16 @@ class Job(models.Model):
         return self.params.get("precision", Run.Precision.AUTO)
 
     @property
+    def sampling_engine(self) -> str:
+        """The run's sampling engine as the job pinned it (older jobs: transformers)."""
+        return self.params.get("sampling_engine", Run.SamplingEngine.TRANSFORMERS)
+
+    @property
+    def frozen_quantization(self) -> str:
+        """The run's frozen_quantization as the job pinned it (older jobs: none)."""
+        return self.params.get("frozen_quantization", Run.FrozenQuantization.NONE)
+
+    @property
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
 

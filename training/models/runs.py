@@ -51,6 +51,18 @@ class Run(models.Model):
         ON = "on", "on"
         OFF = "off", "off"
 
+    class SamplingEngine(models.TextChoices):
+        """training/ml/engines.py ENGINES."""
+
+        TRANSFORMERS = "transformers", "transformers (model.generate)"
+        VLLM = "vllm", "vLLM (CUDA; with the LoRA adapter, and GRPO/RLOO/online DPO in TRL's colocate mode)"
+
+    class FrozenQuantization(models.TextChoices):
+        """training/ml/quantization.py FROZEN_QUANTIZATIONS."""
+
+        NONE = "none", "none (frozen weights in the run's precision)"
+        NF4 = "nf4", "4-bit NF4 (CUDA, bitsandbytes): the reward model and the base under the adapter (QLoRA)"
+
     class QuerySelection(models.TextChoices):
         DISAGREEMENT = "disagreement", "Ensemble disagreement"
         RANDOM = "random", "Random"
@@ -89,6 +101,14 @@ class Run(models.Model):
         max_length=8, choices=GradientCheckpointing.choices, default=GradientCheckpointing.AUTO,
         help_text="In policy updates: recompute activations in the backward pass instead of keeping them "
                   "(training/ml/methods/base.py); auto is on on CUDA, off on the CPU.")
+    sampling_engine = models.CharField(
+        max_length=16, choices=SamplingEngine.choices, default=SamplingEngine.TRANSFORMERS,
+        help_text="What samples its answers (training/ml/engines.py): comparisons, evaluation, best-of-N, and "
+                  "with vllm GRPO's, RLOO's and online DPO's rollouts; PPO's rollouts stay on transformers.")
+    frozen_quantization = models.CharField(
+        max_length=8, choices=FrozenQuantization.choices, default=FrozenQuantization.NONE,
+        help_text="4-bit loading of its jobs' frozen weights (training/ml/quantization.py): the reward model, "
+                  "and the base under the trained adapter, which is also the KL reference.")
     query_selection = models.CharField(max_length=16, choices=QuerySelection.choices,
                                        default=QuerySelection.DISAGREEMENT)
     update_prompts = models.PositiveIntegerField(default=64, help_text="Prompts sampled for one policy update.")
@@ -117,6 +137,11 @@ class Run(models.Model):
 
     def __str__(self) -> str:
         return f"run {self.name}"
+
+    def job_setup(self) -> dict[str, str]:
+        """How a job of this run loads and samples, as every job pins it when created."""
+        return {"precision": self.precision, "sampling_engine": self.sampling_engine,
+                "frozen_quantization": self.frozen_quantization}
 
     def pause(self, by, reason: str = "") -> None:
         """The stop button: its running round waits before its next stage, a bake-off

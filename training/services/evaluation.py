@@ -37,7 +37,7 @@ from training.services.sampling import (
     evaluation_prompt_count,
     kl_samples_of,
     load_version,
-    sample_loaded,
+    sample_completions,
     sampling_config,
 )
 
@@ -94,7 +94,7 @@ def create_evaluation_job(run: Run, round_: Round | None = None, requested_by: A
     judge = latest_reward_model(run)
     params = {"sampling": sampling_config(EVALUATION_SEED, run).to_dict(),
               "reward_model": judge.number if judge else None, "kl_samples": kl_samples_of(run),
-              "precision": run.precision}
+              **run.job_setup()}
     return Job.objects.create(kind=Job.Kind.EVALUATE, run=run, round=round_, requested_by=requested_by,
                               params=params)
 
@@ -156,8 +156,10 @@ def run_evaluation_job(job: Job) -> None:
                 references.setdefault(version.base_model_dir, policy)
             if todo:
                 try:
-                    answers = sample_loaded(policy, tokenizer, [p.messages for p in todo], 1, config,
-                                            on_batch=lambda n, start=done: job.report_progress(start + n, total))
+                    answers = sample_completions(
+                        version, [p.messages for p in todo], 1, config,
+                        on_batch=lambda n, start=done: job.report_progress(start + n, total),
+                        precision=job.precision, engine=job.sampling_engine, loaded=(policy, tokenizer))
                 except JobCancelled:
                     raise  # not one version's fault: the whole job stops
                 except Exception as error:
@@ -181,7 +183,8 @@ def run_evaluation_job(job: Job) -> None:
                 done += 1
                 job.report_progress(done, total)
             del policy  # before the next version is loaded
-        scored = score_evaluation_samples(reward_model, run, job.precision) if reward_model else 0
+        scored = (score_evaluation_samples(reward_model, run, job.precision, job.frozen_quantization)
+                  if reward_model else 0)
         job.report_progress(total, total)
     except Exception as error:
         log.exception("evaluation job %s failed", job.pk)
@@ -230,9 +233,10 @@ def store_evaluation_samples(job: Job, version: PolicyVersion, prompts: list[Pro
     return stored
 
 
-def score_evaluation_samples(reward_model: RewardModelVersion, run: Run, precision: str | None = None) -> int:
+def score_evaluation_samples(reward_model: RewardModelVersion, run: Run, precision: str | None = None,
+                             quantization: str | None = None) -> int:
     """Score every evaluation answer of the run's lineage this reward model has not
-    scored yet, with the reward model in the job's `precision` setting."""
+    scored yet, with the reward model in the job's `precision` and `quantization` settings."""
     unscored = list(
         EvaluationSample.objects.filter(policy_version__in=lineage_versions(run),
                                         prompt__evaluations__run=run)
@@ -241,7 +245,7 @@ def score_evaluation_samples(reward_model: RewardModelVersion, run: Run, precisi
     )
     if not unscored:
         return 0
-    scorer = load_scorer(reward_model, precision)
+    scorer = load_scorer(reward_model, precision, quantization)
     scores = scorer.score([s.completion.scored_text for s in unscored])
     RewardScore.objects.bulk_create(
         [RewardScore(reward_model=reward_model, completion=s.completion, score=float(score))

@@ -71,7 +71,7 @@ def pinned_generation_job(run: Run, policy: PolicyVersion, prompt_ids: list[int]
         kind=Job.Kind.GENERATE, run=run, round=round_, requested_by=requested_by,
         total_steps=len(prompt_ids) * (1 + len(versus)),
         params={"policy_version": policy.number, "versus": list(versus), "prompt_ids": list(prompt_ids),
-                "samples": samples, "selection": run.query_selection, "precision": run.precision,
+                "samples": samples, "selection": run.query_selection, **run.job_setup(),
                 "reward_model": judge.number if judge else None,
                 **({"opponents": opponents} if opponents else {})},
     )
@@ -90,7 +90,7 @@ def request_generation(run: Run, policy: PolicyVersion, prompt_count: int,
 
 
 def query_priorities(candidates: list[tuple[Prompt, list]], selection: str, reward_model: RewardModelVersion | None,
-                     seed: int, precision: str | None = None) -> list[float]:
+                     seed: int, precision: str | None = None, quantization: str | None = None) -> list[float]:
     """Queue priority of each candidate comparison. "disagreement": how unsure the
     reward model's ensemble is about it (Christiano et al. 2017 query what the ensemble
     disagrees on); "random" for ablations; 0 while there is no reward model."""
@@ -99,7 +99,7 @@ def query_priorities(candidates: list[tuple[Prompt, list]], selection: str, rewa
         return [rng.random() for _ in candidates]
     if reward_model is None or not candidates:
         return [0.0] * len(candidates)
-    scorer = load_scorer(reward_model, precision)
+    scorer = load_scorer(reward_model, precision, quantization)
     if scorer.heads is None:
         return [0.0] * len(candidates)
     return scorer.disagreement(
@@ -129,13 +129,15 @@ def run_generation_job(job: Job) -> None:
         conversations = [p.messages for p in prompts]
         total = len(prompts) * (1 + len(versus))
         new = sample_completions(policy, conversations, samples, config,
-                                 on_batch=lambda n: job.report_progress(n, total), precision=job.precision)
+                                 on_batch=lambda n: job.report_progress(n, total), precision=job.precision,
+                                 engine=job.sampling_engine)
         old = {}
         for index, other in enumerate(versus, start=1):
             done_before = index * len(prompts)
             old[other.number] = sample_completions(
                 other, conversations, 1, config,
                 on_batch=lambda n, start=done_before: job.report_progress(start + n, total), precision=job.precision,
+                engine=job.sampling_engine,
             )
 
         opponents = {int(prompt_id): ids for prompt_id, ids in (params.get("opponents") or {}).items()}
@@ -156,7 +158,8 @@ def run_generation_job(job: Job) -> None:
         judge_number = params.get("reward_model")
         judge = RewardModelVersion.objects.get(number=judge_number) if judge_number is not None else None
         priorities = query_priorities([(p, [s for _, s in shown]) for p, shown, _ in candidates],
-                                      params["selection"], judge, seed=job.pk, precision=job.precision)
+                                      params["selection"], judge, seed=job.pk, precision=job.precision,
+                                      quantization=job.frozen_quantization)
         store_comparisons(job, candidates, priorities, config)
     except Exception as error:
         log.exception("generation job %s failed", job.pk)

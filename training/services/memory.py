@@ -10,9 +10,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from django.conf import settings
+
 from training.ml.configs import ConfigError
+from training.ml.engines import DEFAULT_ENGINE, require_engine
 from training.ml.memory_plan import GIB, MemoryPlan, ModelShape, analytic_shape, plan_for_method, plan_reward_training
 from training.ml.methods import method_named
+from training.ml.quantization import require_quantization
 from training.models import Run
 
 PLANNED_PROMPT_TOKENS = 128
@@ -63,7 +67,8 @@ def check_fits(plan: MemoryPlan, device_bytes: int, processes_sharing: int = 1) 
     """Refuse a job whose plan exceeds the device. The CPU processes of one launch share
     the machine's memory, each holding its own models."""
     if processes_sharing > 1:
-        plan = MemoryPlan({name: size * processes_sharing for name, size in plan.parts.items()}, plan.advice)
+        plan = MemoryPlan({name: size * processes_sharing for name, size in plan.parts.items()}, plan.advice,
+                          plan.apart)
     if why := plan.refusal(device_bytes):
         raise JobTooLarge(why + (f" ({processes_sharing} processes share this machine's memory)"
                                  if processes_sharing > 1 else ""))
@@ -80,13 +85,21 @@ def readable_shape(base_model_dir: str) -> ModelShape | None:
 
 def check_policy_update_fits(method: str, config, base_model_dir: str, prompt_tokens: int, continuing: bool,
                              precision: str | None = None, gradient_checkpointing: str | None = None,
-                             processes: int = 1) -> MemoryPlan | None:
+                             processes: int = 1, answer_tokens: int | None = None,
+                             prompts: int | None = None, sampling_engine: str = DEFAULT_ENGINE,
+                             quantization: str | None = None) -> MemoryPlan | None:
+    """Also refuses, first, a sampling engine or a quantization this worker cannot run
+    (EngineUnavailable, QuantizationUnavailable: each says why and what to choose)."""
+    device, memory = this_device()
+    require_engine(sampling_engine, device)
+    quantization = require_quantization(quantization, device)
     if (shape := readable_shape(base_model_dir)) is None:
         return None
-    device, memory = this_device()
     dtype, checkpointing = resolved_setup(precision, gradient_checkpointing, device)
     plan = plan_for_method(shape, method, config, prompt_tokens, continuing, dtype=dtype,
-                           gradient_checkpointing=checkpointing, device=device.type)
+                           gradient_checkpointing=checkpointing, device=device.type,
+                           answer_tokens=answer_tokens, prompts=prompts, quantization=quantization,
+                           vllm_bytes=vllm_reservation(sampling_engine, memory))
     check_fits(plan, memory, processes if device.type == "cpu" else 1)
     return plan
 
@@ -100,6 +113,13 @@ def check_reward_training_fits(config, base_model_dir: str, precision: str | Non
     plan = plan_reward_training(shape, config, dtype=dtype, device=device.type)
     check_fits(plan, memory, processes if device.type == "cpu" else 1)
     return plan
+
+
+def vllm_reservation(sampling_engine: str, device_bytes: float) -> int:
+    """What a vLLM engine reserves of a device of `device_bytes` (0 with transformers)."""
+    if sampling_engine != "vllm":
+        return 0
+    return int(settings.PREFLOOP_VLLM_GPU_MEMORY_UTILIZATION * device_bytes)
 
 
 @dataclass(frozen=True)
@@ -141,7 +161,10 @@ def planned_peaks(run: Run) -> list[PlannedPeak]:
         except PrecisionError:  # fp16 on a CPU: no row to show
             continue
         checkpointing = gradient_checkpointing_on(run.gradient_checkpointing, device)
+        on_gpu = kind == "cuda"  # vLLM and 4-bit are refused on a CPU worker: no row plans them there
         plan = plan_for_method(shape, method.name, config, PLANNED_PROMPT_TOKENS, dtype=dtype,
-                               gradient_checkpointing=checkpointing, device=kind)
+                               gradient_checkpointing=checkpointing, device=kind,
+                               quantization=run.frozen_quantization if on_gpu else "none",
+                               vllm_bytes=vllm_reservation(run.sampling_engine, memory * GIB) if on_gpu else 0)
         rows.append(PlannedPeak(title, dtype, checkpointing, plan.gib(), plan.total <= memory * GIB))
     return rows

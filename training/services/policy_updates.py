@@ -10,6 +10,7 @@ import logging
 import random
 from pathlib import Path
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 
 from labeling.models import Prompt
@@ -72,7 +73,7 @@ def create_policy_update_job(
         inputs["last_label_id"] = last_label_id() if label_bound is None else label_bound
         inputs["datasets"] = datasets
     job.params = {"method": chosen.name, "config": {**config_to_dict(config), "seed": job.pk}, "inputs": inputs,
-                  "precision": run.precision, "gradient_checkpointing": run.gradient_checkpointing}
+                  **run.job_setup(), "gradient_checkpointing": run.gradient_checkpointing}
     job.save(update_fields=["params"])
     return job
 
@@ -85,7 +86,9 @@ def training_inputs(job: Job) -> TrainingInputs:
     start = PolicyVersion.objects.get(number=pinned["start_version"])
     inputs = TrainingInputs(PolicyStart(Path(start.base_model_dir), Path(start.adapter_dir) if start.adapter_dir
                                         else None), precision=job.precision,
-                            gradient_checkpointing=job.params.get("gradient_checkpointing", "auto"))
+                            gradient_checkpointing=job.params.get("gradient_checkpointing", "auto"),
+                            sampling_engine=job.sampling_engine, frozen_quantization=job.frozen_quantization,
+                            vllm_gpu_memory_utilization=settings.PREFLOOP_VLLM_GPU_MEMORY_UTILIZATION)
     if PROMPTS in method.needs:
         by_id = Prompt.objects.in_bulk(pinned["prompt_ids"])
         inputs.prompts = [by_id[i].messages for i in pinned["prompt_ids"] if i in by_id]
@@ -95,21 +98,25 @@ def training_inputs(job: Job) -> TrainingInputs:
     if REWARD_MODEL in method.needs:
         judge = RewardModelVersion.objects.get(number=pinned["reward_model"])
         inputs.reward_model = RewardModelRef(Path(judge.base_model_dir), Path(judge.weights_dir), judge.reward_mean,
-                                             judge.reward_std)
+                                             judge.reward_std, quantization=job.frozen_quantization)
     return inputs
 
 
-def longest_prompt_tokens(inputs: TrainingInputs) -> int:
-    """The longest chat-templated prompt the update will see (its batches pad to it)."""
+def input_lengths(inputs: TrainingInputs) -> tuple[int, int | None]:
+    """The longest chat-templated prompt the update will see (its batches pad to it),
+    and the longest answer of its pairs (None without pairs), in tokens."""
     from training.ml.loading import load_tokenizer
-    from training.ml.tokens import prompt_input_ids
+    from training.ml.tokens import answer_input_ids, prompt_input_ids
 
     prompts = list(inputs.prompts) or [pair.prompt for pair in inputs.pairs]
     try:
         tokenizer = load_tokenizer(inputs.start.base_model_dir)
     except (OSError, ValueError):  # the training's own loading reports it
-        return 0
-    return max((len(prompt_input_ids(tokenizer, prompt)) for prompt in prompts), default=0)
+        return 0, None
+    longest_prompt = max((len(prompt_input_ids(tokenizer, prompt)) for prompt in prompts), default=0)
+    answers = [answer for pair in inputs.pairs for answer in (pair.chosen, pair.rejected)]
+    longest_answer = max((len(answer_input_ids(tokenizer, answer)) for answer in answers), default=None)
+    return longest_prompt, longest_answer
 
 
 @job_type(Job.Kind.POLICY_UPDATE, queue="gpu")
@@ -123,8 +130,11 @@ def run_policy_update_job(job: Job) -> PolicyVersion | None:
         inputs = training_inputs(job)
         launch = worker_launch_config()
         # Before anything is loaded: a job that cannot fit fails now, saying what to change.
-        check_policy_update_fits(method.name, config, start.base_model_dir, longest_prompt_tokens(inputs),
+        prompt_tokens, answer_tokens = input_lengths(inputs)
+        check_policy_update_fits(method.name, config, start.base_model_dir, prompt_tokens,
                                  continuing=inputs.start.adapter_dir is not None, precision=job.precision,
+                                 answer_tokens=answer_tokens, prompts=len(inputs.prompts) or None,
+                                 sampling_engine=job.sampling_engine, quantization=job.frozen_quantization,
                                  gradient_checkpointing=job.params.get("gradient_checkpointing"),
                                  processes=launch.processes)
         described = launch.describe()  # read now: the config file may change while this trains

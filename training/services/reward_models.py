@@ -417,8 +417,9 @@ def run_reward_refit_job(job: Job) -> RewardModelVersion | None:
     return version
 
 
-def load_scorer(version: RewardModelVersion, precision: str | None = None) -> RewardScorer:
+def load_scorer(version: RewardModelVersion, precision: str | None = None,
+                quantization: str | None = None) -> RewardScorer:
     """Batch scoring with a version's normalization, and its ensemble for disagreement,
-    in the job's precision setting (None: auto)."""
+    in the job's precision and frozen_quantization settings (None: auto, none)."""
     return RewardScorer.load(Path(version.base_model_dir), Path(version.weights_dir), version.reward_mean,
-                             version.reward_std, precision=precision)
+                             version.reward_std, precision=precision, quantization=quantization)

@@ -20,7 +20,9 @@ from django.db.models import Max
 from labeling.models import Label
 from training.ml.base_model import BaseModelError, prepare_base_model
 from training.ml.configs import ConfigError, SettingNames, config_from_dict, config_to_dict, values_from_settings
+from training.ml.engines import setting_refusal as engine_setting_refusal
 from training.ml.methods import method_named
+from training.ml.quantization import setting_refusal as quantization_setting_refusal
 from training.ml.reward_training import RewardTrainingConfig
 from training.models import PolicyVersion, RewardModelVersion, Run
 from training.recipes import recipe_named
@@ -65,6 +67,8 @@ def default_settings(method: str = "ppo") -> dict:
         "reward_auto_train_labels": settings.PREFLOOP_RM_AUTO_TRAIN_LABELS,
         "precision": settings.PREFLOOP_PRECISION,
         "gradient_checkpointing": settings.PREFLOOP_GRADIENT_CHECKPOINTING,
+        "sampling_engine": settings.PREFLOOP_SAMPLING_ENGINE,
+        "frozen_quantization": settings.PREFLOOP_FROZEN_QUANTIZATION,
     }
 
 
@@ -86,6 +90,10 @@ class RunSettings:
     """Of every model the run's jobs load and train (training/ml/precision.py)."""
     gradient_checkpointing: str = Run.GradientCheckpointing.AUTO
     """In the run's policy updates (training/ml/methods/base.py)."""
+    sampling_engine: str = Run.SamplingEngine.TRANSFORMERS
+    """What samples the run's answers (training/ml/engines.py)."""
+    frozen_quantization: str = Run.FrozenQuantization.NONE
+    """4-bit loading of its jobs' frozen weights (training/ml/quantization.py)."""
 
     def checked(self) -> RunSettings:
         """The same settings with complete, validated configs, or RunError."""
@@ -108,13 +116,20 @@ class RunSettings:
             raise RunError(f"precision must be one of {', '.join(Run.Precision.values)}")
         if self.gradient_checkpointing not in Run.GradientCheckpointing.values:
             raise RunError(f"gradient checkpointing must be one of {', '.join(Run.GradientCheckpointing.values)}")
+        # Whether the installation can honour them: a setting no worker could run is
+        # refused now rather than failing its first job (the job checks its device too).
+        if why := engine_setting_refusal(self.sampling_engine):
+            raise RunError(why)
+        if why := quantization_setting_refusal(self.frozen_quantization):
+            raise RunError(why)
         return RunSettings(**{**self.__dict__, "method_config": method_config, "reward_config": reward_config})
 
 
 def settings_of(run: Run) -> RunSettings:
     return RunSettings(run.method, run.method_config, run.reward_config, run.recipe, run.query_selection,
                        run.update_prompts, run.comparison_prompts, run.auto_loop, run.loop_min_labels,
-                       run.reward_auto_train_labels, run.precision, run.gradient_checkpointing)
+                       run.reward_auto_train_labels, run.precision, run.gradient_checkpointing,
+                       run.sampling_engine, run.frozen_quantization)
 
 
 def next_version_number() -> int:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from training.ml.generation import SamplingConfig, iter_sample_batches
+from training.ml.engines import DEFAULT_ENGINE, sample_answers
+from training.ml.generation import SamplingConfig
 from training.ml.loading import load_policy
 from training.models import PolicyVersion, Run
 
@@ -42,18 +43,11 @@ def load_version(policy: PolicyVersion, precision: str | None = None):
 
 
 def sample_completions(policy: PolicyVersion, conversations: list[list[dict]], samples: int, config: SamplingConfig,
-                       on_batch=None, precision: str | None = None) -> list:
-    """`samples` completions of each conversation from a policy version, in order."""
-    return sample_loaded(*load_version(policy, precision), conversations, samples, config, on_batch)
-
-
-def sample_loaded(model, tokenizer, conversations: list[list[dict]], samples: int, config: SamplingConfig,
-                  on_batch=None) -> list:
-    """The same, from a policy already loaded (`load_version`), for a job that uses it for
-    more than sampling."""
-    done: list = []
-    for batch in iter_sample_batches(model, tokenizer, conversations, samples, config):
-        done.extend(batch)
-        if on_batch is not None:
-            on_batch(len(done))
-    return done
+                       on_batch=None, precision: str | None = None, engine: str = DEFAULT_ENGINE,
+                       loaded: tuple | None = None) -> list:
+    """`samples` completions of each conversation from a policy version, in order, through
+    the job's sampling engine (training/ml/engines.py). `loaded`: the version's (model,
+    tokenizer) where the job holds them for more than sampling (`load_version`)."""
+    return sample_answers(engine, policy.base_model_dir, policy.adapter_dir or None, conversations, samples, config,
+                          precision, on_batch, loaded=loaded,
+                          gpu_memory_utilization=settings.PREFLOOP_VLLM_GPU_MEMORY_UTILIZATION)

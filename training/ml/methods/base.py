@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from training.ml.configs import SettingNames, config_from_dict, require
+from training.ml.engines import DEFAULT_ENGINE, VLLM_GPU_MEMORY_UTILIZATION
 from training.ml.loading import (
     PolicyStart,
     load_tokenizer,
@@ -24,6 +25,7 @@ from training.ml.loading import (
 from training.ml.precision import DEFAULT_PRECISION, Precision
 from training.ml.preference_pairs import PreferencePair
 from training.ml.progress import StepReport
+from training.ml.quantization import DEFAULT_QUANTIZATION
 from training.ml.reward_scoring import RewardModelRef
 
 REWARD_MODEL, PAIRS, PROMPTS = "reward_model", "pairs", "prompts"
@@ -53,6 +55,14 @@ class TrainingInputs:
     the method trains on."""
     gradient_checkpointing: str = "auto"
     """The run's setting (GRADIENT_CHECKPOINTING): "auto" is on on CUDA, off on the CPU."""
+    sampling_engine: str = DEFAULT_ENGINE
+    """What samples answers (training/ml/engines.py): best-of-N's draws, and GRPO's,
+    RLOO's and online DPO's rollouts (TRL's vLLM colocate mode with "vllm")."""
+    frozen_quantization: str = DEFAULT_QUANTIZATION
+    """How the base under the trained adapter (the reference) loads: "nf4" is QLoRA
+    (training/ml/quantization.py); the reward model's is `reward_model.quantization`."""
+    vllm_gpu_memory_utilization: float = VLLM_GPU_MEMORY_UTILIZATION
+    """Share of the GPU a colocated vLLM engine reserves (PREFLOOP_VLLM_GPU_MEMORY_UTILIZATION)."""
 
 
 @dataclass
@@ -132,13 +142,14 @@ class TrainerSetup:
 
 
 def set_up(start: PolicyStart, out_dir: Path, *, seed: int, lora_r: int, lora_alpha: int,
-           precision: Precision | str | None = None, gradient_checkpointing: str | None = None) -> TrainerSetup:
+           precision: Precision | str | None = None, gradient_checkpointing: str | None = None,
+           quantization: str | None = None) -> TrainerSetup:
     seed_everything(seed)
     device = pick_device()
     resolved = precision_for(precision, device)
     checkpointing = gradient_checkpointing_on(gradient_checkpointing, device)
     tokenizer = load_tokenizer(start.base_model_dir)
-    policy, peft_config = trainable_policy(start, lora_r, lora_alpha, device, resolved)
+    policy, peft_config = trainable_policy(start, lora_r, lora_alpha, device, resolved, quantization, checkpointing)
     work_dir = out_dir.with_name(out_dir.name + ".trainer")
     return TrainerSetup(device, resolved, tokenizer, policy, peft_config, work_dir, checkpointing,
                         trainer_arguments(work_dir, seed, device, resolved, checkpointing))

@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 
 from training.ml.configs import require
-from training.ml.generation import Sample, SamplingConfig, iter_sample_batches
-from training.ml.loading import load_policy, pick_device, seed_everything
+from training.ml.engines import sample_answers
+from training.ml.generation import Sample, SamplingConfig
+from training.ml.loading import pick_device, seed_everything
 from training.ml.methods.base import (
     PROMPTS,
     REWARD_MODEL,
@@ -97,14 +98,13 @@ def sample_and_score(inputs: TrainingInputs, config: BestOfNConfig) -> tuple[lis
     """N samples per prompt from the starting policy, and their normalized scores."""
     device = pick_device()
     precision = precision_on(inputs.precision, device)
-    model, tokenizer = load_policy(inputs.start.base_model_dir, inputs.start.adapter_dir, device, precision)
     sampling = SamplingConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                               batch_size=config.sampling_batch_size, seed=config.seed)
-    samples = [group for batch in iter_sample_batches(model, tokenizer, inputs.prompts, config.n, sampling)
-               for group in batch]
-    del model
+    samples = sample_answers(inputs.sampling_engine, inputs.start.base_model_dir, inputs.start.adapter_dir,
+                             inputs.prompts, config.n, sampling, precision, device=device)
     ref = inputs.reward_model
-    scorer = RewardScorer.load(ref.base_model_dir, ref.weights_dir, ref.mean, ref.std, device, precision)
+    scorer = RewardScorer.load(ref.base_model_dir, ref.weights_dir, ref.mean, ref.std, device, precision,
+                               ref.quantization)
     flat = [(prompt, s.text, s.ended, s.token_ids) for prompt, group in zip(inputs.prompts, samples, strict=True)
             for s in group]
     scores = scorer.score(flat).tolist()
@@ -121,7 +121,8 @@ def train(inputs: TrainingInputs, out_dir: Path, config: BestOfNConfig,
     examples: list[Example] = [(inputs.prompts[c.prompt_index], c.sample.text, c.sample.ended, c.sample.token_ids)
                                for c in kept]
     history, seconds = fine_tune(inputs.start, examples, out_dir, config, method="best_of_n", on_step=on_step,
-                                 precision=inputs.precision, gradient_checkpointing=inputs.gradient_checkpointing)
+                                 precision=inputs.precision, gradient_checkpointing=inputs.gradient_checkpointing,
+                                 quantization=inputs.frozen_quantization)
     all_scores = torch.tensor([s for group in scores for s in group])
     summary = {"sampled": int(all_scores.numel()), "kept": len(kept),
                "mean_score_sampled": float(all_scores.mean()) if all_scores.numel() else None,

@@ -96,7 +96,8 @@ def train(inputs: TrainingInputs, out_dir: Path, config: DPOConfig,
     from trl import DPOConfig as TRLConfig
 
     setup = set_up(inputs.start, out_dir, seed=config.seed, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
-                   precision=inputs.precision, gradient_checkpointing=inputs.gradient_checkpointing)
+                   precision=inputs.precision, gradient_checkpointing=inputs.gradient_checkpointing,
+                   quantization=inputs.frozen_quantization)
     args = TRLConfig(
         **setup.arguments,
         per_device_train_batch_size=config.batch_size, num_train_epochs=config.epochs,

@@ -131,7 +131,8 @@ def train(inputs: TrainingInputs, out_dir: Path, config: PPOConfig,
     from trl.experimental.ppo import PPOTrainer
 
     setup = set_up(inputs.start, out_dir, seed=config.seed, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
-                   precision=inputs.precision, gradient_checkpointing=inputs.gradient_checkpointing)
+                   precision=inputs.precision, gradient_checkpointing=inputs.gradient_checkpointing,
+                   quantization=inputs.frozen_quantization)
     device, tokenizer = setup.device, setup.tokenizer
     reward_model = normalized_reward_model(inputs.reward_model, device, setup.precision)
     value_model = critic(reward_model, config)  # before the window below: values read whole rollouts

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from training.ml.engines import require_engine, trl_rollout_arguments
 from training.ml.methods.base import (
     TrainerSetup,
     TrainingInputs,
@@ -57,9 +58,12 @@ def train_sampling_method(
     from datasets import Dataset
 
     setup = set_up(inputs.start, out_dir, seed=config.seed, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
-                   precision=inputs.precision, gradient_checkpointing=inputs.gradient_checkpointing)
+                   precision=inputs.precision, gradient_checkpointing=inputs.gradient_checkpointing,
+                   quantization=inputs.frozen_quantization)
+    require_engine(inputs.sampling_engine, setup.device)
     reward = RewardModelFunction(inputs.reward_model, setup.tokenizer, reward_penalty, setup.device, setup.precision)
-    args = trl_config_class(**setup.arguments, **trl_arguments)
+    rollouts = trl_rollout_arguments(inputs.sampling_engine, inputs.vllm_gpu_memory_utilization)
+    args = trl_config_class(**setup.arguments, **trl_arguments, **rollouts)
     history: list[dict] = []
     references = {"ref_model": reference_model(setup)} if reference_model is not None else {}
     trainer = trainer_class(

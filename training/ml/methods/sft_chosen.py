@@ -69,7 +69,8 @@ def train(inputs: TrainingInputs, out_dir: Path, config: SFTChosenConfig,
           on_step: StepReport | None = None) -> TrainingResult:
     examples = chosen_answers(inputs.pairs)
     history, seconds = fine_tune(inputs.start, examples, out_dir, config, method="sft_chosen", on_step=on_step,
-                                 precision=inputs.precision, gradient_checkpointing=inputs.gradient_checkpointing)
+                                 precision=inputs.precision, gradient_checkpointing=inputs.gradient_checkpointing,
+                                 quantization=inputs.frozen_quantization)
     return TrainingResult(history, seconds, len(examples), {"answers": len(examples), "pairs": len(inputs.pairs)})
 
 

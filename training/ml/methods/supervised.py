@@ -32,18 +32,18 @@ def tokenized_examples(tokenizer, examples: Sequence[Example]) -> dict[str, list
 
 def fine_tune(start: PolicyStart, examples: Sequence[Example], out_dir: Path, config, *, method: str,
               on_step: StepReport | None, precision: str | None = None,
-              gradient_checkpointing: str | None = None) -> tuple[list[dict], float]:
+              gradient_checkpointing: str | None = None, quantization: str | None = None) -> tuple[list[dict], float]:
     """Train the policy on the examples and write its adapter; returns (history, seconds).
     `config` is the calling method's: its batch_size, epochs, learning_rate, max_length,
-    lora_r, lora_alpha and seed apply; `precision` and `gradient_checkpointing` are the
-    run's settings."""
+    lora_r, lora_alpha and seed apply; `precision`, `gradient_checkpointing` and
+    `quantization` (of the frozen base) are the run's settings."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     if not examples:
         raise ValueError("there is no answer to fine-tune on")
     setup = set_up(start, out_dir, seed=config.seed, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
-                   precision=precision, gradient_checkpointing=gradient_checkpointing)
+                   precision=precision, gradient_checkpointing=gradient_checkpointing, quantization=quantization)
     args = SFTConfig(
         **setup.arguments, per_device_train_batch_size=config.batch_size,
         num_train_epochs=config.epochs, learning_rate=config.learning_rate, max_length=config.max_length,
