@@ -321,7 +321,7 @@ class RewardServer:
         self.failed_versions: set[int] = set()
         self.stopping = threading.Event()
         self.batcher = MicroBatcher(lambda: self.loaded, config.max_batch, config.batch_wait_ms / 1000)
-        self.http = ThreadingHTTPServer((config.host, config.port), request_handler(self))
+        self.http = RewardHTTPServer((config.host, config.port), request_handler(self))
         self.http.daemon_threads = True
         self.threads = [self.batcher.thread, threading.Thread(target=self.http.serve_forever, name="reward-http",
                                                               daemon=True)]
@@ -401,6 +401,12 @@ class RewardServer:
         longest = max(chars)
         if longest > self.config.max_chars:
             raise Refusal(413, f"an answer with its prompt has {longest} characters; at most {self.config.max_chars}")
+
+
+class RewardHTTPServer(ThreadingHTTPServer):
+    # The listen backlog: socketserver's 5 overflows when a trainer's many workers
+    # connect at once, and a refused SYN is retried a second later (a 1 s latency spike).
+    request_queue_size = 128
 
 
 def parse(schema: type[BaseModel], body: object) -> BaseModel:
