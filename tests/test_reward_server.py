@@ -257,3 +257,47 @@ def test_the_client_is_a_reward_function_for_trls_grpo(v1, keys, serve, tiny_mod
         assert rewards == pytest.approx(scorer.score(samples).tolist(), abs=1e-4)
     logged = trainer.state.log_history[0]
     assert "rewards/reward_model/mean" in logged or "reward" in logged
+
+
+def test_manage_py_serve_reward_model_serves_and_follows_the_newest_version(tiny_run, v1, reward_dirs, keys,
+                                                                            tmp_path):
+    """The real command in a process of its own, on the test database: it serves v1,
+    switches to v2 once that is published, and stops on SIGTERM."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from django.db import connection
+
+    from tests.processes import PROJECT_DIR
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+           "PREFLOOP_VAR_DIR": str(tmp_path / "var"), "PREFLOOP_TORCH_THREADS": "1"}
+    log_path = tmp_path / "server.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen([sys.executable, "manage.py", "serve_reward_model", "--run", tiny_run.name,
+                                    "--port", str(port), "--poll-seconds", "0.2"], cwd=PROJECT_DIR, env=env,
+                                   stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: "Serving reward model v1" in log_path.read_text() or process.poll() is not None, 120,
+                 "the server to start")
+        assert process.poll() is None, log_path.read_text()[-3000:]
+        rewards = RewardServerClient(url, keys["staff"]).score(as_body(ITEMS))
+        assert rewards == pytest.approx(load_scorer(v1, "fp32").score(ITEMS).tolist(), abs=1e-5)
+
+        publish(tiny_run, 2, reward_dirs[1], -0.4, 0.5)
+        wait_for(lambda: call(url, "/v1/reward-model", key=keys["staff"])[1]["reward_model"]["version"] == 2, 60,
+                 "the server to load v2")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "now serving reward model v2 (was v1)" in log_path.read_text()
