@@ -112,9 +112,7 @@ def test_rewards_equal_the_app_scorers_on_the_same_inputs(v1, keys, serve):
     queries = [prompt + answer + (tokenizer.eos_token if ended else "")
                for prompt, (_, answer, ended) in zip(prompts, ITEMS, strict=True)]
     queries[0] = tokenizer.eos_token * 2 + queries[0] + tokenizer.pad_token * 3  # left and right padding
-    status, answer, _ = call(server.url, "/get_reward", {"query": queries, "prompts": prompts,
-                                                         "labels": [None] * 4}, keys["staff"])
-    assert status == 200, answer
+    answer = client.post("/get_reward", {"query": queries, "prompts": prompts, "labels": [None] * 4})
     assert answer["rewards"] == pytest.approx(app, abs=1e-5) and answer["scores"] == answer["rewards"]
     status, whole, _ = call(server.url, "/get_reward", {"query": queries}, keys["staff"])  # no prompts: one text
     assert status == 200 and whole["rewards"] == pytest.approx(app, abs=1e-5)
