@@ -299,3 +299,27 @@ def test_manage_py_serve_reward_model_serves_and_follows_the_newest_version(tiny
             process.kill()
             process.wait()
     assert "now serving reward model v2 (was v1)" in log_path.read_text()
+
+
+def test_a_request_whose_input_cannot_be_built_fails_alone_in_its_batch(reward_dirs):
+    """Requests share a batch; one the tokenizer refuses gets a 422 and the others
+    their scores."""
+    from training.ml.reward_server import ChatAnswer, MicroBatcher, Refusal, ServedVersion, load_version
+
+    loaded = load_version(ServedVersion(1, "tiny", str(reward_dirs[0]), str(reward_dirs[0]), 0.0, 1.0),
+                          precision="fp32")
+    batcher = MicroBatcher(lambda: loaded, max_batch=8, wait_s=0.5)
+    good = batcher.submit([ChatAnswer(*ITEMS[0])])
+    bad = batcher.submit([ChatAnswer(None, "no prompt at all")])  # the chat template cannot render None
+    also_good = batcher.submit([ChatAnswer(*ITEMS[1]), ChatAnswer(*ITEMS[2])])
+    batcher.thread.start()
+    try:
+        rewards, version = good.wait(60)
+        with pytest.raises(Refusal) as refused:
+            bad.wait(60)
+        more, _ = also_good.wait(60)
+    finally:
+        batcher.stop()
+    assert refused.value.status == 422 and "could not build" in refused.value.message
+    assert batcher.batches == 1 and version.number == 1
+    assert rewards + more == pytest.approx(loaded.scorer.score(ITEMS[:3]).tolist(), abs=1e-5)
