@@ -150,7 +150,7 @@ def test_a_reward_model_exports_as_a_plain_classifier_with_its_normalization(tin
     exported = AutoModelForSequenceClassification.from_pretrained(folder)
     assert (exported.config.prefloop_reward_mean, exported.config.prefloop_reward_std) == (0.25, 2.0)
     assert exported.config.prefloop_reward_keep_last_tokens == 64  # trained with left truncation
-    assert "last prefloop_reward_keep_last_tokens" in json.loads((Path(folder) / MANIFEST).read_text())["input"]
+    assert "last 64 tokens" in json.loads((Path(folder) / MANIFEST).read_text())["input"]["truncation"]
     inside, tokenizer = load_reward_model(version.base_model_dir, version.weights_dir, torch.device("cpu"))
     ids = tokenizer(["I like banana bread", "plain toast"], return_tensors="pt", padding=True)
     with torch.inference_mode():

@@ -8,7 +8,9 @@ reward model exports merged into an `AutoModelForSequenceClassification` directo
 config carries the normalization the app scores with (`prefloop_reward_mean` and
 `prefloop_reward_std`: normalized reward = (logit - mean) / std) and, for a version
 trained with left truncation, how many of an input's last tokens it reads
-(`prefloop_reward_keep_last_tokens`; None: the whole input).
+(`prefloop_reward_keep_last_tokens`; None: the whole input). Its prefloop_export.json
+and README.md say exactly how an input is built, and it ships the app's own scoring
+code (training/ml/standalone_scoring.py) as score.py.
 
 Plain functions, no Django; `python -m training.ml.export --help` runs them by hand.
 """
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from training.ml import standalone_scoring
 from training.ml.precision import Precision
 
 EXPORT_FORMATS = ("merged", "adapter")
@@ -31,6 +34,10 @@ EXPORT_DTYPES = ("fp32", "bf16", "fp16")
 """The dtypes a merged export's weights may be written in (training/ml/precision.py
 names); an adapter exports as it was trained (fp32)."""
 MANIFEST = "prefloop_export.json"
+SCORING_FILE = "score.py"
+"""A reward-model export's copy of training/ml/standalone_scoring.py."""
+REWARD_EXPORT_FORMAT = 2
+"""2: the export states how inputs are built and ships score.py (1 said only "prompt + answer")."""
 
 
 def export_precision(dtype: str) -> Precision:
@@ -93,12 +100,60 @@ def export_reward_model(base_model_dir: Path | str, weights_dir: Path | str, out
     model.config.prefloop_reward_keep_last_tokens = keep_last
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    manifest = {"format": "merged", "kind": "reward_model", "base_model_dir": str(base_model_dir), "dtype": dtype,
+    shutil.copyfile(standalone_scoring.__file__, out_dir / SCORING_FILE)
+    manifest = {"format": "merged", "kind": "reward_model", "export_format": REWARD_EXPORT_FORMAT,
+                "base_model_dir": str(base_model_dir), "dtype": dtype,
                 "normalized_reward": "(logits[0] - prefloop_reward_mean) / prefloop_reward_std",
-                "input": "the last prefloop_reward_keep_last_tokens tokens of prompt + answer" if keep_last
-                else "prompt + answer, whole", **(about or {})}
+                "input": reward_input_spec(keep_last), "scoring_function": f"{SCORING_FILE}: score(prompt_messages, "
+                "answer, ended=True) -> float, the normalized reward (imports only torch and transformers)",
+                **(about or {})}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    (out_dir / "README.md").write_text(reward_model_readme(manifest))
     return out_dir
+
+
+def reward_input_spec(keep_last: int | None) -> dict:
+    """How the app builds a reward model's input (training/ml/standalone_scoring.py), in
+    the words prefloop_export.json gives them: scored any other way (the chat template
+    over prompt and answer together), rewards differ."""
+    return {
+        "prompt": "tokenizer.apply_chat_template(prompt_messages, add_generation_prompt=True, tokenize=True): "
+                  "the templated prompt, ending where the assistant's answer begins",
+        "answer": "tokenizer(answer, add_special_tokens=False).input_ids, appended to the prompt's ids",
+        "end_of_answer": "tokenizer.eos_token_id once if the answer ended, and nothing after it (no newline: the "
+                         "chat template's rendering of an assistant turn adds one, which moves the score); no EOS "
+                         "for an answer cut off at a length limit",
+        "truncation": f"only the last {keep_last} tokens (prefloop_reward_keep_last_tokens)" if keep_last
+                      else "none: the whole input",
+        "padding": "right, with tokenizer.pad_token_id (distinct from EOS); the score is the logit at the last "
+                   "token that is not padding",
+    }
+
+
+def reward_model_readme(manifest: dict) -> str:
+    spec = manifest["input"]
+    steps = "\n".join(f"- {name.replace('_', ' ')}: {text}" for name, text in spec.items())
+    return f"""# PrefLoop reward model{f" r{manifest['version']}" if "version" in manifest else ""}
+
+A plain `AutoModelForSequenceClassification` directory. `config.json` carries the
+normalization the app scores with: normalized reward = `{manifest["normalized_reward"]}`.
+
+## Scoring it as PrefLoop does
+
+`{SCORING_FILE}` in this folder is PrefLoop's own input-building and scoring code (it imports
+only torch and transformers):
+
+    import sys; sys.path.insert(0, "path/to/this/folder")
+    from score import score
+    score([{{"role": "user", "content": "Hi!"}}], "Hello! How can I help?")   # a float
+
+or `python score.py < items.jsonl` with one `{{"prompt": [...], "answer": "...", "ended": true}}`
+a line. Building the input any other way gives other rewards. In particular, do not render
+prompt and answer together through the chat template: it closes the answer with EOS and a
+newline, and the model reads the position of that newline. The input, token by token:
+
+{steps}
+"""
 
 
 def iter_tar(folder: Path, arcname: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from training.ml.preference_pairs import PreferencePair, chosen_texts, rejected_texts
+from training.ml.standalone_scoring import keep_last_tokens
 from training.ml.tokens import ScoredText, reward_inputs
 
 FEATURES_FILE = "features.pt"
@@ -55,12 +56,6 @@ def score_token_ids(
     finally:
         hook.remove()
     return rewards, features if features is not None else torch.zeros(0, 0)
-
-
-def keep_last_tokens(ids: Sequence[Sequence[int]], keep_last: int | None) -> list[list[int]]:
-    """Left truncation: each input's last `keep_last` tokens (the answer, and as much of
-    the dialog before it as fits); None keeps every input whole."""
-    return [list(tokens[-keep_last:]) if keep_last else list(tokens) for tokens in ids]
 
 
 def last_scored_positions(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:

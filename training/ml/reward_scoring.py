@@ -89,7 +89,14 @@ class RewardScorer:
 
     def score(self, samples: Sequence[ScoredText], batch_size: int = 16) -> torch.Tensor:
         """(n,) normalized rewards for (prompt messages, completion) samples."""
-        return (score_texts(self.model, self.tokenizer, samples, batch_size, self.keep_last) - self.mean) / self.std
+        return self.score_input_ids(reward_inputs(self.tokenizer, samples), batch_size)
+
+    def score_input_ids(self, ids: Sequence[Sequence[int]], batch_size: int = 16) -> torch.Tensor:
+        """(n,) normalized rewards of inputs already built (tokens.reward_input_ids), cut
+        as the version was trained."""
+        raw, _ = score_token_ids(self.model, self.tokenizer.pad_token_id, keep_last_tokens(ids, self.keep_last),
+                                 batch_size)
+        return (raw - self.mean) / self.std
 
     def disagreement(self, comparisons: Sequence[Sequence[ScoredText]]) -> list[float]:
         """One score per comparison (a list of its samples): higher means the ensemble

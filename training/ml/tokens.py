@@ -20,6 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+# The input of one answer is defined once, in the file every reward-model export ships
+# as score.py (so scoring outside PrefLoop is this scoring); it is re-exported here.
+from training.ml.standalone_scoring import answer_input_ids, prompt_input_ids, reward_input_ids
+
+__all__ = ["PAD_CANDIDATES", "ScoredText", "TokenizerError", "answer_input_ids", "prompt_input_ids",
+           "reward_inputs", "reward_input_ids", "use_distinct_pad"]
+
 PAD_CANDIDATES = ("<|endoftext|>", "<pad>", "<|pad|>", "<unk>", "<|finetune_right_pad_id|>")
 
 
@@ -45,27 +52,6 @@ def use_distinct_pad(tokenizer):
         f"no pad token distinct from EOS ({tokenizer.eos_token!r}); give the model a pad token "
         f"(one of {', '.join(PAD_CANDIDATES)}) before using it as the base"
     )
-
-
-def answer_input_ids(tokenizer, completion: str, ended: bool = True,
-                     token_ids: Sequence[int] | None = None) -> list[int]:
-    """An answer as the policy produces it: its tokens (as generated, when given) and
-    EOS if it ended. What every method trains on and the reward model scores."""
-    answer = tokenizer(completion, add_special_tokens=False)["input_ids"] if token_ids is None else token_ids
-    return list(answer) + ([tokenizer.eos_token_id] if ended else [])
-
-
-def reward_input_ids(tokenizer, prompt: list[dict], completion: str, ended: bool = True,
-                     token_ids: Sequence[int] | None = None) -> list[int]:
-    """What PPO hands the reward model for this answer: the prompt as the policy saw it,
-    then the answer (see answer_input_ids)."""
-    return prompt_input_ids(tokenizer, prompt) + answer_input_ids(tokenizer, completion, ended, token_ids)
-
-
-def prompt_input_ids(tokenizer, prompt: list[dict]) -> list[int]:
-    """The chat template over the prompt, ending where the assistant's answer begins."""
-    return list(tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True,
-                                              return_dict=True)["input_ids"])
 
 
 ScoredText = tuple  # (prompt messages, completion text[, ended[, generated token ids or None]])

@@ -11,7 +11,13 @@ from pathlib import Path
 
 from django.conf import settings
 
-from training.ml.export import EXPORT_FORMATS, export_policy, export_precision, export_reward_model
+from training.ml.export import (
+    EXPORT_FORMATS,
+    REWARD_EXPORT_FORMAT,
+    export_policy,
+    export_precision,
+    export_reward_model,
+)
 from training.models import PolicyVersion, RewardModelVersion
 
 
@@ -64,7 +70,9 @@ def reward_model_export(version: RewardModelVersion, dtype: str = "fp32") -> Pat
              "heldout_accuracy": version.heldout_accuracy}
     export_precision(dtype)
     suffix = "" if dtype == "fp32" else f"-{dtype}"
-    folder = exports_dir() / f"reward-model-r{version.number}{suffix}-{version.created_at:%Y%m%d%H%M%S}"
+    # The export format in the name: a folder built before score.py existed is not served.
+    folder = (exports_dir() / f"reward-model-r{version.number}{suffix}-f{REWARD_EXPORT_FORMAT}"
+                              f"-{version.created_at:%Y%m%d%H%M%S}")
     return build_once(folder, lambda out: export_reward_model(
         version.base_model_dir, version.weights_dir, out, version.reward_mean, version.reward_std, about,
         dtype=dtype))
