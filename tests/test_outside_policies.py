@@ -134,6 +134,9 @@ def test_an_adapter_upload_becomes_a_version_whose_answers_are_compared_with_its
     client.force_login(people.researcher)
     page = client.get(f"/progress/?run={outside.run.pk}").content.decode()
     assert f"v{version.number}" in page and "outside trainer" in page
+    for url in (f"/progress/versions/{version.number}/", f"/runs/{outside.run.pk}/"):
+        shown = client.get(url)
+        assert shown.status_code == 200 and "outside trainer" in shown.content.decode(), url
 
 
 def test_a_merged_model_upload_samples_from_its_own_folder(client, outside, tmp_path, tiny_model_dir):
