@@ -96,6 +96,28 @@ def published_files(settings) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p != root / "policies")
 
 
+def test_the_schema_lists_the_outside_trainer_routes_for_staff_tokens():
+    from api.v1 import api
+
+    paths = api.get_openapi_schema()["paths"]
+    for path, method in [("/runs/{run_id}/versions", "get"), ("/runs/{run_id}/versions", "post"),
+                         ("/runs/{run_id}/preferences", "get"), ("/runs/{run_id}/reward-model", "get")]:
+        assert paths[PREFIX + path][method]["security"] == [{"StaffToken": []}], (path, method)
+    upload_body = paths[PREFIX + "/runs/{run_id}/versions"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    fields = set(upload_body["schema"]["properties"])
+    assert {"file", "form", "parent", "compare_prompts", "make_head", "note"} <= fields
+
+
+def test_a_runs_versions_list_its_lineage_with_parents_and_head(client, outside, tmp_path):
+    adapter = tar_of(save_adapter(Path(outside.run.base_model_dir), tmp_path / "trained"))
+    first = upload(client, outside, adapter, make_head="true").json()["version"]["number"]
+    second = upload(client, outside, adapter, parent=first).json()["version"]["number"]
+    base = outside.run.base_version.number
+    listed = client.get(f"{PREFIX}/runs/{outside.run.pk}/versions", **bearer(outside.staff)).json()
+    assert [(v["number"], v["parent"], v["form"], v["is_head"]) for v in listed] == [
+        (base, None, "base", False), (first, base, "adapter", True), (second, first, "adapter", False)]
+
+
 def test_an_adapter_upload_becomes_a_version_whose_answers_are_compared_with_its_parent(
         client, outside, tmp_path, settings, people):
     adapter = save_adapter(Path(outside.run.base_model_dir), tmp_path / "trained")

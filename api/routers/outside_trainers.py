@@ -42,11 +42,14 @@ class VersionOut(Schema):
     created_at: datetime
 
 
-def version_out(version: PolicyVersion, run: Run) -> dict:
+def version_out(version: PolicyVersion, run: Run, numbers: dict[int, int] | None = None) -> dict:
+    """`numbers`: version id → number of the versions at hand, so a list reads no parent twice."""
     form = "base" if version.is_base else ("adapter" if version.adapter_dir else "merged")
+    parent = None
+    if version.parent_id:
+        parent = (numbers or {}).get(version.parent_id) or version.parent.number
     return {"number": version.number, "run_id": version.run_id, "method": version.method, "form": form,
-            "parent": version.parent.number if version.parent_id else None, "is_head": version.pk == run.head_id,
-            "created_at": version.created_at}
+            "parent": parent, "is_head": version.pk == run.head_id, "created_at": version.created_at}
 
 
 class UploadIn(Schema):
@@ -104,7 +107,9 @@ class PreferencePageOut(Schema):
 def list_versions(request, run_id: int):
     """The run's lineage, base first: a branch lists the versions it descends from too."""
     run = get_object_or_404(Run, pk=run_id)
-    return [version_out(v, run) for v in lineage_versions(run)]
+    versions = lineage_versions(run)  # a version's parent is in its lineage too
+    numbers = {v.pk: v.number for v in versions}
+    return [version_out(v, run, numbers) for v in versions]
 
 
 @router.post("/{run_id}/versions", response={201: UploadOut, 400: Error, 404: Error, 413: Error},

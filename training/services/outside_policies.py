@@ -51,6 +51,18 @@ class UploadedPolicy:
     """The generation job in which it answers prompts against its parent, if asked."""
 
 
+ABANDONED_AFTER = timedelta(days=1)
+"""An upload's side folders older than this were left by a process killed mid-upload (no
+upload takes a day): the next upload removes them."""
+
+
+def remove_abandoned_uploads(policies: Path) -> None:
+    cutoff = (timezone.now() - ABANDONED_AFTER).timestamp()
+    for leftover in policies.glob("upload-*"):
+        if leftover.stat().st_mtime < cutoff:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def upload_limit() -> int:
     return settings.PREFLOOP_MAX_POLICY_UPLOAD_BYTES
 
@@ -89,6 +101,7 @@ def upload_outside_policy(
         raise UploadRefused("compare_prompts must be 0 or more")
     policies = Path(settings.PREFLOOP_ARTIFACT_DIR) / FOLDERS["policy"]
     policies.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_uploads(policies)
     token = uuid.uuid4().hex
     # Both names end in neither a version number nor a job's: nothing reads them as published.
     scratch, side = policies / f"upload-{token}.partial", policies / f"upload-{token}.checked"
