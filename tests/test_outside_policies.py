@@ -187,13 +187,16 @@ def test_a_merged_model_upload_samples_from_its_own_folder(client, outside, tmp_
     assert Comparison.objects.filter(source="policy").count() == 2  # not "initial": it is not the base
 
 
-def bad_uploads(base_dir: Path, tmp_path: Path) -> dict[str, tuple[bytes, str]]:
-    """name → (archive, a phrase of the refusal)."""
+def bad_uploads(base_dir: Path, tmp_path: Path) -> dict[str, tuple[bytes, str, str]]:
+    """name → (archive, form, a phrase of the refusal)."""
+    import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     wider = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
                                          num_attention_heads=4, num_key_value_heads=2))
+    wider.save_pretrained(tmp_path / "wider-model")
     get_peft_model(wider, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path / "wider")
     garbage = save_adapter(base_dir, tmp_path / "garbage")
     (garbage / "adapter_model.safetensors").write_bytes(random.Random(0).randbytes(4096))
@@ -201,29 +204,40 @@ def bad_uploads(base_dir: Path, tmp_path: Path) -> dict[str, tuple[bytes, str]]:
     (pickled / "adapter_model.safetensors").rename(pickled / "adapter_model.bin")
     no_config = save_adapter(base_dir, tmp_path / "no-config")
     (no_config / "adapter_config.json").unlink()
+    nan = save_adapter(base_dir, tmp_path / "nan")
+    weights = load_file(nan / "adapter_model.safetensors")
+    save_file({k: torch.full_like(v, float("nan")) for k, v in weights.items()}, nan / "adapter_model.safetensors")
+    retokenized = save_adapter(base_dir, tmp_path / "retokenized")
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    tokenizer.add_tokens(["<|new-token|>"])
+    tokenizer.save_pretrained(retokenized)
     link = tarfile.TarInfo("adapter/adapter_config.json")
     link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
     zip_buffer = io.BytesIO()
     with zipfile.ZipFile(zip_buffer, "w") as zipped:
         zipped.writestr("../../escaped.json", "{}")
     return {
-        "wrong shape": (tar_of(tmp_path / "wider"), "needs [4, 32]"),
-        "garbage weights": (tar_of(garbage), "not a readable safetensors file"),
-        "not an archive": (random.Random(1).randbytes(2048), "not a readable"),
-        "pickled weights": (tar_of(pickled), "pickled weights are never loaded"),
-        "no adapter config": (tar_of(no_config), "no adapter_config.json"),
-        "path traversal": (tar_with([tarfile.TarInfo("../../escaped.json")]), "points outside the archive"),
-        "absolute path": (tar_with([tarfile.TarInfo("/tmp/escaped.json")]), "absolute path"),
-        "symlink": (tar_with([link]), "is a link"),
-        "zip traversal": (zip_buffer.getvalue(), "points outside the archive"),
+        "wrong shape": (tar_of(tmp_path / "wider"), "adapter", "needs [4, 32]"),
+        "merged of another size": (tar_of(tmp_path / "wider-model"), "merged", "hidden_size 48 (the base: 32)"),
+        "merged given as adapter": (tar_of(tmp_path / "wider-model"), "adapter", "no adapter_config.json"),
+        "garbage weights": (tar_of(garbage), "adapter", "not a readable safetensors file"),
+        "not an archive": (random.Random(1).randbytes(2048), "adapter", "not a readable"),
+        "pickled weights": (tar_of(pickled), "adapter", "pickled weights are never loaded"),
+        "no adapter config": (tar_of(no_config), "adapter", "no adapter_config.json"),
+        "NaN weights": (tar_of(nan), "adapter", "logits are not finite"),
+        "another tokenizer": (tar_of(retokenized), "adapter", "another vocabulary than the base's"),
+        "path traversal": (tar_with([tarfile.TarInfo("../../escaped.json")]), "adapter", "points outside the archive"),
+        "absolute path": (tar_with([tarfile.TarInfo("/tmp/escaped.json")]), "adapter", "absolute path"),
+        "symlink": (tar_with([link]), "adapter", "is a link"),
+        "zip traversal": (zip_buffer.getvalue(), "adapter", "points outside the archive"),
     }
 
 
 def test_an_upload_that_does_not_load_is_refused_and_leaves_no_version_and_no_files(
         client, outside, tmp_path, settings):
     cases = bad_uploads(Path(outside.run.base_model_dir), tmp_path / "made")
-    for name, (data, phrase) in cases.items():
-        response = upload(client, outside, data, f"{name}.tar")
+    for name, (data, form, phrase) in cases.items():
+        response = upload(client, outside, data, f"{name}.tar", form=form)
         assert response.status_code == 400, (name, response.content)
         assert response.json()["error"].startswith("Nothing was published: ") and phrase in response.json()["error"], (
             name, response.json()["error"])
