@@ -111,7 +111,10 @@ def test_the_schema_lists_the_outside_trainer_routes_for_staff_tokens():
 def test_a_runs_versions_list_its_lineage_with_parents_and_head(client, outside, tmp_path):
     adapter = tar_of(save_adapter(Path(outside.run.base_model_dir), tmp_path / "trained"))
     first = upload(client, outside, adapter, make_head="true").json()["version"]["number"]
-    second = upload(client, outside, adapter, parent=first).json()["version"]["number"]
+    # As `tar czf adapter.tgz -C adapter .` writes it: no top folder, a "." member.
+    flat = tar_of(save_adapter(Path(outside.run.base_model_dir), tmp_path / "flat"), arcname=".")
+    assert "." in tarfile.open(fileobj=io.BytesIO(flat)).getnames()
+    second = upload(client, outside, flat, parent=first).json()["version"]["number"]
     base = outside.run.base_version.number
     listed = client.get(f"{PREFIX}/runs/{outside.run.pk}/versions", **bearer(outside.staff)).json()
     assert [(v["number"], v["parent"], v["form"], v["is_head"]) for v in listed] == [

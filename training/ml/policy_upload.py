@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import lzma
 import shutil
 import tarfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -70,7 +72,7 @@ def unpack_archive(archive: Path, dest: Path, limits: ArchiveLimits) -> Path:
         try:
             with tarfile.open(archive, "r:*") as tar:
                 unpack_tar(tar, dest, limits)
-        except (tarfile.TarError, EOFError, OSError) as error:
+        except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as error:
             raise UploadRefused(f"not a readable .tar, .tar.gz or .zip archive ({error})") from error
     entries = [p for p in dest.iterdir()]
     if not entries:
@@ -81,9 +83,10 @@ def unpack_archive(archive: Path, dest: Path, limits: ArchiveLimits) -> Path:
 
 
 def member_path(name: str) -> PurePosixPath:
-    """A member's path, relative and inside the archive, or UploadRefused."""
+    """A member's path, relative and inside the archive (`.` for the archive's own top,
+    as `tar -C folder .` writes it), or UploadRefused."""
     path = PurePosixPath(name.replace("\\", "/"))
-    if not name or path.is_absolute() or name.startswith(("/", "\\")) or ":" in path.parts[0]:
+    if not name or path.is_absolute() or name.startswith(("/", "\\")) or ":" in "".join(path.parts[:1]):
         raise UploadRefused(f"archive member {name!r} has an absolute path")
     if ".." in path.parts:
         raise UploadRefused(f"archive member {name!r} points outside the archive (..)")
@@ -125,6 +128,8 @@ def unpack_tar(tar: tarfile.TarFile, dest: Path, limits: ArchiveLimits) -> None:
     for member in tar:  # streamed: a .tar.gz is read once, front to back
         relative = member_path(member.name)
         budget.add_file()
+        if member.isdir() and not relative.parts:  # the top itself
+            continue
         if member.isdir():
             target_of(dest, relative / "_")  # makes the folder
             continue
@@ -150,14 +155,16 @@ def unpack_zip(archive: Path, dest: Path, limits: ArchiveLimits) -> None:
                     raise UploadRefused(f"archive member {info.filename!r} is a link or special file; "
                                         "only files and folders are accepted")
                 if info.is_dir():
-                    target_of(dest, relative / "_")  # makes the folder
+                    if relative.parts:
+                        target_of(dest, relative / "_")  # makes the folder
                     continue
                 with zipped.open(info) as source:
                     try:
                         budget.copy(source, target_of(dest, relative))
                     except FileExistsError as error:
                         raise UploadRefused(f"archive member {info.filename!r} appears twice") from error
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as error:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, RuntimeError, OSError,
+            zlib.error) as error:  # RuntimeError: an encrypted member
         raise UploadRefused(f"not a readable .zip archive ({error})") from error
 
 
