@@ -12,13 +12,14 @@ from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI, Router, Swagger
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
-from api.routers import bakeoffs, datasets, exports, jobs, labels, prompts, rounds, runs
+from api.routers import bakeoffs, datasets, exports, jobs, labels, outside_trainers, prompts, rounds, runs
 
 ROUTERS: list[tuple[str, Router]] = [
     ("/labels", labels.router),
     ("/prompts", prompts.router),
     ("/exports", exports.router),
     ("/runs", runs.router),
+    ("/runs", outside_trainers.router),
     ("/rounds", rounds.router),
     ("/jobs", jobs.router),
     ("/datasets", datasets.router),

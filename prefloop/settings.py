@@ -293,6 +293,10 @@ PREFLOOP_MAX_IMPORT_BYTES = env_int("PREFLOOP_MAX_IMPORT_BYTES", 10 * 1024 * 102
 # artifacts, when the workers run on other machines); the limit is per file.
 PREFLOOP_UPLOAD_DIR = VAR_DIR / "uploads"
 PREFLOOP_MAX_DATASET_BYTES = env_int("PREFLOOP_MAX_DATASET_BYTES", 2 * 1024 ** 3, minimum=1)
+# An outside trainer's policy upload (training/services/outside_policies.py): the archive,
+# and again what it unpacks to; and how many files it may hold.
+PREFLOOP_MAX_POLICY_UPLOAD_BYTES = env_int("PREFLOOP_MAX_POLICY_UPLOAD_BYTES", 2 * 1024 ** 3, minimum=1)
+PREFLOOP_MAX_POLICY_UPLOAD_FILES = env_int("PREFLOOP_MAX_POLICY_UPLOAD_FILES", 1000, minimum=1)
 # Sampling for new comparisons.
 PREFLOOP_MAX_NEW_TOKENS = env_int("PREFLOOP_MAX_NEW_TOKENS", 96, minimum=1)
 PREFLOOP_TEMPERATURE = env_float("PREFLOOP_TEMPERATURE", 0.8, 0.0, 5.0)

@@ -24,6 +24,10 @@ MANUAL = {
     ("README.md", "make demo"),  # starts redis, four workers, beat and gunicorn on port 8000
     ("docs/development.md", "make test-fast"),  # make's install step, then the suite again
     ("docs/experiments.md", "export PREFLOOP_VAR_DIR=/tmp/repro/ab HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1"),  # hours
+    # GPUs and a Ray cluster: OpenRLHF and verl training against PrefLoop's reward server
+    ("docs/outside-trainer.md", ".venv/bin/python manage.py serve_reward_model --run default --version latest &"),
+    ("docs/outside-trainer.md", "import os, requests"),  # verl's reward function, imported by verl
+    ("docs/outside-trainer.md", "python3 -m verl.trainer.main_ppo algorithm.adv_estimator=grpo \\"),
 }
 
 

@@ -9,9 +9,17 @@ from training.models.bakeoffs import BakeOff, BakeOffCandidate
 from training.models.evaluation import EvaluationPrompt, EvaluationSample, RewardScore
 from training.models.jobs import Job, JobCancelled
 from training.models.rounds import Round
-from training.models.runs import BAKEOFF_SOURCE, PolicyVersion, RewardModelVersion, Run, RunDataset, json_safe
+from training.models.runs import (
+    BAKEOFF_SOURCE,
+    OUTSIDE_METHOD,
+    PolicyVersion,
+    RewardModelVersion,
+    Run,
+    RunDataset,
+    json_safe,
+)
 
 __all__ = [
     "BAKEOFF_SOURCE", "BakeOff", "BakeOffCandidate", "EvaluationPrompt", "EvaluationSample", "Job", "JobCancelled",
-    "PolicyVersion", "RewardModelVersion", "RewardScore", "Round", "Run", "RunDataset", "json_safe",
+    "OUTSIDE_METHOD", "PolicyVersion", "RewardModelVersion", "RewardScore", "Round", "Run", "RunDataset", "json_safe",
 ]

@@ -176,10 +176,17 @@ class Run(models.Model):
         return scope & ~Q(comparison__source=BAKEOFF_SOURCE)
 
 
+OUTSIDE_METHOD = "outside"
+"""PolicyVersion.method of a version an outside trainer uploaded through the API
+(training/services/outside_policies.py): not one of PrefLoop's methods, which train
+inside the loop (training/ml/methods)."""
+
+
 class PolicyVersion(models.Model):
     """A numbered, immutable policy. A run's root version is its base model; later
-    versions are LoRA adapters trained on top of it by a method. Numbers are unique
-    across runs, so "v7" names one policy everywhere."""
+    versions are LoRA adapters trained on top of it by a method, or uploaded by an
+    outside trainer (an adapter, or a whole merged model in `base_model_dir`). Numbers
+    are unique across runs, so "v7" names one policy everywhere."""
 
     number = models.PositiveIntegerField(unique=True)
     run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="versions")
@@ -207,7 +214,8 @@ class PolicyVersion(models.Model):
 
     @property
     def is_base(self) -> bool:
-        return not self.adapter_dir
+        # An outside trainer's merged model has no adapter either, but is a model of its own.
+        return not self.adapter_dir and self.method != OUTSIDE_METHOD
 
 
 class RewardModelVersion(models.Model):

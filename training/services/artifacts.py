@@ -63,11 +63,15 @@ def publish_artifact(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def register(side: Path, model_class: type[Row], create_row: Callable[[int, Path], Row], job: Job) -> Row:
+def register(side: Path, model_class: type[Row], create_row: Callable[[int, Path], Row], job: Job | None) -> Row:
+    """Rename `side` to the next version's folder and create its row, in one transaction.
+    `job`: the job publishing it (None for an upload through the API, which no one can
+    cancel midway)."""
     for _ in range(PUBLISH_ATTEMPTS):
         try:
             with transaction.atomic():
-                job.raise_if_cancelled()  # a cancel (services.jobs.cancel_job) after this waits for the commit
+                if job is not None:
+                    job.raise_if_cancelled()  # a cancel (services.jobs.cancel_job) after this waits for the commit
                 number = (model_class.objects.aggregate(last=Max("number"))["last"] or 0) + 1
                 final = side.with_name(f"v{number}")
                 if final.exists():

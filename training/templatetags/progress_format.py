@@ -29,7 +29,10 @@ def seconds(value: float | None) -> str:
 def method_title(name: str) -> str:
     """The registry's title of a method (`ppo` → PPO); empty for a base version."""
     from training.ml.methods import METHODS
+    from training.models import OUTSIDE_METHOD
 
+    if name == OUTSIDE_METHOD:
+        return "outside trainer"
     return METHODS[name].title if name in METHODS else (name or "base")
 
 
