@@ -12,7 +12,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI, Router, Swagger
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
-from api.routers import bakeoffs, datasets, exports, jobs, labels, prompts, rounds, runs
+from api.routers import bakeoffs, datasets, exports, jobs, labels, prompts, rounds, runs, webhooks
 
 ROUTERS: list[tuple[str, Router]] = [
     ("/labels", labels.router),
@@ -23,6 +23,7 @@ ROUTERS: list[tuple[str, Router]] = [
     ("/jobs", jobs.router),
     ("/datasets", datasets.router),
     ("/bakeoffs", bakeoffs.router),
+    ("/webhooks", webhooks.router),
 ]
 
 DESCRIPTION = """Scripts and training pipelines talk to PrefLoop here. Send a personal
