@@ -409,3 +409,25 @@ def test_the_api_makes_lists_tests_and_deletes_hooks(client, people, receiver, s
 
     assert client.delete(f"/api/v1/webhooks/{hook['id']}", **staff).status_code == 204
     assert client.delete(f"/api/v1/webhooks/{hook['id']}", **staff).status_code == 404
+
+
+def test_the_receiver_in_the_docs_accepts_a_real_delivery_once(receiver, people, sent, capsys):
+    """The Python block of docs/webhooks.md, run as written, against what PrefLoop sent."""
+    import re
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "webhooks.md").read_text()
+    code = re.search(r"```python tested-by=\S+::test_the_receiver_in_the_docs\S*\n(.*?)```", page, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "docs/webhooks.md", "exec"), namespace)
+
+    receiver.set("up")
+    hook, secret = hook_for(people, receiver.url, [EventType.JOB_FAILED])
+    services.attempt_delivery(services.send_test_event(hook).pk)
+    got = receiver.received[0]
+    assert namespace["receive"](secret, got.body, got.headers) == 200
+    assert namespace["receive"](secret, got.body, got.headers) == 200  # a retry: handled once
+    assert capsys.readouterr().out.count("got webhook.test") == 1
+    assert namespace["receive"]("another secret", got.body, got.headers) == 401
+    assert namespace["receive"](secret, got.body.replace(b"ci", b"CI"), got.headers) == 401
+    old = {**got.headers, "X-PrefLoop-Timestamp": str(int(got.headers["X-PrefLoop-Timestamp"]) - 600)}
+    assert namespace["receive"](secret, got.body, old) == 401
