@@ -431,3 +431,33 @@ def test_the_receiver_in_the_docs_accepts_a_real_delivery_once(receiver, people,
     assert namespace["receive"](secret, got.body.replace(b"ci", b"CI"), got.headers) == 401
     old = {**got.headers, "X-PrefLoop-Timestamp": str(int(got.headers["X-PrefLoop-Timestamp"]) - 600)}
     assert namespace["receive"](secret, got.body, old) == 401
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_a_real_worker_retries_until_the_receiver_is_back_and_sends_once(receiver, people, tmp_path):
+    """redis-server and a Celery worker on the default queue: the delivery task's own
+    retries (a second apart here) carry an event over an outage of a few seconds."""
+    import os
+
+    from django.db import connection
+
+    from tests.processes import running_celery_worker, running_redis, wait_for
+
+    receiver.set("unavailable")
+    env = {"DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}", "PREFLOOP_VAR_DIR": str(tmp_path / "var"),
+           "PREFLOOP_WEBHOOK_RETRY_SECONDS": "1", "PREFLOOP_WEBHOOK_ALLOW_LOOPBACK": "true"}
+    with running_redis(os.environ["REDIS_URL"], tmp_path), \
+            running_celery_worker("default", env, tmp_path / "worker.log"):
+        hook, secret = hook_for(people, receiver.url, [EventType.JOB_FAILED])
+        delivery = services.send_test_event(hook)  # committed at once: the message goes now
+        wait_for(lambda: receiver.refused >= 2, 60, "two refused attempts")
+        receiver.set("up")
+        wait_for(lambda: WebhookDelivery.objects.get(pk=delivery.pk).status == "delivered", 60,
+                 "the delivery after the outage")
+        time.sleep(2)  # a duplicate would arrive within the retry interval
+    delivery.refresh_from_db()
+    assert len(receiver.received) == 1 and receiver.event_ids() == [str(delivery.event_id)]
+    assert delivery.attempts == receiver.refused + 1 >= 3
+    got = receiver.received[0]
+    assert verify_signature(secret, got.body, got.headers["X-PrefLoop-Timestamp"], got.headers["X-PrefLoop-Signature"])
