@@ -207,7 +207,8 @@ def test_events_are_sent_only_once_committed_and_lost_messages_are_swept(receive
 
 
 def test_every_event_type_fires_from_the_service_that_makes_it_happen(receiver, people, loop_world, sent,  # noqa: F811
-                                                                     settings, tmp_path):
+                                                                     settings, tmp_path,
+                                                                     django_capture_on_commit_callbacks):
     settings.PREFLOOP_ARTIFACT_DIR = tmp_path / "artifacts"
     hook, _ = hook_for(people, receiver.url, [e for e in EventType if e not in (EventType.TEST,)],
                        run=loop_world, every_labels=3)
@@ -256,13 +257,15 @@ def test_every_event_type_fires_from_the_service_that_makes_it_happen(receiver, 
         answers = [Completion.objects.create(prompt=prompt, policy_version=loop_world.base_version, text=t)
                    for t in ("x", "y")]
         comparison = labeling.create_comparison(loop_world, prompt, answers, source="initial")
-        labeling.submit_label(people.annotator, LabelInput(comparison.pk, "a"), require_lease=False)
-        loop.on_label_submitted(loop_world.pk)
-        loop.on_label_submitted(loop_world.pk)
+        with django_capture_on_commit_callbacks(execute=True):  # the label's followers, as after its commit
+            labeling.submit_label(people.annotator, LabelInput(comparison.pk, "a"), require_lease=False)
+        loop.on_label_submitted(loop_world.pk)  # told twice: recorded once
     assert Comparison.objects.filter(run=loop_world).count() == 7
     counted = WebhookEvent.objects.filter(type="labels.counted").order_by("created_at")
     assert [e.data["labels"] for e in counted] == [3, 6]
     assert {d.webhook_id for d in WebhookDelivery.objects.all()} == {hook.pk}  # the other run's hook heard nothing
+    assert [m.args for m in sent] == [[d.pk] for d in WebhookDelivery.objects.filter(event__in=counted)
+                                      .order_by("pk")]  # each sent to a worker once committed
 
 
 @pytest.mark.slow
@@ -461,3 +464,12 @@ def test_a_real_worker_retries_until_the_receiver_is_back_and_sends_once(receive
     assert delivery.attempts == receiver.refused + 1 >= 3
     got = receiver.received[0]
     assert verify_signature(secret, got.body, got.headers["X-PrefLoop-Timestamp"], got.headers["X-PrefLoop-Signature"])
+
+
+def test_an_https_hook_to_a_server_without_tls_fails_its_attempt_with_the_reason(receiver, people, sent):
+    receiver.set("up")
+    hook, _ = hook_for(people, f"https://127.0.0.1:{receiver.port}/hook", [EventType.JOB_FAILED])
+    delivery = services.send_test_event(hook)
+    assert services.attempt_delivery(delivery.pk) == 15
+    delivery.refresh_from_db()
+    assert receiver.received == [] and "SSL" in delivery.last_error and delivery.last_status_code is None
