@@ -12,7 +12,18 @@ from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI, Router, Swagger
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
-from api.routers import bakeoffs, datasets, exports, jobs, labels, outside_trainers, prompts, rounds, runs
+from api.routers import (
+    bakeoffs,
+    datasets,
+    exports,
+    jobs,
+    labels,
+    outside_trainers,
+    prompts,
+    rounds,
+    runs,
+    webhooks,
+)
 
 ROUTERS: list[tuple[str, Router]] = [
     ("/labels", labels.router),
@@ -24,6 +35,7 @@ ROUTERS: list[tuple[str, Router]] = [
     ("/jobs", jobs.router),
     ("/datasets", datasets.router),
     ("/bakeoffs", bakeoffs.router),
+    ("/webhooks", webhooks.router),
 ]
 
 DESCRIPTION = """Scripts and training pipelines talk to PrefLoop here. Send a personal

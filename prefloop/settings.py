@@ -160,6 +160,7 @@ INSTALLED_APPS = [
     "training",
     "experiments",
     "api",
+    "webhooks",
     "ninja",  # its templates and static files: the API docs load Swagger UI from us, not a CDN
     "axes",  # login throttling; after the apps so its admin pages sit with the others
 ]
@@ -370,7 +371,27 @@ CELERY_BEAT_SCHEDULE = {
         # A sweep that waited out an outage in the queue is stale; the next one is due.
         "options": {"queue": "default", "expires": float(PREFLOOP_SWEEP_SECONDS)},
     },
+    "sweep-webhooks": {
+        "task": "webhooks.tasks.sweep_webhooks",
+        "schedule": float(PREFLOOP_SWEEP_SECONDS),
+        "options": {"queue": "default", "expires": float(PREFLOOP_SWEEP_SECONDS)},
+    },
 }
+
+# --- Webhooks (webhooks/, docs/webhooks.md)
+# The first wait after a failed delivery; each next one doubles, up to 10 minutes. With
+# the defaults the 8 attempts span about 26 minutes, so a receiver down for ten loses nothing.
+PREFLOOP_WEBHOOK_RETRY_SECONDS = env_int("PREFLOOP_WEBHOOK_RETRY_SECONDS", 15, minimum=1)
+PREFLOOP_WEBHOOK_MAX_ATTEMPTS = env_int("PREFLOOP_WEBHOOK_MAX_ATTEMPTS", 8, minimum=1)
+PREFLOOP_WEBHOOK_TIMEOUT_SECONDS = env_int("PREFLOOP_WEBHOOK_TIMEOUT_SECONDS", 10, minimum=1)
+# Receivers on 127.0.0.1/localhost (plain http allowed there): development only.
+PREFLOOP_WEBHOOK_ALLOW_LOOPBACK = env_bool("PREFLOOP_WEBHOOK_ALLOW_LOOPBACK", DEBUG)
+# Receivers on private networks (10/8, 172.16/12, 192.168/16, fc00::/7): off, so a hook
+# cannot probe the network the server sits in unless the deployment allows it.
+PREFLOOP_WEBHOOK_ALLOW_PRIVATE_NETWORKS = env_bool("PREFLOOP_WEBHOOK_ALLOW_PRIVATE_NETWORKS", False)
+# How receivers reach this site (https://label.example.org): the links in event bodies.
+# Empty: the links are paths (/runs/3/).
+PREFLOOP_SITE_URL = env_str("PREFLOOP_SITE_URL", "")
 
 # --- Reward models
 # Train a new version automatically once this many new labels (with a preference) have

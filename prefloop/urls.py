@@ -12,4 +12,5 @@ urlpatterns = [
     path("", include("training.urls")),
     path("", include("experiments.urls")),
     path("", include("api.urls")),
+    path("", include("webhooks.urls")),
 ]

@@ -75,6 +75,9 @@ def method_config(name: str, args):
     fields = {spec.name for spec in field_specs(method.config_class)}
     shared = {"response_length": args.response_length, "max_completion_length": args.response_length,
               "max_new_tokens": args.response_length, "total_episodes": args.prompts}
+    if args.batch_size:  # fewer sequences a step, for a large shape on a CPU
+        shared.update(batch_size=args.batch_size, prompts_per_step=args.batch_size,
+                      sampling_batch_size=args.batch_size, num_generations=2, ppo_epochs=args.ppo_epochs or 4)
     return method.config({key: value for key, value in shared.items() if key in fields})
 
 
@@ -143,6 +146,9 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--response-length", type=int, default=32)
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--batch-size", type=int, help="every method's sequences a step (GRPO and RLOO: groups "
+                                                       "of 2); default: each method's own")
+    parser.add_argument("--ppo-epochs", type=int, help="with --batch-size: PPO's epochs over its batch")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sampling-engine", default="transformers", choices=["transformers", "vllm"])
     parser.add_argument("--frozen-quantization", default="none", choices=["none", "nf4"])

@@ -143,11 +143,11 @@ def train_and_measure(name: str, args) -> dict:
                                 row["chosen_ended"], row["rejected_ended"], tuple(row["chosen_ids"]),
                                 tuple(row["rejected_ids"])) for row in json.loads((WORK / "pairs.json").read_text())]
         config = method_config(name, args)
-        adapter = WORK / f"policy-{name}"
+        adapter = WORK / f"policy-{name}-{args.child_precision}"
         shutil.rmtree(adapter, ignore_errors=True)
         started = time.monotonic()
-        trained = method.train(TrainingInputs(PolicyStart(BASE_MODEL_DIR), train_prompts, pairs, reward),
-                               adapter, config)
+        trained = method.train(TrainingInputs(PolicyStart(BASE_MODEL_DIR), train_prompts, pairs, reward,
+                                              precision=args.child_precision), adapter, config)
         # Timed around the whole call (loading the policy, reference, reward and value
         # models included): what a job costs, the same way for every method.
         result.update(seconds=time.monotonic() - started, trainer_seconds=trained.seconds,
@@ -208,6 +208,99 @@ def plot(results: list[dict], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
+def run_child(name: str, precision: str) -> dict:
+    run = subprocess.run([sys.executable, __file__, "--child", name, "--child-precision", precision, *sys.argv[1:]],
+                         cwd=ROOT, capture_output=True, text=True)
+    line = next((x for x in run.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if run.returncode or line is None:
+        print(run.stdout[-3000:], run.stderr[-5000:])
+        raise SystemExit(f"the {name} run in {precision} failed")
+    return json.loads(line.removeprefix("RESULT "))
+
+
+PRECISION_SECTION = "## bf16 against fp32, per method (issue 27)"
+
+
+def compare_precisions(args, info: dict) -> int:
+    """Every method trained in each precision from the same start, interleaved (fp32 then
+    bf16 for one method, then the next), so drift in the machine's load falls on both;
+    every trained policy measured the same way, in fp32 (the training's effect, not the
+    sampling's precision)."""
+    from benchmark_report import command_line, machine_lines, replace_section
+
+    first, second = args.precisions.split(",")
+    base = run_child("base", first)
+    print("base:", base, flush=True)
+    rows, points = [], []
+    for name in args.methods.split(","):
+        pair = {}
+        for precision in (first, second):
+            started = time.monotonic()
+            pair[precision] = run_child(name, precision)
+            print(f"{name} in {precision} ({time.monotonic() - started:.0f} s):", pair[precision], flush=True)
+        a, b = pair[first], pair[second]
+        gains = {p: pair[p]["score"]["mean"] - base["score"]["mean"] for p in (first, second)}
+        points.append((name, gains, pair))
+        rows.append(" | ".join([
+            f"`{name}`", f"{a['seconds']:.0f}", f"{b['seconds']:.0f}", f"{b['seconds'] / a['seconds']:.2f}",
+            f"{a['peak_rss_gib']:.2f}", f"{b['peak_rss_gib']:.2f}", f"{b['peak_rss_gib'] / a['peak_rss_gib']:.2f}",
+            f"{gains[first]:+.2f} ± {a['score']['half_width']:.2f}",
+            f"{gains[second]:+.2f} ± {b['score']['half_width']:.2f}",
+            f"{a['kl']['mean']:.1f}", f"{b['kl']['mean']:.1f}",
+        ]))
+    chart = ROOT / "docs" / "bench-precision.png"
+    plot_precisions(points, first, second, chart)
+    section = "\n".join([
+        PRECISION_SECTION, "",
+        f"Command: `{command_line()}`", "",
+        *machine_lines(),
+        f"- Every method from the SmolLM2-135M-Instruct base with the same reward model, pairs ({info['pairs']} "
+        f"oracle pairs, `{ORACLE}`), {args.prompts} training prompts, {args.response_length} new tokens, seed 0 and "
+        f"registry defaults, trained once with the run setting `precision={first}` and once with `{second}` (frozen "
+        "weights in it, LoRA adapters in fp32, the trainer under autocast), each in its own process; the two of one "
+        "method ran one after the other. Wall time is the whole update (loading included); peak is the process's "
+        "peak RSS.",
+        f"- Reward gained: the trained policy's mean reward-model score (normalized) minus the base's, on "
+        f"{args.eval_prompts} held-out prompts × {args.eval_answers} answers at T=0.7, every policy sampled and "
+        "scored in fp32, so the column measures what the training did; ± is the 95% half-width of the policy's "
+        "own mean (normal approximation over answers). KL to the base in nats per answer.",
+        "",
+        f"| Method | {first} (s) | {second} (s) | {second} ÷ {first} time | {first} peak (GiB) | {second} peak (GiB) "
+        f"| {second} ÷ {first} peak | gain, {first} | gain, {second} | KL, {first} | KL, {second} |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *(f"| {row} |" for row in rows),
+        "",
+        f"![Reward gained in each precision]({chart.name})",
+    ])
+    replace_section(PRECISION_SECTION, section)
+    print(section)
+    return 0
+
+
+def plot_precisions(points, first: str, second: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (gain_axes, time_axes) = plt.subplots(1, 2, figsize=(10, 4))
+    names = [name for name, _, _ in points]
+    for offset, precision in ((-0.18, first), (0.18, second)):
+        xs = [i + offset for i in range(len(points))]
+        gain_axes.errorbar(xs, [gains[precision] for _, gains, _ in points],
+                           yerr=[pair[precision]["score"]["half_width"] for _, _, pair in points],
+                           fmt="o", capsize=3, label=precision)
+        time_axes.bar(xs, [pair[precision]["seconds"] for _, _, pair in points], width=0.36, label=precision)
+    for axes, title in ((gain_axes, "reward gained over the base"), (time_axes, "wall time of the update (s)")):
+        axes.set_xticks(range(len(points)), names, rotation=30)
+        axes.set_title(title)
+        axes.legend()
+    gain_axes.axhline(0, color="grey", linewidth=0.5)
+    figure.suptitle("Policy updates in fp32 and bf16 on SmolLM2-135M, this CPU")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
 def main() -> int:
     from training.ml.methods import METHODS
 
@@ -220,7 +313,10 @@ def main() -> int:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated registry names")
     parser.add_argument("--learning-rate", type=float, help="one for every method (default: each method's own)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per child (0: torch decides)")
+    parser.add_argument("--precisions", help="e.g. fp32,bf16: train every method in each (interleaved) and "
+                                             "write the precision comparison instead")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-precision", default="fp32", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print("RESULT " + json.dumps(train_and_measure(args.child, args)), flush=True)
@@ -228,6 +324,8 @@ def main() -> int:
 
     info = prepare_labels_and_reward_model(args)
     print("reward model:", info, flush=True)
+    if args.precisions:
+        return compare_precisions(args, info)
     results = []
     for name in ["base", *args.methods.split(",")]:
         started = time.monotonic()

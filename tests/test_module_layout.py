@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("prefloop", "labeling", "training", "experiments", "api")
+PACKAGES = ("prefloop", "labeling", "training", "experiments", "api", "webhooks")
 ML_PACKAGE = "training.ml"
 
 

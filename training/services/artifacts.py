@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from training.ml.loading import ARTIFACT_FILE, ARTIFACT_FORMAT_VERSION
 from training.models import Job
+from webhooks.services import record_published
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ def publish_artifact(
         stamp = {"format_version": ARTIFACT_FORMAT_VERSION, "kind": kind, "job": job.pk, "run": job.run_id,
                  "written_at": timezone.now().isoformat(), **manifest(produced)}
         (side / ARTIFACT_FILE).write_text(json.dumps(stamp, indent=2, default=str))
-        return register(side, model_class, lambda number, folder: create_row(number, folder, produced), job), produced
+        row = register(side, model_class, lambda number, folder: create_row(number, folder, produced), job)
+        return row, produced
     finally:
         shutil.rmtree(side, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
@@ -78,7 +80,10 @@ def register(side: Path, model_class: type[Row], create_row: Callable[[int, Path
                     raise FileExistsError(f"{final} exists but no version row points at it; move it away")
                 side.rename(final)
                 try:
-                    return create_row(number, final)
+                    row = create_row(number, final)
+                    # In the same transaction: the event exists if and only if the version does.
+                    record_published(model_class.__name__, row)
+                    return row
                 except Exception:
                     final.rename(side)
                     raise

@@ -26,6 +26,7 @@ from training.services.policy_updates import PolicyUpdateError
 from training.services.reward_models import has_reward_training_data, maybe_request_reward_training, preference_labels
 from training.services.runs import latest_reward_model
 from training.services.stages import STAGES
+from webhooks.services import record_round_outcome
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +105,11 @@ def advance_round(job: Job) -> None:
             return
         if job.status != Job.Status.SUCCEEDED:
             round_.fail(job.error or f"the {round_.stage} job was {job.status}")
+            record_round_outcome(round_)  # webhooks, in this transaction
             return
         STAGES[round_.stage].record(round_, job)
         round_.advance()
+        record_round_outcome(round_)  # webhooks hear of a round that finished
         if round_.status == Round.Status.RUNNING and not run.paused:
             start_stage_or_fail(round_)
 
@@ -117,6 +120,7 @@ def start_stage_or_fail(round_: Round) -> None:
         start_stage(round_)
     except PolicyUpdateError as error:
         round_.fail(str(error))
+        record_round_outcome(round_)
 
 
 def resume_runs(runs) -> int:
