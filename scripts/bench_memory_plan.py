@@ -35,12 +35,15 @@ def prompts(count: int) -> list[list[dict]]:
     return [r["messages"] if "messages" in r else [{"role": "user", "content": r["prompt"]}] for r in records]
 
 
-def build_models(shape_name: str, work: Path, tokenizer_dir: str | None = None) -> tuple[Path, Path]:
+def build_models(shape_name: str, work: Path, tokenizer_dir: str | None = None,
+                 dtype: str = "fp32") -> tuple[Path, Path]:
     """A random causal LM of the shape with SmolLM2's tokenizer (from its GGUF, or from
     `tokenizer_dir` where the GGUF package is not installed: the GPU machine), and a
     reward model of the same backbone (a whole sequence-classification model, as a full
-    fine-tune publishes)."""
-    policy, reward = work / "policy", work / "reward"
+    fine-tune publishes). Saved in `dtype`, as checkpoints of that precision are: a
+    process's peak RSS counts the checkpoint's memory-mapped pages, which for an fp32
+    file loaded into bf16 would be twice the weights it keeps."""
+    policy, reward = work / f"policy-{dtype}", work / f"reward-{dtype}"
     if (policy / "config.json").is_file() and (reward / "config.json").is_file():
         return policy, reward
     import torch
@@ -61,7 +64,7 @@ def build_models(shape_name: str, work: Path, tokenizer_dir: str | None = None) 
     config.num_labels = 1  # the reward model's one score
     for model, folder in ((AutoModelForCausalLM.from_config(config), policy),
                           (AutoModelForSequenceClassification.from_config(config), reward)):
-        model.save_pretrained(folder)
+        model.to({"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]).save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         del model
     return policy, reward
@@ -92,7 +95,7 @@ def child(name: str, args) -> dict:
 
     configure_torch_threads(args.threads)
     work = Path(args.work_dir or ROOT / "var" / "bench-memory") / args.shape
-    policy, reward = build_models(args.shape, work, args.tokenizer)
+    policy, reward = build_models(args.shape, work, args.tokenizer, args.dtype)
     conversations = prompts(args.prompts)
     answer = " ".join(["word"] * args.response_length)
     pairs = [PreferencePair(group=i, prompt=p, chosen=answer, rejected=answer + " no")

@@ -18,10 +18,12 @@ import sys
 from pathlib import Path
 
 from training.ml.configs import add_config_arguments, config_from_arguments, config_to_dict
+from training.ml.engines import DEFAULT_ENGINE, ENGINES
 from training.ml.loading import PolicyStart, configure_torch_threads, read_artifact_manifest
 from training.ml.methods.base import GRADIENT_CHECKPOINTING, PAIRS, PROMPTS, REWARD_MODEL, Method, TrainingInputs
 from training.ml.precision import DEFAULT_PRECISION, PRECISIONS
 from training.ml.preference_pairs import PreferencePair
+from training.ml.quantization import DEFAULT_QUANTIZATION, FROZEN_QUANTIZATIONS
 from training.ml.reward_scoring import RewardModelRef
 
 
@@ -54,7 +56,7 @@ def reward_model_from(arguments) -> RewardModelRef:
     mean = arguments.reward_mean if arguments.reward_mean is not None else manifest.get("reward_mean", 0.0)
     std = arguments.reward_std if arguments.reward_std is not None else manifest.get("reward_std", 1.0)
     base = manifest.get("base_model_dir") or arguments.base_model
-    return RewardModelRef(Path(base), arguments.reward_model, float(mean), float(std))
+    return RewardModelRef(Path(base), arguments.reward_model, float(mean), float(std), arguments.frozen_quantization)
 
 
 def parser_for(method: Method) -> argparse.ArgumentParser:
@@ -76,6 +78,10 @@ def parser_for(method: Method) -> argparse.ArgumentParser:
                         help="of every model loaded (auto: bf16 on a recent GPU, fp16 on an older one, fp32 on CPU)")
     parser.add_argument("--gradient-checkpointing", choices=GRADIENT_CHECKPOINTING, default="auto",
                         help="recompute activations in the backward pass (auto: on on CUDA, off on the CPU)")
+    parser.add_argument("--sampling-engine", choices=list(ENGINES), default=DEFAULT_ENGINE,
+                        help="what samples answers (vllm: CUDA with vllm installed)")
+    parser.add_argument("--frozen-quantization", choices=FROZEN_QUANTIZATIONS, default=DEFAULT_QUANTIZATION,
+                        help="nf4: 4-bit reward model and base under the adapter (CUDA with bitsandbytes)")
     add_config_arguments(parser, method.config_class)
     return parser
 
@@ -85,7 +91,9 @@ def run_cli(method: Method, argv: list[str] | None = None) -> None:
     configure_torch_threads(arguments.threads)
     config = config_from_arguments(method.config_class, arguments)
     inputs = TrainingInputs(start=PolicyStart(arguments.base_model, arguments.adapter), precision=arguments.precision,
-                            gradient_checkpointing=arguments.gradient_checkpointing)
+                            gradient_checkpointing=arguments.gradient_checkpointing,
+                            sampling_engine=arguments.sampling_engine,
+                            frozen_quantization=arguments.frozen_quantization)
     if PROMPTS in method.needs:
         inputs.prompts = read_prompts(arguments.prompts)
     if PAIRS in method.needs:
