@@ -49,7 +49,7 @@ def load_reward_model(base_model_dir: Path | str, weights_dir: Path | str, devic
     """(model, tokenizer) of a published version, ready to score in the job's precision
     (a setting is resolved on `device`): a LoRA adapter is merged into the backbone in
     fp32 on the CPU, then the model is cast (rounding the sum once, not the adapter's
-    update against rounded weights); a fully fine-tuned model is loaded as is. The
+    update against rounded weights); a fully fine-tuned model loads straight in the dtype. The
     reward model is frozen wherever it is used, so every weight takes the dtype,
     the head included (PPO's value head copies it and trains in fp32)."""
     from transformers import AutoModelForSequenceClassification
@@ -66,7 +66,9 @@ def load_reward_model(base_model_dir: Path | str, weights_dir: Path | str, devic
         backbone = load_reward_backbone(base_model_dir, tokenizer, torch.device("cpu"))
         model = PeftModel.from_pretrained(backbone, weights_dir).merge_and_unload()
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(weights_dir, num_labels=1, dtype=torch.float32)
+        # In the dtype it scores in: loaded in fp32 and cast, a 1.5B model peaked at
+        # twice its fp32 size in a CPU process (docs/benchmarks.md, memory plan).
+        model = AutoModelForSequenceClassification.from_pretrained(weights_dir, num_labels=1, dtype=precision.dtype)
         model.config.pad_token_id = tokenizer.pad_token_id
     if (weights_dir / HEAD_FILE).is_file():  # a head fitted after training, or a refit's
         with torch.no_grad():
