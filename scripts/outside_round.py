@@ -138,10 +138,12 @@ def wait_for_job(prefloop: PrefLoop, job_id: int, timeout: float) -> dict:
         time.sleep(1)
 
 
-def label_new_comparisons(api: str, key: str, seed: int) -> int:
-    """Label what the queue serves this annotator, as a person would in /label/."""
+def label_new_comparisons(api: str, key: str, seed: int, most: int) -> int:
+    """Label what the queue serves this annotator, as a person would in /label/, at most
+    `most` comparisons (the round's own number: a demo must not label a whole queue at
+    random; the queue is blind, so which ones it serves is the queue's choice)."""
     annotator, rng, labeled = PrefLoop(api, key), random.Random(seed), 0
-    while (served := annotator.call("POST", "/labels/next")["comparison"]) is not None:
+    while labeled < most and (served := annotator.call("POST", "/labels/next")["comparison"]) is not None:
         annotator.call("POST", "/labels", json={"comparison_id": served["id"], "choice": rng.choice("ab"),
                                                 "active_seconds": 1.0})
         labeled += 1
@@ -170,7 +172,9 @@ def run_round(config: RoundConfig) -> dict:
     if job is not None and job["status"] != "succeeded":
         raise SystemExit(f"PrefLoop's generation job {job['id']} {job['status']}: {job['error']}")
 
-    labeled = label_new_comparisons(config.api, config.label_as, config.seed) if config.label_as else 0
+    # Two comparisons a prompt: two answers of the new version, and its first against its parent's.
+    labeled = (label_new_comparisons(config.api, config.label_as, config.seed, 2 * config.compare_prompts)
+               if config.label_as else 0)
     new_labels, cursor = prefloop.preferences_since(config.run, cursor)
     if config.cursor_file is not None:
         config.cursor_file.write_text(str(cursor))
