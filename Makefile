@@ -50,6 +50,8 @@ bench: install
 	$(PY) scripts/bench_progress.py --labels 100000 --runs 5
 	$(PY) scripts/bench_methods.py --prompts 16 --response-length 48
 	$(PY) scripts/bench_sampling.py --prompts 16 --repeats 3
+	$(PY) scripts/bench_methods.py --prompts 16 --response-length 32 --eval-prompts 8 --eval-answers 4 --precisions fp32,bf16 --threads 1
+	$(PY) scripts/bench_memory_plan.py --shape smollm2-135m --dtype fp32
 
 lint: install
 	$(VENV)/bin/ruff check .
