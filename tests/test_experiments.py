@@ -228,7 +228,7 @@ def test_an_experiment_holds_out_the_designs_prompt_count_and_overlaps_nothing_w
     design_file.write_text(TINY_DESIGN.format(model_dir=tmp_path))
     seen_by_job = []
 
-    def sampled(policy, conversations, samples, config, on_batch=None, precision=None):
+    def sampled(policy, conversations, samples, config, on_batch=None, precision=None, engine="transformers"):
         seen_by_job.append((live_settings.PREFLOOP_EVAL_PROMPTS, live_settings.PREFLOOP_OVERLAP_SHARE))
         return [[Sample(f"answer {i}.{j}", True, 2) for j in range(samples)] for i in range(len(conversations))]
 

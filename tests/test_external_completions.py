@@ -143,7 +143,7 @@ def test_a_file_larger_than_the_database_takes_parameters_imports(base_run):
 def fake_sampling(monkeypatch):
     """The policy's answers without a model: `v<number> on <prompt>`."""
 
-    def sample(policy, conversations, samples, config, on_batch=None, precision=None):
+    def sample(policy, conversations, samples, config, on_batch=None, precision=None, engine="transformers"):
         return [[Sample(f"v{policy.number} on {c[-1]['content']}", True, 4, (1, 2, 3, 4)) for _ in range(samples)]
                 for c in conversations]
 
