@@ -65,6 +65,7 @@ from training.services.rounds import (
 from training.services.runs import (
     RunError,
     RunSettings,
+    SettingsRefused,
     branch_run,
     create_run,
     default_run,
@@ -100,6 +101,7 @@ __all__ = [
     "RoundError",
     "RunError",
     "RunSettings",
+    "SettingsRefused",
     "advance_round",
     "announce_finished",
     "branch_run",
