@@ -77,6 +77,7 @@ from training.services.runs import (
     run_named,
     set_guidelines,
     settings_of,
+    settings_with,
     update_run_settings,
 )
 
@@ -140,6 +141,7 @@ __all__ = [
     "run_reward_training_job",
     "running_round",
     "settings_of",
+    "settings_with",
     "start_round",
     "set_guidelines",
     "update_run_settings",

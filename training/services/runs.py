@@ -210,6 +210,24 @@ def settings_of(run: Run) -> RunSettings:
                        run.sampling_engine, run.frozen_quantization)
 
 
+def settings_with(current: RunSettings, changes: dict) -> RunSettings:
+    """`current` with `changes` (a partial RunSettings as plain values, e.g. an API
+    body): the configs' given fields over the current ones, or over the new method's
+    defaults when the method changes (the old method's fields mean nothing to it).
+    Unchecked: pass it to update_run_settings."""
+    values = {**current.__dict__, **{k: v for k, v in changes.items() if k not in ("method_config", "reward_config")}}
+    if values["method"] != current.method:
+        try:
+            base = method_defaults(values["method"])
+        except ValueError:  # an unknown method: checked() names the methods
+            base = {}
+    else:
+        base = current.method_config
+    values["method_config"] = {**base, **(changes.get("method_config") or {})}
+    values["reward_config"] = {**current.reward_config, **(changes.get("reward_config") or {})}
+    return RunSettings(**values)
+
+
 def next_version_number() -> int:
     last = PolicyVersion.objects.aggregate(last=Max("number"))["last"]
     return 0 if last is None else last + 1
