@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NONSENSE = {  # form field: (value, what its error says)
     "method__learning_rate": ("1e9", "learning_rate must be at most 0.01"),
     "reward__heldout_fraction": ("1.5", "heldout_fraction must be below 1"),
-    "reward__lora_targets": ("banana", "'banana' is no linear layer's name"),
+    "reward__lora_targets": ("banana", "no linear layer is called 'banana'"),
     "method__response_length": ("100000", "response_length must be at most 4096"),
 }
 
@@ -67,6 +67,20 @@ def test_every_problem_of_one_submit_is_shown_at_once(client, people, base_run):
     page = refused.content.decode()
     assert all(message in page.replace("&#x27;", "'") for _, message in NONSENSE.values())
     assert stored(base_run) == before
+
+
+def test_a_run_saved_with_nonsense_before_the_ranges_shows_its_page_and_must_be_corrected(client, people,
+                                                                                         base_run):
+    base_run.method_config = {**base_run.method_config, "learning_rate": 1e9}
+    base_run.save()
+    client.force_login(people.researcher)
+    page = client.get(f"/runs/{base_run.pk}/")
+    assert page.status_code == 200 and 'value="1000000000.0"' in page.content.decode()
+    refused = client.post(f"/runs/{base_run.pk}/", current_values(base_run))
+    assert list(refused.context["form"].errors) == ["method__learning_rate"]
+    assert client.post(f"/runs/{base_run.pk}/", current_values(base_run, method__learning_rate="1e-4")
+                       ).status_code == 302
+    assert stored(base_run).method_config["learning_rate"] == 1e-4
 
 
 def test_the_inputs_show_the_ranges_the_dataclasses_declare(client, people, base_run):
@@ -180,6 +194,10 @@ def test_every_problem_of_a_config_is_reported_with_its_field():
     assert {error.field for error in raised.value.errors} == {"lora_targets", "heldout_fraction", "epochs",
                                                               "batch_size"}
     assert config_from_dict(RewardTrainingConfig, {"lora_targets": "all-linear"}).lora_targets == "all-linear"
+    for accepted in ("q_proj,k_proj,v_proj,o_proj", "self_attn.q_proj, mlp.down_proj", "c_attn"):
+        assert config_from_dict(RewardTrainingConfig, {"lora_targets": accepted}).lora_targets == accepted
+    with pytest.raises(ConfigErrors, match="no linear layer is called 'banana', 'mlp.banana'"):
+        config_from_dict(RewardTrainingConfig, {"lora_targets": "q_proj,banana,mlp.banana"})
 
 
 @pytest.mark.parametrize("name", list(METHODS))

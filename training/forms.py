@@ -104,10 +104,12 @@ class RunSettingsForm(forms.Form):
                      "loop_min_labels", "reward_auto_train_labels", "precision",
                      "gradient_checkpointing", "sampling_engine", "frozen_quantization"):
             self.fields[name].initial = getattr(run, name)
-        current = method_named(run.method).config(run.method_config, strict=False)
+        # The stored values as they are, unchecked: a run saved before a range existed
+        # must still show its page, with the value to correct in its field.
         for spec in field_specs(method_named(run.method).config_class):
             if spec.name != "seed":  # each job seeds itself (with its id)
-                self.fields[METHOD_PREFIX + spec.name] = form_field(spec, getattr(current, spec.name))
+                self.fields[METHOD_PREFIX + spec.name] = form_field(spec, run.method_config.get(spec.name,
+                                                                                                spec.default))
         for spec in field_specs(RewardTrainingConfig):
             if spec.name != "seed":
                 self.fields[REWARD_PREFIX + spec.name] = form_field(spec, run.reward_config.get(spec.name,

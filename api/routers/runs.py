@@ -88,7 +88,7 @@ class RunSettingsChange(Schema):
     frozen_quantization: QUANTIZATIONS | None = None
 
     def changes(self) -> dict[str, Any]:
-        return {name: value for name, value in self.dict().items() if value is not None}
+        return {name: value for name, value in self.model_dump().items() if value is not None}
 
 
 class RunOut(Schema):

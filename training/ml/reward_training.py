@@ -64,9 +64,10 @@ def lora_targets_refusal(value: str) -> str | None:
     names = [name.strip() for name in value.split(",") if name.strip()]
     if not names:
         return 'lora_targets: name the layers, separated by commas, or "all-linear"'
-    unknown = [name for name in names if name not in LINEAR_LAYER_NAMES]
+    # PEFT matches a name at the end of a module's path: "self_attn.q_proj" is q_proj's.
+    unknown = [name for name in names if name.rsplit(".", 1)[-1] not in LINEAR_LAYER_NAMES]
     if unknown:
-        return (f"lora_targets: {', '.join(repr(name) for name in unknown)} is no linear layer's name; say "
+        return (f"lora_targets: no linear layer is called {', '.join(repr(name) for name in unknown)}; say "
                 f'"all-linear" or name layers such as q_proj,k_proj,v_proj,o_proj')
     return None
 
