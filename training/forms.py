@@ -1,17 +1,19 @@
 """Forms of the training pages. The run-settings form is built from the config
 dataclasses (training/ml/configs.py): one field per config field, its doc as help text,
-and the dataclass's own validation as the form's, so the page, the command line and a
-pinned job accept exactly the same values."""
+its declared range as the input's min/max and its check, and the dataclass's own
+validation as the form's, so the page, the API, the command line and a pinned job accept
+exactly the same values."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from django import forms
 from django.conf import settings
 
 from training.ml.base_model import is_hf_model_dir
-from training.ml.configs import FieldSpec, field_specs
+from training.ml.configs import Bounds, FieldSpec, StringCheck, bounds_of, field_specs
 from training.ml.engines import setting_refusal as engine_setting_refusal
 from training.ml.methods import METHODS, method_named
 from training.ml.quantization import setting_refusal as quantization_setting_refusal
@@ -19,11 +21,28 @@ from training.ml.reward_training import RewardTrainingConfig
 from training.models import PolicyVersion, Run
 from training.recipes import RECIPES
 from training.services.evaluation import lineage_versions
-from training.services.runs import RunError, RunSettings
+from training.services.runs import METHOD_CONFIG, REWARD_CONFIG, RunSettings, SettingsRefused, check_settings_change
 
 METHOD_CHOICES = [(m.name, f"{m.title}: {m.summary}") for m in METHODS.values()]
 RECIPE_CHOICES = [(r.name, f"{r.title} ({' → '.join(r.stages)})") for r in RECIPES.values()]
 METHOD_PREFIX, REWARD_PREFIX = "method__", "reward__"
+
+
+def refusing(refusal) -> list:
+    """A form validator from a config's refusal (a message or None), so that the page
+    says what the API and the command line say."""
+    def validate(value) -> None:
+        if value is not None and (why := refusal(value)):
+            raise forms.ValidationError(why)
+    return [validate]
+
+
+def number_field(kind: type, name: str, bounds: Bounds, **common) -> forms.Field:
+    """An int or float input with the declared range as its min and max."""
+    attrs = {key: value for key, value in (("min", bounds.low), ("max", bounds.high)) if value is not None}
+    field_class = forms.IntegerField if kind is int else forms.FloatField
+    return field_class(widget=forms.NumberInput(attrs=attrs),
+                       validators=refusing(lambda value: bounds.refusal(name, value)), **common)
 
 
 def form_field(spec: FieldSpec, initial) -> forms.Field:
@@ -33,11 +52,18 @@ def form_field(spec: FieldSpec, initial) -> forms.Field:
         return forms.ChoiceField(choices=[(c, c) for c in spec.choices], **common)
     if spec.kind is bool:
         return forms.BooleanField(**{**common, "required": False})
-    if spec.kind is int:
-        return forms.IntegerField(**common)
-    if spec.kind is float:
-        return forms.FloatField(**common)
-    return forms.CharField(max_length=200, **common)
+    if spec.kind in (int, float):
+        return number_field(spec.kind, spec.name, spec.bounds, **common)
+    check: StringCheck | None = spec.check
+    return forms.CharField(max_length=200, validators=refusing(check) if check else [], **common)
+
+
+RUN_SETTING_FIELDS = {field.name: field for field in dataclasses.fields(RunSettings)}
+
+
+def run_setting_field(name: str, help_text: str) -> forms.Field:
+    """A whole-number loop setting with the range RunSettings declares for it."""
+    return number_field(int, name, bounds_of(RUN_SETTING_FIELDS[name]), help_text=help_text)
 
 
 class RunSettingsForm(forms.Form):
@@ -48,15 +74,12 @@ class RunSettingsForm(forms.Form):
     recipe = forms.ChoiceField(choices=RECIPE_CHOICES, help_text="The stages each round walks.")
     query_selection = forms.ChoiceField(choices=Run.QuerySelection.choices,
                                         help_text="How new comparisons are ordered in the queue.")
-    update_prompts = forms.IntegerField(min_value=1, max_value=100_000, help_text="Prompts per policy update.")
-    comparison_prompts = forms.IntegerField(min_value=1, max_value=10_000,
-                                            help_text="Prompts that get new comparisons each round.")
+    update_prompts = run_setting_field("update_prompts", "Prompts per policy update.")
+    comparison_prompts = run_setting_field("comparison_prompts", "Prompts that get new comparisons each round.")
     auto_loop = forms.BooleanField(required=False, help_text="Start a round by itself after enough new labels.")
-    loop_min_labels = forms.IntegerField(min_value=1, max_value=1_000_000, help_text="New labels per automatic round.")
-    reward_auto_train_labels = forms.IntegerField(
-        min_value=0, max_value=1_000_000,
-        help_text="Train a reward model by itself after this many new labels (0: off).",
-    )
+    loop_min_labels = run_setting_field("loop_min_labels", "New labels per automatic round.")
+    reward_auto_train_labels = run_setting_field(
+        "reward_auto_train_labels", "Train a reward model by itself after this many new labels (0: off).")
     precision = forms.ChoiceField(choices=Run.Precision.choices,
                                   help_text="Of every model its jobs load and train; LoRA adapters train in fp32. "
                                             "Jobs already queued keep theirs.")
@@ -81,10 +104,12 @@ class RunSettingsForm(forms.Form):
                      "loop_min_labels", "reward_auto_train_labels", "precision",
                      "gradient_checkpointing", "sampling_engine", "frozen_quantization"):
             self.fields[name].initial = getattr(run, name)
-        current = method_named(run.method).config(run.method_config, strict=False)
+        # The stored values as they are, unchecked: a run saved before a range existed
+        # must still show its page, with the value to correct in its field.
         for spec in field_specs(method_named(run.method).config_class):
             if spec.name != "seed":  # each job seeds itself (with its id)
-                self.fields[METHOD_PREFIX + spec.name] = form_field(spec, getattr(current, spec.name))
+                self.fields[METHOD_PREFIX + spec.name] = form_field(spec, run.method_config.get(spec.name,
+                                                                                                spec.default))
         for spec in field_specs(RewardTrainingConfig):
             if spec.name != "seed":
                 self.fields[REWARD_PREFIX + spec.name] = form_field(spec, run.reward_config.get(spec.name,
@@ -116,7 +141,7 @@ class RunSettingsForm(forms.Form):
     def clean(self):
         data = super().clean()
         if self.errors:
-            return data
+            return data  # each field's own errors, all of them; the rules joining fields need them all
         method = data["method"]
         if method != self.run.method:
             method_config = {}  # the new method's defaults
@@ -126,23 +151,26 @@ class RunSettingsForm(forms.Form):
         reward_config = {name.removeprefix(REWARD_PREFIX): value for name, value in data.items()
                          if name.startswith(REWARD_PREFIX)}
         try:
-            self.settings = RunSettings(
+            self.settings = check_settings_change(RunSettings(
                 method=method, method_config=method_config, reward_config=reward_config, recipe=data["recipe"],
                 query_selection=data["query_selection"], update_prompts=data["update_prompts"],
                 comparison_prompts=data["comparison_prompts"], auto_loop=data["auto_loop"],
                 loop_min_labels=data["loop_min_labels"], reward_auto_train_labels=data["reward_auto_train_labels"],
                 precision=data["precision"], gradient_checkpointing=data["gradient_checkpointing"],
                 sampling_engine=data["sampling_engine"], frozen_quantization=data["frozen_quantization"],
-            ).checked()
-        except RunError as error:
-            field, _, message = str(error).partition(": ")
-            for prefix in (METHOD_PREFIX, REWARD_PREFIX):
-                if message and prefix + field in self.fields:
-                    self.add_error(prefix + field, message)
-                    break
-            else:
-                raise forms.ValidationError(str(error)) from None
+            ))
+        except SettingsRefused as refused:
+            for setting, message in refused.fields.items():
+                name = self.field_of(setting)
+                self.add_error(name if name in self.fields else None, message)
         return data
+
+    @staticmethod
+    def field_of(setting: str) -> str:
+        """The form field of a SettingsRefused key: `method.beta` → `method__beta`."""
+        group, _, name = setting.partition(".")
+        prefix = {METHOD_CONFIG: METHOD_PREFIX, REWARD_CONFIG: REWARD_PREFIX}.get(group)
+        return prefix + name if prefix and name else setting
 
 
 class CreateRunForm(forms.Form):

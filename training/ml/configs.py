@@ -3,8 +3,11 @@ line of every method and a queued job's pinned config all read the same dataclas
 
 A config is a `@dataclass` whose fields carry their documentation as the string literal
 under each field (the house style), a type (`int`, `float`, `bool`, `str`, a `Literal`
-of strings, or one of those `| None`), and an optional `validate()` that raises
-`ConfigError` for values the types allow but the algorithm does not.
+of strings, or one of those `| None`), the range of a number or a check of a string
+declared on the field (`bounded`: the one place the form's min/max, the command line,
+the API and a pinned job read them from), and an optional `validate()` for the rules
+that join two fields (`require(..., field=...)`). Every problem of a set of values is
+reported at once (`ConfigErrors`), each naming its field.
 """
 
 from __future__ import annotations
@@ -16,13 +19,84 @@ import inspect
 import textwrap
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cache
 from typing import Any, Literal
 
 
 class ConfigError(ValueError):
-    """A config value is unusable; the message names the field."""
+    """A config value is unusable; the message names the field, `field` says which one
+    (None: the config as a whole)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+    @property
+    def reason(self) -> str:
+        """The message without its leading field name, for showing next to the field."""
+        message = str(self)
+        return message.removeprefix(f"{self.field}: ") if self.field else message
+
+
+class ConfigErrors(ConfigError):
+    """Every problem of one set of values, each a ConfigError naming its field."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        super().__init__("; ".join(str(error) for error in errors))
+        self.errors = errors
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The values a number field takes; None: no bound on that side."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+    above: float | None = None
+    """Exclusive lower bound (a learning rate of 0 trains nothing)."""
+    below: float | None = None
+    """Exclusive upper bound."""
+
+    def refusal(self, name: str, value: float) -> str | None:
+        """Why `value` is out of range, or None."""
+        if self.minimum is not None and value < self.minimum:
+            return f"{name} must be at least {self.minimum:g}, not {value:g}"
+        if self.above is not None and value <= self.above:
+            return f"{name} must be above {self.above:g}, not {value:g}"
+        if self.maximum is not None and value > self.maximum:
+            return f"{name} must be at most {self.maximum:g}, not {value:g}"
+        if self.below is not None and value >= self.below:
+            return f"{name} must be below {self.below:g}, not {value:g}"
+        return None
+
+    @property
+    def low(self) -> float | None:
+        """The lowest value a form's input offers (its `min`)."""
+        return self.minimum if self.minimum is not None else self.above
+
+    @property
+    def high(self) -> float | None:
+        return self.maximum if self.maximum is not None else self.below
+
+
+UNBOUNDED = Bounds()
+StringCheck = Callable[[str], "str | None"]
+"""Why a string value is unusable (the message names what is allowed), or None."""
+
+
+def bounded(default: Any = dataclasses.MISSING, *, minimum: float | None = None, maximum: float | None = None,
+            above: float | None = None, below: float | None = None, check: StringCheck | None = None) -> Any:
+    """A dataclass field with its range (numbers) or its check (strings) declared on it:
+    `learning_rate: float = bounded(5e-5, above=0, maximum=1e-2)`."""
+    metadata = {"bounds": Bounds(minimum, maximum, above, below), "check": check}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def bounds_of(field: dataclasses.Field) -> Bounds:
+    return field.metadata.get("bounds", UNBOUNDED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +109,18 @@ class FieldSpec:
     optional: bool
     choices: tuple[str, ...] | None
     doc: str
+    bounds: Bounds = UNBOUNDED
+    check: StringCheck | None = None
+
+    def refusal(self, value: Any) -> str | None:
+        """Why an already typed value is out of the field's range or fails its check."""
+        if value is None or isinstance(value, bool):
+            return None
+        if isinstance(value, int | float):
+            return self.bounds.refusal(self.name, value)
+        if isinstance(value, str) and self.check is not None:
+            return self.check(value)
+        return None
 
 
 @cache
@@ -62,7 +148,8 @@ def field_specs(config_class: type) -> tuple[FieldSpec, ...]:
     for field in dataclasses.fields(config_class):
         kind, optional, choices = unpack_type(hints[field.name], f"{config_class.__name__}.{field.name}")
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-        specs.append(FieldSpec(field.name, kind, default, optional, choices, docs.get(field.name, "")))
+        specs.append(FieldSpec(field.name, kind, default, optional, choices, docs.get(field.name, ""),
+                               bounds_of(field), field.metadata.get("check")))
     return tuple(specs)
 
 
@@ -88,7 +175,7 @@ def coerce(spec: FieldSpec, value: Any) -> Any:
     if value is None or (isinstance(value, str) and value.strip() == "" and spec.kind is not str):
         if spec.optional:
             return None
-        raise ConfigError(f"{spec.name}: a value is required")
+        raise ConfigError(f"{spec.name}: a value is required", spec.name)
     try:
         if spec.kind is bool:
             if isinstance(value, bool):
@@ -112,29 +199,43 @@ def coerce(spec: FieldSpec, value: Any) -> Any:
         else:
             parsed = str(value)
     except (TypeError, ValueError) as error:
-        raise ConfigError(f"{spec.name}: {error}") from None
+        raise ConfigError(f"{spec.name}: {error}", spec.name) from None
     if spec.choices is not None and parsed not in spec.choices:
-        raise ConfigError(f"{spec.name}: {parsed!r} is not one of {', '.join(spec.choices)}")
+        raise ConfigError(f"{spec.name}: {parsed!r} is not one of {', '.join(spec.choices)}", spec.name)
+    if why := spec.refusal(parsed):
+        raise ConfigError(why, spec.name)
     return parsed
 
 
 def config_from_dict(config_class: type, values: dict[str, Any], strict: bool = True):
-    """A validated config from plain values (missing fields take their defaults). With
-    `strict`, an unknown key is an error: a typo must not be silently ignored."""
+    """A validated config from plain values (missing fields take their defaults), or
+    ConfigErrors with every problem at once: each field's type and range, then (when
+    every field is fine on its own) the config's `validate()` rules. With `strict`, an
+    unknown key is an error: a typo must not be silently ignored."""
     specs = {spec.name: spec for spec in field_specs(config_class)}
-    unknown = set(values) - set(specs)
-    if unknown and strict:
-        raise ConfigError(f"unknown setting(s) for {config_class.__name__}: {', '.join(sorted(unknown))}")
-    parsed = {name: coerce(specs[name], value) for name, value in values.items() if name in specs}
+    errors = [ConfigError(f"unknown setting for {config_class.__name__}: {name}", name)
+              for name in sorted(set(values) - set(specs))] if strict else []
+    parsed = {}
+    for name, value in values.items():
+        if name in specs:
+            try:
+                parsed[name] = coerce(specs[name], value)
+            except ConfigError as error:
+                errors.append(error)
+    if errors:
+        raise ConfigErrors(errors)
     config = config_class(**parsed)
     validate = getattr(config, "validate", None)
     if validate is not None:
-        try:
-            validate()
-        except ConfigError:
-            raise
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
+        with collected_requirements() as broken:
+            try:
+                validate()
+            except ConfigError as error:
+                broken.append(error)
+            except ValueError as error:
+                broken.append(ConfigError(str(error)))
+        if broken:
+            raise ConfigErrors(broken)
     return config
 
 
@@ -169,10 +270,31 @@ def values_from_settings(config_class: type, names: SettingNames, read: Callable
     return values
 
 
-def require(condition: bool, message: str) -> None:
-    """For `validate()` methods: raise ConfigError(message) unless the condition holds."""
-    if not condition:
-        raise ConfigError(message)
+_requirements: ContextVar[list[ConfigError] | None] = ContextVar("requirements", default=None)
+
+
+@contextmanager
+def collected_requirements() -> Iterator[list[ConfigError]]:
+    """While open, `require` adds what fails to the list instead of raising, so that one
+    `validate()` reports every broken rule."""
+    broken: list[ConfigError] = []
+    token = _requirements.set(broken)
+    try:
+        yield broken
+    finally:
+        _requirements.reset(token)
+
+
+def require(condition: bool, message: str, field: str | None = None) -> None:
+    """For `validate()` methods: a ConfigError(message) about `field` unless the
+    condition holds (raised, or collected inside `collected_requirements`)."""
+    if condition:
+        return
+    error = ConfigError(message, field)
+    broken = _requirements.get()
+    if broken is None:
+        raise error
+    broken.append(error)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_class: type, skip: tuple[str, ...] = ()) -> None:
@@ -190,3 +312,19 @@ def config_from_arguments(config_class: type, arguments: argparse.Namespace, **f
     values = {spec.name: getattr(arguments, f"config_{spec.name}") for spec in field_specs(config_class)
               if getattr(arguments, f"config_{spec.name}", None) is not None}
     return config_from_dict(config_class, {**values, **fixed})
+
+
+# Limits shared by the configs' fields (`bounded`): far past any setting that trains
+# well here, short of values that only fail minutes into a job (a learning rate of 1e9
+# makes NaN weights; 100,000 new tokens per answer fill any GPU).
+MAX_LEARNING_RATE = 1e-2
+MAX_EPOCHS = 100
+MAX_BATCH = 4096
+MAX_NEW_TOKENS = 4096
+"""New tokens per sampled answer."""
+MAX_SEQUENCE = 8192
+"""Prompt plus answer tokens a training pass reads."""
+MAX_LORA_RANK = 512
+MAX_LORA_ALPHA = 4096
+MAX_TEMPERATURE = 10.0
+MAX_SEED = 2**32 - 1

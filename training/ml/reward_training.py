@@ -20,7 +20,17 @@ from typing import ClassVar, Literal
 
 import torch
 
-from training.ml.configs import SettingNames, require
+from training.ml.configs import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_LEARNING_RATE,
+    MAX_LORA_ALPHA,
+    MAX_LORA_RANK,
+    MAX_SEED,
+    MAX_SEQUENCE,
+    SettingNames,
+    bounded,
+)
 from training.ml.loading import FP32, pick_device
 from training.ml.precision import Precision, precision_on
 from training.ml.preference_pairs import PreferencePair, chosen_texts, rejected_texts, split_heldout
@@ -36,6 +46,31 @@ from training.ml.reward_loading import (
 )
 from training.ml.tokens import ScoredText, reward_inputs
 
+LINEAR_LAYER_NAMES = frozenset({
+    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",  # Llama, Qwen, Mistral, Gemma
+    "out_proj", "fc1", "fc2", "dense", "query_key_value", "dense_h_to_4h", "dense_4h_to_h",  # OPT, Phi, NeoX
+    "qkv_proj", "gate_up_proj", "c_attn", "c_proj", "c_fc", "query", "key", "value", "score",  # Phi-3, GPT-2
+    "w1", "w2", "w3", "wq", "wk", "wv", "wo", "Wqkv", "out_lin", "lin1", "lin2",
+})
+"""The names PEFT's `target_modules` can mean in the causal LMs people train here: a
+name PEFT finds in no layer fails the job only after the backbone has loaded, so a
+run's `lora_targets` may name these (or say "all-linear")."""
+
+
+def lora_targets_refusal(value: str) -> str | None:
+    """Why `lora_targets` names no layer LoRA can train, or None."""
+    if value.strip() == "all-linear":
+        return None
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names:
+        return 'lora_targets: name the layers, separated by commas, or "all-linear"'
+    # PEFT matches a name at the end of a module's path: "self_attn.q_proj" is q_proj's.
+    unknown = [name for name in names if name.rsplit(".", 1)[-1] not in LINEAR_LAYER_NAMES]
+    if unknown:
+        return (f"lora_targets: no linear layer is called {', '.join(repr(name) for name in unknown)}; say "
+                f'"all-linear" or name layers such as q_proj,k_proj,v_proj,o_proj')
+    return None
+
 
 @dataclass
 class RewardTrainingConfig:
@@ -43,40 +78,40 @@ class RewardTrainingConfig:
 
     use_lora: bool = True
     """LoRA adapter on the base backbone (False: full fine-tuning)."""
-    lora_r: int = 16
+    lora_r: int = bounded(16, minimum=1, maximum=MAX_LORA_RANK)
     """LoRA rank."""
-    lora_alpha: int = 32
+    lora_alpha: int = bounded(32, minimum=1, maximum=MAX_LORA_ALPHA)
     """LoRA scaling numerator."""
-    lora_targets: str = "all-linear"
+    lora_targets: str = bounded("all-linear", check=lora_targets_refusal)
     """Layers the LoRA adapter trains: "all-linear", or module names separated by commas
     (e.g. "q_proj,k_proj,v_proj,o_proj" for attention only on Llama-style models)."""
-    learning_rate: float | None = None
+    learning_rate: float | None = bounded(None, above=0, maximum=MAX_LEARNING_RATE)
     """None picks 1e-4 with LoRA and 1e-5 for full fine-tuning (LoRA needs more to move in one epoch)."""
-    epochs: float = 1.0
+    epochs: float = bounded(1.0, above=0, maximum=MAX_EPOCHS)
     """Passes over the training pairs."""
-    batch_size: int = 8
+    batch_size: int = bounded(8, minimum=1, maximum=MAX_BATCH)
     """Pairs per optimizer step; the pairs of one comparison share a batch."""
-    max_length: int = 512
+    max_length: int = bounded(512, minimum=16, maximum=MAX_SEQUENCE)
     """Tokens per prompt+completion the model reads; what happens to longer ones is `truncation`."""
     truncation: Literal["drop", "left"] = "drop"
     """Inputs longer than max_length: "drop" leaves their pairs out of training and of
     held-out accuracy (TRL's way; the version counts them), "left" keeps their last
     max_length tokens (a long dialog loses its oldest turns, never the answer) in
     training and in every scoring of this version, PPO's included."""
-    heldout_fraction: float = 0.1
+    heldout_fraction: float = bounded(0.1, minimum=0, below=1)
     """Share of comparisons held out for accuracy, chosen by a stable hash of the comparison id."""
-    strength_margin: float = 0.0
+    strength_margin: float = bounded(0.0, minimum=0, maximum=10)
     """Bradley–Terry margin per strength step (Llama 2 style); 0 ignores strength."""
-    ensemble_size: int = 5
+    ensemble_size: int = bounded(5, minimum=0, maximum=64)
     """Bootstrap Bradley–Terry heads on the reward model's features, for query selection."""
-    seed: int = 0
+    seed: int = bounded(0, minimum=0, maximum=MAX_SEED)
     """Seeds data order, LoRA init and the bootstrap."""
     fit_head_after_training: bool = True
     """After training, fit the score head to convergence (L-BFGS, under a second) on the
     trained backbone's features of the training pairs, starting from and pulled towards
     the head TRL trained, and publish that head: one short epoch leaves the trained head
     far from converged (docs/benchmarks.md, "Head fit after training": +7.9 points)."""
-    refit_every_labels: int = 1
+    refit_every_labels: int = bounded(1, minimum=0, maximum=1_000_000)
     """Between full retrains, publish a version with only the score head refit on cached
     features after this many new labels (seconds, not minutes); 0 = full retrains only."""
 
@@ -90,9 +125,6 @@ class RewardTrainingConfig:
         "ensemble_size": "PREFLOOP_RM_ENSEMBLE_SIZE",
         "refit_every_labels": "PREFLOOP_RM_REFIT_EVERY_LABELS",
     }
-
-    def validate(self) -> None:
-        require(bool(self.lora_target_modules), 'lora_targets: name the layers, separated by commas, or "all-linear"')
 
     @property
     def keep_last(self) -> int | None:

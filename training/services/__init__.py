@@ -65,6 +65,7 @@ from training.services.rounds import (
 from training.services.runs import (
     RunError,
     RunSettings,
+    SettingsRefused,
     branch_run,
     create_run,
     default_run,
@@ -76,6 +77,7 @@ from training.services.runs import (
     run_named,
     set_guidelines,
     settings_of,
+    settings_with,
     update_run_settings,
 )
 
@@ -100,6 +102,7 @@ __all__ = [
     "RoundError",
     "RunError",
     "RunSettings",
+    "SettingsRefused",
     "advance_round",
     "announce_finished",
     "branch_run",
@@ -138,6 +141,7 @@ __all__ = [
     "run_reward_training_job",
     "running_round",
     "settings_of",
+    "settings_with",
     "start_round",
     "set_guidelines",
     "update_run_settings",

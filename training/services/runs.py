@@ -10,7 +10,8 @@ job pins them when it is created.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -19,12 +20,23 @@ from django.db.models import Max
 
 from labeling.models import Label
 from training.ml.base_model import BaseModelError, prepare_base_model
-from training.ml.configs import ConfigError, SettingNames, config_from_dict, config_to_dict, values_from_settings
+from training.ml.configs import (
+    ConfigError,
+    ConfigErrors,
+    SettingNames,
+    bounded,
+    bounds_of,
+    config_from_dict,
+    config_to_dict,
+    values_from_settings,
+)
 from training.ml.engines import setting_refusal as engine_setting_refusal
 from training.ml.methods import method_named
+from training.ml.methods.base import REWARD_MODEL
 from training.ml.quantization import setting_refusal as quantization_setting_refusal
 from training.ml.reward_training import RewardTrainingConfig
 from training.models import PolicyVersion, RewardModelVersion, Run
+from training.recipes import REWARD_MODEL as REWARD_MODEL_STAGE
 from training.recipes import recipe_named
 
 log = logging.getLogger(__name__)
@@ -72,57 +84,123 @@ def default_settings(method: str = "ppo") -> dict:
     }
 
 
+class SettingsRefused(RunError):
+    """Settings with problems: `fields` maps each setting to what is wrong with it
+    ("update_prompts", "method.learning_rate", "reward.heldout_fraction"; "" for the
+    settings as a whole), every problem of one submit at once."""
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{name}: {message}" if name else message for name, message in fields.items()))
+        self.fields = fields
+
+
+METHOD_CONFIG, REWARD_CONFIG = "method", "reward"
+"""The prefixes of a method-config and a reward-config field in SettingsRefused.fields."""
+
+
+def choices(name: str, values) -> Callable[[str], str | None]:
+    """A string field's check: one of `values`."""
+    return lambda value: None if value in values else f"{name} must be one of {', '.join(values)}, not {value!r}"
+
+
 @dataclass(frozen=True)
 class RunSettings:
-    """The editable settings of a run, checked as a whole."""
+    """The editable settings of a run, checked as a whole. The ranges of the loop's own
+    numbers are declared here, as the configs' are on theirs (training/ml/configs.py
+    `bounded`): the settings form and the API read them from the fields."""
 
     method: str
     method_config: dict
     reward_config: dict
     recipe: str
-    query_selection: str
-    update_prompts: int
-    comparison_prompts: int
-    auto_loop: bool
-    loop_min_labels: int
-    reward_auto_train_labels: int
-    precision: str = Run.Precision.AUTO
+    query_selection: str = bounded(check=choices("query selection", Run.QuerySelection.values))
+    update_prompts: int = bounded(minimum=1, maximum=100_000)
+    comparison_prompts: int = bounded(minimum=1, maximum=10_000)
+    auto_loop: bool = bounded()
+    loop_min_labels: int = bounded(minimum=1, maximum=1_000_000)
+    reward_auto_train_labels: int = bounded(minimum=0, maximum=1_000_000)
+    precision: str = bounded(Run.Precision.AUTO, check=choices("precision", Run.Precision.values))
     """Of every model the run's jobs load and train (training/ml/precision.py)."""
-    gradient_checkpointing: str = Run.GradientCheckpointing.AUTO
+    gradient_checkpointing: str = bounded(Run.GradientCheckpointing.AUTO,
+                                          check=choices("gradient checkpointing", Run.GradientCheckpointing.values))
     """In the run's policy updates (training/ml/methods/base.py)."""
-    sampling_engine: str = Run.SamplingEngine.TRANSFORMERS
-    """What samples the run's answers (training/ml/engines.py)."""
-    frozen_quantization: str = Run.FrozenQuantization.NONE
+    sampling_engine: str = bounded(Run.SamplingEngine.TRANSFORMERS, check=engine_setting_refusal)
+    """What samples the run's answers (training/ml/engines.py); refused where the
+    installation cannot run it."""
+    frozen_quantization: str = bounded(Run.FrozenQuantization.NONE, check=quantization_setting_refusal)
     """4-bit loading of its jobs' frozen weights (training/ml/quantization.py)."""
 
     def checked(self) -> RunSettings:
-        """The same settings with complete, validated configs, or RunError."""
+        """The same settings with complete, validated configs, or SettingsRefused with
+        every problem (each field's range, then each config's rules joining fields)."""
+        problems: dict[str, str] = {}
+        method_config, reward_config = self.method_config, self.reward_config
         try:
             method = method_named(self.method)
-            recipe_named(self.recipe)
-            method_config = config_to_dict(method.config(self.method_config))
-            reward_config = config_to_dict(config_from_dict(RewardTrainingConfig, self.reward_config))
-        except ConfigError as error:
-            raise RunError(str(error)) from None
         except ValueError as error:
-            raise RunError(str(error)) from None
-        if self.query_selection not in Run.QuerySelection.values:
-            raise RunError(f"query selection must be one of {', '.join(Run.QuerySelection.values)}")
-        if self.update_prompts < 1 or self.comparison_prompts < 1 or self.loop_min_labels < 1:
-            raise RunError("prompt counts and the automatic-loop threshold must be at least 1")
-        if self.reward_auto_train_labels < 0:
-            raise RunError("the automatic reward-model threshold cannot be negative")
-        if self.precision not in Run.Precision.values:
-            raise RunError(f"precision must be one of {', '.join(Run.Precision.values)}")
-        if self.gradient_checkpointing not in Run.GradientCheckpointing.values:
-            raise RunError(f"gradient checkpointing must be one of {', '.join(Run.GradientCheckpointing.values)}")
-        # Whether the installation can honour them: a setting no worker could run is
-        # refused now rather than failing its first job (the job checks its device too).
-        if why := engine_setting_refusal(self.sampling_engine):
-            raise RunError(why)
-        if why := quantization_setting_refusal(self.frozen_quantization):
-            raise RunError(why)
+            problems["method"] = str(error)
+        else:
+            method_config = config_problems(lambda: method.config(self.method_config), METHOD_CONFIG, problems)
+        try:
+            recipe_named(self.recipe)
+        except ValueError as error:
+            problems["recipe"] = str(error)
+        reward_config = config_problems(lambda: config_from_dict(RewardTrainingConfig, self.reward_config),
+                                        REWARD_CONFIG, problems)
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.name in ("method", "method_config", "reward_config", "recipe"):
+                continue
+            if why := loop_setting_refusal(field, value):
+                problems[field.name] = why
+        if problems:
+            raise SettingsRefused(problems)
         return RunSettings(**{**self.__dict__, "method_config": method_config, "reward_config": reward_config})
+
+
+def loop_setting_refusal(field, value) -> str | None:
+    """Why one of RunSettings' own values is unusable, or None. Whole numbers only for
+    the numbers (a form or a JSON body may send 2.5 or true)."""
+    if field.type == "bool":
+        return None if isinstance(value, bool) else f"{field.name} must be true or false"
+    if field.type == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"{field.name} must be a whole number, not {value!r}"
+        return bounds_of(field).refusal(field.name, value)
+    if not isinstance(value, str):
+        return f"{field.name} must be a string, not {value!r}"
+    check = field.metadata.get("check")
+    return check(value) if check else None
+
+
+def config_problems(build: Callable[[], object], prefix: str, problems: dict[str, str]) -> dict:
+    """The built config as a dict; or {} with its errors added to `problems`, each
+    under `prefix.field`."""
+    try:
+        return config_to_dict(build())
+    except ConfigErrors as errors:
+        for error in errors.errors:
+            problems[f"{prefix}.{error.field}" if error.field else prefix] = error.reason
+    except ConfigError as error:
+        problems[f"{prefix}.{error.field}" if error.field else prefix] = error.reason
+    return {}
+
+
+def check_settings_change(new: RunSettings) -> RunSettings:
+    """`new.checked()`, plus the rules about how a run's settings fit together that a
+    person changing them should hear of (a run created by an experiment or a branch
+    keeps what its design or its parent chose). Refused rather than adjusted: a setting
+    someone typed is never changed behind their back."""
+    checked = new.checked()
+    method, recipe = method_named(checked.method), recipe_named(checked.recipe)
+    if (REWARD_MODEL not in method.needs and REWARD_MODEL_STAGE in recipe.stages
+            and checked.query_selection != Run.QuerySelection.DISAGREEMENT):
+        raise SettingsRefused({"recipe": (
+            f"the {recipe.name} recipe trains a reward model every round, and nothing in this run reads it: "
+            f"{method.name} learns from the labeled pairs and the queue is in random order. "
+            f"Choose the direct recipe, or ensemble-disagreement query selection (which orders the queue by the "
+            f"reward model)")})
+    return checked
 
 
 def settings_of(run: Run) -> RunSettings:
@@ -130,6 +208,24 @@ def settings_of(run: Run) -> RunSettings:
                        run.update_prompts, run.comparison_prompts, run.auto_loop, run.loop_min_labels,
                        run.reward_auto_train_labels, run.precision, run.gradient_checkpointing,
                        run.sampling_engine, run.frozen_quantization)
+
+
+def settings_with(current: RunSettings, changes: dict) -> RunSettings:
+    """`current` with `changes` (a partial RunSettings as plain values, e.g. an API
+    body): the configs' given fields over the current ones, or over the new method's
+    defaults when the method changes (the old method's fields mean nothing to it).
+    Unchecked: pass it to update_run_settings."""
+    values = {**current.__dict__, **{k: v for k, v in changes.items() if k not in ("method_config", "reward_config")}}
+    if values["method"] != current.method:
+        try:
+            base = method_defaults(values["method"])
+        except ValueError:  # an unknown method: checked() names the methods
+            base = {}
+    else:
+        base = current.method_config
+    values["method_config"] = {**base, **(changes.get("method_config") or {})}
+    values["reward_config"] = {**current.reward_config, **(changes.get("reward_config") or {})}
+    return RunSettings(**values)
 
 
 def next_version_number() -> int:
@@ -180,8 +276,9 @@ def branch_run(source: PolicyVersion, name: str, created_by: AbstractBaseUser | 
 
 @transaction.atomic
 def update_run_settings(run: Run, new: RunSettings) -> Run:
-    """Save checked settings. Queued jobs keep the config they pinned."""
-    checked = new.checked()
+    """Save checked settings (check_settings_change), or SettingsRefused with nothing
+    saved. Queued jobs keep the config they pinned."""
+    checked = check_settings_change(new)
     locked = Run.objects.select_for_update().get(pk=run.pk)
     for key, value in checked.__dict__.items():
         setattr(locked, key, value)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.ml.configs import SettingNames, config_from_dict, require
+from training.ml.configs import SettingNames, config_from_dict
 from training.ml.engines import DEFAULT_ENGINE, VLLM_GPU_MEMORY_UTILIZATION
 from training.ml.loading import (
     PolicyStart,
@@ -240,12 +240,6 @@ def gathered_state_dict(trainer, within: str = "") -> dict | None:
     if weights is None or not within:
         return weights
     return {key.removeprefix(within): value for key, value in weights.items() if key.startswith(within)}
-
-
-def require_adapter_fields(config) -> None:
-    """The fields every method's config ends with (lora_r, lora_alpha). Each config
-    keeps its own copy of them so that it reads top to bottom, as cleanrl's do."""
-    require(config.lora_r >= 1 and config.lora_alpha >= 1, "lora_r and lora_alpha must be at least 1")
 
 
 def trainer_arguments(work_dir: Path, seed: int, device, precision: Precision, gradient_checkpointing: bool) -> dict:

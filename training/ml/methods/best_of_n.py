@@ -14,7 +14,19 @@ from pathlib import Path
 
 import torch
 
-from training.ml.configs import require
+from training.ml.configs import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_LEARNING_RATE,
+    MAX_LORA_ALPHA,
+    MAX_LORA_RANK,
+    MAX_NEW_TOKENS,
+    MAX_SEED,
+    MAX_SEQUENCE,
+    MAX_TEMPERATURE,
+    bounded,
+    require,
+)
 from training.ml.engines import sample_answers
 from training.ml.generation import Sample, SamplingConfig
 from training.ml.loading import pick_device, seed_everything
@@ -25,7 +37,6 @@ from training.ml.methods.base import (
     Method,
     TrainingInputs,
     TrainingResult,
-    require_adapter_fields,
 )
 from training.ml.methods.cli import run_cli
 from training.ml.methods.supervised import Example, fine_tune
@@ -38,39 +49,35 @@ from training.ml.reward_scoring import RewardScorer
 class BestOfNConfig:
     """How one best-of-N update runs; saved with the policy version it produced."""
 
-    n: int = 4
+    n: int = bounded(4, minimum=2, maximum=256)
     """Answers sampled per prompt; the best by reward-model score is kept."""
-    max_new_tokens: int = 64
+    max_new_tokens: int = bounded(64, minimum=1, maximum=MAX_NEW_TOKENS)
     """New tokens per sampled answer."""
-    temperature: float = 0.8
+    temperature: float = bounded(0.8, above=0, maximum=MAX_TEMPERATURE)
     """Sampling temperature (diversity among the N)."""
-    sampling_batch_size: int = 8
+    sampling_batch_size: int = bounded(8, minimum=1, maximum=MAX_BATCH)
     """Prompts per generate call."""
-    min_score: float | None = None
+    min_score: float | None = bounded(None, minimum=-10, maximum=10)
     """Keep a prompt's best answer only if its normalized score is at least this (empty: always)."""
-    batch_size: int = 8
+    batch_size: int = bounded(8, minimum=1, maximum=MAX_BATCH)
     """Answers per fine-tuning step."""
-    epochs: float = 1.0
+    epochs: float = bounded(1.0, above=0, maximum=MAX_EPOCHS)
     """Passes over the kept answers."""
-    learning_rate: float = 1e-4
+    learning_rate: float = bounded(1e-4, above=0, maximum=MAX_LEARNING_RATE)
     """For the LoRA adapter."""
-    max_length: int = 512
+    max_length: int = bounded(512, minimum=16, maximum=MAX_SEQUENCE)
     """Prompt plus answer tokens in fine-tuning."""
-    lora_r: int = 16
+    lora_r: int = bounded(16, minimum=1, maximum=MAX_LORA_RANK)
     """Rank of a new policy adapter (a continued adapter keeps its own)."""
-    lora_alpha: int = 32
+    lora_alpha: int = bounded(32, minimum=1, maximum=MAX_LORA_ALPHA)
     """LoRA scaling numerator."""
-    seed: int = 0
+    seed: int = bounded(0, minimum=0, maximum=MAX_SEED)
     """Seeds sampling, data order and initialization."""
 
     def validate(self) -> None:
-        require(self.n >= 2, "n must be at least 2 (best of one is plain sampling)")
-        require(self.max_new_tokens >= 1 and self.temperature > 0 and self.sampling_batch_size >= 1,
-                "max_new_tokens, temperature and sampling_batch_size must be above 0")
-        require(self.batch_size >= 1 and self.epochs > 0 and self.learning_rate > 0,
-                "batch_size, epochs and learning_rate must be above 0")
-        require(self.max_length > self.max_new_tokens, "max_length must exceed max_new_tokens")
-        require_adapter_fields(self)
+        """The rules joining two fields; each field's own range is on the field."""
+        require(self.max_length > self.max_new_tokens, f"max_length must exceed max_new_tokens ({self.max_new_tokens})",
+                field="max_length")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from training.ml.configs import require
+from training.ml.configs import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_LEARNING_RATE,
+    MAX_LORA_ALPHA,
+    MAX_LORA_RANK,
+    MAX_SEED,
+    MAX_SEQUENCE,
+    bounded,
+)
 from training.ml.methods.base import (
     PAIRS,
     Curve,
@@ -19,7 +28,6 @@ from training.ml.methods.base import (
     TrainingResult,
     adopt_reference,
     renamed,
-    require_adapter_fields,
     set_up,
     train_and_save,
 )
@@ -36,35 +44,28 @@ METRIC_NAMES = {"rewards/margins": "margin", "rewards/accuracies": "accuracy", "
 class DPOConfig:
     """How one DPO update runs; saved with the policy version it produced."""
 
-    batch_size: int = 8
+    batch_size: int = bounded(8, minimum=1, maximum=MAX_BATCH)
     """Preference pairs per optimizer step."""
-    epochs: float = 1.0
+    epochs: float = bounded(1.0, above=0, maximum=MAX_EPOCHS)
     """Passes over the pairs."""
-    learning_rate: float = 5e-5
+    learning_rate: float = bounded(5e-5, above=0, maximum=MAX_LEARNING_RATE)
     """For the LoRA adapter."""
-    beta: float = 0.1
+    beta: float = bounded(0.1, above=0, maximum=10)
     """How far the policy may move from the reference per unit of preference."""
     loss_type: Literal["sigmoid", "ipo", "robust", "hinge"] = "sigmoid"
     """DPO's logistic loss, IPO's squared loss, the noise-robust variant, or a hinge."""
-    label_smoothing: float = 0.0
+    label_smoothing: float = bounded(0.0, minimum=0, below=0.5)
     """For the robust loss: the assumed share of flipped labels (people disagree ~25–35%)."""
-    max_length: int = 512
+    max_length: int = bounded(512, minimum=16, maximum=MAX_SEQUENCE)
     """Prompt plus answer tokens; longer answers are cut at the end."""
-    lora_r: int = 16
+    lora_r: int = bounded(16, minimum=1, maximum=MAX_LORA_RANK)
     """Rank of a new policy adapter (a continued adapter keeps its own)."""
-    lora_alpha: int = 32
+    lora_alpha: int = bounded(32, minimum=1, maximum=MAX_LORA_ALPHA)
     """LoRA scaling numerator."""
     reference: Literal["initial", "previous"] = "initial"
     """DPO's reference: the base model, or the version this update starts from."""
-    seed: int = 0
+    seed: int = bounded(0, minimum=0, maximum=MAX_SEED)
     """Seeds data order and initialization."""
-
-    def validate(self) -> None:
-        require(self.batch_size >= 1 and self.epochs > 0, "batch_size and epochs must be above 0")
-        require(self.learning_rate > 0 and self.beta > 0, "learning_rate and beta must be above 0")
-        require(0 <= self.label_smoothing < 0.5, "label_smoothing must be in [0, 0.5)")
-        require(self.max_length >= 16, "max_length must be at least 16")
-        require_adapter_fields(self)
 
 
 def preference_rows(tokenizer, pairs: list[PreferencePair]) -> dict[str, list]:

@@ -14,7 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from training.ml.configs import require
+from training.ml.configs import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_LEARNING_RATE,
+    MAX_LORA_ALPHA,
+    MAX_LORA_RANK,
+    MAX_NEW_TOKENS,
+    MAX_SEED,
+    MAX_SEQUENCE,
+    MAX_TEMPERATURE,
+    bounded,
+    require,
+)
 from training.ml.loading import AdapterReference, add_reference_adapter
 from training.ml.methods.base import (
     PROMPTS,
@@ -24,7 +36,6 @@ from training.ml.methods.base import (
     TrainerSetup,
     TrainingInputs,
     TrainingResult,
-    require_adapter_fields,
 )
 from training.ml.methods.cli import run_cli
 from training.ml.methods.sampling_trainers import train_sampling_method
@@ -38,40 +49,37 @@ METRIC_NAMES = {"objective/scores": "reward", "objective/scores_margin": "reward
 class OnlineDPOConfig:
     """How one online-DPO update runs; saved with the policy version it produced."""
 
-    prompts_per_step: int = 8
+    prompts_per_step: int = bounded(8, minimum=1, maximum=MAX_BATCH)
     """Prompts per optimizer step (two answers are sampled for each)."""
-    epochs: float = 1.0
+    epochs: float = bounded(1.0, above=0, maximum=MAX_EPOCHS)
     """Passes over the update's prompts."""
-    max_new_tokens: int = 64
+    max_new_tokens: int = bounded(64, minimum=1, maximum=MAX_NEW_TOKENS)
     """New tokens per answer."""
-    temperature: float = 0.7
+    temperature: float = bounded(0.7, above=0, maximum=MAX_TEMPERATURE)
     """Sampling temperature of the answers."""
-    learning_rate: float = 3e-5
+    learning_rate: float = bounded(3e-5, above=0, maximum=MAX_LEARNING_RATE)
     """For the LoRA adapter."""
-    beta: float = 0.1
+    beta: float = bounded(0.1, above=0, maximum=10)
     """DPO's β: how far the policy may move from the reference per unit of preference."""
     loss_type: Literal["sigmoid", "ipo"] = "sigmoid"
     """DPO's logistic loss, or IPO's squared one."""
-    missing_eos_penalty: float = 1.0
+    missing_eos_penalty: float = bounded(1.0, minimum=0, maximum=100)
     """Subtracted from the reward of an answer that never ends."""
-    max_length: int = 512
+    max_length: int = bounded(512, minimum=16, maximum=MAX_SEQUENCE)
     """Prompt plus answer tokens in the log-probability pass (the prompt is cut from the left)."""
-    lora_r: int = 16
+    lora_r: int = bounded(16, minimum=1, maximum=MAX_LORA_RANK)
     """Rank of a new policy adapter (a continued adapter keeps its own)."""
-    lora_alpha: int = 32
+    lora_alpha: int = bounded(32, minimum=1, maximum=MAX_LORA_ALPHA)
     """LoRA scaling numerator."""
     reference: Literal["initial", "previous"] = "initial"
     """DPO's reference: the base model, or the version this update starts from."""
-    seed: int = 0
+    seed: int = bounded(0, minimum=0, maximum=MAX_SEED)
     """Seeds sampling and initialization."""
 
     def validate(self) -> None:
-        require(self.prompts_per_step >= 1 and self.epochs > 0, "prompts_per_step and epochs must be above 0")
-        require(self.max_new_tokens >= 1 and self.max_length > self.max_new_tokens,
-                "max_new_tokens must be at least 1 and below max_length")
-        require(self.temperature > 0 and self.learning_rate > 0, "temperature and learning_rate must be above 0")
-        require(self.beta > 0 and self.missing_eos_penalty >= 0, "beta must be above 0, missing_eos_penalty ≥ 0")
-        require_adapter_fields(self)
+        """The rules joining two fields; each field's own range is on the field."""
+        require(self.max_length > self.max_new_tokens, f"max_new_tokens must be below max_length ({self.max_length})",
+                field="max_new_tokens")
 
 
 def reference_model(inputs: TrainingInputs, config: OnlineDPOConfig, setup: TrainerSetup):

@@ -27,7 +27,18 @@ from typing import Literal
 
 import torch
 
-from training.ml.configs import require
+from training.ml.configs import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_LEARNING_RATE,
+    MAX_LORA_ALPHA,
+    MAX_LORA_RANK,
+    MAX_NEW_TOKENS,
+    MAX_SEED,
+    MAX_TEMPERATURE,
+    bounded,
+    require,
+)
 from training.ml.loading import AdapterReference, add_reference_adapter
 from training.ml.methods.base import (
     CHECKPOINTING_KWARGS,
@@ -37,7 +48,6 @@ from training.ml.methods.base import (
     Method,
     TrainingInputs,
     TrainingResult,
-    require_adapter_fields,
     set_up,
     train_and_save,
 )
@@ -70,29 +80,29 @@ METRIC_NAMES = {
 class PPOConfig:
     """How one PPO update runs; saved with the policy version it produced."""
 
-    batch_size: int = 8
+    batch_size: int = bounded(8, minimum=1, maximum=MAX_BATCH)
     """Rollouts per PPO update."""
-    num_mini_batches: int = 1
+    num_mini_batches: int = bounded(1, minimum=1, maximum=MAX_BATCH)
     """Minibatches each rollout batch is split into for the updates."""
-    ppo_epochs: int = 4
+    ppo_epochs: int = bounded(4, minimum=1, maximum=MAX_EPOCHS)
     """Optimization passes over each rollout batch."""
-    total_episodes: int | None = None
+    total_episodes: int | None = bounded(None, minimum=1, maximum=1_000_000)
     """Rollouts in the update; empty means one per prompt (at least one batch)."""
-    response_length: int = 64
+    response_length: int = bounded(64, minimum=1, maximum=MAX_NEW_TOKENS)
     """New tokens per rollout."""
-    temperature: float = 0.7
+    temperature: float = bounded(0.7, above=0, maximum=MAX_TEMPERATURE)
     """Sampling temperature of the rollouts."""
-    learning_rate: float = 3e-5
+    learning_rate: float = bounded(3e-5, above=0, maximum=MAX_LEARNING_RATE)
     """For the LoRA adapter and the value model."""
-    kl_coef: float = 0.05
+    kl_coef: float = bounded(0.05, minimum=0, maximum=10)
     """Weight of the KL penalty to the reference policy."""
     kl_estimator: Literal["k1", "k3"] = "k1"
     """TRL's KL estimator: k1 (plain) or k3 (lower variance)."""
-    missing_eos_penalty: float = 1.0
+    missing_eos_penalty: float = bounded(1.0, minimum=0, maximum=100)
     """Subtracted from the score of a rollout that never ends."""
-    cliprange: float = 0.2
+    cliprange: float = bounded(0.2, above=0, below=1)
     """PPO's policy ratio clip."""
-    vf_coef: float = 0.1
+    vf_coef: float = bounded(0.1, minimum=0, maximum=10)
     """Weight of the value loss."""
     value_model: Literal["head", "lora", "full"] = "head"
     """The value model starts from the reward model. "head": a trained linear head on the
@@ -100,26 +110,19 @@ class PPOConfig:
     every PPO epoch (no second backbone in memory, no value forward or backward through
     one); "lora": a copy of the reward model learning a LoRA adapter (rank lora_r) and its
     head; "full": a copy whose every weight trains, as in TRL's examples."""
-    lora_r: int = 16
+    lora_r: int = bounded(16, minimum=1, maximum=MAX_LORA_RANK)
     """Rank of a new policy adapter (a continued adapter keeps its own)."""
-    lora_alpha: int = 32
+    lora_alpha: int = bounded(32, minimum=1, maximum=MAX_LORA_ALPHA)
     """LoRA scaling numerator."""
     reference: Literal["initial", "previous"] = "initial"
     """KL reference: the base model, or the version this update starts from."""
-    seed: int = 0
+    seed: int = bounded(0, minimum=0, maximum=MAX_SEED)
     """Seeds sampling and initialization."""
 
     def validate(self) -> None:
-        require(self.batch_size >= 1 and self.num_mini_batches >= 1 and self.ppo_epochs >= 1,
-                "batch_size, num_mini_batches and ppo_epochs must be at least 1")
-        require(self.batch_size % self.num_mini_batches == 0, "batch_size must be a multiple of num_mini_batches")
-        require(self.total_episodes is None or self.total_episodes >= 1, "total_episodes must be at least 1")
-        require(self.response_length >= 1, "response_length must be at least 1")
-        require(self.temperature > 0, "temperature must be above 0")
-        require(self.learning_rate > 0, "learning_rate must be above 0")
-        require(self.kl_coef >= 0 and self.missing_eos_penalty >= 0, "kl_coef and missing_eos_penalty must be ≥ 0")
-        require(0 < self.cliprange < 1, "cliprange must be between 0 and 1")
-        require_adapter_fields(self)
+        """The rules joining two fields; each field's own range is on the field."""
+        require(self.batch_size % self.num_mini_batches == 0,
+                f"batch_size must be a multiple of num_mini_batches ({self.num_mini_batches})", field="batch_size")
 
 
 def train(inputs: TrainingInputs, out_dir: Path, config: PPOConfig,

@@ -12,7 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from training.ml.configs import require
+from training.ml.configs import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_LEARNING_RATE,
+    MAX_LORA_ALPHA,
+    MAX_LORA_RANK,
+    MAX_NEW_TOKENS,
+    MAX_SEED,
+    MAX_TEMPERATURE,
+    bounded,
+    require,
+)
 from training.ml.methods.base import (
     PROMPTS,
     REWARD_MODEL,
@@ -20,7 +31,6 @@ from training.ml.methods.base import (
     Method,
     TrainingInputs,
     TrainingResult,
-    require_adapter_fields,
 )
 from training.ml.methods.cli import run_cli
 from training.ml.methods.sampling_trainers import train_sampling_method
@@ -34,39 +44,35 @@ METRIC_NAMES = {"reward": "reward", "kl": "kl", "entropy": "entropy", "completio
 class RLOOConfig:
     """How one RLOO update runs; saved with the policy version it produced."""
 
-    num_generations: int = 4
+    num_generations: int = bounded(4, minimum=2, maximum=256)
     """Answers sampled per prompt; each is baselined by the mean reward of the others."""
-    batch_size: int = 8
+    batch_size: int = bounded(8, minimum=1, maximum=MAX_BATCH)
     """Answers per optimizer step (a multiple of num_generations)."""
-    epochs: float = 1.0
+    epochs: float = bounded(1.0, above=0, maximum=MAX_EPOCHS)
     """Passes over the update's prompts."""
-    max_completion_length: int = 64
+    max_completion_length: int = bounded(64, minimum=1, maximum=MAX_NEW_TOKENS)
     """New tokens per answer."""
-    temperature: float = 0.7
+    temperature: float = bounded(0.7, above=0, maximum=MAX_TEMPERATURE)
     """Sampling temperature of the answers."""
-    learning_rate: float = 3e-5
+    learning_rate: float = bounded(3e-5, above=0, maximum=MAX_LEARNING_RATE)
     """For the LoRA adapter."""
-    beta: float = 0.05
+    beta: float = bounded(0.05, minimum=0, maximum=10)
     """Weight of the KL penalty to the reference policy."""
-    missing_eos_penalty: float = 1.0
+    missing_eos_penalty: float = bounded(1.0, minimum=0, maximum=100)
     """Subtracted from the reward of an answer that never ends."""
-    lora_r: int = 16
+    lora_r: int = bounded(16, minimum=1, maximum=MAX_LORA_RANK)
     """Rank of a new policy adapter (a continued adapter keeps its own)."""
-    lora_alpha: int = 32
+    lora_alpha: int = bounded(32, minimum=1, maximum=MAX_LORA_ALPHA)
     """LoRA scaling numerator."""
     reference: Literal["initial", "previous"] = "initial"
     """KL reference: the base model, or the version this update starts from."""
-    seed: int = 0
+    seed: int = bounded(0, minimum=0, maximum=MAX_SEED)
     """Seeds sampling and initialization."""
 
     def validate(self) -> None:
-        require(self.num_generations >= 2, "num_generations must be at least 2 (the baseline needs another answer)")
-        require(self.batch_size >= self.num_generations and self.batch_size % self.num_generations == 0,
-                "batch_size must be a multiple of num_generations")
-        require(self.epochs > 0 and self.max_completion_length >= 1, "epochs and max_completion_length must be > 0")
-        require(self.temperature > 0 and self.learning_rate > 0, "temperature and learning_rate must be above 0")
-        require(self.beta >= 0 and self.missing_eos_penalty >= 0, "beta and missing_eos_penalty must be ≥ 0")
-        require_adapter_fields(self)
+        """The rules joining two fields; each field's own range is on the field."""
+        require(self.batch_size % self.num_generations == 0,
+                f"batch_size must be a multiple of num_generations ({self.num_generations})", field="batch_size")
 
 
 def train(inputs: TrainingInputs, out_dir: Path, config: RLOOConfig,

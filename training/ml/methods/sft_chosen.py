@@ -12,8 +12,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.ml.configs import require
-from training.ml.methods.base import PAIRS, Curve, Method, TrainingInputs, TrainingResult, require_adapter_fields
+from training.ml.configs import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_LEARNING_RATE,
+    MAX_LORA_ALPHA,
+    MAX_LORA_RANK,
+    MAX_SEED,
+    MAX_SEQUENCE,
+    bounded,
+)
+from training.ml.methods.base import PAIRS, Curve, Method, TrainingInputs, TrainingResult
 from training.ml.methods.cli import run_cli
 from training.ml.methods.supervised import Example, fine_tune
 from training.ml.preference_pairs import PreferencePair
@@ -24,26 +33,20 @@ from training.ml.progress import StepReport
 class SFTChosenConfig:
     """How one fine-tuning on chosen answers runs; saved with the version it produced."""
 
-    batch_size: int = 8
+    batch_size: int = bounded(8, minimum=1, maximum=MAX_BATCH)
     """Answers per optimizer step."""
-    epochs: float = 1.0
+    epochs: float = bounded(1.0, above=0, maximum=MAX_EPOCHS)
     """Passes over the answers."""
-    learning_rate: float = 1e-4
+    learning_rate: float = bounded(1e-4, above=0, maximum=MAX_LEARNING_RATE)
     """For the LoRA adapter."""
-    max_length: int = 512
+    max_length: int = bounded(512, minimum=16, maximum=MAX_SEQUENCE)
     """Prompt plus answer tokens; longer answers are cut at the end."""
-    lora_r: int = 16
+    lora_r: int = bounded(16, minimum=1, maximum=MAX_LORA_RANK)
     """Rank of a new policy adapter (a continued adapter keeps its own)."""
-    lora_alpha: int = 32
+    lora_alpha: int = bounded(32, minimum=1, maximum=MAX_LORA_ALPHA)
     """LoRA scaling numerator."""
-    seed: int = 0
+    seed: int = bounded(0, minimum=0, maximum=MAX_SEED)
     """Seeds data order and initialization."""
-
-    def validate(self) -> None:
-        require(self.batch_size >= 1 and self.epochs > 0 and self.learning_rate > 0,
-                "batch_size, epochs and learning_rate must be above 0")
-        require(self.max_length >= 16, "max_length must be at least 16")
-        require_adapter_fields(self)
 
 
 def chosen_answers(pairs: Sequence[PreferencePair]) -> list[Example]:
