@@ -48,6 +48,7 @@ def test_a_run_nearly_out_of_comparisons_is_warned_about_with_the_generate_butto
     for page in ("/researcher/", f"/runs/{base_run.pk}/"):
         html = client.get(page).content.decode()
         assert f"only {QUEUE_LOW_COMPARISONS - 1} comparisons left to label" in html, page
+        assert "{#" not in html and "comment %}" not in html, page
         assert f'action="/runs/{base_run.pk}/generate"' in html.split('class="queue-low"')[1], page
 
     # The button queues a generation job from the head, as the form below it does.
