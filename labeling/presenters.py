@@ -46,7 +46,7 @@ def comparison_as_text(comparison: Comparison) -> dict:
         "run": {"name": run.name, "guidelines": run.guidelines},
         "messages": comparison.prompt.messages,
         "completions": [
-            {"position": position, "text": completion.text, "ended": completion.ended}
+            {"position": position, "text": completion.text}
             for position, completion in enumerate(comparison.ordered_completions())
         ],
     }

@@ -80,3 +80,12 @@ def test_automatic_reward_model_training_follows_what_the_run_needs(method, reci
             labeling.submit_label(people.annotator, LabelInput(make_comparison().pk, "a"), require_lease=False)
     assert Job.objects.filter(kind=Job.Kind.TRAIN_REWARD, run=base_run).exists() is trains
     assert services.maybe_request_reward_training(base_run) is None or trains
+
+
+def test_the_run_page_says_when_nothing_trains_a_reward_model_by_itself(client, people, base_run):
+    client.force_login(people.researcher)
+    assert 'id="no-reward-model-needed"' not in client.get(f"/runs/{base_run.pk}/").content.decode()
+    base_run.method, base_run.recipe, base_run.method_config = "dpo", "direct", method_defaults("dpo")
+    base_run.save()
+    page = client.get(f"/runs/{base_run.pk}/").content.decode()
+    assert 'id="no-reward-model-needed"' in page and "none is trained by itself" in page
