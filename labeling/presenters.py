@@ -3,8 +3,19 @@ that reveals which policy version wrote which completion."""
 
 from __future__ import annotations
 
-from labeling.models import Comparison
+from labeling.models import Comparison, Completion
 from labeling.rendering import render_untrusted_markdown
+
+
+def cut_off_at(completion: Completion) -> int | None:
+    """For an answer cut at the token cap (not `ended`), how many tokens it has (None
+    when it ended, or 0 when the count is not known): the page marks such an answer, so an
+    annotator judges what was written rather than marking it down for stopping mid-word."""
+    if completion.ended:
+        return None
+    if completion.token_ids:
+        return len(completion.token_ids)
+    return int(completion.generation_settings.get("max_new_tokens") or 0)
 
 
 def comparison_for_annotator(comparison: Comparison) -> dict:
@@ -19,7 +30,8 @@ def comparison_for_annotator(comparison: Comparison) -> dict:
         ],
         "prompt_html": render_untrusted_markdown(prompt.text),
         "completions": [
-            {"position": position, "html": render_untrusted_markdown(completion.text)}
+            {"position": position, "html": render_untrusted_markdown(completion.text),
+             "cut_off_at": cut_off_at(completion)}
             for position, completion in enumerate(comparison.ordered_completions())
         ],
     }

@@ -100,11 +100,17 @@ def import_prompts(request: HttpRequest) -> HttpResponse:
 
 @staff_required
 @require_GET
-def export_labels(request: HttpRequest) -> StreamingHttpResponse:
+def export_labels(request: HttpRequest) -> HttpResponse:
+    """One run's labels (`?run=` id or name; `all` for every run's), as a download."""
     raw = request.GET.get("raw") == "1"
-    rows = exporting.export_rows(raw)
+    try:
+        run = exporting.export_run(request.GET.get("run"))
+    except exporting.ExportRunError as error:
+        return HttpResponse(f"Nothing exported: {error}.\n", status=400, content_type="text/plain; charset=utf-8")
+    rows = exporting.export_rows(raw, run)
     stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
     response = StreamingHttpResponse(exporting.jsonl_lines(rows), content_type="application/jsonl; charset=utf-8")
-    name = f"prefloop-{'labels-raw' if raw else 'preferences'}-{stamp}.jsonl"
+    # The run's id, not its name, in the file name: a name may hold any character.
+    name = f"prefloop-{'labels-raw' if raw else 'preferences'}-{f'run{run.pk}' if run else 'all-runs'}-{stamp}.jsonl"
     response["Content-Disposition"] = f'attachment; filename="{name}"'
     return response

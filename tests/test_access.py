@@ -75,7 +75,7 @@ def test_annotator_payload_hides_policy_versions_and_other_labels(client, people
     assert payload["comparison"]["id"] == comparison.pk
     assert "policy" not in body and "version" not in body
     assert "otto" not in body and "secret reasoning" not in body
-    assert set(payload["comparison"]["completions"][0]) == {"position", "html"}
+    assert set(payload["comparison"]["completions"][0]) == {"position", "html", "cut_off_at"}
 
 
 def test_undo_only_touches_ones_own_labels(client, people, make_comparison):

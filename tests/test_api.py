@@ -15,8 +15,9 @@ from api.models import ApiToken
 from api.services import create_token
 from api.v1 import api
 from labeling import services as labeling
-from labeling.models import Label, Prompt
+from labeling.models import Comparison, Label, Prompt
 from labeling.services import LabelInput
+from training import services
 from training.models import Job
 
 pytestmark = pytest.mark.django_db
@@ -212,11 +213,37 @@ def test_export_preferences_and_labels_stream_jsonl(client, keys, people, make_c
     assert response.status_code == 200 and response.streaming
     assert response["Content-Type"].startswith("application/jsonl")
     rows = [json.loads(line) for line in b"".join(response.streaming_content).decode().splitlines()]
-    assert len(rows) == 1 and set(rows[0]) == {"prompt", "chosen", "rejected"}  # the tie states no preference
+    assert len(rows) == 1 and set(rows[0]) >= {"prompt", "chosen", "rejected"}  # the tie states no preference
+    assert (rows[0]["run"], rows[0]["chosen_ended"]) == ("default", True)  # the only run: no need to name it
     raw = client.get(f"{PREFIX}/exports/labels", **bearer(keys.staff))
     labels = [json.loads(line) for line in b"".join(raw.streaming_content).decode().splitlines()]
     assert [label["choice"] for label in labels] == ["a", "tie"]
     assert labels[0]["annotator"] == "ann"
+
+
+def test_exports_are_of_the_named_run_and_of_every_run_only_when_asked(client, keys, people, make_comparison,
+                                                                        base_run):
+    other = services.create_run("second", base_run.base_model_dir)
+    for run in (base_run, other):
+        comparison = make_comparison(texts=(f"{run.name} good", f"{run.name} bad"))
+        Comparison.objects.filter(pk=comparison.pk).update(run=run)
+        labeling.submit_label(people.annotator, LabelInput(comparison.pk, "a"), require_lease=False)
+
+    def rows(path: str, **query) -> list[dict]:
+        response = client.get(f"{PREFIX}/exports/{path}", query, **bearer(keys.staff))
+        assert response.status_code == 200, response.content
+        return [json.loads(line) for line in b"".join(response.streaming_content).decode().splitlines()]
+
+    assert [(r["run"], r["run_id"]) for r in rows("preferences", run="second")] == [("second", other.pk)]
+    assert [r["run"] for r in rows("preferences", run=str(base_run.pk))] == ["default"]
+    assert [r["run"] for r in rows("labels", run="second")] == ["second"]
+    assert [r["run"] for r in rows("preferences", run="all")] == ["default", "second"]
+    for path in ("preferences", "labels"):
+        refused = client.get(f"{PREFIX}/exports/{path}", **bearer(keys.staff))
+        assert refused.status_code == 400 and "default (id" in refused.json()["error"]
+        assert "second (id" in refused.json()["error"] and "'all'" in refused.json()["error"]
+        unknown = client.get(f"{PREFIX}/exports/{path}", {"run": "nope"}, **bearer(keys.staff))
+        assert unknown.status_code == 400 and "no run 'nope'" in unknown.json()["error"]
 
 
 # --- runs, rounds, jobs
@@ -232,6 +259,7 @@ def test_create_run(client, keys, base_run, tmp_path):
     run = response.json()
     assert (run["name"], run["method"], run["head"] is not None) == ("second", "dpo", True)
     assert run["precision"] == "auto"  # the deployment's
+    assert run["recipe"] == "direct"  # DPO reads no reward model: its rounds train none
     exact = client.post(f"{PREFIX}/runs", {**body, "name": "exact", "precision": "fp32",
                                            "gradient_checkpointing": "on"},
                         content_type="application/json", **bearer(keys.staff))

@@ -236,7 +236,7 @@ def test_comparisons_are_queued_after_the_evaluation_blind_shuffled_and_interlea
         assert not any(word in text.lower() for word in ("ppo", "grpo", "dpo", "candidate", "bake", "method",
                                                          "version", "policy"))
         assert not any(f"v{n}" in text for n in range(3))
-        assert set(comparison["completions"][0]) == {"position", "html"}
+        assert set(comparison["completions"][0]) == {"position", "html", "cut_off_at"}
         client.post(reverse("label_submit"), {"comparison_id": comparison["id"], "choice": "a"},
                     content_type="application/json")
     assert set(served) >= {c.pk for c in comparisons} | {c.pk for c in judged_bakeoff.other_work}

@@ -174,3 +174,20 @@ def test_idle_time_and_hidden_tabs_do_not_count_as_active(annotator_page, make_c
     hidden = Label.objects.get(comparison=second, annotator=people.annotator)
     assert 0.3 < idle.active_seconds < 2.0
     assert hidden.active_seconds < 1.0
+
+
+def test_an_answer_cut_at_the_token_cap_is_marked_and_a_finished_one_is_not(annotator_page, make_comparison):
+    from labeling.models import Completion
+
+    page = annotator_page
+    make_comparison(prompt="Cut", texts=("Taking breaks is also essential. A", "Rest often."))
+    Completion.objects.filter(text__startswith="Taking breaks").update(ended=False, token_ids=list(range(48)))
+    page.reload()
+    prompt_is(page, "Cut")
+    cut = page.locator(".completion", has_text="Taking breaks")
+    expect(cut.locator(".cut-off")).to_have_text("✂ cut off at 48 tokens")
+    expect(cut.locator(".cut-off")).to_have_attribute("aria-label", "This answer was cut off at 48 tokens: it did "
+                                                                      "not finish.")
+    expect(page.locator(".completion", has_text="Rest often.").locator(".cut-off")).to_have_count(0)
+    ARTIFACT_DIR.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACT_DIR / "cut-off-answer.png"))

@@ -19,7 +19,7 @@ from training.ml.methods import METHODS, method_named
 from training.ml.quantization import setting_refusal as quantization_setting_refusal
 from training.ml.reward_training import RewardTrainingConfig
 from training.models import PolicyVersion, Run
-from training.recipes import RECIPES
+from training.recipes import RECIPES, default_recipe_for
 from training.services.evaluation import lineage_versions
 from training.services.runs import METHOD_CONFIG, REWARD_CONFIG, RunSettings, SettingsRefused, check_settings_change
 
@@ -68,7 +68,11 @@ def run_setting_field(name: str, help_text: str) -> forms.Field:
 
 class RunSettingsForm(forms.Form):
     """A run's settings. Changing the method resets its config to the new method's
-    defaults (the old method's fields mean nothing to it)."""
+    defaults (the old method's fields mean nothing to it), and its recipe to the new
+    method's default recipe unless the same submit picks another recipe
+    (`recipe_switched` then names the new one, for the page to say so)."""
+
+    recipe_switched: str | None = None
 
     method = forms.ChoiceField(choices=METHOD_CHOICES, help_text="How rounds update the policy.")
     recipe = forms.ChoiceField(choices=RECIPE_CHOICES, help_text="The stages each round walks.")
@@ -142,9 +146,13 @@ class RunSettingsForm(forms.Form):
         data = super().clean()
         if self.errors:
             return data  # each field's own errors, all of them; the rules joining fields need them all
-        method = data["method"]
+        method, recipe = data["method"], data["recipe"]
         if method != self.run.method:
             method_config = {}  # the new method's defaults
+            if recipe == self.run.recipe and recipe != default_recipe_for(method):
+                # Left as it was: the recipe that fits the new method (a DPO run on rlhf
+                # would train a reward model every round that it never reads).
+                recipe = self.recipe_switched = default_recipe_for(method)
         else:
             method_config = {name.removeprefix(METHOD_PREFIX): value for name, value in data.items()
                              if name.startswith(METHOD_PREFIX)}
@@ -152,7 +160,7 @@ class RunSettingsForm(forms.Form):
                          if name.startswith(REWARD_PREFIX)}
         try:
             self.settings = check_settings_change(RunSettings(
-                method=method, method_config=method_config, reward_config=reward_config, recipe=data["recipe"],
+                method=method, method_config=method_config, reward_config=reward_config, recipe=recipe,
                 query_selection=data["query_selection"], update_prompts=data["update_prompts"],
                 comparison_prompts=data["comparison_prompts"], auto_loop=data["auto_loop"],
                 loop_min_labels=data["loop_min_labels"], reward_auto_train_labels=data["reward_auto_train_labels"],

@@ -50,6 +50,7 @@ def researcher(request: HttpRequest) -> HttpResponse:
         "runs": runs, "methods": METHODS, "recipes": RECIPES, "create_form": CreateRunForm(), "jobs": recent_jobs(),
         "prompt_count": Prompt.objects.count(), "comparison_count": Comparison.objects.count(),
         "label_count": Label.objects.exclude(choice=Label.Choice.SKIP).count(),
+        "queues_low": services.queues_running_dry(runs), "queue_low_below": services.QUEUE_LOW_COMPARISONS,
     }
     return render(request, "training/researcher.html", context)
 
@@ -64,6 +65,8 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         if form.is_valid():
             services.update_run_settings(run, form.settings)
             note = " The method's config was reset to its defaults." if form.method_changed else ""
+            if form.recipe_switched:
+                note += f" The recipe is now {RECIPES[form.recipe_switched].title}, which fits the new method."
             messages.success(request, f"Settings of {run.name} saved; jobs already queued keep theirs.{note}")
             return redirect("run_detail", run.pk)
         messages.error(request, "Settings not saved: see the errors below.")
@@ -83,6 +86,8 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         "run_datasets": run.datasets.select_related("dataset"), "dataset_form": RunDatasetForm(),
         "bakeoff_form": StartBakeOffForm(), "bakeoffs": run.bakeoffs.select_related("start")[:20],
         "planned_peaks": services.planned_peaks(run),
+        "queue_low": next(iter(services.queues_running_dry([run])), None),
+        "queue_low_below": services.QUEUE_LOW_COMPARISONS,
     }
     return render(request, "training/run.html", context, status=400 if form.errors else 200)
 

@@ -11,6 +11,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from labeling.models import LabeledBy
+from training.recipes import needs_reward_model
 
 BAKEOFF_SOURCE = "bakeoff"
 """labeling's Comparison.Source.BAKEOFF, named here so this module need not import the
@@ -152,6 +153,12 @@ class Run(models.Model):
     def resume(self) -> None:
         self.paused, self.paused_by, self.paused_at, self.pause_reason = False, None, None, ""
         self.save(update_fields=["paused", "paused_by", "paused_at", "pause_reason"])
+
+    @property
+    def needs_reward_model(self) -> bool:
+        """Whether its rounds train a reward model or its method reads one: automatic
+        reward-model training runs only for such a run (training/recipes.py)."""
+        return needs_reward_model(self.method, self.recipe)
 
     def lineage(self) -> list[tuple[Run, int | None]]:
         """This run and its ancestors, each with the largest label id it contributes

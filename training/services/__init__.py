@@ -29,9 +29,12 @@ from training.services.evaluation import (
 )
 from training.services.external_completions import ImportResult, import_external_completions
 from training.services.generation import (
+    QUEUE_LOW_COMPARISONS,
+    QueueLow,
     create_answers_versus_job,
     create_generation_job,
     prompts_needing_samples,
+    queues_running_dry,
     request_generation,
     run_generation_job,
 )
@@ -107,6 +110,8 @@ __all__ = [
     "announce_finished",
     "branch_run",
     "claim_reward_training",
+    "QUEUE_LOW_COMPARISONS",
+    "QueueLow",
     "create_answers_versus_job",
     "create_evaluation_job",
     "create_generation_job",
@@ -128,6 +133,7 @@ __all__ = [
     "pause_runs",
     "planned_peaks",
     "prompts_needing_samples",
+    "queues_running_dry",
     "react_to_new_label",
     "request_evaluation",
     "request_generation",

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 import random
+from dataclasses import dataclass
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q
 
-from labeling.models import Comparison, Completion, Prompt
+from labeling.models import Comparison, Completion, LabeledBy, Prompt
 from labeling.services import create_comparison
 from training.ml.generation import SamplingConfig
 from training.models import Job, PolicyVersion, RewardModelVersion, Run
@@ -21,6 +22,38 @@ from training.services.runs import latest_reward_model
 from training.services.sampling import sample_completions, sampling_config
 
 log = logging.getLogger(__name__)
+
+QUEUE_LOW_COMPARISONS = 8
+"""Below this many open comparisons the run's page and the researcher page warn, with the
+button to generate more. A generation job takes minutes (it waits for a gpu-queue
+worker, loads the policy and samples every prompt) while an annotator labels a
+comparison in seconds: asked for while a few are left, the new ones arrive before
+people find the queue empty (in the first week's try it ran dry after ~13 labels)."""
+
+
+@dataclass(frozen=True)
+class QueueLow:
+    """A run whose labeling queue is about to run dry."""
+
+    run: Run
+    open_comparisons: int
+    generation_pending: bool
+    """A generation job of the run is queued or running: more are on their way."""
+
+
+def queues_running_dry(runs) -> list[QueueLow]:
+    """The runs among `runs` that people label with fewer than QUEUE_LOW_COMPARISONS
+    comparisons still wanting a label (bake-off ones left out: generating more does not
+    add to those). Two queries, whatever the number of runs."""
+    runs = [run for run in runs if run.labeled_by == LabeledBy.PEOPLE]
+    open_counts = dict(Comparison.objects.filter(run__in=runs, label_count__lt=F("labels_needed"))
+                       .exclude(source=Comparison.Source.BAKEOFF)
+                       .values_list("run").annotate(n=Count("id")).values_list("run", "n"))
+    generating = set(Job.objects.filter(run__in=runs, kind=Job.Kind.GENERATE,
+                                        status__in=[Job.Status.PENDING, Job.Status.RUNNING])
+                     .values_list("run_id", flat=True))
+    return [QueueLow(run, open_counts.get(run.pk, 0), run.pk in generating)
+            for run in runs if open_counts.get(run.pk, 0) < QUEUE_LOW_COMPARISONS]
 
 
 def prompts_needing_samples(run: Run, policy: PolicyVersion, count: int, seed: int | None = None) -> list[Prompt]:

@@ -168,9 +168,11 @@ def maybe_request_reward_training(run: Run, full_retrains: bool = True) -> Job |
     refit's. At most one automatic full request a minute per run, and no refit request
     for a minute after a refit failed, so an unreachable broker (each request then fails)
     or a refit that always fails costs one failed job a minute, not one per label.
-    `full_retrains=False`: refits only (a run whose rounds train its reward model)."""
+    `full_retrains=False`: refits only (a run whose rounds train its reward model).
+    Nothing for a run that needs no reward model (Run.needs_reward_model: a DPO run on
+    the `direct` recipe): its threshold would train one every 32 labels that nothing reads."""
     threshold = run.reward_auto_train_labels
-    if threshold <= 0:
+    if threshold <= 0 or not run.needs_reward_model:
         return None
     recent = timezone.now() - timedelta(seconds=AUTO_REQUEST_INTERVAL_SECONDS)
     latest = latest_reward_model(run)

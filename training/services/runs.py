@@ -37,7 +37,7 @@ from training.ml.quantization import setting_refusal as quantization_setting_ref
 from training.ml.reward_training import RewardTrainingConfig
 from training.models import PolicyVersion, RewardModelVersion, Run
 from training.recipes import REWARD_MODEL as REWARD_MODEL_STAGE
-from training.recipes import recipe_named
+from training.recipes import default_recipe_for, recipe_named
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +65,13 @@ def reward_defaults() -> dict:
 
 
 def default_settings(method: str = "ppo") -> dict:
-    """A new run's settings: the environment's defaults."""
+    """A new run's settings: the environment's defaults, with the recipe that fits the
+    method (training/recipes.py default_recipe_for)."""
     return {
         "method": method,
         "method_config": method_defaults(method),
         "reward_config": reward_defaults(),
-        "recipe": "rlhf",
+        "recipe": default_recipe_for(method),
         "query_selection": settings.PREFLOOP_QUERY_SELECTION,
         "update_prompts": settings.PREFLOOP_PPO_PROMPTS,
         "comparison_prompts": settings.PREFLOOP_ROUND_COMPARISON_PROMPTS,

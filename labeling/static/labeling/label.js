@@ -66,6 +66,16 @@
     return div;
   }
 
+  // An answer that hit the token cap stops mid-sentence: say so, so that it is judged
+  // on what it says (the mark is text, never HTML).
+  function cutOffMark(tokens) {
+    const text = tokens > 0 ? `cut off at ${tokens} tokens` : "cut off at the token limit";
+    const mark = Object.assign(document.createElement("p"), { className: "cut-off", textContent: `✂ ${text}` });
+    mark.setAttribute("role", "note");
+    mark.setAttribute("aria-label", `This answer was ${text}: it did not finish.`);
+    return mark;
+  }
+
   function show(state) {
     $("labeled-count").textContent = state.counts.labeled;
     $("queue-count").textContent = state.counts.queue;
@@ -103,6 +113,7 @@
       card.dataset.position = completion.position;
       const title = k === 2 ? (completion.position === 0 ? "Left · 1" : "Right · 2") : `Response ${completion.position + 1}`;
       card.append(Object.assign(document.createElement("h3"), { textContent: title }), renderedBlock(completion.html));
+      if (completion.cut_off_at !== null) card.append(cutOffMark(completion.cut_off_at));
       container.append(card);
     }
     $("pair-choices").hidden = k !== 2;
