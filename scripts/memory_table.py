@@ -1,6 +1,7 @@
 """The memory plan's predicted peaks for every method on real models' shapes (built from
 their configs on the meta device, no download), in fp32, bf16, and bf16 with gradient
-checkpointing, and that with 4-bit frozen weights (nf4), against 24, 48 and 80 GB GPUs: a markdown table for docs/benchmarks.md.
+checkpointing, and that with 4-bit frozen weights (nf4), against 24, 48 and 80 GB GPUs:
+a markdown table for docs/benchmarks.md.
 
     .venv/bin/python scripts/memory_table.py --shapes qwen2.5-1.5b,llama-3.1-8b
 
