@@ -115,6 +115,10 @@ def test_a_rule_joining_two_fields_lands_on_its_field(client, people, base_run):
 def test_a_method_that_reads_no_reward_model_with_a_recipe_training_one_nobody_reads_is_refused(client, people,
                                                                                               base_run):
     client.force_login(people.researcher)
+    # On direct, so that rlhf is picked, not left as it was (a recipe left as it was
+    # switches to the new method's own: tests/test_method_recipe_defaults.py).
+    base_run.recipe = "direct"
+    base_run.save()
     refused = client.post(f"/runs/{base_run.pk}/", current_values(base_run, method="dpo", recipe="rlhf",
                                                                    query_selection="random"))
     errors = refused.context["form"].errors
