@@ -176,3 +176,8 @@ def test_the_memory_plan_counts_the_vllm_reservation_and_4bit_weights():
     assert 0.25 < nf4.parts["reward model"] / plain.parts["reward model"] < 0.35  # its embedding stays bf16
     assert nf4.parts["activations"] == plain.parts["activations"]  # compute stays in bf16
     assert "frozen_quantization to nf4" in plain.advice["policy weights"]
+
+
+def test_the_run_fields_choices_are_the_registries():
+    assert list(Run.SamplingEngine.values) == list(engines.ENGINES)
+    assert tuple(Run.FrozenQuantization.values) == quantization.FROZEN_QUANTIZATIONS
