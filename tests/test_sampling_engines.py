@@ -106,10 +106,17 @@ def dpo_run(tiny_base, base_run, people, make_comparison, settings, tmp_path):
 def test_a_job_pinned_to_a_missing_package_fails_before_it_loads_anything(dpo_run, monkeypatch, setting, value,
                                                                           message):
     setattr(dpo_run, setting, value)  # saved where the package was installed, run where it is not
+    judge = None
+    if setting == "sampling_engine":  # DPO never samples, so any engine does for it: GRPO samples
+        from training.models import RewardModelVersion
+
+        dpo_run.method, dpo_run.method_config, dpo_run.recipe = "grpo", {}, "rlhf"
+        judge = RewardModelVersion.objects.create(number=1, run=dpo_run, base_model_dir=dpo_run.base_model_dir,
+                                                  weights_dir="/never/loaded", label_count=1)
     dpo_run.save()
     loaded = []
     monkeypatch.setattr("training.ml.methods.base.trainable_policy", lambda *a, **k: loaded.append(a))
-    job = services.run_job_now(services.create_policy_update_job(dpo_run, dpo_run.base_version, None))
+    job = services.run_job_now(services.create_policy_update_job(dpo_run, dpo_run.base_version, judge))
     assert job.status == Job.Status.FAILED
     assert job.error.startswith(message), job.error
     assert not loaded and not PolicyVersion.objects.filter(parent=dpo_run.base_version).exists()
@@ -167,12 +174,18 @@ def test_the_memory_plan_counts_the_vllm_reservation_and_4bit_weights():
 
     nf4 = memory_plan.plan_for_method(shape, "grpo", grpo, 128, quantization="nf4")
     # 8B in bf16: 16 GB of weights; in 4 bits the linear layers shrink ~4x, the embedding
-    # and the LM head (2 x 0.53B parameters) stay in bf16.
+    # and the LM head (2 x 0.53B parameters) stay unquantized, in fp32 once peft prepares
+    # the base for training (prepare_model_for_kbit_training).
     assert plain.parts["policy weights"] == shape.parameters * 2
     linear = shape.parameters - 2 * shape.vocab_size * shape.hidden_size
-    expected = int(linear * quantization.BYTES_PER_4BIT_WEIGHT) + 2 * shape.vocab_size * shape.hidden_size * 2
+    expected = int(linear * quantization.BYTES_PER_4BIT_WEIGHT) + 2 * shape.vocab_size * shape.hidden_size * 4
     assert nf4.parts["policy weights"] == expected
-    assert 0.3 < nf4.parts["policy weights"] / plain.parts["policy weights"] < 0.4
+    assert 0.45 < nf4.parts["policy weights"] / plain.parts["policy weights"] < 0.52
+    # Best-of-N samples with the policy unquantized: its sampling phase holds the whole of it.
+    best = memory_plan.plan_for_method(shape, "best_of_n", method_named("best_of_n").config(), 128,
+                                       quantization="nf4", gradient_checkpointing=True)
+    sampling = best.parts.get("unquantized policy (sampling)", best.apart.get("unquantized policy (sampling)"))
+    assert sampling + nf4.parts["policy weights"] == plain.parts["policy weights"]
     assert 0.25 < nf4.parts["reward model"] / plain.parts["reward model"] < 0.35  # its embedding stays bf16
     assert nf4.parts["activations"] == plain.parts["activations"]  # compute stays in bf16
     assert "frozen_quantization to nf4" in plain.advice["policy weights"]
@@ -181,3 +194,46 @@ def test_the_memory_plan_counts_the_vllm_reservation_and_4bit_weights():
 def test_the_run_fields_choices_are_the_registries():
     assert list(Run.SamplingEngine.values) == list(engines.ENGINES)
     assert tuple(Run.FrozenQuantization.values) == quantization.FROZEN_QUANTIZATIONS
+
+
+def test_a_method_that_never_samples_needs_no_sampling_engine():
+    from training.services.memory import samples_through_engine
+
+    assert [name for name in ("ppo", "grpo", "rloo", "online_dpo", "dpo", "sft_chosen", "best_of_n")
+            if samples_through_engine(name, method_named(name).config())] == ["grpo", "rloo", "online_dpo",
+                                                                             "best_of_n"]
+
+
+def test_vllm_lora_ranks_round_up_to_the_ranks_vllm_serves():
+    from training.ml.vllm_sampling import vllm_lora_rank
+
+    assert [vllm_lora_rank(r) for r in (1, 8, 12, 16, 48, 300, 512)] == [8, 8, 16, 16, 64, 320, 512]
+    with pytest.raises(ValueError, match="at most 512"):
+        vllm_lora_rank(513)
+
+
+def test_ppo_refuses_a_trained_value_model_copy_of_a_4bit_reward_model(tmp_path):
+    from training.ml.loading import PolicyStart
+    from training.ml.methods import TrainingInputs
+    from training.ml.reward_scoring import RewardModelRef
+
+    ppo = method_named("ppo")
+    never = tmp_path / "never-loaded"
+    inputs = TrainingInputs(PolicyStart(never), prompts=[[{"role": "user", "content": "Hi"}]],
+                            reward_model=RewardModelRef(never, never, quantization="nf4"), frozen_quantization="nf4")
+    with pytest.raises(ValueError, match="value_model 'lora' trains a copy of the reward model"):
+        ppo.train(inputs, tmp_path / "out", ppo.config({"value_model": "lora"}))
+
+
+def test_a_launched_job_carries_the_engine_and_quantization_to_its_processes(tmp_path):
+    from training.ml.launch import method_payload
+    from training.ml.loading import PolicyStart
+    from training.ml.methods import TrainingInputs
+    from training.ml.reward_scoring import RewardModelRef
+
+    grpo = method_named("grpo")
+    inputs = TrainingInputs(PolicyStart(tmp_path), reward_model=RewardModelRef(tmp_path, tmp_path, quantization="nf4"),
+                            sampling_engine="vllm", frozen_quantization="nf4", vllm_gpu_memory_utilization=0.5)
+    payload = method_payload(grpo, inputs, tmp_path / "out", grpo.config())
+    assert (payload["sampling_engine"], payload["frozen_quantization"], payload["vllm_gpu_memory_utilization"],
+            payload["reward_model"]["quantization"]) == ("vllm", "nf4", 0.5, "nf4")

@@ -42,13 +42,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from training.ml.configs import config_from_dict, config_to_dict
+from training.ml.engines import DEFAULT_ENGINE
 from training.ml.loading import PolicyStart
 from training.ml.methods.base import Method, TrainingInputs, TrainingResult
 from training.ml.precision import DEFAULT_PRECISION
 from training.ml.preference_pairs import PreferencePair
 from training.ml.progress import StepReport
+from training.ml.quantization import DEFAULT_QUANTIZATION
 from training.ml.reward_scoring import RewardModelRef
 from training.ml.reward_training import RewardTrainingConfig, RewardTrainingResult, train_reward_model
+from training.ml.vllm_sampling import VLLM_GPU_MEMORY_UTILIZATION
 
 INPUTS_FILE, PROGRESS_FILE, RESULT_FILE, LOG_FILE = "inputs.json", "progress.jsonl", "result.json", "launch.log"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -200,13 +203,15 @@ def method_payload(method: Method, inputs: TrainingInputs, out_dir: Path, config
     return {
         "method": method.name, "config": config_to_dict(config), "out_dir": str(out_dir),
         "precision": inputs.precision, "gradient_checkpointing": inputs.gradient_checkpointing,
+        "sampling_engine": inputs.sampling_engine, "frozen_quantization": inputs.frozen_quantization,
+        "vllm_gpu_memory_utilization": inputs.vllm_gpu_memory_utilization,
         "start": {"base_model_dir": str(start.base_model_dir),
                   "adapter_dir": str(start.adapter_dir) if start.adapter_dir else None},
         "prompts": [list(messages) for messages in inputs.prompts],
         "pairs": [asdict(pair) for pair in inputs.pairs],
         "reward_model": None if reward_model is None else {
             "base_model_dir": str(reward_model.base_model_dir), "weights_dir": str(reward_model.weights_dir),
-            "mean": reward_model.mean, "std": reward_model.std},
+            "mean": reward_model.mean, "std": reward_model.std, "quantization": reward_model.quantization},
     }
 
 
@@ -219,10 +224,13 @@ def run_method(payload: dict, on_step: StepReport | None) -> dict:
         start=PolicyStart(Path(start["base_model_dir"]), Path(start["adapter_dir"]) if start["adapter_dir"] else None),
         prompts=payload["prompts"], pairs=[pair_from_dict(p) for p in payload["pairs"]],
         precision=payload.get("precision") or DEFAULT_PRECISION,
-        gradient_checkpointing=payload.get("gradient_checkpointing") or "auto")
+        gradient_checkpointing=payload.get("gradient_checkpointing") or "auto",
+        sampling_engine=payload.get("sampling_engine") or DEFAULT_ENGINE,
+        frozen_quantization=payload.get("frozen_quantization") or DEFAULT_QUANTIZATION,
+        vllm_gpu_memory_utilization=payload.get("vllm_gpu_memory_utilization") or VLLM_GPU_MEMORY_UTILIZATION)
     if ref := payload["reward_model"]:
         inputs.reward_model = RewardModelRef(Path(ref["base_model_dir"]), Path(ref["weights_dir"]), ref["mean"],
-                                             ref["std"])
+                                             ref["std"], ref.get("quantization") or DEFAULT_QUANTIZATION)
     result = method.train(inputs, Path(payload["out_dir"]), method.config(payload["config"]), on_step)
     return asdict(result)
 

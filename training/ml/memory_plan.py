@@ -364,8 +364,10 @@ def frozen_bytes(parameters: int, unquantized: int, width: int, quantization: st
 
 
 def policy_frozen_bytes(shape: ModelShape, width: int, quantization: str) -> int:
-    return frozen_bytes(shape.parameters, shape.vocab_size * shape.hidden_size + shape.lm_head_parameters, width,
-                        quantization)
+    """The base under a trained adapter. In 4 bits, peft's prepare_model_for_kbit_training
+    casts what stays unquantized (embeddings, LM head, norms) to fp32."""
+    return frozen_bytes(shape.parameters, shape.vocab_size * shape.hidden_size + shape.lm_head_parameters,
+                        width if quantization == "none" else 4, quantization)
 
 
 def reward_model_frozen_bytes(shape: ModelShape, width: int, quantization: str) -> int:
@@ -422,13 +424,18 @@ def plan_job(shape: ModelShape, workload: Workload, dtype: str = "bf16", gradien
         plan.parts["KV cache (sampling)"] = (workload.sampled_sequences * workload.tokens * shape.layers
                                              * 2 * shape.kv_size * width)
         plan.advice["KV cache (sampling)"] = fewer_tokens
+    if workload.sampling_apart and quantization != "none":
+        # It samples with the policy as trained, unquantized (engines.sample_answers):
+        # what that holds beyond the 4-bit base.
+        plan.parts["unquantized policy (sampling)"] = max(0, shape.parameters * width - plan.parts["policy weights"])
+        plan.advice["unquantized policy (sampling)"] = smaller_weights
     if workload.sampling_apart:
         keep_largest_phase(plan)
     return plan
 
 
 PHASES = {
-    "sampling": ("runtime", "policy weights", "KV cache (sampling)", "vLLM engine"),
+    "sampling": ("runtime", "policy weights", "unquantized policy (sampling)", "KV cache (sampling)", "vLLM engine"),
     "scoring": ("runtime", "reward model"),
     "training": ("runtime", "policy weights", "LoRA + gradients + Adam", "policy gradients + Adam",
                  "activations", "logits"),

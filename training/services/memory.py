@@ -14,7 +14,16 @@ from django.conf import settings
 
 from training.ml.configs import ConfigError
 from training.ml.engines import DEFAULT_ENGINE, require_engine
-from training.ml.memory_plan import GIB, MemoryPlan, ModelShape, analytic_shape, plan_for_method, plan_reward_training
+from training.ml.memory_plan import (
+    GIB,
+    WORKLOADS,
+    JobData,
+    MemoryPlan,
+    ModelShape,
+    analytic_shape,
+    plan_for_method,
+    plan_reward_training,
+)
 from training.ml.methods import method_named
 from training.ml.quantization import require_quantization
 from training.models import Run
@@ -91,7 +100,8 @@ def check_policy_update_fits(method: str, config, base_model_dir: str, prompt_to
     """Also refuses, first, a sampling engine or a quantization this worker cannot run
     (EngineUnavailable, QuantizationUnavailable: each says why and what to choose)."""
     device, memory = this_device()
-    require_engine(sampling_engine, device)
+    if samples_through_engine(method, config):  # DPO or SFT never sample: any engine is fine for them
+        require_engine(sampling_engine, device)
     quantization = require_quantization(quantization, device)
     if (shape := readable_shape(base_model_dir)) is None:
         return None
@@ -113,6 +123,10 @@ def check_reward_training_fits(config, base_model_dir: str, precision: str | Non
     plan = plan_reward_training(shape, config, dtype=dtype, device=device.type)
     check_fits(plan, memory, processes if device.type == "cpu" else 1)
     return plan
+
+
+def samples_through_engine(method: str, config) -> bool:
+    return WORKLOADS[method](config, JobData()).engine_samples if method in WORKLOADS else True
 
 
 def vllm_reservation(sampling_engine: str, device_bytes: float) -> int:

@@ -133,6 +133,12 @@ def train(inputs: TrainingInputs, out_dir: Path, config: PPOConfig,
     from trl.experimental.ppo import PPOConfig as TRLPPOConfig
     from trl.experimental.ppo import PPOTrainer
 
+    if inputs.frozen_quantization != "none" and config.value_model != "head":
+        # Its own value model is a copy of the reward model made trainable, which a
+        # 4-bit model cannot be (transformers refuses .float() on it).
+        raise ValueError(f"PPO's value_model {config.value_model!r} trains a copy of the reward model, which "
+                         f"frozen_quantization {inputs.frozen_quantization!r} loads in 4 bits; use value_model "
+                         "'head' or frozen_quantization 'none'")
     setup = set_up(inputs.start, out_dir, seed=config.seed, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
                    precision=inputs.precision, gradient_checkpointing=inputs.gradient_checkpointing,
                    quantization=inputs.frozen_quantization)
