@@ -87,11 +87,12 @@ def method_config(name: str, args):
 def child(name: str, args) -> dict:
     """Train `name` once; its plan first, then the peak RSS of this process."""
     from training.ml.loading import PolicyStart, configure_torch_threads, load_tokenizer
-    from training.ml.memory_plan import GIB, plan_for_method, shape_of_model_dir
+    from training.ml.memory_plan import GIB, plan_for_method, shape_of_model_dir, vllm_reservation
     from training.ml.methods import TrainingInputs, method_named
     from training.ml.preference_pairs import PreferencePair
     from training.ml.reward_scoring import RewardModelRef
     from training.ml.tokens import answer_input_ids, prompt_input_ids
+    from training.ml.vllm_sampling import VLLM_GPU_MEMORY_UTILIZATION
 
     configure_torch_threads(args.threads)
     work = Path(args.work_dir or ROOT / "var" / "bench-memory") / args.shape
@@ -111,7 +112,9 @@ def child(name: str, args) -> dict:
                            gradient_checkpointing=args.gradient_checkpointing, device=device,
                            answer_tokens=answer_tokens, prompts=len(conversations),
                            quantization=args.frozen_quantization,
-                           vllm_bytes=vllm_reservation(args.sampling_engine, device))
+                           vllm_bytes=vllm_reservation(args.sampling_engine, VLLM_GPU_MEMORY_UTILIZATION,
+                                                       torch.cuda.get_device_properties(0).total_memory
+                                                       if device == "cuda" else 0))
     inputs = TrainingInputs(PolicyStart(policy), conversations, pairs,
                             RewardModelRef(policy, reward, 0.0, 1.0, quantization=args.frozen_quantization),
                             precision=args.dtype, gradient_checkpointing="on" if args.gradient_checkpointing else "off",
@@ -126,17 +129,6 @@ def child(name: str, args) -> dict:
             "planned_gib": plan.total / GIB, "seconds": seconds,
             "measured_gib": measured / GIB, "tokens_per_second": tokens / seconds if seconds else None,
             "parts": {part: round(size / GIB, 3) for part, size in plan.parts.items()}}
-
-
-def vllm_reservation(engine: str, device: str) -> int:
-    """What a vLLM engine reserves of this GPU (TRL's colocate share), as the job's plan counts it."""
-    if engine != "vllm" or device != "cuda":
-        return 0
-    import torch
-
-    from training.ml.vllm_sampling import VLLM_GPU_MEMORY_UTILIZATION
-
-    return int(VLLM_GPU_MEMORY_UTILIZATION * torch.cuda.get_device_properties(0).total_memory)
 
 
 def main() -> int:

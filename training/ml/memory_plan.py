@@ -354,6 +354,12 @@ def saved_bytes_per_token_per_layer(config, dtype, lora_rank: int | None, tokens
     return kept[1] - kept[0]
 
 
+def vllm_reservation(sampling_engine: str, share: float, device_bytes: float) -> int:
+    """What a vLLM sampling engine reserves of a device of `device_bytes`: its `share`
+    (PREFLOOP_VLLM_GPU_MEMORY_UTILIZATION); 0 when the run samples with transformers."""
+    return int(share * device_bytes) if sampling_engine == "vllm" else 0
+
+
 def frozen_bytes(parameters: int, unquantized: int, width: int, quantization: str) -> int:
     """Bytes of `parameters` frozen weights: in the compute dtype (`width` bytes), or with
     "nf4" in 4 bits but for the `unquantized` ones (embeddings and heads, which

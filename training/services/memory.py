@@ -23,6 +23,7 @@ from training.ml.memory_plan import (
     analytic_shape,
     plan_for_method,
     plan_reward_training,
+    vllm_reservation,
 )
 from training.ml.methods import method_named
 from training.ml.quantization import require_quantization
@@ -109,7 +110,8 @@ def check_policy_update_fits(method: str, config, base_model_dir: str, prompt_to
     plan = plan_for_method(shape, method, config, prompt_tokens, continuing, dtype=dtype,
                            gradient_checkpointing=checkpointing, device=device.type,
                            answer_tokens=answer_tokens, prompts=prompts, quantization=quantization,
-                           vllm_bytes=vllm_reservation(sampling_engine, memory))
+                           vllm_bytes=vllm_reservation(sampling_engine, settings.PREFLOOP_VLLM_GPU_MEMORY_UTILIZATION,
+                                                       memory))
     check_fits(plan, memory, processes if device.type == "cpu" else 1)
     return plan
 
@@ -127,13 +129,6 @@ def check_reward_training_fits(config, base_model_dir: str, precision: str | Non
 
 def samples_through_engine(method: str, config) -> bool:
     return WORKLOADS[method](config, JobData()).engine_samples if method in WORKLOADS else True
-
-
-def vllm_reservation(sampling_engine: str, device_bytes: float) -> int:
-    """What a vLLM engine reserves of a device of `device_bytes` (0 with transformers)."""
-    if sampling_engine != "vllm":
-        return 0
-    return int(settings.PREFLOOP_VLLM_GPU_MEMORY_UTILIZATION * device_bytes)
 
 
 @dataclass(frozen=True)
@@ -176,9 +171,10 @@ def planned_peaks(run: Run) -> list[PlannedPeak]:
             continue
         checkpointing = gradient_checkpointing_on(run.gradient_checkpointing, device)
         on_gpu = kind == "cuda"  # vLLM and 4-bit are refused on a CPU worker: no row plans them there
+        share = settings.PREFLOOP_VLLM_GPU_MEMORY_UTILIZATION
         plan = plan_for_method(shape, method.name, config, PLANNED_PROMPT_TOKENS, dtype=dtype,
                                gradient_checkpointing=checkpointing, device=kind,
                                quantization=run.frozen_quantization if on_gpu else "none",
-                               vllm_bytes=vllm_reservation(run.sampling_engine, memory * GIB) if on_gpu else 0)
+                               vllm_bytes=vllm_reservation(run.sampling_engine, share, memory * GIB) if on_gpu else 0)
         rows.append(PlannedPeak(title, dtype, checkpointing, plan.gib(), plan.total <= memory * GIB))
     return rows
